@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Checks (and where it can, installs) what Hotwire and its tests need on a fresh machine.
+# Usage: scripts/check-deps.sh [--tests]
+set -euo pipefail
+need_tests=${1:-}
+missing=()
+command -v dotnet >/dev/null || { echo "hotwire: the .NET SDK (dotnet) is not on PATH; install .NET 10 SDK" >&2; exit 1; }
+command -v gcc >/dev/null || missing+=(gcc)
+if [ "$need_tests" = "--tests" ]; then
+  command -v g++ >/dev/null || missing+=(g++)
+  command -v objdump >/dev/null || missing+=(binutils)
+  command -v setpriv >/dev/null || missing+=(util-linux)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "hotwire: installing ${missing[*]} from Debian packages" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >&2 \
+      || { echo "hotwire: could not install ${missing[*]}; install them and retry" >&2; exit 1; }
+  else
+    echo "hotwire: missing ${missing[*]}; install them (e.g. sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi

@@ -1,0 +1,119 @@
+using System.CommandLine;
+using System.Text;
+using Hotwire.Elf;
+using Hotwire.Memory;
+using Hotwire.Patching;
+using Hotwire.Procfs;
+
+namespace Hotwire.Cli.Commands;
+
+/// <summary><c>hotwire ls</c>: the traceable functions, like ftrace's available_filter_functions.</summary>
+public static class LsCommand
+{
+    public static Command Create()
+    {
+        var pid = new Option<int?>("--pid", "-p") { Description = "List the functions of this running process (all its modules)" };
+        var addrs = new Option<bool>("--addrs") { Description = "Also show each site's address and kind" };
+        var operands = new Argument<string[]>("FILE|GLOB")
+        {
+            Description = "Without --pid: the program or shared library, then globs. With --pid: globs only. "
+                + "Globs as in ftrace filters: *, ?, [...]; a leading ! removes; GLOB:mod:MODULE limits to a module",
+            Arity = ArgumentArity.ZeroOrMore,
+        };
+        var command = new Command("ls", "List the functions that can be traced or patched (one per line: name [module])")
+        {
+            pid, addrs, operands,
+        };
+        command.SetAction(result => (int)Run(result.GetValue(pid), result.GetValue(operands) ?? [], result.GetValue(addrs)));
+        return command;
+    }
+
+    public static ExitCode Run(int? pid, string[] operands, bool showAddresses)
+    {
+        if (operands.FirstOrDefault(o => o.StartsWith('-')) is { } unknown)
+        {
+            throw new UsageException($"unknown option {unknown} (see hotwire ls --help)");
+        }
+        List<PatchSite> sites;
+        IEnumerable<string> globs;
+        Dictionary<ulong, byte[]>? live = null;
+        if (pid is int p)
+        {
+            globs = operands;
+            ProcessImage image = ProcessImage.Load(p);
+            sites = image.AllSites.ToList();
+            if (sites.Count == 0)
+            {
+                throw new HotwireException(
+                    $"pid {p} has no patch sites in its {image.Modules.Count} modules: {SiteDiscovery.HowToAddSites}");
+            }
+            foreach (LoadedModule m in image.Modules.Where(m => m.Sites.Count > 0 && !m.LinkSites.HasSymbols))
+            {
+                WarnStripped(m.Path);
+            }
+            if (showAddresses)
+            {
+                using ProcessMemory memory = ProcessMemory.Open(p);
+                live = ProcessImage.ReadLiveBytes(memory, sites);
+            }
+        }
+        else
+        {
+            if (operands.Length == 0)
+            {
+                throw new HotwireException("give a program or shared library to list (hotwire ls FILE), or a running process (hotwire ls --pid N)");
+            }
+            string file = operands[0];
+            globs = operands.Skip(1);
+            ElfFile elf = ElfFile.Load(file);
+            if (elf.Type == ElfType.Relocatable)
+            {
+                throw new HotwireException($"{file} is an object file; give the linked program or shared library");
+            }
+            ModuleSites moduleSites = SiteDiscovery.Scan(elf);
+            sites = moduleSites.Sites.ToList();
+            if (sites.Count == 0)
+            {
+                throw new HotwireException($"{file} has no patch sites: {SiteDiscovery.HowToAddSites}");
+            }
+            if (!moduleSites.HasSymbols)
+            {
+                WarnStripped(file);
+            }
+        }
+
+        List<PatchSite> selected = new FunctionFilter(globs).Select(sites);
+        var output = new StringBuilder(selected.Count * 32);
+        foreach (PatchSite s in selected)
+        {
+            if (showAddresses)
+            {
+                output.Append(s.Address.ToString("x16")).Append(' ').Append(Label(s, live).PadRight(8)).Append(' ');
+            }
+            output.Append(s.Function).Append(" [").Append(s.ModuleName).Append("]\n");
+        }
+        using Stream stdout = Console.OpenStandardOutput();
+        stdout.Write(Encoding.UTF8.GetBytes(output.ToString()));
+        return ExitCode.Success;
+    }
+
+    private static string Label(PatchSite site, Dictionary<ulong, byte[]>? live)
+    {
+        if (live is null || !live.TryGetValue(site.Address, out byte[]? now) || now.AsSpan().SequenceEqual(site.OriginalBytes))
+        {
+            return site.Kind.Label();
+        }
+        // The process's bytes differ from the file's: someone has rewritten the site.
+        return now[0] switch
+        {
+            0xcc => "int3",
+            0xe8 => "call",
+            0xe9 => "jmp",
+            _ => SiteKinds.Classify(now) == SiteKind.Nop5 ? "nop5" : "changed",
+        };
+    }
+
+    private static void WarnStripped(string path)
+        => Console.Error.WriteLine(
+            $"hotwire: warning: {path} has no symbol table (stripped): its functions are listed by address; build without stripping to see names");
+}

@@ -1,0 +1,10 @@
+using System.CommandLine;
+using Hotwire.Cli;
+using Hotwire.Cli.Commands;
+
+var root = new RootCommand("Hotwire: trace and live-patch the functions of running x86-64 Linux processes.")
+{
+    LsCommand.Create(),
+    DemoCommand.Create(),
+};
+return CommandRunner.Run(root, args);

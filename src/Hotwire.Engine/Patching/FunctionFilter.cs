@@ -1,0 +1,116 @@
+namespace Hotwire.Patching;
+
+/// <summary>
+/// A set of functions chosen by globs with ftrace's filter semantics: an empty filter selects
+/// everything; a leading <c>!</c> removes what it matches; <c>GLOB:mod:MODULE</c> limits a glob to
+/// modules whose file name matches MODULE.
+/// </summary>
+public sealed class FunctionFilter
+{
+    private readonly List<Term> _include = [];
+    private readonly List<Term> _exclude = [];
+
+    public FunctionFilter(IEnumerable<string> patterns)
+    {
+        foreach (string raw in patterns)
+        {
+            string pattern = raw.Trim();
+            if (pattern.Length == 0)
+            {
+                continue;
+            }
+            bool negate = pattern.StartsWith('!');
+            Term term = Term.Parse(negate ? pattern[1..] : pattern, raw);
+            (negate ? _exclude : _include).Add(term);
+        }
+    }
+
+    public bool IsEmpty => _include.Count == 0 && _exclude.Count == 0;
+
+    public bool Matches(PatchSite site)
+        => (_include.Count == 0 || _include.Exists(t => t.Matches(site))) && !_exclude.Exists(t => t.Matches(site));
+
+    /// <summary>
+    /// The sites the filter selects. A pattern that matches no function at all is an error that
+    /// names the closest function names, as a user who mistyped needs.
+    /// </summary>
+    public List<PatchSite> Select(IReadOnlyCollection<PatchSite> sites)
+    {
+        foreach (Term t in _include.Concat(_exclude))
+        {
+            if (!sites.Any(t.Matches))
+            {
+                throw new HotwireException(NoMatchMessage(t.Raw, sites));
+            }
+        }
+        return sites.Where(Matches).ToList();
+    }
+
+    private static string NoMatchMessage(string pattern, IReadOnlyCollection<PatchSite> sites)
+    {
+        string bare = pattern.TrimStart('!');
+        int mod = bare.IndexOf(":mod:", StringComparison.Ordinal);
+        if (mod >= 0)
+        {
+            bare = bare[..mod];
+        }
+        string probe = new string(bare.Where(c => c is not ('*' or '?' or '[' or ']')).ToArray());
+        var near = sites
+            .Select(s => s.Function)
+            .Distinct()
+            .Select(n => (Name: n, Score: Distance(probe, n, n.Contains(probe, StringComparison.OrdinalIgnoreCase))))
+            .OrderBy(x => x.Score)
+            .ThenBy(x => x.Name, StringComparer.Ordinal)
+            .Take(5)
+            .Where(x => x.Score <= Math.Max(3, probe.Length / 2))
+            .Select(x => x.Name)
+            .ToList();
+        string hint = near.Count > 0
+            ? $"; near names: {string.Join(", ", near)}"
+            : "; `hotwire ls` lists the functions that can be traced";
+        return $"no traceable function matches '{pattern}'{hint}";
+    }
+
+    private static int Distance(string a, string b, bool contains)
+    {
+        if (contains)
+        {
+            return 0;
+        }
+        // Levenshtein, case-insensitive, two rows.
+        var prev = new int[b.Length + 1];
+        var cur = new int[b.Length + 1];
+        for (int j = 0; j <= b.Length; j++)
+        {
+            prev[j] = j;
+        }
+        for (int i = 1; i <= a.Length; i++)
+        {
+            cur[0] = i;
+            for (int j = 1; j <= b.Length; j++)
+            {
+                int cost = char.ToLowerInvariant(a[i - 1]) == char.ToLowerInvariant(b[j - 1]) ? 0 : 1;
+                cur[j] = Math.Min(Math.Min(cur[j - 1] + 1, prev[j] + 1), prev[j - 1] + cost);
+            }
+            (prev, cur) = (cur, prev);
+        }
+        return prev[b.Length];
+    }
+
+    private sealed record Term(string Function, string? Module, string Raw)
+    {
+        public static Term Parse(string pattern, string raw)
+        {
+            int mod = pattern.IndexOf(":mod:", StringComparison.Ordinal);
+            if (mod < 0)
+            {
+                return new Term(pattern, null, raw);
+            }
+            string function = pattern[..mod];
+            return new Term(function.Length == 0 ? "*" : function, pattern[(mod + 5)..], raw);
+        }
+
+        public bool Matches(PatchSite site)
+            => Glob.IsMatch(Function, site.Function) && (Module is null || Glob.IsMatch(Module, site.ModuleName));
+    }
+}

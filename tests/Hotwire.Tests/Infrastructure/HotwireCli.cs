@@ -1,0 +1,35 @@
+using System.Diagnostics;
+
+namespace Hotwire.Tests.Infrastructure;
+
+public sealed record CliResult(int ExitCode, string Stdout, string Stderr)
+{
+    public string[] Lines => Stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+}
+
+/// <summary>Runs the real `hotwire` command, as a user would, in its own process.</summary>
+public static class HotwireCli
+{
+    private static readonly string s_dll = Path.Combine(AppContext.BaseDirectory, "hotwire.dll");
+
+    public static CliResult Run(params string[] args) => Run(TimeSpan.FromMinutes(2), args);
+
+    public static CliResult Run(TimeSpan timeout, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(s_dll);
+        foreach (string a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using Process p = Process.Start(psi)!;
+        Task<string> stdout = p.StandardOutput.ReadToEndAsync();
+        Task<string> stderr = p.StandardError.ReadToEndAsync();
+        if (!p.WaitForExit(timeout))
+        {
+            p.Kill(entireProcessTree: true);
+            throw new TimeoutException($"hotwire {string.Join(' ', args)} did not finish in {timeout}");
+        }
+        return new CliResult(p.ExitCode, stdout.Result, stderr.Result);
+    }
+}

@@ -1,0 +1,150 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Hotwire.Tests.Infrastructure;
+
+/// <summary>The flavours of patch site the test targets are built with (DESIGN.md §2).</summary>
+public enum Flavour
+{
+    /// <summary>-pg -mfentry -mnop-mcount -mrecord-mcount, non-PIE: NOP5 recorded in __mcount_loc.</summary>
+    Nop5,
+
+    /// <summary>PIE with -fpatchable-function-entry=5: five 1-byte NOPs.</summary>
+    PatchablePie,
+
+    /// <summary>PIE with -pg -mfentry -mrecord-mcount: 6-byte call *__fentry__@GOTPCREL.</summary>
+    FentryPie,
+
+    /// <summary>-fcf-protection=full: endbr64 then the NOP sled.</summary>
+    Endbr,
+
+    /// <summary>-fcf-protection=full with the mcount flags: endbr64 then NOP5.</summary>
+    EndbrNop5,
+
+    /// <summary>Nop5 with its symbol tables stripped.</summary>
+    Stripped,
+
+    /// <summary>Plain -O2: no sites at all.</summary>
+    NoSites,
+
+    /// <summary>uselib (no sites) loading libflav.so (patchable entries).</summary>
+    SharedLibrary,
+
+    /// <summary>C++ with -fpatchable-function-entry=5, for demangled names.</summary>
+    Cxx,
+
+    /// <summary>The 50,000-function program from gen-many.sh (NOP5).</summary>
+    Many,
+}
+
+/// <summary>
+/// Builds the C targets under tests/targets with gcc, once: outputs are cached under
+/// tests/targets/build/ by a hash of sources, flags and compiler version.
+/// </summary>
+public static class TargetBuilder
+{
+    private static readonly Dictionary<Flavour, Lazy<string>> s_built = Enum.GetValues<Flavour>()
+        .ToDictionary(f => f, f => new Lazy<string>(() => BuildUncached(f), LazyThreadSafetyMode.ExecutionAndPublication));
+
+    private static readonly Lazy<string> s_compilerVersion = new(() => Run("gcc", "--version").Split('\n')[0]);
+
+    public static string SourceDir { get; } = FindSourceDir();
+
+    /// <summary>The path of the flavour's program (for <see cref="Flavour.SharedLibrary"/>, of uselib; libflav.so is beside it).</summary>
+    public static string Get(Flavour flavour) => s_built[flavour].Value;
+
+    public static string LibraryOf(string program) => Path.Combine(Path.GetDirectoryName(program)!, "libflav.so");
+
+    private const string Nop5Flags = "-O2 -pg -mfentry -mnop-mcount -mrecord-mcount -fno-pie";
+    private const string SledFlags = "-O2 -fpatchable-function-entry=5";
+
+    private static string BuildUncached(Flavour flavour)
+    {
+        (string[] sources, string[] steps, string output) = (Recipe)(flavour switch
+        {
+            Flavour.Nop5 => new Recipe(["flavours.c"], [$"gcc {Nop5Flags} -c {{src}}/flavours.c -o {{out}}/flavours.o", "gcc -no-pie {out}/flavours.o -o {out}/prog"], "prog"),
+            Flavour.PatchablePie => new Recipe(["flavours.c"], [$"gcc {SledFlags} -fPIE -pie {{src}}/flavours.c -o {{out}}/prog"], "prog"),
+            // Compiled with -pg, linked without it (no gprof start-up); __fentry__ resolves to glibc's.
+            Flavour.FentryPie => new Recipe(["flavours.c"], ["gcc -O2 -pg -mfentry -mrecord-mcount -fPIE -c {src}/flavours.c -o {out}/flavours.o", "gcc -pie {out}/flavours.o -o {out}/prog"], "prog"),
+            Flavour.Endbr => new Recipe(["flavours.c"], [$"gcc {SledFlags} -fcf-protection=full -fPIE -pie {{src}}/flavours.c -o {{out}}/prog"], "prog"),
+            Flavour.EndbrNop5 => new Recipe(["flavours.c"], [$"gcc {Nop5Flags} -fcf-protection=full -c {{src}}/flavours.c -o {{out}}/flavours.o", "gcc -no-pie {out}/flavours.o -o {out}/prog"], "prog"),
+            Flavour.Stripped => new Recipe(["flavours.c"], [$"gcc {Nop5Flags} -c {{src}}/flavours.c -o {{out}}/flavours.o", "gcc -no-pie {out}/flavours.o -o {out}/prog", "strip {out}/prog"], "prog"),
+            Flavour.NoSites => new Recipe(["flavours.c"], ["gcc -O2 {src}/flavours.c -o {out}/prog"], "prog"),
+            Flavour.SharedLibrary => new Recipe(["libflav.c", "uselib.c"],
+                [$"gcc {SledFlags} -fPIC -shared {{src}}/libflav.c -o {{out}}/libflav.so",
+                 "gcc -O2 {src}/uselib.c -L{out} -lflav -Wl,-rpath,'$ORIGIN' -o {out}/prog"], "prog"),
+            Flavour.Cxx => new Recipe(["cxxprog.cpp"], [$"g++ {SledFlags} {{src}}/cxxprog.cpp -o {{out}}/prog"], "prog"),
+            Flavour.Many => new Recipe(["gen-many.sh"],
+                ["bash {src}/gen-many.sh 50000 > {out}/many.c", $"gcc -O1 -pg -mfentry -mnop-mcount -mrecord-mcount -fno-pie -c {{out}}/many.c -o {{out}}/many.o", "gcc -no-pie {out}/many.o -o {out}/prog", "rm -f {out}/many.c {out}/many.o"], "prog"),
+            _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
+        });
+
+        var key = new StringBuilder(s_compilerVersion.Value).Append('\n');
+        foreach (string s in sources)
+        {
+            key.Append(File.ReadAllText(Path.Combine(SourceDir, s))).Append('\n');
+        }
+        key.AppendJoin('\n', steps);
+        string hash = Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(key.ToString())))[..16];
+        string dir = Path.Combine(SourceDir, "build", $"{flavour.ToString().ToLowerInvariant()}-{hash}");
+        string result = Path.Combine(dir, output);
+        if (File.Exists(result))
+        {
+            return result;
+        }
+        // Build beside, then rename: a half-built directory is never taken for a cached one.
+        string temp = dir + ".tmp-" + Environment.ProcessId;
+        Directory.CreateDirectory(temp);
+        foreach (string step in steps)
+        {
+            Run("bash", "-c", step.Replace("{src}", SourceDir).Replace("{out}", temp));
+        }
+        try
+        {
+            Directory.Move(temp, dir);
+        }
+        catch (IOException) when (File.Exists(result))
+        {
+            Directory.Delete(temp, recursive: true); // another test process built it first
+        }
+        return result;
+    }
+
+    private sealed record Recipe(string[] Sources, string[] Steps, string Output)
+    {
+        public void Deconstruct(out string[] sources, out string[] steps, out string output)
+            => (sources, steps, output) = (Sources, Steps, Output);
+    }
+
+    public static string Run(string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using Process p = Process.Start(psi) ?? throw new InvalidOperationException($"cannot start {file}");
+        Task<string> stderr = p.StandardError.ReadToEndAsync();
+        string stdout = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        if (p.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"{file} {string.Join(' ', args)} failed ({p.ExitCode}): {stderr.Result}");
+        }
+        return stdout;
+    }
+
+    private static string FindSourceDir()
+    {
+        for (string? dir = AppContext.BaseDirectory; dir is not null; dir = Path.GetDirectoryName(dir))
+        {
+            string candidate = Path.Combine(dir, "tests", "targets");
+            if (File.Exists(Path.Combine(candidate, "flavours.c")))
+            {
+                return candidate;
+            }
+        }
+        throw new InvalidOperationException("tests/targets not found above " + AppContext.BaseDirectory);
+    }
+}
