@@ -16,6 +16,8 @@ public sealed class ProcessMemory : IMemoryReader, IDisposable
 
     public int Pid { get; }
 
+    internal int Fd => _fd.Fd;
+
     public static ProcessMemory Open(int pid, bool writable = false)
     {
         int fd = Libc.open($"/proc/{pid}/mem", (writable ? Libc.O_RDWR : Libc.O_RDONLY) | Libc.O_CLOEXEC, 0);

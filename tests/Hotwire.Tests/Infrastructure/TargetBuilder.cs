@@ -36,6 +36,12 @@ public enum Flavour
 
     /// <summary>The 50,000-function program from gen-many.sh (NOP5).</summary>
     Many,
+
+    /// <summary>seedcase.c (threads calling f; f_new beside it), NOP5 sites.</summary>
+    SeedNop5,
+
+    /// <summary>seedcase.c with -fpatchable-function-entry=5 (PIE): sleds converted in a running process.</summary>
+    SeedSled,
 }
 
 /// <summary>
@@ -77,6 +83,8 @@ public static class TargetBuilder
             Flavour.Cxx => new Recipe(["cxxprog.cpp"], [$"g++ {SledFlags} {{src}}/cxxprog.cpp -o {{out}}/prog"], "prog"),
             Flavour.Many => new Recipe(["gen-many.sh"],
                 ["bash {src}/gen-many.sh 50000 > {out}/many.c", $"gcc -O1 -pg -mfentry -mnop-mcount -mrecord-mcount -fno-pie -c {{out}}/many.c -o {{out}}/many.o", "gcc -no-pie {out}/many.o -o {out}/prog", "rm -f {out}/many.c {out}/many.o"], "prog"),
+            Flavour.SeedNop5 => new Recipe(["seedcase.c"], [$"gcc {Nop5Flags} -pthread -c {{src}}/seedcase.c -o {{out}}/seedcase.o", "gcc -no-pie -pthread {out}/seedcase.o -o {out}/prog"], "prog"),
+            Flavour.SeedSled => new Recipe(["seedcase.c"], [$"gcc {SledFlags} -pthread -fPIE -pie {{src}}/seedcase.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });
 

@@ -2,26 +2,35 @@ using System.Diagnostics;
 
 namespace Hotwire.Tests.Infrastructure;
 
-/// <summary>A running test target; it signals readiness with a "ready PID" line and is killed on dispose.</summary>
+/// <summary>
+/// A running test target; it signals readiness with a "ready PID" line and is killed on dispose.
+/// It runs as a grandchild (under sh), never as a child of the test process: .NET reaps its own
+/// children with waitpid, which would swallow the ptrace stops Hotwire waits for (DESIGN.md §3).
+/// </summary>
 public sealed class TargetProcess : IDisposable
 {
     private readonly Process _process;
 
     private TargetProcess(Process process) => _process = process;
 
-    public int Pid => _process.Id;
+    /// <summary>The target's pid (not the pid of the sh that waits for it).</summary>
+    public int Pid { get; private set; }
 
     public Process Process => _process;
 
     public static TargetProcess Start(string path, params string[] args)
     {
-        var psi = new ProcessStartInfo(path)
+        var psi = new ProcessStartInfo("/bin/sh")
         {
             RedirectStandardInput = true,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
             WorkingDirectory = Path.GetDirectoryName(path)!,
         };
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add("exec 3<&0; \"$@\" <&3 3<&- & wait $!");
+        psi.ArgumentList.Add("sh");
+        psi.ArgumentList.Add(path);
         foreach (string a in args)
         {
             psi.ArgumentList.Add(a);
@@ -34,6 +43,7 @@ public sealed class TargetProcess : IDisposable
             target.Dispose();
             throw new InvalidOperationException($"{path} did not signal readiness");
         }
+        target.Pid = int.Parse(ready.Split(' ')[1]);
         return target;
     }
 
@@ -48,6 +58,19 @@ public sealed class TargetProcess : IDisposable
     {
         try
         {
+            if (Pid > 0)
+            {
+                try
+                {
+                    System.Diagnostics.Process.GetProcessById(Pid).Kill();
+                }
+                catch (ArgumentException)
+                {
+                }
+                catch (InvalidOperationException)
+                {
+                }
+            }
             if (!_process.HasExited)
             {
                 _process.Kill(entireProcessTree: true);

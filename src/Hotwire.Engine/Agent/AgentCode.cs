@@ -1,0 +1,562 @@
+using Iced.Intel;
+using static Iced.Intel.AssemblerRegisters;
+using L = Hotwire.Agent.AgentLayout;
+using N = Hotwire.Interop.SyscallNumbers;
+
+namespace Hotwire.Agent;
+
+/// <summary>Where each entry point of the generated agent code landed.</summary>
+public sealed record AgentEntryPoints(ulong CloneStub, ulong AfterCloneSyscall, ulong SigtrapHandler, ulong Restorer, ulong SyscallInsn, byte[] Code);
+
+/// <summary>
+/// The agent's machine code, generated with Iced for fixed addresses: the agent thread's command
+/// loop, the batched poke protocol, the dead-man switch and the SIGTRAP handler. It calls no libc and
+/// touches no TLS, so it runs in any process at any moment.
+/// </summary>
+public static class AgentCode
+{
+    private const int MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE = 32;
+    private const int PR_SET_NAME = 15;
+    private const int SIGTRAP = 5;
+    private const int ProtRwx = 7;
+    private const long DeadManPollNs = 50_000_000;
+
+    /// <param name="hdr">target address of the data region (the header)</param>
+    /// <param name="codeBase">target address where this code is mapped</param>
+    public static AgentEntryPoints Build(ulong hdr, ulong codeBase)
+    {
+        var a = new Assembler(64);
+        Label cloneStub = a.CreateLabel(), afterClone = a.CreateLabel(), agentEntry = a.CreateLabel();
+        Label handler = a.CreateLabel(), restorer = a.CreateLabel(), syscallInsn = a.CreateLabel();
+        Label runBatch = a.CreateLabel(), restoreAll = a.CreateLabel();
+
+        // clone stub: Hotwire single-steps the syscall in the stopped thread; the child goes to agentEntry.
+        a.Label(ref cloneStub);
+        a.syscall();
+        a.Label(ref afterClone);
+        a.test(rax, rax);
+        a.jz(agentEntry);
+        a.int3();
+
+        // A bare syscall Hotwire can single-step for later injections.
+        a.Label(ref syscallInsn);
+        a.syscall();
+        a.int3();
+
+        EmitAgentMain(a, hdr, ref agentEntry, runBatch, restoreAll);
+        EmitRunBatch(a, ref runBatch);
+        EmitRestoreAll(a, ref restoreAll, runBatch);
+        EmitSigtrapHandler(a, hdr, ref handler);
+
+        // sa_restorer: return from the signal frame.
+        a.Label(ref restorer);
+        a.mov(eax, N.rt_sigreturn);
+        a.syscall();
+
+        var stream = new MemoryStream();
+        AssemblerResult result = a.Assemble(new StreamCodeWriter(stream), codeBase, BlockEncoderOptions.ReturnNewInstructionOffsets);
+        return new AgentEntryPoints(
+            result.GetLabelRIP(cloneStub),
+            result.GetLabelRIP(afterClone),
+            result.GetLabelRIP(handler),
+            result.GetLabelRIP(restorer),
+            result.GetLabelRIP(syscallInsn),
+            stream.ToArray());
+    }
+
+    private static void Syscall(Assembler a, int number)
+    {
+        a.mov(eax, number);
+        a.syscall();
+    }
+
+    // as the kernel's text_poke_sync: serialize every core running a thread of this process
+    private static void Sync(Assembler a)
+    {
+        a.mov(edi, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE);
+        a.xor(esi, esi);
+        a.xor(edx, edx);
+        Syscall(a, N.membarrier);
+        a.@lock.inc(__qword_ptr[rbx + L.SyncCount]);
+    }
+
+    /// <summary>Registers: rbx = header for the thread's whole life; r12d = last command seq seen.</summary>
+    private static void EmitAgentMain(Assembler a, ulong hdr, ref Label agentEntry, Label runBatch, Label restoreAll)
+    {
+        Label loop = a.CreateLabel(), haveCmd = a.CreateLabel(), done = a.CreateLabel(), exitThread = a.CreateLabel();
+        Label notBatch = a.CreateLabel(), notRestore = a.CreateLabel(), notExit = a.CreateLabel(), notSyscall = a.CreateLabel();
+        Label noSigRestore = a.CreateLabel(), deadMan = a.CreateLabel();
+
+        a.Label(ref agentEntry);
+        a.mov(rbx, hdr);
+        a.and(rsp, -16);
+        a.mov(edi, PR_SET_NAME);
+        a.lea(rsi, __[rbx + L.AgentName]);
+        Syscall(a, N.prctl);
+        Syscall(a, N.gettid);
+        a.mov(__qword_ptr[rbx + L.AgentTid], rax);
+        a.mov(r12d, __dword_ptr[rbx + L.CmdSeq]);
+        a.mov(__dword_ptr[rbx + L.DoneSeq], r12d);
+        a.mov(__qword_ptr[rbx + L.AgentState], 1);
+
+        a.Label(ref loop);
+        a.mov(eax, __dword_ptr[rbx + L.CmdSeq]);
+        a.cmp(eax, r12d);
+        a.jne(haveCmd);
+        // futex_wait(&cmd_seq, last, 50 ms): woken by Hotwire's FUTEX_WAKE, or times out to check on Hotwire.
+        a.lea(rdi, __[rbx + L.CmdSeq]);
+        a.xor(esi, esi);
+        a.mov(edx, r12d);
+        a.lea(r10, __[rbx + L.WaitTimeout]);
+        a.xor(r8d, r8d);
+        a.xor(r9d, r9d);
+        Syscall(a, N.futex);
+        a.mov(eax, __dword_ptr[rbx + L.CmdSeq]);
+        a.cmp(eax, r12d);
+        a.jne(haveCmd);
+        // Dead-man switch: the pidfd on Hotwire turns readable when Hotwire has died.
+        a.lea(rdi, __[rbx + L.PollFd]);
+        a.mov(esi, 1);
+        a.xor(edx, edx);
+        Syscall(a, N.poll);
+        a.cmp(rax, 0);
+        a.jle(loop);
+        a.Label(ref deadMan);
+        a.mov(__qword_ptr[rbx + L.DeadManFired], 1);
+        a.call(restoreAll);
+        a.jmp(exitThread);
+
+        a.Label(ref haveCmd);
+        a.mov(r12d, eax);
+        a.mov(eax, __dword_ptr[rbx + L.Cmd]);
+
+        a.cmp(eax, L.CmdBatch);
+        a.jne(notBatch);
+        a.mov(r13, __qword_ptr[rbx + L.BatchList]);
+        a.mov(r14, __qword_ptr[rbx + L.BatchCount]);
+        a.mov(r15, __qword_ptr[rbx + L.RangeList]);
+        a.mov(rbp, __qword_ptr[rbx + L.RangeCount]);
+        a.call(runBatch);
+        a.mov(__dword_ptr[rbx + L.Result], eax);
+        a.jmp(done);
+
+        a.Label(ref notBatch);
+        a.cmp(eax, L.CmdRestoreAll);
+        a.jne(notRestore);
+        a.call(restoreAll);
+        a.mov(__dword_ptr[rbx + L.Result], eax);
+        a.jmp(done);
+
+        a.Label(ref notRestore);
+        a.cmp(eax, L.CmdExit);
+        a.jne(notExit);
+        a.cmp(__qword_ptr[rbx + L.ExitRestoresSigaction], 0);
+        a.je(noSigRestore);
+        a.mov(edi, SIGTRAP);
+        a.lea(rsi, __[rbx + L.OldSigaction]);
+        a.xor(edx, edx);
+        a.mov(r10d, 8);
+        Syscall(a, N.rt_sigaction);
+        a.Label(ref noSigRestore);
+        a.jmp(exitThread);
+
+        a.Label(ref notExit);
+        a.cmp(eax, L.CmdSyscall);
+        a.jne(notSyscall);
+        a.mov(rdi, __qword_ptr[rbx + L.SyscallArgs]);
+        a.mov(rsi, __qword_ptr[rbx + L.SyscallArgs + 8]);
+        a.mov(rdx, __qword_ptr[rbx + L.SyscallArgs + 16]);
+        a.mov(r10, __qword_ptr[rbx + L.SyscallArgs + 24]);
+        a.mov(r8, __qword_ptr[rbx + L.SyscallArgs + 32]);
+        a.mov(r9, __qword_ptr[rbx + L.SyscallArgs + 40]);
+        a.mov(rax, __qword_ptr[rbx + L.SyscallNr]);
+        a.syscall();
+        a.mov(__qword_ptr[rbx + L.SyscallResult], rax);
+        a.mov(__dword_ptr[rbx + L.Result], 0);
+        a.jmp(done);
+
+        a.Label(ref notSyscall);
+        a.mov(__dword_ptr[rbx + L.Result], 0); // ping, or a stray continue
+
+        a.Label(ref done);
+        a.mov(__dword_ptr[rbx + L.DoneSeq], r12d);
+        Wake(a, L.DoneSeq);
+        a.jmp(loop);
+
+        a.Label(ref exitThread);
+        a.mov(rdi, __qword_ptr[rbx + L.Pidfd]);
+        Syscall(a, N.close);
+        a.mov(__qword_ptr[rbx + L.AgentState], 2);
+        a.mov(__dword_ptr[rbx + L.DoneSeq], r12d);
+        Wake(a, L.DoneSeq);
+        a.xor(edi, edi);
+        Syscall(a, N.exit);
+        a.ud2();
+    }
+
+    private static void Wake(Assembler a, int field)
+    {
+        a.lea(rdi, __[rbx + field]);
+        a.mov(esi, 1); // FUTEX_WAKE (shared: Hotwire waits on its own mapping of the same page)
+        a.mov(edx, int.MaxValue);
+        Syscall(a, N.futex);
+    }
+
+    /// <summary>
+    /// As the kernel's text_poke_bp_batch: verify, make pages writable, int3 on every site, sync,
+    /// tails, sync, heads, sync, restore page protections. In: r13 = batch list, r14 = count,
+    /// r15 = ranges, rbp = range count; rbx = header. Out: eax = result.
+    /// </summary>
+    private static void EmitRunBatch(Assembler a, ref Label runBatch)
+    {
+        Label vLoop = a.CreateLabel(), vDone = a.CreateLabel(), cLoop = a.CreateLabel(), cOk = a.CreateLabel(), mismatch = a.CreateLabel();
+        Label mpLoop = a.CreateLabel(), mpDone = a.CreateLabel(), mpFail = a.CreateLabel(), mpUndo = a.CreateLabel(), mpUndoDone = a.CreateLabel();
+        Label p1 = a.CreateLabel(), p1Done = a.CreateLabel(), p2 = a.CreateLabel(), p2Done = a.CreateLabel(), p2Inner = a.CreateLabel(), p2Next = a.CreateLabel();
+        Label p3 = a.CreateLabel(), p3Done = a.CreateLabel(), backLoop = a.CreateLabel(), backDone = a.CreateLabel(), ret = a.CreateLabel();
+        Label noPause = a.CreateLabel(), pauseLoop = a.CreateLabel(), resumed = a.CreateLabel();
+
+        a.Label(ref runBatch);
+        a.push(r12);
+        a.sub(rsp, 8);
+
+        // verify: every site holds exactly the expected bytes, or nothing is written
+        a.xor(ecx, ecx);
+        a.Label(ref vLoop);
+        a.cmp(rcx, r14);
+        a.jae(vDone);
+        EntryAndSite(a, rcx);
+        a.movzx(r8d, __byte_ptr[rdx + L.SiteLen]);
+        a.xor(r9d, r9d);
+        a.Label(ref cLoop);
+        a.cmp(r9, r8);
+        a.jae(cOk);
+        a.movzx(eax, __byte_ptr[rdi + r9]);
+        a.cmp(al, __byte_ptr[rsi + r9 + L.BatchExpected]);
+        a.jne(mismatch);
+        a.inc(r9);
+        a.jmp(cLoop);
+        a.Label(ref cOk);
+        a.inc(rcx);
+        a.jmp(vLoop);
+        a.Label(ref mismatch);
+        a.mov(__qword_ptr[rbx + L.FailedIndex], rcx);
+        a.lea(eax, __[rcx + 1]);
+        a.jmp(ret);
+        a.Label(ref vDone);
+
+        // pages writable (syscalls clobber rcx and r11: r12 counts)
+        a.xor(r12d, r12d);
+        a.Label(ref mpLoop);
+        a.cmp(r12, rbp);
+        a.jae(mpDone);
+        a.mov(rax, r12);
+        a.shl(rax, 4);
+        a.mov(rdi, __qword_ptr[r15 + rax]);
+        a.mov(esi, __dword_ptr[r15 + rax + 8]);
+        a.mov(edx, ProtRwx);
+        Syscall(a, N.mprotect);
+        a.test(rax, rax);
+        a.js(mpFail);
+        a.inc(r12);
+        a.jmp(mpLoop);
+        a.Label(ref mpFail);
+        a.mov(__qword_ptr[rsp], rax);
+        a.Label(ref mpUndo);
+        a.test(r12, r12);
+        a.jz(mpUndoDone);
+        a.dec(r12);
+        RestoreRange(a);
+        a.jmp(mpUndo);
+        a.Label(ref mpUndoDone);
+        a.mov(rax, __qword_ptr[rsp]);
+        a.jmp(ret);
+        a.Label(ref mpDone);
+
+        // phase 1: publish the new instruction's emulation, then int3 on byte 0 (x86 keeps stores in order)
+        a.xor(ecx, ecx);
+        a.Label(ref p1);
+        a.cmp(rcx, r14);
+        a.jae(p1Done);
+        EntryAndSite(a, rcx);
+        a.mov(rax, __qword_ptr[rsi + L.BatchEmu]);
+        a.mov(__qword_ptr[rdx + L.SiteEmu], rax);
+        a.mov(__byte_ptr[rdi], 0xcc);
+        a.inc(rcx);
+        a.jmp(p1);
+        a.Label(ref p1Done);
+        Sync(a);
+
+        // optional pause: Hotwire checks that no thread sits inside a NOP sled being converted
+        a.cmp(__qword_ptr[rbx + L.PauseAfterPhase1], 0);
+        a.je(noPause);
+        a.mov(__qword_ptr[rbx + L.Paused], 1);
+        a.Label(ref pauseLoop);
+        a.mov(r12d, __dword_ptr[rsp + 8]);
+        a.mov(__dword_ptr[rbx + L.DoneSeq], r12d);
+        Wake(a, L.DoneSeq);
+        a.lea(rdi, __[rbx + L.CmdSeq]);
+        a.xor(esi, esi);
+        a.mov(edx, r12d);
+        a.lea(r10, __[rbx + L.WaitTimeout]);
+        a.xor(r8d, r8d);
+        a.xor(r9d, r9d);
+        Syscall(a, N.futex);
+        a.mov(eax, __dword_ptr[rbx + L.CmdSeq]);
+        a.cmp(eax, __dword_ptr[rsp + 8]);
+        a.jne(resumed);
+        a.lea(rdi, __[rbx + L.PollFd]);
+        a.mov(esi, 1);
+        a.xor(edx, edx);
+        Syscall(a, N.poll);
+        a.cmp(rax, 0);
+        a.jle(pauseLoop);
+        a.mov(eax, __dword_ptr[rsp + 8]); // Hotwire died: finish the batch; the main loop restores after
+        a.Label(ref resumed);
+        a.mov(__dword_ptr[rsp + 8], eax); // the caller's r12 (saved by push) becomes the continue seq
+        a.mov(__qword_ptr[rbx + L.Paused], 0);
+        a.Label(ref noPause);
+
+        // phase 2: bytes 1..len-1
+        a.xor(ecx, ecx);
+        a.Label(ref p2);
+        a.cmp(rcx, r14);
+        a.jae(p2Done);
+        EntryAndSite(a, rcx);
+        a.movzx(r8d, __byte_ptr[rdx + L.SiteLen]);
+        a.mov(r9d, 1);
+        a.Label(ref p2Inner);
+        a.cmp(r9, r8);
+        a.jae(p2Next);
+        a.movzx(eax, __byte_ptr[rsi + r9 + L.BatchNew]);
+        a.mov(__byte_ptr[rdi + r9], al);
+        a.inc(r9);
+        a.jmp(p2Inner);
+        a.Label(ref p2Next);
+        a.inc(rcx);
+        a.jmp(p2);
+        a.Label(ref p2Done);
+        Sync(a);
+
+        // phase 3: byte 0; record what is installed
+        a.xor(ecx, ecx);
+        a.Label(ref p3);
+        a.cmp(rcx, r14);
+        a.jae(p3Done);
+        EntryAndSite(a, rcx);
+        a.mov(rax, __qword_ptr[rsi + L.BatchNew]);
+        a.mov(__byte_ptr[rdi], al);
+        a.mov(__qword_ptr[rdx + L.SiteCurrent], rax);
+        a.inc(rcx);
+        a.jmp(p3);
+        a.Label(ref p3Done);
+        Sync(a);
+
+        // page protections back
+        a.mov(r12, rbp);
+        a.Label(ref backLoop);
+        a.test(r12, r12);
+        a.jz(backDone);
+        a.dec(r12);
+        RestoreRange(a);
+        a.jmp(backLoop);
+        a.Label(ref backDone);
+        a.xor(eax, eax);
+
+        a.Label(ref ret);
+        a.add(rsp, 8);
+        a.pop(r12);
+        a.ret();
+    }
+
+    // rsi = &batch[index], rdx = &site[batch.index], rdi = site address
+    private static void EntryAndSite(Assembler a, AssemblerRegister64 index)
+    {
+        a.mov(rsi, index);
+        a.shl(rsi, 5);
+        a.add(rsi, r13);
+        a.mov(edx, __dword_ptr[rsi + L.BatchSiteIndex]);
+        a.imul(rdx, rdx, L.SiteEntrySize);
+        a.add(rdx, __qword_ptr[rbx + L.SiteTable]);
+        a.mov(rdi, __qword_ptr[rdx + L.SiteAddress]);
+    }
+
+    // mprotect(range[r12].start, range[r12].len, range[r12].prot)
+    private static void RestoreRange(Assembler a)
+    {
+        a.mov(rax, r12);
+        a.shl(rax, 4);
+        a.mov(rdi, __qword_ptr[r15 + rax]);
+        a.mov(esi, __dword_ptr[r15 + rax + 8]);
+        a.mov(edx, __dword_ptr[r15 + rax + 12]);
+        Syscall(a, N.mprotect);
+    }
+
+    /// <summary>
+    /// Puts the original bytes back on every site whose bytes are still what the agent installed
+    /// (a site someone else has since taken is left alone), through the same protocol.
+    /// </summary>
+    private static void EmitRestoreAll(Assembler a, ref Label restoreAll, Label runBatch)
+    {
+        Label loop = a.CreateLabel(), next = a.CreateLabel(), built = a.CreateLabel();
+        a.Label(ref restoreAll);
+        a.mov(r13, __qword_ptr[rbx + L.RestoreList]);
+        a.xor(r14d, r14d);
+        a.xor(edx, edx);
+        a.Label(ref loop);
+        a.cmp(rdx, __qword_ptr[rbx + L.SiteCount]);
+        a.jae(built);
+        a.mov(rdi, rdx);
+        a.imul(rdi, rdi, L.SiteEntrySize);
+        a.add(rdi, __qword_ptr[rbx + L.SiteTable]);
+        a.mov(rax, __qword_ptr[rdi + L.SiteCurrent]);
+        a.cmp(rax, __qword_ptr[rdi + L.SiteOriginal]);
+        a.je(next);
+        // still ours? compare the live bytes with what we installed, under a mask of len bytes
+        a.movzx(ecx, __byte_ptr[rdi + L.SiteLen]);
+        a.shl(ecx, 3);
+        a.mov(r9d, 1);
+        a.shl(r9, cl);
+        a.dec(r9);
+        a.mov(r8, __qword_ptr[rdi + L.SiteAddress]);
+        a.mov(r8, __qword_ptr[r8]);
+        a.xor(r8, rax);
+        a.test(r8, r9);
+        a.jnz(next);
+        a.mov(r8, r14);
+        a.shl(r8, 5);
+        a.add(r8, r13);
+        a.mov(__dword_ptr[r8 + L.BatchSiteIndex], edx);
+        a.mov(__qword_ptr[r8 + L.BatchExpected], rax);
+        a.mov(rax, __qword_ptr[rdi + L.SiteOriginal]);
+        a.mov(__qword_ptr[r8 + L.BatchNew], rax);
+        a.movzx(eax, __byte_ptr[rdi + L.SiteLen]);
+        a.shl(eax, 4);
+        a.lea(rax, __[rbx + rax + L.NopRecords]);
+        a.mov(__qword_ptr[r8 + L.BatchEmu], rax);
+        a.inc(r14);
+        a.Label(ref next);
+        a.inc(rdx);
+        a.jmp(loop);
+        a.Label(ref built);
+        a.mov(r15, __qword_ptr[rbx + L.AllRangeList]);
+        a.mov(rbp, __qword_ptr[rbx + L.AllRangeCount]);
+        a.mov(__qword_ptr[rbx + L.PauseAfterPhase1], 0);
+        a.jmp(runBatch); // tail call: its ret returns to our caller
+    }
+
+    /// <summary>
+    /// The SIGTRAP handler (SA_SIGINFO): rdi = signo, rsi = siginfo, rdx = ucontext.
+    /// For a trap at a known site whose byte 0 is still int3, emulate the newest instruction
+    /// published for it (call → push return address and jump; jmp; nop → skip); if byte 0 is no
+    /// longer int3 the batch finished before the signal arrived: re-execute. Anything else is not
+    /// ours: chain to the previous disposition.
+    /// Reads byte 0 before the record: the agent publishes the record before writing int3, so a
+    /// handler that sees int3 sees a record at least as new (x86 does not reorder loads with loads).
+    /// </summary>
+    private static void EmitSigtrapHandler(Assembler a, ulong hdr, ref Label handler)
+    {
+        Label search = a.CreateLabel(), goLeft = a.CreateLabel(), found = a.CreateLabel(), chain = a.CreateLabel();
+        Label stale = a.CreateLabel(), skip = a.CreateLabel(), doCall = a.CreateLabel(), doJmp = a.CreateLabel(), emulated = a.CreateLabel();
+        Label notIgnored = a.CreateLabel(), jmpOld = a.CreateLabel();
+
+        a.Label(ref handler);
+        a.push(rdi);
+        a.push(rsi);
+        a.mov(r9, hdr);
+        a.mov(r8, __qword_ptr[rdx + L.UcontextRip]);
+        a.dec(r8);                                   // ip of the int3
+        a.mov(r10, __qword_ptr[r9 + L.SiteTable]);
+        a.xor(ecx, ecx);                             // lo
+        a.mov(r11, __qword_ptr[r9 + L.SiteCount]);   // hi
+        a.Label(ref search);
+        a.cmp(rcx, r11);
+        a.jae(chain);
+        a.lea(rax, __[rcx + r11]);
+        a.shr(rax, 1);
+        a.mov(rdi, rax);
+        a.imul(rdi, rdi, L.SiteEntrySize);
+        a.add(rdi, r10);
+        a.mov(rsi, __qword_ptr[rdi + L.SiteAddress]);
+        a.cmp(r8, rsi);
+        a.je(found);
+        a.jb(goLeft);
+        a.lea(rcx, __[rax + 1]);
+        a.jmp(search);
+        a.Label(ref goLeft);
+        a.mov(r11, rax);
+        a.jmp(search);
+
+        a.Label(ref found);
+        a.movzx(eax, __byte_ptr[r8]);
+        a.cmp(al, 0xcc);
+        a.jne(stale);
+        a.mov(rax, __qword_ptr[rdi + L.SiteEmu]);
+        a.test(rax, rax);
+        a.jz(chain);
+        a.cmp(__qword_ptr[r9 + L.Int3Mode], 0);
+        a.jne(skip);
+        a.movzx(ecx, __byte_ptr[rax + L.RecordKind]);
+        a.movzx(esi, __byte_ptr[rax + L.RecordAdvance]);
+        a.cmp(ecx, L.KindCall);
+        a.je(doCall);
+        a.cmp(ecx, L.KindJmp);
+        a.je(doJmp);
+        a.add(r8, rsi);                              // nop: skip it
+        a.mov(__qword_ptr[rdx + L.UcontextRip], r8);
+        a.jmp(emulated);
+        a.Label(ref doCall);                         // as int3_emulate_call: push ip + len, jump
+        a.mov(rcx, __qword_ptr[rdx + L.UcontextRsp]);
+        a.sub(rcx, 8);
+        a.add(r8, rsi);
+        a.mov(__qword_ptr[rcx], r8);
+        a.mov(__qword_ptr[rdx + L.UcontextRsp], rcx);
+        a.Label(ref doJmp);
+        a.mov(rcx, __qword_ptr[rax + L.RecordTarget]);
+        a.mov(__qword_ptr[rdx + L.UcontextRip], rcx);
+        a.jmp(emulated);
+        a.Label(ref skip);                           // test-only: the pre-2019 behaviour, skip the instruction
+        a.movzx(ecx, __byte_ptr[rdi + L.SiteLen]);
+        a.add(r8, rcx);
+        a.mov(__qword_ptr[rdx + L.UcontextRip], r8);
+        a.Label(ref emulated);
+        a.@lock.inc(__qword_ptr[r9 + L.TrapsEmulated]);
+        a.pop(rsi);
+        a.pop(rdi);
+        a.ret();
+
+        a.Label(ref stale);
+        a.mov(__qword_ptr[rdx + L.UcontextRip], r8);
+        a.@lock.inc(__qword_ptr[r9 + L.TrapsStale]);
+        a.pop(rsi);
+        a.pop(rdi);
+        a.ret();
+
+        a.Label(ref chain);
+        a.@lock.inc(__qword_ptr[r9 + L.TrapsChained]);
+        a.pop(rsi);
+        a.pop(rdi);
+        a.mov(rax, __qword_ptr[r9 + L.OldSigaction]);
+        a.cmp(rax, 1);                               // SIG_IGN
+        a.jne(notIgnored);
+        a.ret();
+        a.Label(ref notIgnored);
+        a.test(rax, rax);
+        a.jnz(jmpOld);
+        // SIG_DFL: restore the default and raise again, so the process ends as it would have untraced
+        a.mov(edi, SIGTRAP);
+        a.lea(rsi, __[r9 + L.DefaultSigaction]);
+        a.xor(edx, edx);
+        a.mov(r10d, 8);
+        Syscall(a, N.rt_sigaction);
+        Syscall(a, N.getpid);
+        a.mov(r8, rax);
+        Syscall(a, N.gettid);
+        a.mov(rsi, rax);
+        a.mov(rdi, r8);
+        a.mov(edx, SIGTRAP);
+        Syscall(a, N.tgkill);
+        a.ret();
+        a.Label(ref jmpOld);
+        a.jmp(rax);
+    }
+}

@@ -1,0 +1,101 @@
+namespace Hotwire.Agent;
+
+/// <summary>
+/// The layout of the shared memfd: a data region mapped RW in both Hotwire and the target, followed
+/// by code regions mapped R-X in the target (RW in Hotwire, which writes the code). The agent code
+/// (generated in <see cref="AgentCode"/>) and Hotwire agree on these offsets; nothing else does.
+/// </summary>
+public static class AgentLayout
+{
+    public const ulong Magic = 0x3145524957544f48; // "HOTWIRE1"
+
+    // ---- header, at the start of the data region ----
+    public const int CmdSeq = 0x08;          // u32, Hotwire increments; agent futex-waits on it
+    public const int DoneSeq = 0x0c;         // u32, agent sets to the seq it finished; Hotwire futex-waits on it
+    public const int Cmd = 0x10;             // u32
+    public const int Result = 0x14;          // i32: 0 ok, < 0 -errno, > 0 index+1 of a verify failure
+    public const int Pidfd = 0x18;           // agent's pidfd on Hotwire (the dead-man switch)
+    public const int BatchCount = 0x20;
+    public const int RangeCount = 0x28;
+    public const int SyncCount = 0x30;       // membarrier(SYNC_CORE) calls made
+    public const int TrapsEmulated = 0x38;
+    public const int TrapsStale = 0x40;
+    public const int TrapsChained = 0x48;
+    public const int Int3Mode = 0x50;        // 0 emulate, 1 skip (test-only: the pre-2019 bug)
+    public const int SiteCount = 0x58;
+    public const int SiteTable = 0x60;       // pointers are target addresses
+    public const int BatchList = 0x68;
+    public const int RangeList = 0x70;
+    public const int AgentState = 0x78;      // 0 starting, 1 running, 2 exited
+    public const int OldSigaction = 0x80;    // struct kernel_sigaction (32 bytes): the handler we chain to
+    public const int AllRangeCount = 0xa0;
+    public const int AllRangeList = 0xa8;
+    public const int ExitRestoresSigaction = 0xb0;
+    public const int AgentTid = 0xb8;
+    public const int RestoreList = 0xc0;
+    public const int PauseAfterPhase1 = 0xc8;
+    public const int Paused = 0xd0;
+    public const int SyscallNr = 0xd8;
+    public const int SyscallArgs = 0xe0;     // 6 × u64
+    public const int SyscallResult = 0x110;
+    public const int DeadManFired = 0x118;
+    public const int MemfdInTarget = 0x120;
+    public const int FailedIndex = 0x128;
+    public const int Scratch = 0x130;
+    public const int AgentName = 0x180;      // "hotwire-agent\0"
+    public const int NewSigaction = 0x200;   // 32 bytes
+    public const int DefaultSigaction = 0x220;
+    public const int WaitTimeout = 0x240;    // struct timespec
+    public const int PollFd = 0x250;         // struct pollfd
+    public const int AllSignals = 0x260;     // sigset_t (8 bytes, kernel size)
+    public const int SavedSigmask = 0x268;
+    public const int NopRecords = 0x300;     // 16 records of 16 bytes: "nop, advance L" for L = 0..15
+    public const int HeaderSize = 0x1000;
+
+    // ---- commands ----
+    public const int CmdBatch = 1;
+    public const int CmdRestoreAll = 2;
+    public const int CmdExit = 3;
+    public const int CmdPing = 4;
+    public const int CmdSyscall = 5;
+    public const int CmdContinue = 6;
+
+    // ---- site table entry (sorted by address; the SIGTRAP handler binary-searches it) ----
+    public const int SiteEntrySize = 48;
+    public const int SiteAddress = 0;
+    public const int SiteEmu = 8;            // pointer to the emulation record of the newest instruction
+    public const int SiteOriginal = 16;      // u64: bytes, zero-padded past len
+    public const int SiteCurrent = 24;       // u64: what the agent last installed
+    public const int SiteLen = 32;           // u8
+
+    // ---- batch entry ----
+    public const int BatchEntrySize = 32;
+    public const int BatchSiteIndex = 0;     // u32
+    public const int BatchExpected = 8;      // u64 bytes
+    public const int BatchNew = 16;          // u64 bytes
+    public const int BatchEmu = 24;          // pointer to emulation record
+
+    // ---- emulation record (immutable once published) ----
+    public const int RecordSize = 16;
+    public const int RecordKind = 0;         // u8
+    public const int RecordAdvance = 1;      // u8: nop → bytes to skip; call → return address offset
+    public const int RecordTarget = 8;       // u64
+    public const byte KindNop = 1;
+    public const byte KindCall = 2;
+    public const byte KindJmp = 3;
+
+    // ---- range entry (pages made writable for a batch) ----
+    public const int RangeEntrySize = 16;
+
+    // ---- struct ucontext_t (x86-64): uc_mcontext.gregs at 40; REG_RSP = 15, REG_RIP = 16 ----
+    public const int UcontextRsp = 40 + 15 * 8;
+    public const int UcontextRip = 40 + 16 * 8;
+
+    // ---- rt_sigaction flags ----
+    public const ulong SA_SIGINFO = 0x4;
+    public const ulong SA_ONSTACK = 0x08000000;
+    public const ulong SA_RESTART = 0x10000000;
+    public const ulong SA_RESTORER = 0x04000000;
+
+    public const int AgentStackSize = 64 * 1024;
+}

@@ -1,0 +1,181 @@
+using System.Runtime.InteropServices;
+using Hotwire.Interop;
+
+namespace Hotwire.Injection;
+
+/// <summary>
+/// One thread held with PTRACE_SEIZE. Must be used on the <see cref="PtraceThread"/> only.
+/// Stops: PTRACE_INTERRUPT (a group-stop-like event stop), or a signal-delivery stop that happened
+/// to come first; signals seen while we hold the thread are remembered and delivered on detach.
+/// </summary>
+public sealed class Tracee
+{
+    private readonly List<int> _pendingSignals = [];
+    private bool _attached;
+
+    private Tracee(int pid, int tid)
+    {
+        Pid = pid;
+        Tid = tid;
+    }
+
+    public int Pid { get; }
+
+    public int Tid { get; }
+
+    public static Tracee Seize(int pid, int tid, int options = 0)
+    {
+        if (Ptrace.ptrace(Ptrace.PTRACE_SEIZE, tid, 0, options) < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw errno switch
+            {
+                Libc.EPERM when TracerOf(pid) is int tracer and > 0 =>
+                    new HotwireException($"pid {pid} is already traced by pid {tracer} ({ProcessName(tracer)}); detach the debugger or tracer first"),
+                Libc.EPERM or Libc.EACCES => new HotwireException(
+                    $"no permission to ptrace pid {pid}: run as root or with CAP_SYS_PTRACE, or as the same user with kernel.yama.ptrace_scope = 0 (sysctl kernel.yama.ptrace_scope)"),
+                Libc.ESRCH => new HotwireException($"no process with pid {pid} (it does not exist or has exited)"),
+                _ => Errors.FromErrno("ptrace(PTRACE_SEIZE)", errno, pid),
+            };
+        }
+        return new Tracee(pid, tid) { _attached = true };
+    }
+
+    /// <summary>Stops the thread (PTRACE_INTERRUPT) and waits until it is in a ptrace stop.</summary>
+    public void Interrupt()
+    {
+        Check(Ptrace.ptrace(Ptrace.PTRACE_INTERRUPT, Tid, 0, 0), "ptrace(PTRACE_INTERRUPT)");
+        int status = WaitStop();
+        if (Ptrace.EventOf(status) == 0)
+        {
+            // A signal-delivery stop came first: we hold the thread all the same. The signal is
+            // suppressed while we work and delivered on detach.
+            _pendingSignals.Add(Ptrace.WSTOPSIG(status));
+        }
+    }
+
+    public bool HasPendingSignal(int signal) => _pendingSignals.Contains(signal);
+
+    public unsafe user_regs_struct GetRegs()
+    {
+        user_regs_struct regs;
+        Check(Ptrace.ptrace(Ptrace.PTRACE_GETREGS, Tid, 0, (nint)(&regs)), "ptrace(PTRACE_GETREGS)");
+        return regs;
+    }
+
+    public unsafe void SetRegs(user_regs_struct regs)
+        => Check(Ptrace.ptrace(Ptrace.PTRACE_SETREGS, Tid, 0, (nint)(&regs)), "ptrace(PTRACE_SETREGS)");
+
+    /// <summary>Executes one instruction and waits for the step's SIGTRAP; other signals are kept for later.</summary>
+    public void SingleStep()
+    {
+        while (true)
+        {
+            Check(Ptrace.ptrace(Ptrace.PTRACE_SINGLESTEP, Tid, 0, 0), "ptrace(PTRACE_SINGLESTEP)");
+            int status = WaitStop();
+            int sig = Ptrace.WSTOPSIG(status);
+            if (sig == Ptrace.SIGTRAP && Ptrace.EventOf(status) == 0)
+            {
+                return;
+            }
+            if (Ptrace.EventOf(status) == 0)
+            {
+                _pendingSignals.Add(sig); // delivered before the step ran: step again, deliver it on detach
+            }
+        }
+    }
+
+    /// <summary>Resumes the thread and lets it go, delivering any signal that arrived while we held it.</summary>
+    public void Detach()
+    {
+        if (!_attached)
+        {
+            return;
+        }
+        _attached = false;
+        int sig = _pendingSignals.Count > 0 ? _pendingSignals[0] : 0;
+        if (Ptrace.ptrace(Ptrace.PTRACE_DETACH, Tid, 0, sig) < 0 && Marshal.GetLastPInvokeError() != Libc.ESRCH)
+        {
+            throw Errors.FromErrno("ptrace(PTRACE_DETACH)", Marshal.GetLastPInvokeError(), Pid);
+        }
+        for (int i = 1; i < _pendingSignals.Count; i++)
+        {
+            Ptrace.kill(Pid, _pendingSignals[i]);
+        }
+    }
+
+    private unsafe int WaitStop()
+    {
+        while (true)
+        {
+            int status;
+            int r = Ptrace.waitpid(Tid, &status, Ptrace.__WALL);
+            if (r < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == Libc.EINTR)
+                {
+                    continue;
+                }
+                throw Errors.FromErrno("waitpid", errno, Pid);
+            }
+            if (Ptrace.WIFSTOPPED(status))
+            {
+                return status;
+            }
+            _attached = false;
+            throw new TargetExitedException(Pid, Ptrace.WIFEXITED(status)
+                ? $"pid {Pid} exited with status {Ptrace.WEXITSTATUS(status)} while Hotwire was attaching"
+                : $"pid {Pid} was killed by signal {Ptrace.WTERMSIG(status)} while Hotwire was attaching");
+        }
+    }
+
+    private void Check(long result, string call)
+    {
+        if (result < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == Libc.ESRCH)
+            {
+                throw new TargetExitedException(Pid, $"pid {Pid} exited while Hotwire was attaching");
+            }
+            throw Errors.FromErrno(call, errno, Pid);
+        }
+    }
+
+    public static int? TracerOf(int pid)
+    {
+        try
+        {
+            foreach (string line in File.ReadLines($"/proc/{pid}/status"))
+            {
+                if (line.StartsWith("TracerPid:", StringComparison.Ordinal))
+                {
+                    return int.Parse(line.AsSpan(10).Trim());
+                }
+            }
+        }
+        catch (IOException)
+        {
+        }
+        return null;
+    }
+
+    public static string ProcessName(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/comm").Trim();
+        }
+        catch (IOException)
+        {
+            return "?";
+        }
+    }
+}
+
+/// <summary>The target exited while Hotwire worked on it.</summary>
+public sealed class TargetExitedException(int pid, string message) : HotwireException(message)
+{
+    public int Pid { get; } = pid;
+}

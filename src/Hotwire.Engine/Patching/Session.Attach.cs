@@ -1,0 +1,415 @@
+using System.Diagnostics;
+using Hotwire.Agent;
+using Hotwire.Injection;
+using Hotwire.Interop;
+using Hotwire.Memory;
+using Hotwire.Procfs;
+using L = Hotwire.Agent.AgentLayout;
+using N = Hotwire.Interop.SyscallNumbers;
+
+namespace Hotwire.Patching;
+
+public sealed unsafe partial class Session
+{
+    private const ulong CloneFlags = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
+    private const int MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE = 64;
+    private const int SIG_SETMASK = 2;
+    private const ulong MainCodeSize = 64 * 1024;
+
+    /// <summary>
+    /// Injects the agent into running process <paramref name="pid"/>: one thread is stopped for a few
+    /// system calls, restored exactly and let go; no other thread is stopped.
+    /// </summary>
+    public static Session Attach(int pid, SessionOptions? options = null)
+    {
+        ProcessImage image = ProcessImage.Load(pid);
+        Preflight(pid, image);
+        var execMappings = ProcMaps.Read(pid).Where(m => m.IsExecutable).ToList();
+        var session = new Session(pid, image, launched: false, ProcessMemory.Open(pid, writable: true), execMappings);
+        try
+        {
+            session.Bootstrap(ChooseThread(pid), options ?? new SessionOptions());
+            return session;
+        }
+        catch
+        {
+            session._memory.Dispose();
+            throw;
+        }
+    }
+
+    private static void Preflight(int pid, ProcessImage image)
+    {
+        string status;
+        try
+        {
+            status = File.ReadAllText($"/proc/{pid}/status");
+        }
+        catch (IOException)
+        {
+            throw new HotwireException($"no process with pid {pid} (it does not exist or has exited)");
+        }
+        foreach (string line in status.Split('\n'))
+        {
+            if (line.StartsWith("x86_Thread_features:", StringComparison.Ordinal) && line.Contains("shstk", StringComparison.Ordinal))
+            {
+                throw new HotwireException(
+                    $"pid {pid} runs with CET user shadow stacks (shstk): Hotwire cannot emulate calls from its breakpoint handler there; run the program without shadow stacks (GLIBC_TUNABLES=glibc.cpu.x86_shstk=off)");
+            }
+            if (line.StartsWith("TracerPid:", StringComparison.Ordinal) && int.TryParse(line.AsSpan(10).Trim(), out int tracer) && tracer != 0)
+            {
+                throw new HotwireException($"pid {pid} is already traced by pid {tracer} ({Tracee.ProcessName(tracer)}); detach the debugger or tracer first");
+            }
+        }
+        if (!image.AllSites.Any())
+        {
+            throw new HotwireException($"pid {pid} has no patch sites in its {image.Modules.Count} modules: {SiteDiscovery.HowToAddSites}");
+        }
+    }
+
+    // The main thread when it is alive (it is the one most often blocked in a syscall: the harder case,
+    // and the one tests exercise), else any live thread.
+    private static int ChooseThread(int pid)
+    {
+        foreach (string task in Directory.EnumerateDirectories($"/proc/{pid}/task").OrderBy(t => Path.GetFileName(t) == pid.ToString() ? 0 : 1))
+        {
+            try
+            {
+                string stat = File.ReadAllText(Path.Combine(task, "stat"));
+                char state = stat[stat.LastIndexOf(')') + 2];
+                if (state is not ('Z' or 'X'))
+                {
+                    return int.Parse(Path.GetFileName(task));
+                }
+            }
+            catch (IOException)
+            {
+            }
+        }
+        throw new HotwireException($"pid {pid} has no live thread to attach to");
+    }
+
+    private void Bootstrap(int tid, SessionOptions options)
+    {
+        // ---- plan the memfd: [data | main code | a trampoline region per module] ----
+        var sites = Image.AllSites.OrderBy(s => s.Address).ToList();
+        int n = sites.Count;
+        ulong siteTable = L.HeaderSize;
+        ulong batchList = Align(siteTable + (ulong)n * L.SiteEntrySize, 4096);
+        ulong restoreList = Align(batchList + (ulong)n * L.BatchEntrySize, 4096);
+        _rangeCapacity = 65536;
+        ulong rangeList = Align(restoreList + (ulong)n * L.BatchEntrySize, 4096);
+        ulong allRanges = Align(rangeList + (ulong)_rangeCapacity * L.RangeEntrySize, 4096);
+        ulong stack = Align(allRanges + (ulong)_rangeCapacity * L.RangeEntrySize, 4096);
+        ulong heap = stack + L.AgentStackSize;
+        ulong dataSize = Align(heap + (64UL << 20) + (ulong)n * 64, 2UL << 20);
+        _heapNext = heap;
+        _heapEnd = dataSize;
+        _batchListOffset = batchList;
+        _rangeListOffset = rangeList;
+
+        var modules = Image.Modules.Where(m => m.Sites.Count > 0).ToList();
+        var regions = new Dictionary<LoadedModule, StubRegion>();
+        ulong memfdNext = dataSize + MainCodeSize;
+        foreach (LoadedModule m in modules)
+        {
+            ulong size = Align(64 * 1024 + (ulong)m.Sites.Count * 96, 4096);
+            regions[m] = new StubRegion(0, memfdNext, size);
+            memfdNext += size;
+        }
+        ulong total = memfdNext;
+
+        var records = new List<SiteRecord>(n);
+        foreach (PatchSite p in sites)
+        {
+            LoadedModule owner = modules.First(m => p.Address >= m.Start && p.Address < m.End);
+            var r = new SiteRecord(records.Count, p, regions[owner]);
+            records.Add(r);
+            _byAddress[p.Address] = r;
+        }
+        Sites = records;
+
+        var clock = Stopwatch.StartNew();
+        PtraceThread.Shared.Invoke(() => InjectAgent(tid, total, dataSize, regions, modules, options, siteTable, batchList, restoreList, rangeList, allRanges, stack));
+        WaitForAgent();
+        _ = clock;
+    }
+
+    private void InjectAgent(int tid, ulong total, ulong dataSize, Dictionary<LoadedModule, StubRegion> regions, List<LoadedModule> modules,
+        SessionOptions options, ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, ulong stack)
+    {
+        // Everything that can be done without the thread stopped is done first: find a syscall
+        // instruction, read the maps, and generate the code once so that the JIT is warm.
+        ulong syscallInsn = RemoteCaller.FindSyscallInstruction(Pid, _memory);
+        var occupied = ProcMaps.Read(Pid).Select(m => (m.Start, m.End)).ToList();
+        AgentCode.Build(0x10000000, 0x20000000);
+        var stopped = new Stopwatch();
+
+        Tracee tracee = Tracee.Seize(Pid, tid);
+        RemoteCaller? caller = null;
+        bool handlerInstalled = false;
+        try
+        {
+            tracee.Interrupt();
+            stopped.Start();
+            caller = new RemoteCaller(tracee, syscallInsn);
+            ulong scratch = caller.StackScratch(64);
+            WriteTarget(scratch, "hotwire\0"u8);
+            int fd = (int)Check(caller.Syscall(N.memfd_create, scratch, Sys.MFD_CLOEXEC), "memfd_create");
+            Check(caller.Syscall(N.ftruncate, (ulong)fd, total), "ftruncate");
+            Shared = SharedRegion.MapTargetFd(Pid, fd, total);
+            DataBase = (ulong)Check(caller.Syscall(N.mmap, 0, dataSize, Sys.PROT_READ | Sys.PROT_WRITE, Sys.MAP_SHARED, (ulong)fd, 0), "mmap");
+            ulong codeBase = (ulong)Check(caller.Syscall(N.mmap, 0, MainCodeSize, Sys.PROT_READ | Sys.PROT_EXEC, Sys.MAP_SHARED, (ulong)fd, dataSize), "mmap");
+            occupied.Add((DataBase, DataBase + dataSize));
+            occupied.Add((codeBase, codeBase + MainCodeSize));
+            foreach (LoadedModule m in modules)
+            {
+                StubRegion region = regions[m];
+                region.TargetAddress = MapNear(caller, fd, m, region, occupied);
+                occupied.Add((region.TargetAddress, region.TargetAddress + region.Size));
+            }
+
+            AgentEntryPoints code = AgentCode.Build(DataBase, codeBase);
+            code.Code.CopyTo(Shared.Bytes(dataSize, code.Code.Length));
+            WriteHeader(options, fd, siteTable, batchList, restoreList, rangeList, allRanges, code);
+            caller.SyscallInstruction = code.SyscallInsn;
+
+            Check(caller.Syscall(N.rt_sigaction, Ptrace.SIGTRAP, DataAddress(L.NewSigaction), DataAddress(L.OldSigaction), 8), "rt_sigaction");
+            handlerInstalled = true;
+            Check(caller.Syscall(N.membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0), "membarrier(REGISTER_PRIVATE_EXPEDITED_SYNC_CORE)");
+            int pidfd = (int)Check(caller.Syscall(N.pidfd_open, (ulong)Environment.ProcessId, 0), "pidfd_open");
+            Shared.WriteU64(L.Pidfd, (ulong)pidfd);
+            Shared.WriteU32(L.PollFd, (uint)pidfd);
+            Shared.WriteU32(L.PollFd + 4, 1); // POLLIN
+            // The agent thread is born with every signal blocked: block them in this thread around clone.
+            // All but SIGTRAP: our single-steps raise it, and a blocked forced SIGTRAP would make the
+            // kernel reset its disposition to the default (force_sig_info_to_task), undoing our handler.
+            Check(caller.Syscall(N.rt_sigprocmask, SIG_SETMASK, DataAddress(L.AllSignals), DataAddress(L.SavedSigmask), 8), "rt_sigprocmask");
+            ulong stackTop = DataAddress(stack + L.AgentStackSize - 64);
+            long agentTid = caller.SyscallAt(code.CloneStub, N.clone, CloneFlags, stackTop, 0, 0, 0);
+            caller.Syscall(N.rt_sigprocmask, SIG_SETMASK, DataAddress(L.SavedSigmask), 0, 8);
+            AgentTid = (int)Check(agentTid, "clone");
+            handlerInstalled = false;
+        }
+        catch when (handlerInstalled && caller is not null)
+        {
+            caller.Syscall(N.rt_sigaction, Ptrace.SIGTRAP, DataAddress(L.OldSigaction), 0, 8);
+            throw;
+        }
+        finally
+        {
+            try
+            {
+                caller?.Restore();
+            }
+            finally
+            {
+                tracee.Detach();
+                LongestStop = stopped.Elapsed;
+            }
+        }
+    }
+
+    private void WriteHeader(SessionOptions options, int fd, ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, AgentEntryPoints code)
+    {
+        SharedRegion h = Shared;
+        h.WriteU64(0, L.Magic);
+        h.WriteU64(L.Int3Mode, options.SkipInt3Emulation ? 1UL : 0UL);
+        h.WriteU64(L.SiteCount, (ulong)Sites.Count);
+        h.WriteU64(L.SiteTable, DataAddress(siteTable));
+        h.WriteU64(L.BatchList, DataAddress(batchList));
+        h.WriteU64(L.RestoreList, DataAddress(restoreList));
+        h.WriteU64(L.RangeList, DataAddress(rangeList));
+        h.WriteU64(L.MemfdInTarget, (ulong)fd);
+        "hotwire-agent\0"u8.CopyTo(h.Bytes(L.AgentName, 14));
+        // struct kernel_sigaction { handler, flags, restorer, mask }
+        h.WriteU64(L.NewSigaction, code.SigtrapHandler);
+        h.WriteU64(L.NewSigaction + 8, L.SA_SIGINFO | L.SA_ONSTACK | L.SA_RESTART | L.SA_RESTORER);
+        h.WriteU64(L.NewSigaction + 16, code.Restorer);
+        h.WriteU64(L.NewSigaction + 24, 0);
+        h.WriteU64(L.DefaultSigaction, 0);
+        h.WriteU64(L.WaitTimeout, 0);
+        h.WriteU64(L.WaitTimeout + 8, 50_000_000);
+        h.WriteU64(L.AllSignals, ~(1UL << (Ptrace.SIGTRAP - 1)));
+        for (int len = 0; len < 16; len++)
+        {
+            h.At<byte>((ulong)(L.NopRecords + len * L.RecordSize + L.RecordKind)) = L.KindNop;
+            h.At<byte>((ulong)(L.NopRecords + len * L.RecordSize + L.RecordAdvance)) = (byte)len;
+        }
+        foreach (SiteRecord s in Sites)
+        {
+            ulong e = siteTable + (ulong)s.Index * L.SiteEntrySize;
+            h.WriteU64(e + L.SiteAddress, s.Address);
+            h.WriteU64(e + L.SiteOriginal, s.Original);
+            h.WriteU64(e + L.SiteCurrent, s.Current);
+            h.At<byte>(e + L.SiteLen) = (byte)s.Length;
+        }
+        int all = WriteRanges(Sites, allRanges, _rangeCapacity);
+        h.WriteU64(L.AllRangeList, DataAddress(allRanges));
+        h.WriteU64(L.AllRangeCount, (ulong)all);
+    }
+
+    private void WaitForAgent()
+    {
+        var clock = Stopwatch.StartNew();
+        while (Shared.ReadU64(L.AgentState) != 1)
+        {
+            if (clock.ElapsedMilliseconds > 5000)
+            {
+                throw new HotwireException($"Hotwire's agent thread did not start in pid {Pid}");
+            }
+            if (!Directory.Exists($"/proc/{Pid}/task"))
+            {
+                throw new TargetExitedException(Pid, $"pid {Pid} exited while Hotwire was attaching");
+            }
+            Thread.Sleep(1);
+        }
+    }
+
+    /// <summary>Maps a trampoline region within ±2 GiB of every site of <paramref name="m"/>, below it if possible.</summary>
+    private ulong MapNear(RemoteCaller caller, int fd, LoadedModule m, StubRegion region, List<(ulong Start, ulong End)> occupied)
+    {
+        ulong size = region.Size;
+        ulong lo = m.End > TwoGiB - (1UL << 20) ? m.End - (TwoGiB - (1UL << 20)) : 0x100000;
+        ulong hi = m.Start + (TwoGiB - (1UL << 20));
+        var sorted = occupied.OrderBy(o => o.Start).ToList();
+        var candidates = new List<ulong>();
+        // Gaps below the module, nearest first; then above it, leaving room for a brk heap after a program.
+        ulong prevEnd = 0x100000;
+        var gaps = new List<(ulong Start, ulong End)>();
+        foreach ((ulong s, ulong e) in sorted)
+        {
+            if (s > prevEnd)
+            {
+                gaps.Add((prevEnd, s));
+            }
+            prevEnd = Math.Max(prevEnd, e);
+        }
+        gaps.Add((prevEnd, 0x7fff_0000_0000));
+        foreach ((ulong gs, ulong ge) in gaps.Where(g => g.End <= m.Start).OrderByDescending(g => g.End))
+        {
+            ulong at = (ge - size) & ~0xfffUL;
+            if (ge >= size && at >= gs && at >= lo)
+            {
+                candidates.Add(at);
+            }
+        }
+        foreach ((ulong gs, ulong ge) in gaps.Where(g => g.Start >= m.End).OrderBy(g => g.Start))
+        {
+            ulong at = Align(gs + (gs == m.End ? 256UL << 20 : 0), 4096);
+            if (at + size <= ge && at + size <= hi)
+            {
+                candidates.Add(at);
+            }
+        }
+        foreach (ulong at in candidates)
+        {
+            long r = caller.Syscall(N.mmap, at, size, Sys.PROT_READ | Sys.PROT_EXEC, Sys.MAP_SHARED | Sys.MAP_FIXED_NOREPLACE, (ulong)fd, region.MemfdOffset);
+            if ((ulong)r == at)
+            {
+                return at;
+            }
+            if (r > 0)
+            {
+                caller.Syscall(N.munmap, (ulong)r, size);
+            }
+        }
+        throw new HotwireException($"no free address space within 2 GiB of {m.Name} in pid {Pid} for Hotwire's trampolines");
+    }
+
+    private void WriteTarget(ulong address, ReadOnlySpan<byte> bytes)
+    {
+        fixed (byte* p = bytes)
+        {
+            if (Libc.pwrite(MemoryFd, p, (nuint)bytes.Length, (long)address) != bytes.Length)
+            {
+                throw new HotwireException($"cannot write to the memory of pid {Pid}");
+            }
+        }
+    }
+
+    private int MemoryFd => _memory.Fd;
+
+    private long Check(long result, string call)
+    {
+        if (result is < 0 and >= -4095)
+        {
+            throw new HotwireException($"{call} failed inside pid {Pid}: {Libc.StrError((int)-result)}; the target was left as it was");
+        }
+        return result;
+    }
+
+    private static ulong Align(ulong value, ulong align) => (value + align - 1) & ~(align - 1);
+
+    /// <summary>
+    /// With int3 on byte 0 of every NOP sled being converted, no thread can enter one; a thread that
+    /// was already inside (past byte 0) is stopped briefly and moved past the sled's end, which is
+    /// exactly what running the remaining NOPs would do. A thread whose pending SIGTRAP came from our
+    /// int3 is left for the handler. One thread at a time, each for a few microseconds.
+    /// </summary>
+    private void MoveThreadsOutOfSleds(ulong[] sleds)
+    {
+        Array.Sort(sleds);
+        PtraceThread.Shared.Invoke(() =>
+        {
+            foreach (string task in Directory.EnumerateDirectories($"/proc/{Pid}/task"))
+            {
+                int tid = int.Parse(Path.GetFileName(task));
+                if (tid == AgentTid)
+                {
+                    continue;
+                }
+                Tracee t;
+                try
+                {
+                    t = Tracee.Seize(Pid, tid);
+                }
+                catch (HotwireException)
+                {
+                    continue; // exited meanwhile
+                }
+                try
+                {
+                    t.Interrupt();
+                    user_regs_struct regs = t.GetRegs();
+                    int i = Array.BinarySearch(sleds, regs.rip);
+                    int k = i >= 0 ? i : ~i - 1;
+                    if (k >= 0 && regs.rip > sleds[k] && regs.rip < sleds[k] + 5)
+                    {
+                        bool trappedHere = regs.rip == sleds[k] + 1 && (t.HasPendingSignal(Ptrace.SIGTRAP) || SigtrapPending(tid));
+                        if (!trappedHere)
+                        {
+                            regs.rip = sleds[k] + 5;
+                            t.SetRegs(regs);
+                        }
+                    }
+                }
+                catch (TargetExitedException)
+                {
+                }
+                finally
+                {
+                    t.Detach();
+                }
+            }
+        });
+    }
+
+    private bool SigtrapPending(int tid)
+    {
+        try
+        {
+            foreach (string line in File.ReadLines($"/proc/{Pid}/task/{tid}/status"))
+            {
+                if (line.StartsWith("SigPnd:", StringComparison.Ordinal))
+                {
+                    return (Convert.ToUInt64(line[7..].Trim(), 16) & (1UL << (Ptrace.SIGTRAP - 1))) != 0;
+                }
+            }
+        }
+        catch (IOException)
+        {
+        }
+        return false;
+    }
+}

@@ -1,0 +1,556 @@
+using System.Runtime.InteropServices;
+using Hotwire.Agent;
+using Hotwire.Injection;
+using Hotwire.Interop;
+using Hotwire.Memory;
+using Hotwire.Procfs;
+using Iced.Intel;
+using static Iced.Intel.AssemblerRegisters;
+using L = Hotwire.Agent.AgentLayout;
+
+namespace Hotwire.Patching;
+
+public sealed class SessionOptions
+{
+    /// <summary>Test-only: the SIGTRAP handler skips the instruction being patched (the pre-2019 bug).</summary>
+    public bool SkipInt3Emulation { get; init; }
+}
+
+/// <summary>
+/// Hotwire attached to one process: the agent injected, the site records, the ops, and batches of
+/// rewrites run by the agent with the int3 protocol. All public members are for one caller thread.
+/// </summary>
+public sealed unsafe partial class Session : IDisposable
+{
+    private const ulong TwoGiB = 1UL << 31;
+    private static readonly byte[] Nop5 = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+
+    private readonly Dictionary<ulong, SiteRecord> _byAddress = [];
+    private readonly Dictionary<(byte, byte, ulong), ulong> _records = [];
+    private readonly Dictionary<string, ulong> _stubs = [];
+    private readonly List<Ops> _ops = [];
+    private readonly Dictionary<Ops, int> _opsIds = [];
+    private readonly List<MemoryMapping> _execMappings;
+    private readonly ProcessMemory _memory;
+    private ulong _heapNext;
+    private ulong _heapEnd;
+    private bool _detached;
+
+    private Session(int pid, ProcessImage image, bool launched, ProcessMemory memory, List<MemoryMapping> execMappings)
+    {
+        Pid = pid;
+        Image = image;
+        Launched = launched;
+        _memory = memory;
+        _execMappings = execMappings;
+        Sites = [];
+        Shared = null!;
+    }
+
+    public int Pid { get; }
+
+    public ProcessImage Image { get; }
+
+    /// <summary>True when Hotwire started the process stopped at exec (no thread has run its code).</summary>
+    public bool Launched { get; }
+
+    public IReadOnlyList<SiteRecord> Sites { get; private set; }
+
+    internal SharedRegion Shared { get; private set; }
+
+    internal ulong DataBase { get; private set; }
+
+    public int AgentTid { get; private set; }
+
+    /// <summary>membarrier(SYNC_CORE) calls the agent made: three per batch.</summary>
+    public ulong Syncs => Stat(L.SyncCount);
+
+    /// <summary>Threads that hit a temporary int3 and had the new instruction emulated.</summary>
+    public ulong TrapsEmulated => Stat(L.TrapsEmulated);
+
+    /// <summary>Traps whose batch had finished by the time the handler ran: the site was re-executed.</summary>
+    public ulong TrapsStale => Stat(L.TrapsStale);
+
+    /// <summary>SIGTRAPs that were not Hotwire's, passed on to the previous disposition.</summary>
+    public ulong TrapsChained => Stat(L.TrapsChained);
+
+    private readonly Dictionary<int, ulong> _finalStats = [];
+
+    private ulong Stat(int field) => _detached && _finalStats.TryGetValue(field, out ulong v) ? v : _detached ? 0 : Shared.ReadU64((ulong)field);
+
+    /// <summary>How long the injected thread was held stopped during attach.</summary>
+    public TimeSpan LongestStop { get; private set; }
+
+    public IEnumerable<SiteRecord> SitesOf(string function) => Sites.Where(s => s.Function == function);
+
+    public SiteRecord? SiteAt(ulong address) => _byAddress.GetValueOrDefault(address);
+
+    internal ulong DataAddress(ulong offset) => DataBase + offset;
+
+    internal ulong AllocateData(ulong size, ulong align)
+    {
+        ulong at = (_heapNext + align - 1) & ~(align - 1);
+        if (at + size > _heapEnd)
+        {
+            throw new HotwireException("Hotwire's shared memory in the target is full; trace fewer functions");
+        }
+        _heapNext = at + size;
+        return at;
+    }
+
+    // ---------------------------------------------------------------- ops
+
+    /// <summary>Attaches <paramref name="ops"/> to every site its filters choose, in one batch.</summary>
+    public IReadOnlyList<SiteRecord> Register(Ops ops)
+    {
+        ThrowIfDetached();
+        if (_ops.Contains(ops))
+        {
+            throw new InvalidOperationException($"ops '{ops.Name}' is registered already");
+        }
+        List<SiteRecord> chosen = ops.BuildFilter().Select(Image.AllSites.ToList()).Select(p => _byAddress[p.Address]).ToList();
+        if (ops.Redirects && chosen.FirstOrDefault(s => s.Ops.Any(o => o.Redirects)) is { } taken)
+        {
+            Ops holder = taken.Ops.First(o => o.Redirects);
+            throw new HotwireException(
+                $"{taken.Function} is already redirected by '{holder.Name}': only one ops may change where a function goes; nothing was changed");
+        }
+        ops.Prepare(this, chosen);
+        _opsIds[ops] = _opsIds.Count + 1;
+        foreach (SiteRecord s in chosen)
+        {
+            s.Ops.Add(ops);
+        }
+        try
+        {
+            Apply(chosen);
+        }
+        catch
+        {
+            foreach (SiteRecord s in chosen)
+            {
+                s.Ops.Remove(ops);
+            }
+            TryApply(chosen);
+            throw;
+        }
+        _ops.Add(ops);
+        return chosen;
+    }
+
+    /// <summary>Detaches <paramref name="ops"/> from its sites, in one batch.</summary>
+    public void Unregister(Ops ops)
+    {
+        ThrowIfDetached();
+        if (!_ops.Remove(ops))
+        {
+            return;
+        }
+        List<SiteRecord> sites = Sites.Where(s => s.Ops.Remove(ops)).ToList();
+        Apply(sites);
+    }
+
+    private void TryApply(List<SiteRecord> sites)
+    {
+        try
+        {
+            Apply(sites);
+        }
+        catch (HotwireException)
+        {
+        }
+    }
+
+    private void Apply(IReadOnlyList<SiteRecord> sites)
+    {
+        var entries = new List<BatchEntry>(sites.Count);
+        foreach (SiteRecord s in sites)
+        {
+            (ulong bytes, ulong emu) = Desired(s);
+            if (bytes != s.Current)
+            {
+                entries.Add(new BatchEntry(s, bytes, emu));
+            }
+        }
+        RunBatch(entries);
+    }
+
+    private (ulong Bytes, ulong Emu) Desired(SiteRecord s)
+    {
+        Ops? redirect = s.Ops.FirstOrDefault(o => o.Redirects);
+        bool plain = s.Ops.All(o => o.Redirects);
+        byte[] bytes = new byte[s.Length];
+        if (s.Length == 6)
+        {
+            bytes[5] = 0x90;
+        }
+        if (s.Ops.Count == 0)
+        {
+            Nop5.CopyTo(bytes, 0);
+            return (SiteRecord.Pack(bytes), Record(L.KindNop, (byte)s.Length, 0));
+        }
+        if (plain && redirect is not null)
+        {
+            ulong target = redirect.RedirectTarget(s);
+            long rel = (long)target - (long)(s.Address + 5);
+            if (rel is >= int.MinValue and <= int.MaxValue)
+            {
+                bytes[0] = 0xe9;
+                BitConverter.TryWriteBytes(bytes.AsSpan(1), (int)rel);
+                return (SiteRecord.Pack(bytes), Record(L.KindJmp, 0, target));
+            }
+        }
+        ulong stub = Stub(s, redirect);
+        bytes[0] = 0xe8;
+        BitConverter.TryWriteBytes(bytes.AsSpan(1), checked((int)((long)stub - (long)(s.Address + 5))));
+        return (SiteRecord.Pack(bytes), Record(L.KindCall, 5, stub));
+    }
+
+    /// <summary>
+    /// The site's trampoline: each ops' entry code inlined in order, then return to the function,
+    /// or for a redirect drop our return slot and jump (the caller's return address stays on top).
+    /// One trampoline per (site, ops set), kept forever: a thread may still be inside an old one.
+    /// </summary>
+    private ulong Stub(SiteRecord s, Ops? redirect)
+    {
+        string key = $"{s.Index}:{string.Join(',', s.Ops.Select(o => _opsIds[o]))}";
+        if (_stubs.TryGetValue(key, out ulong existing))
+        {
+            return existing;
+        }
+        StubRegion region = s.Region;
+        ulong at = region.TargetAddress + region.Used;
+        var a = new Assembler(64);
+        foreach (Ops o in s.Ops.Where(o => !o.Redirects))
+        {
+            o.EmitEntry(a, s);
+        }
+        if (redirect is not null)
+        {
+            a.lea(rsp, __[rsp + 8]);
+            a.mov(r11, redirect.RedirectTarget(s));
+            a.jmp(r11);
+        }
+        else
+        {
+            a.ret();
+        }
+        var stream = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(stream), at);
+        byte[] code = stream.ToArray();
+        ulong size = ((ulong)code.Length + 15) & ~15UL;
+        if (region.Used + size > region.Size)
+        {
+            throw new HotwireException("trampoline space near this module is exhausted; trace fewer functions");
+        }
+        code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, code.Length));
+        region.Used += size;
+        _stubs[key] = at;
+        return at;
+    }
+
+    private ulong Record(byte kind, byte advance, ulong target)
+    {
+        if (kind == L.KindNop)
+        {
+            return DataAddress((ulong)(L.NopRecords + advance * L.RecordSize));
+        }
+        if (_records.TryGetValue((kind, advance, target), out ulong address))
+        {
+            return address;
+        }
+        ulong offset = AllocateData(L.RecordSize, 16);
+        Shared.At<byte>(offset + L.RecordKind) = kind;
+        Shared.At<byte>(offset + L.RecordAdvance) = advance;
+        Shared.WriteU64(offset + L.RecordTarget, target);
+        address = DataAddress(offset);
+        _records[(kind, advance, target)] = address;
+        return address;
+    }
+
+    // ---------------------------------------------------------------- batches
+
+    private readonly record struct BatchEntry(SiteRecord Site, ulong New, ulong Emu);
+
+    private ulong _batchListOffset;
+    private ulong _rangeListOffset;
+    private int _rangeCapacity;
+
+    private void RunBatch(List<BatchEntry> entries)
+    {
+        if (entries.Count == 0)
+        {
+            return;
+        }
+        entries.Sort((x, y) => x.Site.Address.CompareTo(y.Site.Address));
+        for (int i = 0; i < entries.Count; i++)
+        {
+            ulong e = _batchListOffset + (ulong)(i * L.BatchEntrySize);
+            Shared.WriteU32(e + L.BatchSiteIndex, (uint)entries[i].Site.Index);
+            Shared.WriteU64(e + L.BatchExpected, entries[i].Site.Current);
+            Shared.WriteU64(e + L.BatchNew, entries[i].New);
+            Shared.WriteU64(e + L.BatchEmu, entries[i].Emu);
+        }
+        int ranges = WriteRanges(entries.Select(e => e.Site), _rangeListOffset, _rangeCapacity);
+        Shared.WriteU64(L.BatchCount, (ulong)entries.Count);
+        Shared.WriteU64(L.RangeCount, (ulong)ranges);
+
+        // A NOP sled is five instructions: a thread may sit between them. In a running process,
+        // pause after the int3s are in and move any such thread past the sled (DESIGN.md §2).
+        ulong[] sleds = Launched ? [] : entries.Where(e => e.Site.Site.Kind == SiteKind.NopSled && !e.Site.Converted)
+            .Select(e => e.Site.Address).ToArray();
+        Shared.WriteU64(L.PauseAfterPhase1, sleds.Length > 0 ? 1UL : 0UL);
+        Send(L.CmdBatch);
+        if (sleds.Length > 0)
+        {
+            try
+            {
+                if (Shared.ReadU64(L.Paused) == 1)
+                {
+                    MoveThreadsOutOfSleds(sleds);
+                }
+            }
+            finally
+            {
+                Shared.WriteU64(L.PauseAfterPhase1, 0);
+                if (Shared.ReadU64(L.Paused) == 1)
+                {
+                    Send(L.CmdContinue);
+                }
+            }
+        }
+        int result = (int)Shared.ReadU32(L.Result);
+        if (result > 0)
+        {
+            throw VerifyFailure(entries[result - 1].Site);
+        }
+        if (result < 0)
+        {
+            throw new HotwireException($"the agent could not make code writable in pid {Pid}: {Libc.StrError(-result)}; nothing was changed");
+        }
+        foreach (BatchEntry e in entries)
+        {
+            e.Site.Current = e.New;
+        }
+    }
+
+    private HotwireException VerifyFailure(SiteRecord s)
+    {
+        var actual = new byte[s.Length];
+        _memory.TryRead(s.Address, actual);
+        byte[] expected = SiteRecord.Unpack(s.Current, s.Length);
+        string owner = actual[0] switch
+        {
+            0xcc => "a breakpoint is there: a debugger or another tool holds this function",
+            0xe8 when IsUprobeCall(s.Address, actual) => "a kernel uprobe holds it (Linux 6.18+ turns a uprobe on a NOP5 into a call to [uprobes-trampoline])",
+            _ => "someone else changed this code",
+        };
+        return new HotwireException(
+            $"site of {s.Function} at 0x{s.Address:x} holds {Convert.ToHexString(actual).ToLowerInvariant()}, expected {Convert.ToHexString(expected).ToLowerInvariant()}: {owner}; nothing was changed");
+    }
+
+    private bool IsUprobeCall(ulong address, byte[] bytes)
+    {
+        ulong target = (ulong)((long)address + 5 + BitConverter.ToInt32(bytes, 1));
+        return ProcMaps.Read(Pid).Any(m => m.Path == "[uprobes]" || m.Path == "[uprobes-trampoline]" ? target >= m.Start && target < m.End : false);
+    }
+
+    private int WriteRanges(IEnumerable<SiteRecord> sites, ulong listOffset, int capacity)
+    {
+        var runs = new List<(ulong Start, ulong End, int Prot)>();
+        foreach (SiteRecord s in sites.OrderBy(s => s.Address))
+        {
+            ulong first = s.Address & ~0xfffUL;
+            ulong last = (s.Address + (ulong)s.Length - 1) & ~0xfffUL;
+            for (ulong page = first; page <= last; page += 0x1000)
+            {
+                MemoryMapping vma = MappingOf(page);
+                int prot = Prot(vma.Permissions);
+                if (runs.Count > 0 && runs[^1].End == page && runs[^1].Prot == prot && page > vma.Start)
+                {
+                    runs[^1] = runs[^1] with { End = page + 0x1000 };
+                }
+                else if (runs.Count == 0 || runs[^1].End <= page)
+                {
+                    runs.Add((page, page + 0x1000, prot));
+                }
+            }
+        }
+        if (runs.Count > capacity)
+        {
+            throw new HotwireException($"a batch touches {runs.Count} separate code ranges, more than {capacity}; trace fewer functions at once");
+        }
+        for (int i = 0; i < runs.Count; i++)
+        {
+            ulong e = listOffset + (ulong)(i * L.RangeEntrySize);
+            Shared.WriteU64(e, runs[i].Start);
+            Shared.WriteU32(e + 8, (uint)(runs[i].End - runs[i].Start));
+            Shared.WriteU32(e + 12, (uint)runs[i].Prot);
+        }
+        return runs.Count;
+    }
+
+    private MemoryMapping MappingOf(ulong page)
+    {
+        foreach (MemoryMapping m in _execMappings)
+        {
+            if (page >= m.Start && page < m.End)
+            {
+                return m;
+            }
+        }
+        throw new HotwireException($"code at 0x{page:x} in pid {Pid} is no longer mapped (was its library unloaded?)");
+    }
+
+    private static int Prot(string permissions)
+        => (permissions[0] == 'r' ? Sys.PROT_READ : 0) | (permissions[1] == 'w' ? Sys.PROT_WRITE : 0) | (permissions[2] == 'x' ? Sys.PROT_EXEC : 0);
+
+    // ---------------------------------------------------------------- commands
+
+    /// <summary>Posts a command to the agent thread and waits until it is done.</summary>
+    private void Send(int command)
+    {
+        uint seq = Shared.ReadU32(L.CmdSeq) + 1;
+        Shared.WriteU32(L.Cmd, (uint)command);
+        Shared.WriteU32(L.CmdSeq, seq);
+        Sys.FutexWake((uint*)(Shared.Pointer + L.CmdSeq), 1);
+        var started = Environment.TickCount64;
+        while (true)
+        {
+            uint done = Shared.ReadU32(L.DoneSeq);
+            if (done == seq)
+            {
+                return;
+            }
+            Sys.FutexWait((uint*)(Shared.Pointer + L.DoneSeq), done, 20_000_000);
+            if (Shared.ReadU32(L.DoneSeq) == seq)
+            {
+                return;
+            }
+            if (!Directory.Exists($"/proc/{Pid}/task"))
+            {
+                throw new TargetExitedException(Pid, $"pid {Pid} exited");
+            }
+            if (Shared.ReadU64(L.AgentState) == 2 || !Directory.Exists($"/proc/{Pid}/task/{AgentTid}"))
+            {
+                throw new HotwireException($"Hotwire's agent thread in pid {Pid} is gone (the process may be exiting)");
+            }
+            if (Environment.TickCount64 - started > 30_000)
+            {
+                throw new HotwireException($"Hotwire's agent in pid {Pid} did not answer within 30 s (is the process stopped?)");
+            }
+        }
+    }
+
+    /// <summary>Makes the agent run one system call in the target and returns its raw result.</summary>
+    internal long AgentSyscall(long number, params ulong[] args)
+    {
+        Shared.WriteU64(L.SyscallNr, (ulong)number);
+        for (int i = 0; i < 6; i++)
+        {
+            Shared.WriteU64((ulong)(L.SyscallArgs + i * 8), i < args.Length ? args[i] : 0);
+        }
+        Send(L.CmdSyscall);
+        return (long)Shared.ReadU64(L.SyscallResult);
+    }
+
+    // ---------------------------------------------------------------- detach
+
+    /// <summary>
+    /// Every site back to its original bytes (through the protocol), then — once no thread has a
+    /// SIGTRAP from us still pending — the previous SIGTRAP disposition back, and the agent gone.
+    /// Hotwire's memory stays mapped: a thread preempted inside a trampoline may still return through it.
+    /// </summary>
+    public void Detach()
+    {
+        if (_detached)
+        {
+            return;
+        }
+        try
+        {
+            Send(L.CmdRestoreAll);
+            foreach (SiteRecord s in Sites)
+            {
+                s.Current = s.Original;
+                s.Ops.Clear();
+            }
+            WaitNoPendingSigtrap();
+            Shared.WriteU64(L.ExitRestoresSigaction, 1);
+            Send(L.CmdExit);
+            for (int i = 0; i < 200 && Directory.Exists($"/proc/{Pid}/task/{AgentTid}"); i++)
+            {
+                Thread.Sleep(5);
+            }
+        }
+        catch (TargetExitedException)
+        {
+        }
+        finally
+        {
+            foreach (int field in new[] { L.SyncCount, L.TrapsEmulated, L.TrapsStale, L.TrapsChained })
+            {
+                _finalStats[field] = Shared.ReadU64((ulong)field);
+            }
+            _detached = true;
+            Shared.Dispose();
+            _memory.Dispose();
+        }
+    }
+
+    private void WaitNoPendingSigtrap()
+    {
+        for (int i = 0; i < 200; i++)
+        {
+            if (!Directory.Exists($"/proc/{Pid}/task"))
+            {
+                return;
+            }
+            bool pending = false;
+            foreach (string task in Directory.EnumerateDirectories($"/proc/{Pid}/task"))
+            {
+                try
+                {
+                    foreach (string line in File.ReadLines(Path.Combine(task, "status")))
+                    {
+                        if ((line.StartsWith("SigPnd:", StringComparison.Ordinal) || line.StartsWith("ShdPnd:", StringComparison.Ordinal))
+                            && (Convert.ToUInt64(line[7..].Trim(), 16) & (1UL << (Ptrace.SIGTRAP - 1))) != 0)
+                        {
+                            pending = true;
+                        }
+                    }
+                }
+                catch (IOException)
+                {
+                }
+            }
+            if (!pending)
+            {
+                return;
+            }
+            Thread.Sleep(5);
+        }
+    }
+
+    public void Dispose()
+    {
+        if (!_detached)
+        {
+            try
+            {
+                Detach();
+            }
+            catch (HotwireException)
+            {
+            }
+        }
+    }
+
+    private void ThrowIfDetached()
+    {
+        if (_detached)
+        {
+            throw new InvalidOperationException("the session is detached");
+        }
+    }
+}

@@ -1,0 +1,78 @@
+namespace Hotwire.Patching;
+
+/// <summary>Hotwire's record of one site in an attached process (ftrace's dyn_ftrace).</summary>
+public sealed class SiteRecord
+{
+    internal SiteRecord(int index, PatchSite site, StubRegion region)
+    {
+        Index = index;
+        Site = site;
+        Region = region;
+        Length = site.Kind == SiteKind.FentryCallIndirect ? 6 : 5;
+        Original = Pack(site.OriginalBytes);
+        Current = Original;
+    }
+
+    public int Index { get; }
+
+    public PatchSite Site { get; }
+
+    public ulong Address => Site.Address;
+
+    public string Function => Site.Function;
+
+    /// <summary>Bytes Hotwire rewrites: 5, or 6 for a PIE <c>call *__fentry__</c>.</summary>
+    public int Length { get; }
+
+    public ulong Original { get; }
+
+    /// <summary>The bytes installed now (Hotwire's mirror of the agent's table).</summary>
+    public ulong Current { get; internal set; }
+
+    /// <summary>The ops attached to this site, in registration order.</summary>
+    internal List<Ops> Ops { get; } = [];
+
+    internal StubRegion Region { get; }
+
+    /// <summary>True once the site holds a single instruction Hotwire can rewrite (NOP5 form or ours).</summary>
+    internal bool Converted => Site.Kind == SiteKind.Nop5 || Current != Original;
+
+    internal static ulong Pack(ReadOnlySpan<byte> bytes)
+    {
+        ulong v = 0;
+        for (int i = 0; i < bytes.Length && i < 8; i++)
+        {
+            v |= (ulong)bytes[i] << (8 * i);
+        }
+        return v;
+    }
+
+    internal static byte[] Unpack(ulong v, int length)
+    {
+        var b = new byte[length];
+        for (int i = 0; i < length; i++)
+        {
+            b[i] = (byte)(v >> (8 * i));
+        }
+        return b;
+    }
+}
+
+/// <summary>An R-X code region within ±2 GiB of a module's sites, where its trampolines live.</summary>
+internal sealed class StubRegion
+{
+    public StubRegion(ulong targetAddress, ulong memfdOffset, ulong size)
+    {
+        TargetAddress = targetAddress;
+        MemfdOffset = memfdOffset;
+        Size = size;
+    }
+
+    public ulong TargetAddress { get; set; }
+
+    public ulong MemfdOffset { get; }
+
+    public ulong Size { get; }
+
+    public ulong Used { get; set; }
+}
