@@ -31,7 +31,7 @@ public sealed class Tracee
             throw errno switch
             {
                 Libc.EPERM when TracerOf(pid) is int tracer and > 0 =>
-                    new HotwireException($"pid {pid} is already traced by pid {tracer} ({ProcessName(tracer)}); detach the debugger or tracer first"),
+                    new HotwireException($"pid {pid} is already traced by {DescribeTracer(tracer)}; detach the debugger or tracer first"),
                 Libc.EPERM or Libc.EACCES => new HotwireException(
                     $"no permission to ptrace pid {pid}: run as root or with CAP_SYS_PTRACE, or as the same user with kernel.yama.ptrace_scope = 0 (sysctl kernel.yama.ptrace_scope)"),
                 Libc.ESRCH => new HotwireException($"no process with pid {pid} (it does not exist or has exited)"),
@@ -52,7 +52,56 @@ public sealed class Tracee
             // suppressed while we work and delivered on detach.
             _pendingSignals.Add(Ptrace.WSTOPSIG(status));
         }
+        RestartCallInterruptedByUs();
     }
+
+    // Calls that return EINTR, not ERESTART*, when a ptrace stop kicks them out of their sleep.
+    private static readonly long[] s_eintrOnStop = [232 /* epoll_wait */, 281 /* epoll_pwait */, 441 /* epoll_pwait2 */];
+
+    /// <summary>
+    /// epoll_wait and its kin fail with EINTR when PTRACE_INTERRUPT wakes them, though no signal
+    /// handler ran (strace and gdb cause the same). When nothing but our stop interrupted the call,
+    /// set the thread up to re-enter it on resume, as the kernel does for restartable calls.
+    /// </summary>
+    private void RestartCallInterruptedByUs()
+    {
+        const long EINTR = 4;
+        if (_pendingSignals.Count > 0)
+        {
+            return;
+        }
+        user_regs_struct regs = GetRegs();
+        if ((long)regs.rax == -EINTR && Array.IndexOf(s_eintrOnStop, (long)regs.orig_rax) >= 0)
+        {
+            regs.rax = regs.orig_rax;
+            regs.rip -= 2;
+            SetRegs(regs);
+        }
+    }
+
+    /// <summary>
+    /// Without blocking: true if the thread is in a signal-delivery stop (the signal is then held and
+    /// delivered on <see cref="Detach"/>). For tests that hold a thread between a trap and its handler.
+    /// </summary>
+    public unsafe bool PollSignalStop(out int signal)
+    {
+        int status;
+        signal = 0;
+        if (Ptrace.waitpid(Tid, &status, Ptrace.__WALL | Ptrace.WNOHANG) != Tid || !Ptrace.WIFSTOPPED(status))
+        {
+            return false;
+        }
+        signal = Ptrace.WSTOPSIG(status);
+        if (Ptrace.EventOf(status) == 0)
+        {
+            _pendingSignals.Add(signal);
+            return true;
+        }
+        Ptrace.ptrace(Ptrace.PTRACE_CONT, Tid, 0, 0);
+        return false;
+    }
+
+    public bool HasPendingSignals => _pendingSignals.Count > 0;
 
     public bool HasPendingSignal(int signal) => _pendingSignals.Contains(signal);
 
@@ -159,6 +208,31 @@ public sealed class Tracee
         {
         }
         return null;
+    }
+
+    /// <summary>The process (thread group) a thread id belongs to; TracerPid names the tracing thread.</summary>
+    public static int ThreadGroupOf(int tid)
+    {
+        try
+        {
+            foreach (string line in File.ReadLines($"/proc/{tid}/status"))
+            {
+                if (line.StartsWith("Tgid:", StringComparison.Ordinal))
+                {
+                    return int.Parse(line.AsSpan(5).Trim());
+                }
+            }
+        }
+        catch (IOException)
+        {
+        }
+        return tid;
+    }
+
+    public static string DescribeTracer(int tracerTid)
+    {
+        int pid = ThreadGroupOf(tracerTid);
+        return $"pid {pid} ({ProcessName(pid)})";
     }
 
     public static string ProcessName(int pid)

@@ -58,7 +58,7 @@ public sealed unsafe partial class Session
             }
             if (line.StartsWith("TracerPid:", StringComparison.Ordinal) && int.TryParse(line.AsSpan(10).Trim(), out int tracer) && tracer != 0)
             {
-                throw new HotwireException($"pid {pid} is already traced by pid {tracer} ({Tracee.ProcessName(tracer)}); detach the debugger or tracer first");
+                throw new HotwireException($"pid {pid} is already traced by {Tracee.DescribeTracer(tracer)}; detach the debugger or tracer first");
             }
         }
         if (!image.AllSites.Any())

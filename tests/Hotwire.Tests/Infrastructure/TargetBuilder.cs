@@ -42,6 +42,9 @@ public enum Flavour
 
     /// <summary>seedcase.c with -fpatchable-function-entry=5 (PIE): sleds converted in a running process.</summary>
     SeedSled,
+
+    /// <summary>blocker.c: the main thread blocked in a chosen system call.</summary>
+    Blocker,
 }
 
 /// <summary>
@@ -82,9 +85,10 @@ public static class TargetBuilder
                  "gcc -O2 {src}/uselib.c -L{out} -lflav -Wl,-rpath,'$ORIGIN' -o {out}/prog"], "prog"),
             Flavour.Cxx => new Recipe(["cxxprog.cpp"], [$"g++ {SledFlags} {{src}}/cxxprog.cpp -o {{out}}/prog"], "prog"),
             Flavour.Many => new Recipe(["gen-many.sh"],
-                ["bash {src}/gen-many.sh 50000 > {out}/many.c", $"gcc -O1 -pg -mfentry -mnop-mcount -mrecord-mcount -fno-pie -c {{out}}/many.c -o {{out}}/many.o", "gcc -no-pie {out}/many.o -o {out}/prog", "rm -f {out}/many.c {out}/many.o"], "prog"),
+                ["bash {src}/gen-many.sh 50000 > {out}/many.c", $"gcc -O1 -pthread -pg -mfentry -mnop-mcount -mrecord-mcount -fno-pie -c {{out}}/many.c -o {{out}}/many.o", "gcc -no-pie -pthread {out}/many.o -o {out}/prog", "rm -f {out}/many.c {out}/many.o"], "prog"),
             Flavour.SeedNop5 => new Recipe(["seedcase.c"], [$"gcc {Nop5Flags} -pthread -c {{src}}/seedcase.c -o {{out}}/seedcase.o", "gcc -no-pie -pthread {out}/seedcase.o -o {out}/prog"], "prog"),
             Flavour.SeedSled => new Recipe(["seedcase.c"], [$"gcc {SledFlags} -pthread -fPIE -pie {{src}}/seedcase.c -o {{out}}/prog"], "prog"),
+            Flavour.Blocker => new Recipe(["blocker.c"], [$"gcc {SledFlags} -pthread {{src}}/blocker.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });
 

@@ -18,6 +18,21 @@ public sealed class TargetProcess : IDisposable
 
     public Process Process => _process;
 
+    /// <summary>The words of the ready line ("ready", pid, and whatever the target added).</summary>
+    public string[] ReadyWords { get; private set; } = [];
+
+    public string? ReadLine(TimeSpan timeout)
+    {
+        Task<string?> line = _process.StandardOutput.ReadLineAsync();
+        return line.Wait(timeout) ? line.Result : null;
+    }
+
+    public void WriteLine(string line)
+    {
+        _process.StandardInput.WriteLine(line);
+        _process.StandardInput.Flush();
+    }
+
     public static TargetProcess Start(string path, params string[] args)
     {
         var psi = new ProcessStartInfo("/bin/sh")
@@ -43,7 +58,9 @@ public sealed class TargetProcess : IDisposable
             target.Dispose();
             throw new InvalidOperationException($"{path} did not signal readiness");
         }
-        target.Pid = int.Parse(ready.Split(' ')[1]);
+        string[] words = ready.Split(' ');
+        target.Pid = int.Parse(words[1]);
+        target.ReadyWords = words;
         return target;
     }
 
