@@ -6,5 +6,6 @@ var root = new RootCommand("Hotwire: trace and live-patch the functions of runni
 {
     LsCommand.Create(),
     DemoCommand.Create(),
+    CountCommand.Create(),
 };
 return CommandRunner.Run(root, args);

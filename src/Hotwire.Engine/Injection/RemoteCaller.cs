@@ -48,6 +48,14 @@ public sealed class RemoteCaller
         _tracee.SetRegs(r);
         _tracee.SingleStep();
         user_regs_struct after = _tracee.GetRegs();
+        if (after.rip == instruction)
+        {
+            // Stopped inside a system call (at an exec stop: still in execve), the first step only
+            // completes that call: the kernel reports a step trap at syscall exit. Step once more.
+            _tracee.SetRegs(r);
+            _tracee.SingleStep();
+            after = _tracee.GetRegs();
+        }
         if (after.rip != instruction + 2)
         {
             throw new HotwireException($"injected system call {number} in pid {_tracee.Pid} stopped at 0x{after.rip:x}, not after the syscall at 0x{instruction:x}; the target was not changed further");

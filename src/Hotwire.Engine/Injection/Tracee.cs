@@ -103,6 +103,23 @@ public sealed class Tracee
 
     public bool HasPendingSignals => _pendingSignals.Count > 0;
 
+    /// <summary>After PTRACE_O_TRACEEXEC and SIGCONT: runs the thread until its exec stop; other stops pass.</summary>
+    public void WaitForExec()
+    {
+        while (true)
+        {
+            int status = WaitStop();
+            int ev = Ptrace.EventOf(status);
+            if (ev == Ptrace.PTRACE_EVENT_EXEC)
+            {
+                return;
+            }
+            int sig = Ptrace.WSTOPSIG(status);
+            int deliver = ev == 0 && sig is not (Ptrace.SIGSTOP or Ptrace.SIGCONT or Ptrace.SIGTRAP) ? sig : 0;
+            Check(Ptrace.ptrace(Ptrace.PTRACE_CONT, Tid, 0, deliver), "ptrace(PTRACE_CONT)");
+        }
+    }
+
     public bool HasPendingSignal(int signal) => _pendingSignals.Contains(signal);
 
     public unsafe user_regs_struct GetRegs()

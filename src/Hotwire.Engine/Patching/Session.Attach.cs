@@ -89,7 +89,7 @@ public sealed unsafe partial class Session
         throw new HotwireException($"pid {pid} has no live thread to attach to");
     }
 
-    private void Bootstrap(int tid, SessionOptions options)
+    private void Bootstrap(int tid, SessionOptions options, Tracee? stopped = null)
     {
         // ---- plan the memfd: [data | main code | a trampoline region per module] ----
         var sites = Image.AllSites.OrderBy(s => s.Address).ToList();
@@ -129,28 +129,46 @@ public sealed unsafe partial class Session
         }
         Sites = records;
 
-        var clock = Stopwatch.StartNew();
-        PtraceThread.Shared.Invoke(() => InjectAgent(tid, total, dataSize, regions, modules, options, siteTable, batchList, restoreList, rangeList, allRanges, stack));
+        _plan = new Plan(total, dataSize, regions, modules, siteTable, batchList, restoreList, rangeList, allRanges, stack);
+        PtraceThread.Shared.Invoke(() =>
+        {
+            if (stopped is not null)
+            {
+                InjectAgent(stopped, interrupt: false, options);
+            }
+            else
+            {
+                InjectAgent(Tracee.Seize(Pid, tid), interrupt: true, options);
+            }
+        });
         WaitForAgent();
-        _ = clock;
     }
 
-    private void InjectAgent(int tid, ulong total, ulong dataSize, Dictionary<LoadedModule, StubRegion> regions, List<LoadedModule> modules,
-        SessionOptions options, ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, ulong stack)
+    private void BootstrapStopped(Tracee stopped, SessionOptions options) => Bootstrap(-1, options, stopped);
+
+    private sealed record Plan(ulong Total, ulong DataSize, Dictionary<LoadedModule, StubRegion> Regions, List<LoadedModule> Modules,
+        ulong SiteTable, ulong BatchList, ulong RestoreList, ulong RangeList, ulong AllRanges, ulong Stack);
+
+    private Plan? _plan;
+
+    private void InjectAgent(Tracee tracee, bool interrupt, SessionOptions options)
     {
+        (ulong total, ulong dataSize, Dictionary<LoadedModule, StubRegion> regions, List<LoadedModule> modules,
+            ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, ulong stack) = _plan!;
         // Everything that can be done without the thread stopped is done first: find a syscall
         // instruction, read the maps, and generate the code once so that the JIT is warm.
         ulong syscallInsn = RemoteCaller.FindSyscallInstruction(Pid, _memory);
         var occupied = ProcMaps.Read(Pid).Select(m => (m.Start, m.End)).ToList();
         AgentCode.Build(0x10000000, 0x20000000);
         var stopped = new Stopwatch();
-
-        Tracee tracee = Tracee.Seize(Pid, tid);
         RemoteCaller? caller = null;
         bool handlerInstalled = false;
         try
         {
-            tracee.Interrupt();
+            if (interrupt)
+            {
+                tracee.Interrupt();
+            }
             stopped.Start();
             caller = new RemoteCaller(tracee, syscallInsn);
             ulong scratch = caller.StackScratch(64);
@@ -204,7 +222,10 @@ public sealed unsafe partial class Session
             }
             finally
             {
-                tracee.Detach();
+                if (interrupt)
+                {
+                    tracee.Detach();
+                }
                 LongestStop = stopped.Elapsed;
             }
         }

@@ -427,7 +427,7 @@ public sealed unsafe partial class Session : IDisposable
             {
                 return;
             }
-            if (!Directory.Exists($"/proc/{Pid}/task"))
+            if (!IsAlive())
             {
                 throw new TargetExitedException(Pid, $"pid {Pid} exited");
             }
@@ -469,6 +469,10 @@ public sealed unsafe partial class Session : IDisposable
         }
         try
         {
+            if (_exited || !IsAlive())
+            {
+                return; // nothing left to restore: the code went with the process
+            }
             Send(L.CmdRestoreAll);
             foreach (SiteRecord s in Sites)
             {
@@ -495,6 +499,21 @@ public sealed unsafe partial class Session : IDisposable
             _detached = true;
             Shared.Dispose();
             _memory.Dispose();
+        }
+    }
+
+    /// <summary>False once the process is gone or a zombie.</summary>
+    public bool IsAlive()
+    {
+        try
+        {
+            string stat = File.ReadAllText($"/proc/{Pid}/stat");
+            char state = stat[stat.LastIndexOf(')') + 2];
+            return state is not ('Z' or 'X');
+        }
+        catch (IOException)
+        {
+            return false;
         }
     }
 

@@ -1,0 +1,70 @@
+using System.CommandLine;
+using Hotwire.Patching;
+
+namespace Hotwire.Cli.Commands;
+
+/// <summary>The options every tracing command shares: which process, which functions.</summary>
+public sealed class TargetOptions
+{
+    public Option<int?> Pid { get; } = new("--pid", "-p") { Description = "Attach to this running process" };
+
+    public Option<string[]> Filter { get; } = new("--filter", "-F")
+    {
+        Description = "Only functions matching GLOB (repeatable; ftrace filter syntax: *, ?, [...], !GLOB, GLOB:mod:MODULE)",
+        AllowMultipleArgumentsPerToken = false,
+    };
+
+    public Option<string[]> Notrace { get; } = new("--notrace", "-N") { Description = "Never functions matching GLOB (repeatable; wins over --filter)" };
+
+    public Option<string> Int3 { get; } = new("--int3")
+    {
+        Description = "Breakpoint handling while sites are rewritten: emulate (default) or skip (test-only: the pre-2019 bug)",
+        DefaultValueFactory = _ => "emulate",
+        Hidden = true,
+    };
+
+    public Argument<string[]> Command { get; } = new("-- PROGRAM [ARGS]")
+    {
+        Description = "Program to start and trace (after --)",
+        Arity = ArgumentArity.ZeroOrMore,
+    };
+
+    public void AddTo(Command command)
+    {
+        command.Options.Add(Pid);
+        command.Options.Add(Filter);
+        command.Options.Add(Notrace);
+        command.Options.Add(Int3);
+        command.Arguments.Add(Command);
+    }
+
+    /// <summary>Attaches to --pid or launches the program after --, as the user asked.</summary>
+    public Session Open(ParseResult result)
+    {
+        int? pid = result.GetValue(Pid);
+        string[] program = result.GetValue(Command) ?? [];
+        string int3 = result.GetValue(Int3) ?? "emulate";
+        if (int3 is not ("emulate" or "skip"))
+        {
+            throw new UsageException($"--int3 takes emulate or skip, not '{int3}'");
+        }
+        var options = new SessionOptions { SkipInt3Emulation = int3 == "skip" };
+        if (pid is not null && program.Length > 0)
+        {
+            throw new UsageException("give either --pid N or -- PROGRAM, not both");
+        }
+        if (pid is int p)
+        {
+            return Session.Attach(p, options);
+        }
+        if (program.Length == 0)
+        {
+            throw new UsageException("say what to trace: --pid N for a running process, or -- PROGRAM [ARGS] to start one");
+        }
+        return Session.Launch(program[0], program[1..], options);
+    }
+
+    public IEnumerable<string> Filters(ParseResult result) => result.GetValue(Filter) ?? [];
+
+    public IEnumerable<string> Notraces(ParseResult result) => result.GetValue(Notrace) ?? [];
+}

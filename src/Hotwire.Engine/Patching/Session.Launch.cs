@@ -1,0 +1,123 @@
+using System.Runtime.InteropServices;
+using Hotwire.Injection;
+using Hotwire.Interop;
+using Hotwire.Memory;
+using Hotwire.Procfs;
+
+namespace Hotwire.Patching;
+
+public sealed class LaunchOptions
+{
+    /// <summary>Redirect the program's stdin from this file (default: inherit).</summary>
+    public string? StdinPath { get; init; }
+
+    /// <summary>Redirect the program's stdout to this file (default: inherit).</summary>
+    public string? StdoutPath { get; init; }
+}
+
+public sealed unsafe partial class Session
+{
+    /// <summary>
+    /// Starts <paramref name="program"/> stopped at exec, before any of its code runs, injects the
+    /// agent and makes every site a single instruction (as the kernel's ftrace_init at boot), then
+    /// lets it run. Hotwire is its parent: <see cref="WaitForExit"/> reaps it.
+    /// </summary>
+    public static Session Launch(string program, IReadOnlyList<string> args, SessionOptions? options = null, LaunchOptions? launch = null)
+    {
+        string path = ResolveProgram(program);
+        // The child stops itself, Hotwire seizes it with PTRACE_O_TRACEEXEC and lets it exec.
+        int pid = Spawn.Start("/bin/sh", ["sh", "-c", "kill -STOP $$ && exec \"$0\" \"$@\"", path, .. args], launch?.StdinPath, launch?.StdoutPath);
+        Tracee tracee = PtraceThread.Shared.Invoke(() => StopAtExec(pid, path));
+        Session? session = null;
+        try
+        {
+            ProcessImage image = ProcessImage.Load(pid);
+            if (!image.AllSites.Any())
+            {
+                throw new HotwireException($"{program} has no patch sites: {SiteDiscovery.HowToAddSites}");
+            }
+            var execMappings = ProcMaps.Read(pid).Where(m => m.IsExecutable).ToList();
+            session = new Session(pid, image, launched: true, ProcessMemory.Open(pid, writable: true), execMappings);
+            session.BootstrapStopped(tracee, options ?? new SessionOptions());
+            // Convert every sled and __fentry__ call now, while no thread can be inside one.
+            session.Apply(session.Sites.Where(s => !s.Converted).ToList());
+        }
+        catch
+        {
+            Ptrace.kill(pid, Ptrace.SIGKILL);
+            PtraceThread.Shared.Invoke(tracee.Detach);
+            Reap(pid);
+            session?._memory.Dispose();
+            throw;
+        }
+        PtraceThread.Shared.Invoke(tracee.Detach);
+        return session;
+    }
+
+    private static string ResolveProgram(string program)
+    {
+        string? found = program.Contains('/')
+            ? program
+            : (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':').Select(d => Path.Combine(d, program)).FirstOrDefault(File.Exists);
+        if (found is null || !File.Exists(found))
+        {
+            throw new HotwireException($"{program}: program not found");
+        }
+        if ((File.GetUnixFileMode(found) & (UnixFileMode.UserExecute | UnixFileMode.GroupExecute | UnixFileMode.OtherExecute)) == 0)
+        {
+            throw new HotwireException($"{program}: not executable (chmod +x it)");
+        }
+        Elf.ElfFile.Load(found); // a clear message for a non-ELF or non-x86-64 file, before anything starts
+        return Path.GetFullPath(found);
+    }
+
+    private static Tracee StopAtExec(int pid, string path)
+    {
+        int status;
+        if (Ptrace.waitpid(pid, &status, 2 /* WUNTRACED */) != pid || !Ptrace.WIFSTOPPED(status))
+        {
+            throw new HotwireException($"cannot start {path}: the launcher exited early");
+        }
+        Tracee tracee = Tracee.Seize(pid, pid, Ptrace.PTRACE_O_TRACEEXEC);
+        Ptrace.kill(pid, Ptrace.SIGCONT);
+        tracee.WaitForExec();
+        return tracee;
+    }
+
+    private static void Reap(int pid)
+    {
+        int status;
+        Ptrace.waitpid(pid, &status, 0);
+    }
+
+    /// <summary>Waits until a launched program exits; returns its exit code, or 128 + signal.</summary>
+    public int WaitForExit(CancellationToken cancel = default) => WaitForExit(cancel, Timeout.InfiniteTimeSpan) ?? -1;
+
+    /// <summary>Waits up to <paramref name="timeout"/> for a launched program to exit; null if it still runs.</summary>
+    public int? WaitForExit(CancellationToken cancel, TimeSpan timeout)
+    {
+        long deadline = timeout == Timeout.InfiniteTimeSpan ? long.MaxValue : Environment.TickCount64 + (long)timeout.TotalMilliseconds;
+        while (!cancel.IsCancellationRequested)
+        {
+            int status;
+            int r = Ptrace.waitpid(Pid, &status, Ptrace.WNOHANG);
+            if (r == Pid)
+            {
+                _exited = true;
+                return Ptrace.WIFEXITED(status) ? Ptrace.WEXITSTATUS(status) : 128 + Ptrace.WTERMSIG(status);
+            }
+            if (r < 0 && Marshal.GetLastPInvokeError() != Libc.EINTR)
+            {
+                return -1;
+            }
+            if (Environment.TickCount64 >= deadline)
+            {
+                return null;
+            }
+            Thread.Sleep(5);
+        }
+        return null;
+    }
+
+    private bool _exited;
+}

@@ -1,0 +1,127 @@
+using System.Diagnostics;
+using Hotwire.Procfs;
+using Hotwire.Tests.Infrastructure;
+using Xunit;
+
+namespace Hotwire.Tests;
+
+/// <summary>`hotwire count` run as a user would, and what happens to the target when Hotwire dies.</summary>
+[Collection("engine")]
+public class CountCommandTests
+{
+    [Fact]
+    public void Count_of_a_launched_program_counts_from_its_first_call_and_reports_its_exit()
+    {
+        string prog = TargetBuilder.Get(Flavour.Blocker);
+        CliResult result = HotwireCli.Run("count", "-F", "report", "--", prog, "nanosleep");
+        Assert.True(result.ExitCode == 0, result.Stderr);
+        Assert.Contains("           1  report [prog]", result.Stdout);
+        Assert.Contains("the program exited with status 0", result.Stderr);
+    }
+
+    [Fact]
+    public void Count_attached_for_a_duration_detaches_and_the_target_runs_on_with_original_code()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Many));
+        CliResult result = HotwireCli.Run("count", "--pid", target.Pid.ToString(), "-F", "f1????", "-N", "f19*", "--duration", "1", "--top", "3");
+        Assert.True(result.ExitCode == 0, result.Stderr);
+        Assert.Contains("counting calls of 9000 functions", result.Stderr);
+        Assert.Equal(4, result.Lines.Length);
+        Assert.DoesNotContain(result.Lines, l => l.Contains(" f19", StringComparison.Ordinal));
+        AssertAllSitesOriginal(target.Pid);
+        Assert.False(target.Process.HasExited);
+    }
+
+    [Fact]
+    public void SIGKILL_of_hotwire_with_10000_sites_enabled_leaves_the_target_running_with_original_code()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Many));
+        var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "hotwire.dll"), "count", "--pid", target.Pid.ToString(), "-F", "f1????"])
+        {
+            RedirectStandardError = true,
+            RedirectStandardOutput = true,
+        };
+        using Process hotwire = Process.Start(psi)!;
+        string? line = hotwire.StandardError.ReadLine();
+        Assert.Equal($"hotwire: counting calls of 10000 functions in pid {target.Pid}; Ctrl-C to stop", line);
+        Assert.NotEqual(OriginalSiteCount(target.Pid), ProcessImage.Load(target.Pid).AllSites.Count());
+        hotwire.Kill(); // SIGKILL: no cleanup runs in Hotwire
+        hotwire.WaitForExit();
+        var deadline = Stopwatch.StartNew();
+        while (OriginalSiteCount(target.Pid) != 50_001 && deadline.ElapsedMilliseconds < 5000)
+        {
+            Thread.Sleep(20);
+        }
+        AssertAllSitesOriginal(target.Pid);
+        Assert.DoesNotContain(Directory.GetDirectories($"/proc/{target.Pid}/task"), t => File.ReadAllText(Path.Combine(t, "comm")).Trim() == "hotwire-agent");
+        long rounds0 = Rounds(target.Pid);
+        Thread.Sleep(100);
+        Assert.True(Rounds(target.Pid) > rounds0, "the target's threads stopped making progress");
+    }
+
+    [Fact]
+    public void Count_without_a_target_is_a_usage_error()
+    {
+        CliResult result = HotwireCli.Run("count");
+        Assert.Equal(2, result.ExitCode);
+        Assert.Contains("say what to trace: --pid N for a running process, or -- PROGRAM", result.Stderr);
+    }
+
+    [Fact]
+    public void Count_of_a_program_that_does_not_exist()
+    {
+        CliResult result = HotwireCli.Run("count", "--", "/nonexistent/prog");
+        Assert.Equal(1, result.ExitCode);
+        Assert.Equal("hotwire: /nonexistent/prog: program not found\n", result.Stderr);
+    }
+
+    [Fact]
+    public void Count_with_a_filter_that_matches_nothing_leaves_the_target_untouched()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
+        CliResult result = HotwireCli.Run("count", "--pid", target.Pid.ToString(), "-F", "compte");
+        Assert.Equal(1, result.ExitCode);
+        Assert.Contains("no traceable function matches 'compte'; near names: compute", result.Stderr);
+        Assert.DoesNotContain(Directory.GetDirectories($"/proc/{target.Pid}/task"), t => File.ReadAllText(Path.Combine(t, "comm")).Trim() == "hotwire-agent");
+    }
+
+    [Fact]
+    public void Count_without_ptrace_permission_names_what_is_missing()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
+        var psi = new ProcessStartInfo("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "dotnet",
+            Path.Combine(AppContext.BaseDirectory, "hotwire.dll"), "count", "--pid", target.Pid.ToString()])
+        { RedirectStandardError = true, RedirectStandardOutput = true };
+        using Process p = Process.Start(psi)!;
+        string stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.Equal(1, p.ExitCode);
+        Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Contains("CAP_SYS_PTRACE", stderr);
+    }
+
+    private static int OriginalSiteCount(int pid)
+    {
+        ProcessImage image = ProcessImage.Load(pid);
+        using var memory = Hotwire.Memory.ProcessMemory.Open(pid);
+        return image.AllSites.Count(s =>
+        {
+            var now = new byte[s.OriginalBytes.Length];
+            return memory.TryRead(s.Address, now) && now.AsSpan().SequenceEqual(s.OriginalBytes);
+        });
+    }
+
+    private static void AssertAllSitesOriginal(int pid)
+        => Assert.Equal(ProcessImage.Load(pid).AllSites.Count(), OriginalSiteCount(pid));
+
+    private static long Rounds(int pid)
+    {
+        ProcessImage image = ProcessImage.Load(pid);
+        var prog = image.Modules.First(m => m.Name == "prog");
+        ulong address = prog.Elf.ReadSymbols(dynamic: false).Single(s => s.Name == "rounds").Value + prog.Bias;
+        using var memory = Hotwire.Memory.ProcessMemory.Open(pid);
+        var buf = new byte[8];
+        memory.TryRead(address, buf);
+        return BitConverter.ToInt64(buf);
+    }
+}
