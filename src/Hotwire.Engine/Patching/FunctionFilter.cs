@@ -10,6 +10,13 @@ public sealed class FunctionFilter
     private readonly List<Term> _include = [];
     private readonly List<Term> _exclude = [];
 
+    // Plain names (no wildcard, no module) are looked up, not matched: a filter of thousands of
+    // names over tens of thousands of sites stays linear.
+    private readonly HashSet<string> _includeNames = new(StringComparer.Ordinal);
+    private readonly HashSet<string> _excludeNames = new(StringComparer.Ordinal);
+    private readonly List<Term> _includeGlobs = [];
+    private readonly List<Term> _excludeGlobs = [];
+
     public FunctionFilter(IEnumerable<string> patterns)
     {
         foreach (string raw in patterns)
@@ -22,23 +29,33 @@ public sealed class FunctionFilter
             bool negate = pattern.StartsWith('!');
             Term term = Term.Parse(negate ? pattern[1..] : pattern, raw);
             (negate ? _exclude : _include).Add(term);
+            if (term.IsPlainName)
+            {
+                (negate ? _excludeNames : _includeNames).Add(term.Function);
+            }
+            else
+            {
+                (negate ? _excludeGlobs : _includeGlobs).Add(term);
+            }
         }
     }
 
     public bool IsEmpty => _include.Count == 0 && _exclude.Count == 0;
 
     public bool Matches(PatchSite site)
-        => (_include.Count == 0 || _include.Exists(t => t.Matches(site))) && !_exclude.Exists(t => t.Matches(site));
+        => (_include.Count == 0 || _includeNames.Contains(site.Function) || _includeGlobs.Exists(t => t.Matches(site)))
+            && !_excludeNames.Contains(site.Function) && !_excludeGlobs.Exists(t => t.Matches(site));
 
     /// <summary>
     /// The sites the filter selects. A pattern that matches no function at all is an error that
     /// names the closest function names, as a user who mistyped needs.
     /// </summary>
-    public List<PatchSite> Select(IReadOnlyCollection<PatchSite> sites)
+    public List<PatchSite> Select(IReadOnlyCollection<PatchSite> sites, IReadOnlySet<string>? functionNames = null)
     {
+        IReadOnlySet<string> names = functionNames ?? new HashSet<string>(sites.Select(s => s.Function), StringComparer.Ordinal);
         foreach (Term t in _include.Concat(_exclude))
         {
-            if (!sites.Any(t.Matches))
+            if (t.IsPlainName ? !names.Contains(t.Function) : !sites.Any(t.Matches))
             {
                 throw new HotwireException(NoMatchMessage(t.Raw, sites));
             }
@@ -99,6 +116,8 @@ public sealed class FunctionFilter
 
     private sealed record Term(string Function, string? Module, string Raw)
     {
+        public bool IsPlainName { get; } = Module is null && !Glob.HasWildcards(Function) && !Function.Contains('\\');
+
         public static Term Parse(string pattern, string raw)
         {
             int mod = pattern.IndexOf(":mod:", StringComparison.Ordinal);

@@ -19,6 +19,9 @@ public abstract class Ops
 
     public string Name { get; }
 
+    /// <summary>Small id within its session (1..63): ops sets are bit masks of these.</summary>
+    internal int Id { get; set; }
+
     public IReadOnlyList<string> Filter { get; }
 
     public IReadOnlyList<string> Notrace { get; }
@@ -31,11 +34,19 @@ public abstract class Ops
     /// <summary>Called once when the ops is registered, before any site calls it.</summary>
     internal virtual void Prepare(Session session, IReadOnlyList<SiteRecord> sites) { }
 
+    /// <summary>How many site-dependent 64-bit values <see cref="EmitEntry"/> uses.</summary>
+    internal virtual int ParameterCount => 0;
+
+    /// <summary>The site-dependent values (a counter's address, say) for <paramref name="site"/>.</summary>
+    internal virtual ulong Parameter(SiteRecord site, int index) => 0;
+
     /// <summary>
     /// Code run at the entry of a traced function, inlined into the site's trampoline. It may use
-    /// r11 and the flags only: every other register still holds the function's arguments.
+    /// r11 and the flags only: every other register still holds the function's arguments. It must
+    /// be position-independent and use each of <paramref name="parameters"/> as one 64-bit
+    /// immediate: it is assembled once per ops set and copied for each site with the values filled in.
     /// </summary>
-    internal virtual void EmitEntry(Assembler a, SiteRecord site) { }
+    internal virtual void EmitEntry(Assembler a, ReadOnlySpan<ulong> parameters) { }
 
     /// <summary>For a redirecting ops: where calls of the site's function go.</summary>
     internal virtual ulong RedirectTarget(SiteRecord site) => throw new InvalidOperationException($"{Name} does not redirect");
@@ -61,9 +72,13 @@ public sealed class CountingOps : Ops
         }
     }
 
-    internal override void EmitEntry(Assembler a, SiteRecord site)
+    internal override int ParameterCount => 1;
+
+    internal override ulong Parameter(SiteRecord site, int index) => _session!.DataAddress(_countersOffset + (ulong)site.Index * 8);
+
+    internal override void EmitEntry(Assembler a, ReadOnlySpan<ulong> parameters)
     {
-        a.mov(r11, _session!.DataAddress(_countersOffset + (ulong)site.Index * 8));
+        a.mov(r11, parameters[0]);
         a.@lock.inc(__qword_ptr[r11]);
     }
 

@@ -23,12 +23,14 @@ public sealed class SessionOptions
 public sealed unsafe partial class Session : IDisposable
 {
     private const ulong TwoGiB = 1UL << 31;
-    private static readonly byte[] Nop5 = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 
     private readonly Dictionary<ulong, SiteRecord> _byAddress = [];
     private readonly Dictionary<(byte, byte, ulong), ulong> _records = [];
-    private readonly Dictionary<string, ulong> _stubs = [];
+    private readonly Dictionary<(int Site, ulong OpsMask), ulong> _stubs = [];
     private readonly List<Ops> _ops = [];
+    private List<PatchSite>? _allSites;
+    private readonly Dictionary<Ops, List<SiteRecord>> _chosen = [];
+    private HashSet<string>? _functionNames;
     private readonly Dictionary<Ops, int> _opsIds = [];
     private readonly List<MemoryMapping> _execMappings;
     private readonly ProcessMemory _memory;
@@ -108,15 +110,30 @@ public sealed unsafe partial class Session : IDisposable
         {
             throw new InvalidOperationException($"ops '{ops.Name}' is registered already");
         }
-        List<SiteRecord> chosen = ops.BuildFilter().Select(Image.AllSites.ToList()).Select(p => _byAddress[p.Address]).ToList();
+        // An ops' filters are fixed: choose its sites once, however often it is toggled.
+        if (!_chosen.TryGetValue(ops, out List<SiteRecord>? chosen))
+        {
+            _allSites ??= Image.AllSites.ToList();
+            _functionNames ??= new HashSet<string>(_allSites.Select(p => p.Function), StringComparer.Ordinal);
+            chosen = ops.BuildFilter().Select(_allSites, _functionNames).Select(p => _byAddress[p.Address]).ToList();
+            _chosen[ops] = chosen;
+        }
         if (ops.Redirects && chosen.FirstOrDefault(s => s.Ops.Any(o => o.Redirects)) is { } taken)
         {
             Ops holder = taken.Ops.First(o => o.Redirects);
             throw new HotwireException(
                 $"{taken.Function} is already redirected by '{holder.Name}': only one ops may change where a function goes; nothing was changed");
         }
+        if (!_opsIds.ContainsKey(ops))
+        {
+            if (_opsIds.Count >= 63)
+            {
+                throw new HotwireException("a session holds at most 63 different ops");
+            }
+            _opsIds[ops] = _opsIds.Count + 1;
+            ops.Id = _opsIds[ops];
+        }
         ops.Prepare(this, chosen);
-        _opsIds[ops] = _opsIds.Count + 1;
         foreach (SiteRecord s in chosen)
         {
             s.Ops.Add(ops);
@@ -146,7 +163,9 @@ public sealed unsafe partial class Session : IDisposable
         {
             return;
         }
-        List<SiteRecord> sites = Sites.Where(s => s.Ops.Remove(ops)).ToList();
+        List<SiteRecord> sites = _chosen.TryGetValue(ops, out List<SiteRecord>? chosen)
+            ? chosen.Where(s => s.Ops.Remove(ops)).ToList()
+            : Sites.Where(s => s.Ops.Remove(ops)).ToList();
         Apply(sites);
     }
 
@@ -161,92 +180,197 @@ public sealed unsafe partial class Session : IDisposable
         }
     }
 
+    private static readonly bool s_diag = Environment.GetEnvironmentVariable("HOTWIRE_DIAG") is not null;
+
     private void Apply(IReadOnlyList<SiteRecord> sites)
     {
+        var diag = System.Diagnostics.Stopwatch.StartNew();
         var entries = new List<BatchEntry>(sites.Count);
         foreach (SiteRecord s in sites)
         {
-            (ulong bytes, ulong emu) = Desired(s);
+            (ulong bytes, ulong emu) = CachedDesired(s);
             if (bytes != s.Current)
             {
                 entries.Add(new BatchEntry(s, bytes, emu));
             }
         }
+        double prep = diag.Elapsed.TotalMilliseconds;
         RunBatch(entries);
+        if (s_diag)
+        {
+            Console.Error.WriteLine($"DIAG apply {sites.Count}: prepare {prep:F2} ms, batch {diag.Elapsed.TotalMilliseconds - prep:F2} ms (agent {_lastAgentMs:F2} ms)");
+        }
     }
 
+    private (ulong Bytes, ulong Emu) CachedDesired(SiteRecord s)
+    {
+        ulong mask = s.OpsMask;
+        if (s.DesiredCache0.Mask == mask)
+        {
+            return (s.DesiredCache0.Bytes, s.DesiredCache0.Emu);
+        }
+        if (s.DesiredCache1.Mask == mask)
+        {
+            return (s.DesiredCache1.Bytes, s.DesiredCache1.Emu);
+        }
+        (ulong bytes, ulong emu) = Desired(s);
+        s.DesiredCache1 = s.DesiredCache0;
+        s.DesiredCache0 = (mask, bytes, emu);
+        return (bytes, emu);
+    }
+
+    private const ulong Nop5Bytes = 0x00_0000_441f0f;   // 0f 1f 44 00 00
+    private const ulong TrailingNop = 0x90UL << 40;      // byte 5 of a 6-byte site
+
+    /// <summary>The bytes the site should hold for its ops, and how to emulate them (little-endian in a u64).</summary>
     private (ulong Bytes, ulong Emu) Desired(SiteRecord s)
     {
-        Ops? redirect = s.Ops.FirstOrDefault(o => o.Redirects);
-        bool plain = s.Ops.All(o => o.Redirects);
-        byte[] bytes = new byte[s.Length];
-        if (s.Length == 6)
-        {
-            bytes[5] = 0x90;
-        }
+        ulong tail = s.Length == 6 ? TrailingNop : 0;
         if (s.Ops.Count == 0)
         {
-            Nop5.CopyTo(bytes, 0);
-            return (SiteRecord.Pack(bytes), Record(L.KindNop, (byte)s.Length, 0));
+            return (Nop5Bytes | tail, Record(L.KindNop, (byte)s.Length, 0));
         }
-        if (plain && redirect is not null)
+        Ops? redirect = null;
+        bool onlyRedirect = true;
+        foreach (Ops o in s.Ops)
+        {
+            if (o.Redirects)
+            {
+                redirect = o;
+            }
+            else
+            {
+                onlyRedirect = false;
+            }
+        }
+        if (onlyRedirect && redirect is not null)
         {
             ulong target = redirect.RedirectTarget(s);
             long rel = (long)target - (long)(s.Address + 5);
             if (rel is >= int.MinValue and <= int.MaxValue)
             {
-                bytes[0] = 0xe9;
-                BitConverter.TryWriteBytes(bytes.AsSpan(1), (int)rel);
-                return (SiteRecord.Pack(bytes), Record(L.KindJmp, 0, target));
+                return (0xe9UL | (ulong)(uint)(int)rel << 8 | tail, Record(L.KindJmp, 0, target));
             }
         }
         ulong stub = Stub(s, redirect);
-        bytes[0] = 0xe8;
-        BitConverter.TryWriteBytes(bytes.AsSpan(1), checked((int)((long)stub - (long)(s.Address + 5))));
-        return (SiteRecord.Pack(bytes), Record(L.KindCall, 5, stub));
+        int callRel = checked((int)((long)stub - (long)(s.Address + 5)));
+        return (0xe8UL | (ulong)(uint)callRel << 8 | tail, Record(L.KindCall, 5, stub));
     }
 
     /// <summary>
     /// The site's trampoline: each ops' entry code inlined in order, then return to the function,
     /// or for a redirect drop our return slot and jump (the caller's return address stays on top).
     /// One trampoline per (site, ops set), kept forever: a thread may still be inside an old one.
+    /// Ftrace calls a list function that loops over the ops; composing their code per site costs no
+    /// loop and no indirect call.
     /// </summary>
     private ulong Stub(SiteRecord s, Ops? redirect)
     {
-        string key = $"{s.Index}:{string.Join(',', s.Ops.Select(o => _opsIds[o]))}";
-        if (_stubs.TryGetValue(key, out ulong existing))
+        // Ops sit on a site in registration order, so the set of their ids names the composition.
+        ulong mask = s.OpsMask;
+        if (_stubs.TryGetValue((s.Index, mask), out ulong existing))
         {
             return existing;
         }
+        if (!_templates.TryGetValue(mask, out StubTemplate? template))
+        {
+            template = StubTemplate.Build(s.Ops);
+            _templates[mask] = template;
+        }
         StubRegion region = s.Region;
-        ulong at = region.TargetAddress + region.Used;
-        var a = new Assembler(64);
-        foreach (Ops o in s.Ops.Where(o => !o.Redirects))
-        {
-            o.EmitEntry(a, s);
-        }
-        if (redirect is not null)
-        {
-            a.lea(rsp, __[rsp + 8]);
-            a.mov(r11, redirect.RedirectTarget(s));
-            a.jmp(r11);
-        }
-        else
-        {
-            a.ret();
-        }
-        var stream = new MemoryStream();
-        a.Assemble(new StreamCodeWriter(stream), at);
-        byte[] code = stream.ToArray();
-        ulong size = ((ulong)code.Length + 15) & ~15UL;
+        ulong size = ((ulong)template.Code.Length + 15) & ~15UL;
         if (region.Used + size > region.Size)
         {
             throw new HotwireException("trampoline space near this module is exhausted; trace fewer functions");
         }
-        code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, code.Length));
+        Span<byte> code = Shared.Bytes(region.MemfdOffset + region.Used, template.Code.Length);
+        template.Code.CopyTo(code);
+        foreach ((int offset, Ops ops, int parameter) in template.Fixups)
+        {
+            ulong value = parameter < 0 ? ops.RedirectTarget(s) : ops.Parameter(s, parameter);
+            BitConverter.TryWriteBytes(code[offset..], value);
+        }
+        ulong at = region.TargetAddress + region.Used;
         region.Used += size;
-        _stubs[key] = at;
+        _stubs[(s.Index, mask)] = at;
         return at;
+    }
+
+    private readonly Dictionary<ulong, StubTemplate> _templates = [];
+
+    /// <summary>
+    /// A trampoline assembled once per ops set with sentinel values in place of the site-dependent
+    /// immediates; each site's copy gets its own values written where the sentinels were.
+    /// </summary>
+    private sealed class StubTemplate
+    {
+        private const ulong SentinelBase = 0x5a17_c0de_0000_0000;
+
+        private StubTemplate(byte[] code, List<(int, Ops, int)> fixups)
+        {
+            Code = code;
+            Fixups = fixups;
+        }
+
+        public byte[] Code { get; }
+
+        /// <summary>(offset in Code, ops, parameter index; -1 for the redirect target)</summary>
+        public List<(int Offset, Ops Ops, int Parameter)> Fixups { get; }
+
+        public static StubTemplate Build(IReadOnlyList<Ops> ops)
+        {
+            var a = new Assembler(64);
+            var sentinels = new List<(ulong Value, Ops Ops, int Parameter)>();
+            ulong next = SentinelBase;
+            Ops? redirect = null;
+            foreach (Ops o in ops)
+            {
+                if (o.Redirects)
+                {
+                    redirect = o;
+                    continue;
+                }
+                var parameters = new ulong[o.ParameterCount];
+                for (int i = 0; i < parameters.Length; i++)
+                {
+                    parameters[i] = next;
+                    sentinels.Add((next++, o, i));
+                }
+                o.EmitEntry(a, parameters);
+            }
+            if (redirect is not null)
+            {
+                a.lea(rsp, __[rsp + 8]);
+                a.mov(r11, next);
+                sentinels.Add((next, redirect, -1));
+                a.jmp(r11);
+            }
+            else
+            {
+                a.ret();
+            }
+            var stream = new MemoryStream();
+            a.Assemble(new StreamCodeWriter(stream), 0);
+            byte[] code = stream.ToArray();
+            var fixups = new List<(int, Ops, int)>();
+            foreach ((ulong value, Ops o, int parameter) in sentinels)
+            {
+                int at = IndexOf(code, value);
+                if (at < 0 || IndexOf(code.AsSpan(at + 1).ToArray(), value) >= 0)
+                {
+                    throw new InvalidOperationException($"ops '{o.Name}' must use each parameter once, as a 64-bit immediate");
+                }
+                fixups.Add((at, o, parameter));
+            }
+            return new StubTemplate(code, fixups);
+        }
+
+        private static int IndexOf(byte[] code, ulong value)
+        {
+            Span<byte> pattern = stackalloc byte[8];
+            BitConverter.TryWriteBytes(pattern, value);
+            return code.AsSpan().IndexOf(pattern);
+        }
     }
 
     private ulong Record(byte kind, byte advance, ulong target)
@@ -272,6 +396,30 @@ public sealed unsafe partial class Session : IDisposable
 
     private readonly record struct BatchEntry(SiteRecord Site, ulong New, ulong Emu);
 
+    /// <summary>A batch entry as the agent reads it (AgentLayout.Batch*).</summary>
+    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Size = L.BatchEntrySize)]
+    private struct BatchSlot
+    {
+        public uint SiteIndex;
+        public uint Padding;
+        public ulong Expected;
+        public ulong New;
+        public ulong Emu;
+    }
+
+    private double _lastAgentMs;
+
+    private static bool IsSortedByIndex(List<BatchEntry> entries)
+    {
+        for (int i = 1; i < entries.Count; i++)
+        {
+            if (entries[i - 1].Site.Index > entries[i].Site.Index)
+            {
+                return false;
+            }
+        }
+        return true;
+    }
     private ulong _batchListOffset;
     private ulong _rangeListOffset;
     private int _rangeCapacity;
@@ -282,16 +430,22 @@ public sealed unsafe partial class Session : IDisposable
         {
             return;
         }
-        entries.Sort((x, y) => x.Site.Address.CompareTo(y.Site.Address));
+        // Site indices follow addresses: sorting by index sorts by address (usually it already is).
+        if (!IsSortedByIndex(entries))
+        {
+            entries.Sort(static (x, y) => x.Site.Index.CompareTo(y.Site.Index));
+        }
+        // The agent reads the list after our FUTEX_WAKE (a system call: a full barrier), so plain stores do.
+        Span<BatchSlot> slots = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, BatchSlot>(
+            Shared.Bytes(_batchListOffset, entries.Count * L.BatchEntrySize));
+        var touched = new SiteRecord[entries.Count];
         for (int i = 0; i < entries.Count; i++)
         {
-            ulong e = _batchListOffset + (ulong)(i * L.BatchEntrySize);
-            Shared.WriteU32(e + L.BatchSiteIndex, (uint)entries[i].Site.Index);
-            Shared.WriteU64(e + L.BatchExpected, entries[i].Site.Current);
-            Shared.WriteU64(e + L.BatchNew, entries[i].New);
-            Shared.WriteU64(e + L.BatchEmu, entries[i].Emu);
+            BatchEntry e = entries[i];
+            slots[i] = new BatchSlot { SiteIndex = (uint)e.Site.Index, Expected = e.Site.Current, New = e.New, Emu = e.Emu };
+            touched[i] = e.Site;
         }
-        int ranges = WriteRanges(entries.Select(e => e.Site), _rangeListOffset, _rangeCapacity);
+        int ranges = WriteRanges(touched, _rangeListOffset, _rangeCapacity);
         Shared.WriteU64(L.BatchCount, (ulong)entries.Count);
         Shared.WriteU64(L.RangeCount, (ulong)ranges);
 
@@ -300,7 +454,9 @@ public sealed unsafe partial class Session : IDisposable
         ulong[] sleds = Launched ? [] : entries.Where(e => e.Site.Site.Kind == SiteKind.NopSled && !e.Site.Converted)
             .Select(e => e.Site.Address).ToArray();
         Shared.WriteU64(L.PauseAfterPhase1, sleds.Length > 0 ? 1UL : 0UL);
+        var agentClock = System.Diagnostics.Stopwatch.StartNew();
         Send(L.CmdBatch);
+        _lastAgentMs = agentClock.Elapsed.TotalMilliseconds;
         if (sleds.Length > 0)
         {
             try
@@ -355,16 +511,25 @@ public sealed unsafe partial class Session : IDisposable
         return ProcMaps.Read(Pid).Any(m => m.Path == "[uprobes]" || m.Path == "[uprobes-trampoline]" ? target >= m.Start && target < m.End : false);
     }
 
-    private int WriteRanges(IEnumerable<SiteRecord> sites, ulong listOffset, int capacity)
+    /// <summary>The pages the sites lie in, merged into runs within one mapping; <paramref name="sites"/> sorted by address.</summary>
+    private int WriteRanges(IReadOnlyList<SiteRecord> sites, ulong listOffset, int capacity)
     {
         var runs = new List<(ulong Start, ulong End, int Prot)>();
-        foreach (SiteRecord s in sites.OrderBy(s => s.Address))
+        MemoryMapping vma = default;
+        foreach (SiteRecord s in sites)
         {
             ulong first = s.Address & ~0xfffUL;
             ulong last = (s.Address + (ulong)s.Length - 1) & ~0xfffUL;
             for (ulong page = first; page <= last; page += 0x1000)
             {
-                MemoryMapping vma = MappingOf(page);
+                if (runs.Count > 0 && page < runs[^1].End)
+                {
+                    continue;
+                }
+                if (page < vma.Start || page >= vma.End)
+                {
+                    vma = MappingOf(page);
+                }
                 int prot = Prot(vma.Permissions);
                 if (runs.Count > 0 && runs[^1].End == page && runs[^1].Prot == prot && page > vma.Start)
                 {
@@ -414,6 +579,16 @@ public sealed unsafe partial class Session : IDisposable
         Shared.WriteU32(L.Cmd, (uint)command);
         Shared.WriteU32(L.CmdSeq, seq);
         Sys.FutexWake((uint*)(Shared.Pointer + L.CmdSeq), 1);
+        // Most commands take tens of microseconds: spin briefly on our own core before sleeping.
+        var spin = System.Diagnostics.Stopwatch.StartNew();
+        while (spin.ElapsedTicks < System.Diagnostics.Stopwatch.Frequency / 5000)
+        {
+            if (Shared.ReadU32(L.DoneSeq) == seq)
+            {
+                return;
+            }
+            Thread.SpinWait(20);
+        }
         var started = Environment.TickCount64;
         while (true)
         {

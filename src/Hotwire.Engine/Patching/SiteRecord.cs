@@ -34,6 +34,23 @@ public sealed class SiteRecord
 
     internal StubRegion Region { get; }
 
+    // The last two (ops mask → bytes, emulation) results: toggling an ops flips between two states.
+    internal (ulong Mask, ulong Bytes, ulong Emu) DesiredCache0 = (ulong.MaxValue, 0, 0);
+    internal (ulong Mask, ulong Bytes, ulong Emu) DesiredCache1 = (ulong.MaxValue, 0, 0);
+
+    internal ulong OpsMask
+    {
+        get
+        {
+            ulong mask = 0;
+            foreach (Ops o in Ops)
+            {
+                mask |= 1UL << o.Id;
+            }
+            return mask;
+        }
+    }
+
     /// <summary>True once the site holds a single instruction Hotwire can rewrite (NOP5 form or ours).</summary>
     internal bool Converted => Site.Kind == SiteKind.Nop5 || Current != Original;
 
