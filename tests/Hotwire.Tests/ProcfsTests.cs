@@ -40,3 +40,24 @@ public class ProcfsTests
         Assert.Equal("0x10", image.Symbolizer.Format(0x10));
     }
 }
+
+public class PreflightTests
+{
+    [Fact]
+    public void A_process_with_CET_shadow_stacks_is_refused_with_the_way_out()
+    {
+        string status = Path.Combine(Path.GetTempPath(), $"hotwire-status-{Environment.ProcessId}");
+        File.WriteAllText(status, "Name:\tprog\nTracerPid:\t0\nx86_Thread_features:\tshstk wrss\nx86_Thread_features_locked:\tshstk\n");
+        var e = Assert.Throws<HotwireException>(() => Hotwire.Patching.Session.CheckStatus(42, status));
+        Assert.Contains("pid 42 runs with CET user shadow stacks", e.Message);
+        Assert.Contains("glibc.cpu.x86_shstk=off", e.Message);
+    }
+
+    [Fact]
+    public void A_process_without_shadow_stacks_or_tracer_passes()
+    {
+        string status = Path.Combine(Path.GetTempPath(), $"hotwire-status-ok-{Environment.ProcessId}");
+        File.WriteAllText(status, "Name:\tprog\nTracerPid:\t0\nx86_Thread_features:\t\n");
+        Hotwire.Patching.Session.CheckStatus(42, status);
+    }
+}

@@ -103,23 +103,11 @@ public static class AgentCode
         a.mov(eax, __dword_ptr[rbx + L.CmdSeq]);
         a.cmp(eax, r12d);
         a.jne(haveCmd);
-        // futex_wait(&cmd_seq, last, 50 ms): woken by Hotwire's FUTEX_WAKE, or times out to check on Hotwire.
-        a.lea(rdi, __[rbx + L.CmdSeq]);
-        a.xor(esi, esi);
-        a.mov(edx, r12d);
-        a.lea(r10, __[rbx + L.WaitTimeout]);
-        a.xor(r8d, r8d);
-        a.xor(r9d, r9d);
-        Syscall(a, N.futex);
+        WaitForCommand(a, r12d);
         a.mov(eax, __dword_ptr[rbx + L.CmdSeq]);
         a.cmp(eax, r12d);
         a.jne(haveCmd);
-        // Dead-man switch: the pidfd on Hotwire turns readable when Hotwire has died.
-        a.lea(rdi, __[rbx + L.PollFd]);
-        a.mov(esi, 1);
-        a.xor(edx, edx);
-        Syscall(a, N.poll);
-        a.cmp(rax, 0);
+        PollHotwireGone(a);
         a.jle(loop);
         a.Label(ref deadMan);
         a.mov(__qword_ptr[rbx + L.DeadManFired], 1);
@@ -194,6 +182,43 @@ public static class AgentCode
         a.ud2();
     }
 
+    // futex_wait(&cmd_seq, expected, 50 ms): woken by Hotwire's FUTEX_WAKE, or times out to check on Hotwire.
+    private static void WaitForCommand(Assembler a, AssemblerRegister32 expected)
+    {
+        a.lea(rdi, __[rbx + L.CmdSeq]);
+        a.xor(esi, esi);
+        a.mov(edx, expected);
+        a.lea(r10, __[rbx + L.WaitTimeout]);
+        a.xor(r8d, r8d);
+        a.xor(r9d, r9d);
+        Syscall(a, N.futex);
+    }
+
+    // The dead-man switch: poll(pidfd on Hotwire, POLLIN, 0) is > 0 once Hotwire has died.
+    private static void PollHotwireGone(Assembler a)
+    {
+        a.lea(rdi, __[rbx + L.PollFd]);
+        a.mov(esi, 1);
+        a.xor(edx, edx);
+        Syscall(a, N.poll);
+        a.cmp(rax, 0);
+    }
+
+    // for (rcx = 0; rcx < r14; rcx++) { rsi, rdx, rdi = entry, site, address; body } — body keeps rcx.
+    private static void ForEachBatchEntry(Assembler a, Action body)
+    {
+        Label loop = a.CreateLabel(), done = a.CreateLabel();
+        a.xor(ecx, ecx);
+        a.Label(ref loop);
+        a.cmp(rcx, r14);
+        a.jae(done);
+        EntryAndSite(a, rcx);
+        body();
+        a.inc(rcx);
+        a.jmp(loop);
+        a.Label(ref done);
+    }
+
     private static void Wake(Assembler a, int field)
     {
         a.lea(rdi, __[rbx + field]);
@@ -209,10 +234,9 @@ public static class AgentCode
     /// </summary>
     private static void EmitRunBatch(Assembler a, ref Label runBatch)
     {
-        Label vLoop = a.CreateLabel(), vDone = a.CreateLabel(), cLoop = a.CreateLabel(), cOk = a.CreateLabel(), mismatch = a.CreateLabel();
+        Label vDone = a.CreateLabel(), mismatch = a.CreateLabel();
         Label mpLoop = a.CreateLabel(), mpDone = a.CreateLabel(), mpFail = a.CreateLabel(), mpUndo = a.CreateLabel(), mpUndoDone = a.CreateLabel();
-        Label p1 = a.CreateLabel(), p1Done = a.CreateLabel(), p2 = a.CreateLabel(), p2Done = a.CreateLabel(), p2Inner = a.CreateLabel(), p2Next = a.CreateLabel();
-        Label p3 = a.CreateLabel(), p3Done = a.CreateLabel(), backLoop = a.CreateLabel(), backDone = a.CreateLabel(), ret = a.CreateLabel();
+        Label backLoop = a.CreateLabel(), backDone = a.CreateLabel(), ret = a.CreateLabel();
         Label noPause = a.CreateLabel(), pauseLoop = a.CreateLabel(), resumed = a.CreateLabel();
 
         a.Label(ref runBatch);
@@ -220,24 +244,22 @@ public static class AgentCode
         a.sub(rsp, 8);
 
         // verify: every site holds exactly the expected bytes, or nothing is written
-        a.xor(ecx, ecx);
-        a.Label(ref vLoop);
-        a.cmp(rcx, r14);
-        a.jae(vDone);
-        EntryAndSite(a, rcx);
-        a.movzx(r8d, __byte_ptr[rdx + L.SiteLen]);
-        a.xor(r9d, r9d);
-        a.Label(ref cLoop);
-        a.cmp(r9, r8);
-        a.jae(cOk);
-        a.movzx(eax, __byte_ptr[rdi + r9]);
-        a.cmp(al, __byte_ptr[rsi + r9 + L.BatchExpected]);
-        a.jne(mismatch);
-        a.inc(r9);
-        a.jmp(cLoop);
-        a.Label(ref cOk);
-        a.inc(rcx);
-        a.jmp(vLoop);
+        ForEachBatchEntry(a, () =>
+        {
+            Label cLoop = a.CreateLabel(), cOk = a.CreateLabel();
+            a.movzx(r8d, __byte_ptr[rdx + L.SiteLen]);
+            a.xor(r9d, r9d);
+            a.Label(ref cLoop);
+            a.cmp(r9, r8);
+            a.jae(cOk);
+            a.movzx(eax, __byte_ptr[rdi + r9]);
+            a.cmp(al, __byte_ptr[rsi + r9 + L.BatchExpected]);
+            a.jne(mismatch);
+            a.inc(r9);
+            a.jmp(cLoop);
+            a.Label(ref cOk);
+        });
+        a.jmp(vDone);
         a.Label(ref mismatch);
         a.mov(__qword_ptr[rbx + L.FailedIndex], rcx);
         a.lea(eax, __[rcx + 1]);
@@ -273,17 +295,12 @@ public static class AgentCode
         a.Label(ref mpDone);
 
         // phase 1: publish the new instruction's emulation, then int3 on byte 0 (x86 keeps stores in order)
-        a.xor(ecx, ecx);
-        a.Label(ref p1);
-        a.cmp(rcx, r14);
-        a.jae(p1Done);
-        EntryAndSite(a, rcx);
-        a.mov(rax, __qword_ptr[rsi + L.BatchEmu]);
-        a.mov(__qword_ptr[rdx + L.SiteEmu], rax);
-        a.mov(__byte_ptr[rdi], 0xcc);
-        a.inc(rcx);
-        a.jmp(p1);
-        a.Label(ref p1Done);
+        ForEachBatchEntry(a, () =>
+        {
+            a.mov(rax, __qword_ptr[rsi + L.BatchEmu]);
+            a.mov(__qword_ptr[rdx + L.SiteEmu], rax);
+            a.mov(__byte_ptr[rdi], 0xcc);
+        });
         Sync(a);
 
         // optional pause: Hotwire checks that no thread sits inside a NOP sled being converted
@@ -294,21 +311,11 @@ public static class AgentCode
         a.mov(r12d, __dword_ptr[rsp + 8]);
         a.mov(__dword_ptr[rbx + L.DoneSeq], r12d);
         Wake(a, L.DoneSeq);
-        a.lea(rdi, __[rbx + L.CmdSeq]);
-        a.xor(esi, esi);
-        a.mov(edx, r12d);
-        a.lea(r10, __[rbx + L.WaitTimeout]);
-        a.xor(r8d, r8d);
-        a.xor(r9d, r9d);
-        Syscall(a, N.futex);
+        WaitForCommand(a, r12d);
         a.mov(eax, __dword_ptr[rbx + L.CmdSeq]);
         a.cmp(eax, __dword_ptr[rsp + 8]);
         a.jne(resumed);
-        a.lea(rdi, __[rbx + L.PollFd]);
-        a.mov(esi, 1);
-        a.xor(edx, edx);
-        Syscall(a, N.poll);
-        a.cmp(rax, 0);
+        PollHotwireGone(a);
         a.jle(pauseLoop);
         a.mov(eax, __dword_ptr[rsp + 8]); // Hotwire died: finish the batch; the main loop restores after
         a.Label(ref resumed);
@@ -317,38 +324,29 @@ public static class AgentCode
         a.Label(ref noPause);
 
         // phase 2: bytes 1..len-1
-        a.xor(ecx, ecx);
-        a.Label(ref p2);
-        a.cmp(rcx, r14);
-        a.jae(p2Done);
-        EntryAndSite(a, rcx);
-        a.movzx(r8d, __byte_ptr[rdx + L.SiteLen]);
-        a.mov(r9d, 1);
-        a.Label(ref p2Inner);
-        a.cmp(r9, r8);
-        a.jae(p2Next);
-        a.movzx(eax, __byte_ptr[rsi + r9 + L.BatchNew]);
-        a.mov(__byte_ptr[rdi + r9], al);
-        a.inc(r9);
-        a.jmp(p2Inner);
-        a.Label(ref p2Next);
-        a.inc(rcx);
-        a.jmp(p2);
-        a.Label(ref p2Done);
+        ForEachBatchEntry(a, () =>
+        {
+            Label inner = a.CreateLabel(), next = a.CreateLabel();
+            a.movzx(r8d, __byte_ptr[rdx + L.SiteLen]);
+            a.mov(r9d, 1);
+            a.Label(ref inner);
+            a.cmp(r9, r8);
+            a.jae(next);
+            a.movzx(eax, __byte_ptr[rsi + r9 + L.BatchNew]);
+            a.mov(__byte_ptr[rdi + r9], al);
+            a.inc(r9);
+            a.jmp(inner);
+            a.Label(ref next);
+        });
         Sync(a);
 
         // phase 3: byte 0; record what is installed
-        a.xor(ecx, ecx);
-        a.Label(ref p3);
-        a.cmp(rcx, r14);
-        a.jae(p3Done);
-        EntryAndSite(a, rcx);
-        a.mov(rax, __qword_ptr[rsi + L.BatchNew]);
-        a.mov(__byte_ptr[rdi], al);
-        a.mov(__qword_ptr[rdx + L.SiteCurrent], rax);
-        a.inc(rcx);
-        a.jmp(p3);
-        a.Label(ref p3Done);
+        ForEachBatchEntry(a, () =>
+        {
+            a.mov(rax, __qword_ptr[rsi + L.BatchNew]);
+            a.mov(__byte_ptr[rdi], al);
+            a.mov(__qword_ptr[rdx + L.SiteCurrent], rax);
+        });
         Sync(a);
 
         // page protections back

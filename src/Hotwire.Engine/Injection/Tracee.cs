@@ -209,42 +209,10 @@ public sealed class Tracee
         }
     }
 
-    public static int? TracerOf(int pid)
-    {
-        try
-        {
-            foreach (string line in File.ReadLines($"/proc/{pid}/status"))
-            {
-                if (line.StartsWith("TracerPid:", StringComparison.Ordinal))
-                {
-                    return int.Parse(line.AsSpan(10).Trim());
-                }
-            }
-        }
-        catch (IOException)
-        {
-        }
-        return null;
-    }
+    public static int? TracerOf(int pid) => Procfs.ProcStatus.IntField($"/proc/{pid}/status", "TracerPid");
 
     /// <summary>The process (thread group) a thread id belongs to; TracerPid names the tracing thread.</summary>
-    public static int ThreadGroupOf(int tid)
-    {
-        try
-        {
-            foreach (string line in File.ReadLines($"/proc/{tid}/status"))
-            {
-                if (line.StartsWith("Tgid:", StringComparison.Ordinal))
-                {
-                    return int.Parse(line.AsSpan(5).Trim());
-                }
-            }
-        }
-        catch (IOException)
-        {
-        }
-        return tid;
-    }
+    public static int ThreadGroupOf(int tid) => Procfs.ProcStatus.IntField($"/proc/{tid}/status", "Tgid") ?? tid;
 
     public static string DescribeTracer(int tracerTid)
     {

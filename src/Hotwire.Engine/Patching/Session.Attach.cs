@@ -40,30 +40,29 @@ public sealed unsafe partial class Session
 
     private static void Preflight(int pid, ProcessImage image)
     {
-        string status;
-        try
-        {
-            status = File.ReadAllText($"/proc/{pid}/status");
-        }
-        catch (IOException)
+        string status = $"/proc/{pid}/status";
+        if (!File.Exists(status))
         {
             throw new HotwireException($"no process with pid {pid} (it does not exist or has exited)");
         }
-        foreach (string line in status.Split('\n'))
-        {
-            if (line.StartsWith("x86_Thread_features:", StringComparison.Ordinal) && line.Contains("shstk", StringComparison.Ordinal))
-            {
-                throw new HotwireException(
-                    $"pid {pid} runs with CET user shadow stacks (shstk): Hotwire cannot emulate calls from its breakpoint handler there; run the program without shadow stacks (GLIBC_TUNABLES=glibc.cpu.x86_shstk=off)");
-            }
-            if (line.StartsWith("TracerPid:", StringComparison.Ordinal) && int.TryParse(line.AsSpan(10).Trim(), out int tracer) && tracer != 0)
-            {
-                throw new HotwireException($"pid {pid} is already traced by {Tracee.DescribeTracer(tracer)}; detach the debugger or tracer first");
-            }
-        }
+        CheckStatus(pid, status);
         if (!image.AllSites.Any())
         {
             throw new HotwireException($"pid {pid} has no patch sites in its {image.Modules.Count} modules: {SiteDiscovery.HowToAddSites}");
+        }
+    }
+
+    /// <summary>Refuses a process under a tracer, or with CET user shadow stacks (a call cannot be emulated there).</summary>
+    internal static void CheckStatus(int pid, string statusPath)
+    {
+        if (ProcStatus.Field(statusPath, "x86_Thread_features") is { } features && features.Contains("shstk", StringComparison.Ordinal))
+        {
+            throw new HotwireException(
+                $"pid {pid} runs with CET user shadow stacks (shstk): Hotwire cannot emulate calls from its breakpoint handler there; run the program without shadow stacks (GLIBC_TUNABLES=glibc.cpu.x86_shstk=off)");
+        }
+        if (ProcStatus.IntField(statusPath, "TracerPid") is int tracer && tracer != 0)
+        {
+            throw new HotwireException($"pid {pid} is already traced by {Tracee.DescribeTracer(tracer)}; detach the debugger or tracer first");
         }
     }
 
@@ -416,21 +415,5 @@ public sealed unsafe partial class Session
         });
     }
 
-    private bool SigtrapPending(int tid)
-    {
-        try
-        {
-            foreach (string line in File.ReadLines($"/proc/{Pid}/task/{tid}/status"))
-            {
-                if (line.StartsWith("SigPnd:", StringComparison.Ordinal))
-                {
-                    return (Convert.ToUInt64(line[7..].Trim(), 16) & (1UL << (Ptrace.SIGTRAP - 1))) != 0;
-                }
-            }
-        }
-        catch (IOException)
-        {
-        }
-        return false;
-    }
+    private bool SigtrapPending(int tid) => ProcStatus.SignalPending($"/proc/{Pid}/task/{tid}/status", Ptrace.SIGTRAP);
 }

@@ -700,24 +700,8 @@ public sealed unsafe partial class Session : IDisposable
             {
                 return;
             }
-            bool pending = false;
-            foreach (string task in Directory.EnumerateDirectories($"/proc/{Pid}/task"))
-            {
-                try
-                {
-                    foreach (string line in File.ReadLines(Path.Combine(task, "status")))
-                    {
-                        if ((line.StartsWith("SigPnd:", StringComparison.Ordinal) || line.StartsWith("ShdPnd:", StringComparison.Ordinal))
-                            && (Convert.ToUInt64(line[7..].Trim(), 16) & (1UL << (Ptrace.SIGTRAP - 1))) != 0)
-                        {
-                            pending = true;
-                        }
-                    }
-                }
-                catch (IOException)
-                {
-                }
-            }
+            bool pending = Directory.EnumerateDirectories($"/proc/{Pid}/task")
+                .Any(task => ProcStatus.SignalPending(Path.Combine(task, "status"), Ptrace.SIGTRAP));
             if (!pending)
             {
                 return;
