@@ -68,6 +68,7 @@ public static class CountCommand
             throw;
         }
         // Counts live in memory Hotwire maps too: read them, then restore the target's code and detach.
+        bool targetGone = !session.Launched && !session.IsAlive();
         var rows = sites.Select(s => (Site: s, Count: counting.Count(s))).Where(r => r.Count > 0)
             .OrderByDescending(r => r.Count).ThenBy(r => r.Site.Function, StringComparer.Ordinal).ToList();
         session.Dispose();
@@ -81,7 +82,10 @@ public static class CountCommand
         }
         Console.Out.Write(text.ToString());
         Console.Error.WriteLine($"hotwire: {rows.Count} of {sites.Count} functions were called in {clock.Elapsed.TotalSeconds:F1} s"
-            + (exitStatus is int e ? $"; the program exited with status {e}" : session.Launched ? "" : $"; pid {session.Pid} runs on with its original code"));
+            + (exitStatus is int e ? $"; the program exited with status {e}"
+                : targetGone ? $"; pid {session.Pid} exited while being counted"
+                : session.Launched ? $"; pid {session.Pid} runs on with its original code"
+                : $"; pid {session.Pid} runs on with its original code"));
         return ExitCode.Success;
     }
 }

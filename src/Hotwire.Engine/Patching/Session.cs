@@ -604,7 +604,7 @@ public sealed unsafe partial class Session : IDisposable
             }
             if (!IsAlive())
             {
-                throw new TargetExitedException(Pid, $"pid {Pid} exited");
+                throw new TargetExitedException(Pid, $"pid {Pid} exited while Hotwire was changing its code; nothing is left to restore");
             }
             if (Shared.ReadU64(L.AgentState) == 2 || !Directory.Exists($"/proc/{Pid}/task/{AgentTid}"))
             {
