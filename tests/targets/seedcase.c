@@ -3,6 +3,8 @@
 //   go      start the threads calling f
 //   counts  print "old O new N calls C" (C: calls made so far, summed over threads)
 //   stop    stop the threads, then print "old O new N calls C" with exact totals
+// argv[1]: threads (default 4); argv[2]: busy-wait iterations between calls (default 0), so that
+// a tracer can keep up with every call.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +16,7 @@
 long old_runs, new_runs;
 static volatile int go, stop;
 static volatile long calls[MAX_THREADS * 8];
+static long pause_iterations;
 
 __attribute__((noipa)) long f(long x)
 {
@@ -36,6 +39,8 @@ static void *worker(void *arg)
     while (!stop) {
         f(n);
         calls[id * 8] = ++n;
+        for (volatile long i = 0; i < pause_iterations; i++)
+            ;
     }
     return NULL;
 }
@@ -51,6 +56,7 @@ static long total_calls(int threads)
 int main(int argc, char **argv)
 {
     int threads = argc > 1 ? atoi(argv[1]) : 4;
+    pause_iterations = argc > 2 ? atol(argv[2]) : 0;
     pthread_t tids[MAX_THREADS];
     for (long i = 0; i < threads; i++)
         pthread_create(&tids[i], NULL, worker, (void *)i);

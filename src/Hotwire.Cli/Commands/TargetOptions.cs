@@ -39,7 +39,7 @@ public sealed class TargetOptions
     }
 
     /// <summary>Attaches to --pid or launches the program after --, as the user asked.</summary>
-    public Session Open(ParseResult result)
+    public Session Open(ParseResult result, ulong extraSharedBytes = 0, Action<Session>? beforeRun = null)
     {
         int? pid = result.GetValue(Pid);
         string[] program = result.GetValue(Command) ?? [];
@@ -48,20 +48,47 @@ public sealed class TargetOptions
         {
             throw new UsageException($"--int3 takes emulate or skip, not '{int3}'");
         }
-        var options = new SessionOptions { SkipInt3Emulation = int3 == "skip" };
+        var options = new SessionOptions { SkipInt3Emulation = int3 == "skip", ExtraSharedBytes = extraSharedBytes };
         if (pid is not null && program.Length > 0)
         {
             throw new UsageException("give either --pid N or -- PROGRAM, not both");
         }
         if (pid is int p)
         {
-            return Session.Attach(p, options);
+            Session attached = Session.Attach(p, options);
+            try
+            {
+                beforeRun?.Invoke(attached);
+            }
+            catch
+            {
+                attached.Dispose();
+                throw;
+            }
+            return attached;
         }
         if (program.Length == 0)
         {
             throw new UsageException("say what to trace: --pid N for a running process, or -- PROGRAM [ARGS] to start one");
         }
-        return Session.Launch(program[0], program[1..], options);
+        return Session.Launch(program[0], program[1..], options, beforeRun: beforeRun);
+    }
+
+    /// <summary>The command line the target runs, for the recording's header.</summary>
+    public string Describe(ParseResult result)
+    {
+        if (result.GetValue(Pid) is int pid)
+        {
+            try
+            {
+                return File.ReadAllText($"/proc/{pid}/cmdline").Replace('\0', ' ').Trim();
+            }
+            catch (IOException)
+            {
+                return $"pid {pid}";
+            }
+        }
+        return string.Join(' ', result.GetValue(Command) ?? []);
     }
 
     public IEnumerable<string> Filters(ParseResult result) => result.GetValue(Filter) ?? [];

@@ -53,6 +53,12 @@ internal static partial class Sys
     public static partial int munmap(nint addr, nuint length);
 
     [LibraryImport("libc", SetLastError = true)]
+    public static partial int mprotect(nint addr, nuint length, int prot);
+
+    [LibraryImport("libc")]
+    public static unsafe partial int clock_gettime(int clock, long* ts);
+
+    [LibraryImport("libc", SetLastError = true)]
     public static partial long syscall(long number, nint a1, nint a2, nint a3, nint a4, nint a5, nint a6);
 
     public static unsafe long FutexWake(uint* address, int count)

@@ -22,7 +22,10 @@ public sealed unsafe partial class Session
     /// agent and makes every site a single instruction (as the kernel's ftrace_init at boot), then
     /// lets it run. Hotwire is its parent: <see cref="WaitForExit"/> reaps it.
     /// </summary>
-    public static Session Launch(string program, IReadOnlyList<string> args, SessionOptions? options = null, LaunchOptions? launch = null)
+    /// <param name="beforeRun">work to do while the program is still stopped at exec (register ops,
+    /// so that tracing starts with the program's first instruction)</param>
+    public static Session Launch(string program, IReadOnlyList<string> args, SessionOptions? options = null, LaunchOptions? launch = null,
+        Action<Session>? beforeRun = null)
     {
         string path = ResolveProgram(program);
         // The child stops itself, Hotwire seizes it with PTRACE_O_TRACEEXEC and lets it exec.
@@ -41,6 +44,7 @@ public sealed unsafe partial class Session
             session.BootstrapStopped(tracee, options ?? new SessionOptions());
             // Convert every sled and __fentry__ call now, while no thread can be inside one.
             session.Apply(session.Sites.Where(s => !s.Converted).ToList());
+            beforeRun?.Invoke(session);
         }
         catch
         {

@@ -14,6 +14,9 @@ public sealed class SessionOptions
 {
     /// <summary>Test-only: the SIGTRAP handler skips the instruction being patched (the pre-2019 bug).</summary>
     public bool SkipInt3Emulation { get; init; }
+
+    /// <summary>Extra shared memory to reserve for tracers' buffers (sparse: untouched pages cost nothing).</summary>
+    public ulong ExtraSharedBytes { get; init; }
 }
 
 /// <summary>
@@ -58,7 +61,7 @@ public sealed unsafe partial class Session : IDisposable
 
     public IReadOnlyList<SiteRecord> Sites { get; private set; }
 
-    internal SharedRegion Shared { get; private set; }
+    public SharedRegion Shared { get; private set; }
 
     internal ulong DataBase { get; private set; }
 
@@ -87,9 +90,9 @@ public sealed unsafe partial class Session : IDisposable
 
     public SiteRecord? SiteAt(ulong address) => _byAddress.GetValueOrDefault(address);
 
-    internal ulong DataAddress(ulong offset) => DataBase + offset;
+    public ulong DataAddress(ulong offset) => DataBase + offset;
 
-    internal ulong AllocateData(ulong size, ulong align)
+    public ulong AllocateData(ulong size, ulong align)
     {
         ulong at = (_heapNext + align - 1) & ~(align - 1);
         if (at + size > _heapEnd)

@@ -7,9 +7,9 @@ public sealed partial class SeedTarget : IDisposable
 {
     private readonly TargetProcess _process;
 
-    public SeedTarget(Flavour flavour, int threads = 4)
+    public SeedTarget(Flavour flavour, int threads = 4, int pauseIterations = 0)
     {
-        _process = TargetProcess.Start(TargetBuilder.Get(flavour), threads.ToString());
+        _process = TargetProcess.Start(TargetBuilder.Get(flavour), threads.ToString(), pauseIterations.ToString());
     }
 
     public int Pid => _process.Pid;

@@ -45,6 +45,9 @@ public enum Flavour
 
     /// <summary>blocker.c: the main thread blocked in a chosen system call.</summary>
     Blocker,
+
+    /// <summary>calls.c: deterministic call trees and bursts (PIE, patchable entries).</summary>
+    Calls,
 }
 
 /// <summary>
@@ -88,6 +91,8 @@ public static class TargetBuilder
                 ["bash {src}/gen-many.sh 50000 > {out}/many.c", $"gcc -O1 -pthread -pg -mfentry -mnop-mcount -mrecord-mcount -fno-pie -c {{out}}/many.c -o {{out}}/many.o", "gcc -no-pie -pthread {out}/many.o -o {out}/prog", "rm -f {out}/many.c {out}/many.o"], "prog"),
             Flavour.SeedNop5 => new Recipe(["seedcase.c"], [$"gcc {Nop5Flags} -pthread -c {{src}}/seedcase.c -o {{out}}/seedcase.o", "gcc -no-pie -pthread {out}/seedcase.o -o {out}/prog"], "prog"),
             Flavour.SeedSled => new Recipe(["seedcase.c"], [$"gcc {SledFlags} -pthread -fPIE -pie {{src}}/seedcase.c -o {{out}}/prog"], "prog"),
+            // No sibling calls: the call tree in the source is the one at run time.
+            Flavour.Calls => new Recipe(["calls.c"], [$"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/calls.c -o {{out}}/prog"], "prog"),
             Flavour.Blocker => new Recipe(["blocker.c"], [$"gcc {SledFlags} -pthread {{src}}/blocker.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });

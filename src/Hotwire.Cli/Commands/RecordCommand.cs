@@ -1,0 +1,223 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Hotwire.Output;
+using Hotwire.Patching;
+using Hotwire.Tracing;
+
+namespace Hotwire.Cli.Commands;
+
+/// <summary><c>hotwire record</c> and <c>hotwire live</c>: the function tracer on a running process or a program it starts.</summary>
+public static class RecordCommand
+{
+    public static Command Create(bool live)
+    {
+        var target = new TargetOptions();
+        var args = new Option<int>("--args") { Description = "Record the first N integer arguments of each call (0-6)", DefaultValueFactory = _ => 0 };
+        var bufferSize = new Option<string>("--buffer-size") { Description = "Ring buffer per thread, a power of two (e.g. 64K, 1M, 16M)", DefaultValueFactory = _ => "1M" };
+        var duration = new Option<double?>("--duration", "-d") { Description = "Stop after this many seconds" };
+        var output = new Option<string>("--output", "-o") { Description = "Data directory", DefaultValueFactory = _ => "hotwire.data" };
+        var tids = new Option<string?>("--tid") { Description = "Only these threads (comma-separated tids)" };
+        var command = live
+            ? new Command("live", "Trace function calls and print them as they happen (also recorded to -o)")
+            : new Command("record", "Record every call of the chosen functions to a data directory (hotwire replay reads it)");
+        target.AddTo(command);
+        foreach (Option o in new Option[] { args, bufferSize, duration, output, tids })
+        {
+            command.Options.Add(o);
+        }
+        command.SetAction(r => (int)Run(target, r, live, r.GetValue(args), r.GetValue(bufferSize)!, r.GetValue(duration), r.GetValue(output)!, r.GetValue(tids)));
+        return command;
+    }
+
+    private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, double? duration, string dir, string? tidList)
+    {
+        if (duration is <= 0)
+        {
+            throw new UsageException("--duration must be a positive number of seconds");
+        }
+        var buffers = new TraceBufferOptions(ParseSize(bufferSize), 256, args);
+        buffers.Validate();
+        IReadOnlySet<int>? tids = ParseTids(tidList);
+
+        using var stop = new CancellationTokenSource();
+        using PosixSignalRegistration sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
+        using PosixSignalRegistration sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
+
+        var tracer = new FunctionTracer(buffers, target.Filters(result), target.Notraces(result));
+        Recorder? recorder = null;
+        LivePrinter? printer = live ? new LivePrinter() : null;
+        IReadOnlyList<SiteRecord> sites = [];
+        // Tracing starts before the program's first instruction at launch, right after attach otherwise.
+        Session session = target.Open(result, TraceBufferOptions.SharedBytes(buffers), s =>
+        {
+            recorder = new Recorder(s, tracer, dir, printer is null ? null : printer.Print, tids);
+            sites = s.Register(tracer);
+            recorder.NoteTracedSites(sites);
+            printer?.Start(s, sites);
+            recorder.Start();
+        });
+        int? exitStatus = null;
+        bool targetGone = false;
+        try
+        {
+            Console.Error.WriteLine($"hotwire: recording {sites.Count} functions in pid {session.Pid} to {dir}; Ctrl-C to stop");
+            if (duration is double seconds)
+            {
+                stop.CancelAfter(TimeSpan.FromSeconds(seconds));
+            }
+            while (!stop.IsCancellationRequested && recorder!.Healthy)
+            {
+                if (session.Launched && session.WaitForExit(stop.Token, TimeSpan.FromMilliseconds(50)) is int status)
+                {
+                    exitStatus = status;
+                    break;
+                }
+                if (!session.Launched && !session.IsAlive())
+                {
+                    targetGone = true;
+                    break;
+                }
+                stop.Token.WaitHandle.WaitOne(50);
+            }
+            // Order matters: the target's code first, then our data.
+            if (exitStatus is null && !targetGone)
+            {
+                session.Unregister(tracer);
+            }
+        }
+        catch
+        {
+            recorder?.Dispose();
+            session.Dispose();
+            throw;
+        }
+        RecordSummary summary = recorder!.Finish(target.Describe(result));
+        session.Dispose();
+        printer?.Flush();
+
+        string ending = exitStatus is int e ? $"; the program exited with status {e}"
+            : targetGone ? $"; pid {session.Pid} exited during the recording"
+            : $"; pid {session.Pid} runs on with its original code";
+        Console.Error.WriteLine(
+            $"hotwire: {summary.Events} events, {summary.Lost} lost, {summary.Threads} threads in {summary.Elapsed.TotalSeconds:F1} s, "
+            + $"{summary.BytesWritten / 1024.0 / 1024.0:F1} MB written to {dir}{ending}");
+        if (summary.Lost > 0)
+        {
+            Console.Error.WriteLine($"hotwire: {summary.Lost} events were lost because a thread's buffer was full: record with a larger --buffer-size");
+        }
+        if (summary.WriteError is { } error)
+        {
+            Console.Error.WriteLine($"hotwire: writing {dir} failed ({error}): tracing was stopped; the {summary.BytesWritten} bytes written before are kept");
+            return ExitCode.Failure;
+        }
+        return ExitCode.Success;
+    }
+
+    public static int ParseSize(string text)
+    {
+        string t = text.Trim().ToUpperInvariant();
+        long scale = t.EndsWith('K') ? 1 << 10 : t.EndsWith('M') ? 1 << 20 : t.EndsWith('G') ? 1 << 30 : 1;
+        if (scale > 1)
+        {
+            t = t[..^1];
+        }
+        if (!long.TryParse(t, NumberStyles.None, CultureInfo.InvariantCulture, out long n) || n * scale > int.MaxValue || n <= 0)
+        {
+            throw new UsageException($"--buffer-size: '{text}' is not a size (examples: 64K, 1M, 16M)");
+        }
+        return (int)(n * scale);
+    }
+
+    public static IReadOnlySet<int>? ParseTids(string? list)
+    {
+        if (string.IsNullOrWhiteSpace(list))
+        {
+            return null;
+        }
+        var set = new HashSet<int>();
+        foreach (string part in list.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (!int.TryParse(part, NumberStyles.None, CultureInfo.InvariantCulture, out int tid) || tid <= 0)
+            {
+                throw new UsageException($"--tid: '{part}' is not a thread id (give a comma-separated list like 1234,1235)");
+            }
+            set.Add(tid);
+        }
+        return set;
+    }
+}
+
+/// <summary>Prints events as the recorder drains them, in the replay format.</summary>
+public sealed class LivePrinter
+{
+    private readonly object _gate = new();
+    private TraceReader? _reader;
+    private readonly TextWriter _out = new StreamWriter(Console.OpenStandardOutput()) { AutoFlush = false };
+    private readonly Dictionary<int, ThreadInfo> _threads = [];
+    private TraceInfo? _info;
+
+    public void Start(Session session, IReadOnlyList<SiteRecord> sites)
+    {
+        // A provisional clock: two samples 10 ms apart give the TSC rate well enough to print.
+        ClockSample a = TscClock.Sample();
+        Thread.Sleep(10);
+        ClockSample b = TscClock.Sample();
+        _info = new TraceInfo
+        {
+            Pid = session.Pid,
+            Clock = new ClockInfo { StartTsc = a.Tsc, StartNs = a.MonotonicNs, EndTsc = b.Tsc, EndNs = b.MonotonicNs },
+            Sites = sites.Select(s => new SiteInfo { Index = s.Index, Function = s.Function, Module = s.Site.ModuleName, Address = s.Address }).ToList(),
+            Modules = session.Image.Modules.Select(Recorder.Module).ToList(),
+            Threads = [],
+        };
+        lock (_gate)
+        {
+            _reader = new TraceReader(_info);
+        }
+        _out.Write("#            TASK-TID         TIMESTAMP  FUNCTION\n");
+    }
+
+    public void Print(int tid, RawEvent e)
+    {
+        lock (_gate)
+        {
+            if (_reader is null || _info is null)
+            {
+                return;
+            }
+            if (!_threads.ContainsKey(tid))
+            {
+                string name;
+                try
+                {
+                    name = File.ReadAllText($"/proc/{_info.Pid}/task/{tid}/comm").Trim();
+                }
+                catch (IOException)
+                {
+                    name = $"tid-{tid}";
+                }
+                var t = new ThreadInfo { Tid = tid, Pid = _info.Pid, Name = name };
+                _threads[tid] = t;
+                _info.Threads.Add(t);
+                _reader = new TraceReader(_info);
+            }
+            _out.Write(FunctionTraceWriter.Format(_reader.Line(tid, e)));
+            _out.Write('\n');
+            if (++_lines % 64 == 0)
+            {
+                _out.Flush();
+            }
+        }
+    }
+
+    private long _lines;
+
+    public void Flush()
+    {
+        lock (_gate)
+        {
+            _out.Flush();
+        }
+    }
+}

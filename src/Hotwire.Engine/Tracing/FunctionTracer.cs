@@ -1,0 +1,216 @@
+using Hotwire.Elf;
+using Hotwire.Patching;
+using Hotwire.Procfs;
+using Iced.Intel;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Hotwire.Tracing;
+
+/// <summary>Sizes of the function tracer's per-thread ring buffers.</summary>
+public sealed record TraceBufferOptions(int BufferBytes = 1 << 20, int MaxThreads = 256, int Args = 0)
+{
+    public const int HeaderBytes = 128;
+    public const int Head = 0;   // u64, written by the thread only
+    public const int Lost = 8;   // u64, written by the thread only
+    public const int Tid = 16;   // u32, set when the thread claims the buffer
+    public const int Tail = 64;  // u64, written by Hotwire only (own cache line)
+
+    public int EventBytes => 24 + 8 * Args;
+
+    /// <summary>Events a buffer holds: a power of two, so the ring index is a mask.</summary>
+    public long Capacity => 1L << (int)Math.Floor(Math.Log2((BufferBytes - HeaderBytes) / (double)EventBytes));
+
+    /// <summary>Shared memory the tracer needs: the buffers and a tid → buffer table.</summary>
+    public static ulong SharedBytes(TraceBufferOptions o) => (ulong)o.MaxThreads * (ulong)o.BufferBytes + (ulong)(PidMax() + 1) * 4 + 4096;
+
+    public static int PidMax()
+    {
+        try
+        {
+            return int.Parse(File.ReadAllText("/proc/sys/kernel/pid_max").Trim());
+        }
+        catch (IOException)
+        {
+            return 4 << 20;
+        }
+    }
+
+    public void Validate()
+    {
+        if (BufferBytes < 4096 || (BufferBytes & (BufferBytes - 1)) != 0)
+        {
+            throw new HotwireException($"--buffer-size must be a power of two of at least 4K, not {BufferBytes}");
+        }
+        if (Args is < 0 or > 6)
+        {
+            throw new HotwireException($"--args takes 0 to 6 (the integer argument registers), not {Args}");
+        }
+    }
+}
+
+/// <summary>
+/// The function tracer: at each traced function's entry, one event — rdtsc, the site, the caller's
+/// return address, optionally the first integer arguments — into the calling thread's
+/// single-producer ring buffer in shared memory. It never blocks and calls nothing: a full buffer
+/// drops the event and counts it in the buffer. A thread finds its buffer by its kernel tid, read
+/// from glibc's thread descriptor at the offset glibc publishes for debuggers
+/// (<c>_thread_db_pthread_tid</c>), through a tid-indexed table; the first event of a thread claims
+/// a buffer with one atomic add.
+/// </summary>
+public sealed class FunctionTracer : Ops
+{
+    private Session? _session;
+    private ulong _tableOffset;
+    private ulong _buffersOffset;
+    private ulong _nextOffset;
+    private int _tidOffset;
+    private int _pidMax;
+
+    public FunctionTracer(TraceBufferOptions buffers, IEnumerable<string>? filter = null, IEnumerable<string>? notrace = null)
+        : base("function", filter, notrace)
+    {
+        buffers.Validate();
+        Buffers = buffers;
+    }
+
+    public TraceBufferOptions Buffers { get; }
+
+    internal Session Session => _session ?? throw new InvalidOperationException("the tracer is not registered");
+
+    internal override void Prepare(Session session, IReadOnlyList<SiteRecord> sites)
+    {
+        if (_session is not null)
+        {
+            return;
+        }
+        _tidOffset = FindTidOffset(session);
+        _pidMax = TraceBufferOptions.PidMax();
+        _nextOffset = session.AllocateData(64, 64);
+        _tableOffset = session.AllocateData((ulong)(_pidMax + 1) * 4, 4096);
+        _buffersOffset = session.AllocateData((ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes, 4096);
+        _session = session;
+    }
+
+    /// <summary>Buffers claimed by threads so far.</summary>
+    public int BuffersInUse => _session is null ? 0 : (int)Math.Min(_session.Shared.ReadU32(_nextOffset), (uint)Buffers.MaxThreads);
+
+    /// <summary>Events dropped because more threads came than there are buffers.</summary>
+    public ulong LostNoBuffer => _session is null ? 0 : _session.Shared.ReadU64(_nextOffset + 8);
+
+    /// <summary>Where buffer <paramref name="index"/> lives in Hotwire's mapping.</summary>
+    internal ulong BufferOffset(int index) => _buffersOffset + (ulong)index * (ulong)Buffers.BufferBytes;
+
+    internal override int ParameterCount => 1;
+
+    internal override ulong Parameter(SiteRecord site, int index) => (ulong)site.Index;
+
+    internal override void EmitEntry(Assembler a, ReadOnlySpan<ulong> parameters)
+    {
+        Session s = Session;
+        int shift = System.Numerics.BitOperations.Log2((uint)Buffers.BufferBytes);
+        ulong table = s.DataAddress(_tableOffset);
+        ulong buffersMinusOne = s.DataAddress(_buffersOffset) - (ulong)Buffers.BufferBytes; // table holds index + 1
+        ulong next = s.DataAddress(_nextOffset);
+        long capacity = Buffers.Capacity;
+        int data = TraceBufferOptions.HeaderBytes;
+        Label ready = a.CreateLabel(), slow = a.CreateLabel(), full = a.CreateLabel(), noBuffer = a.CreateLabel(), done = a.CreateLabel();
+
+        a.push(rax);
+        a.push(rdx);
+        a.push(rcx);
+        a.mov(eax, __dword_ptr.fs[_tidOffset]);
+        a.cmp(eax, _pidMax);
+        a.ja(noBuffer);
+        a.mov(r11, table);
+        a.mov(eax, __dword_ptr[r11 + rax * 4]);
+        a.test(eax, eax);
+        a.jz(slow);
+        a.Label(ref ready);
+        a.shl(rax, (byte)shift);
+        a.mov(r11, buffersMinusOne);
+        a.add(r11, rax);                                   // r11 = this thread's buffer
+        a.mov(rcx, __qword_ptr[r11 + TraceBufferOptions.Head]);
+        a.mov(rax, rcx);
+        a.sub(rax, __qword_ptr[r11 + TraceBufferOptions.Tail]);
+        a.cmp(rax, (int)capacity);
+        a.jae(full);
+        a.and(ecx, (int)(capacity - 1));
+        a.imul(rcx, rcx, Buffers.EventBytes);
+        a.add(rcx, r11);                                   // rcx + data = the slot
+        a.rdtsc();
+        a.shl(rdx, 32);
+        a.or(rax, rdx);
+        a.mov(__qword_ptr[rcx + data], rax);               // timestamp
+        a.mov(rax, __qword_ptr[rsp + 32]);                 // above our 3 pushes and our return: the caller's return address
+        a.mov(__qword_ptr[rcx + data + 8], rax);
+        a.mov(rax, parameters[0]);                         // site index
+        a.mov(__qword_ptr[rcx + data + 16], rax);
+        for (int i = 0; i < Buffers.Args; i++)
+        {
+            int at = data + 24 + 8 * i;
+            switch (i)
+            {
+                case 0: a.mov(__qword_ptr[rcx + at], rdi); break;
+                case 1: a.mov(__qword_ptr[rcx + at], rsi); break;
+                case 2: a.mov(rax, __qword_ptr[rsp + 8]); a.mov(__qword_ptr[rcx + at], rax); break;  // saved rdx
+                case 3: a.mov(rax, __qword_ptr[rsp]); a.mov(__qword_ptr[rcx + at], rax); break;      // saved rcx
+                case 4: a.mov(__qword_ptr[rcx + at], r8); break;
+                default: a.mov(__qword_ptr[rcx + at], r9); break;
+            }
+        }
+        a.inc(__qword_ptr[r11 + TraceBufferOptions.Head]); // publish: x86 keeps our stores in order
+        a.jmp(done);
+
+        a.Label(ref full);
+        a.inc(__qword_ptr[r11 + TraceBufferOptions.Lost]);
+        a.jmp(done);
+
+        a.Label(ref slow);                                  // the thread's first event: claim a buffer
+        a.mov(r11, next);
+        a.mov(eax, 1);
+        a.@lock.xadd(__dword_ptr[r11], eax);
+        a.cmp(eax, Buffers.MaxThreads);
+        a.jae(noBuffer);
+        a.inc(eax);
+        a.mov(edx, __dword_ptr.fs[_tidOffset]);
+        a.mov(r11, table);
+        a.mov(__dword_ptr[r11 + rdx * 4], eax);
+        a.mov(rcx, rax);
+        a.shl(rcx, (byte)shift);
+        a.mov(r11, buffersMinusOne);
+        a.mov(__dword_ptr[r11 + rcx + TraceBufferOptions.Tid], edx);
+        a.jmp(ready);
+
+        a.Label(ref noBuffer);
+        a.mov(r11, next);
+        a.@lock.inc(__qword_ptr[r11 + 8]);
+
+        a.Label(ref done);
+        a.pop(rcx);
+        a.pop(rdx);
+        a.pop(rax);
+    }
+
+    /// <summary>
+    /// glibc publishes the offset of the kernel tid in its thread descriptor for libthread_db:
+    /// <c>_thread_db_pthread_tid</c> = { size in bits, count, offset }. Read it from the libc the
+    /// process uses (or will use, at launch: the one the dynamic linker would load).
+    /// </summary>
+    private static int FindTidOffset(Session session)
+    {
+        string? libc = session.Image.Modules.Select(m => m.Path).FirstOrDefault(p => Path.GetFileName(p).StartsWith("libc.so", StringComparison.Ordinal))
+            ?? new[] { "/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6", "/usr/lib64/libc.so.6" }.FirstOrDefault(File.Exists);
+        if (libc is null)
+        {
+            throw new HotwireException($"pid {session.Pid} does not use glibc: the function tracer finds threads through glibc's thread descriptor");
+        }
+        ElfFile elf = ElfFile.Load($"/proc/{session.Pid}/root{libc}") ;
+        ElfSymbol? sym = elf.ReadSymbols(dynamic: true).Cast<ElfSymbol?>().FirstOrDefault(s => s!.Value.Name == "_thread_db_pthread_tid");
+        Span<byte> desc = stackalloc byte[12];
+        if (sym is null || !elf.TryReadVirtual(sym.Value.Value, desc) || BitConverter.ToUInt32(desc) != 32)
+        {
+            throw new HotwireException($"{libc} does not describe its thread layout (_thread_db_pthread_tid); the function tracer cannot identify threads");
+        }
+        return (int)BitConverter.ToUInt32(desc[8..]);
+    }
+}

@@ -1,0 +1,317 @@
+using System.Diagnostics;
+using Hotwire.Elf;
+using Hotwire.Patching;
+using Hotwire.Procfs;
+
+namespace Hotwire.Tracing;
+
+/// <summary>What a recording saw, for the closing summary.</summary>
+public sealed record RecordSummary(long Events, ulong Lost, int Threads, TimeSpan Elapsed, long BytesWritten, string? WriteError);
+
+/// <summary>
+/// Drains the function tracer's per-thread ring buffers into <c>hotwire.data/</c> (and, for
+/// <c>live</c>, to a callback). One consumer thread; each buffer has one producer (its thread), so
+/// the only synchronisation is the head the thread publishes and the tail we publish back.
+/// </summary>
+public sealed class Recorder : IDisposable
+{
+    private readonly Session _session;
+    private readonly FunctionTracer _tracer;
+    private readonly string _dir;
+    private readonly Action<int, RawEvent>? _live;
+    private readonly IReadOnlySet<int>? _tids;
+    private readonly FileStream _events;
+    private readonly Dictionary<int, ThreadInfo> _threads = [];
+    private readonly Dictionary<int, int> _bufferTid = [];
+    private readonly Stopwatch _clock = new();
+    private readonly ClockSample _start;
+    private Thread? _consumer;
+    private volatile bool _stopping;
+    private long _bytes;
+    private string? _writeError;
+
+    public Recorder(Session session, FunctionTracer tracer, string dir, Action<int, RawEvent>? live = null, IReadOnlySet<int>? tids = null)
+    {
+        _session = session;
+        _tracer = tracer;
+        _dir = dir;
+        _live = live;
+        _tids = tids;
+        try
+        {
+            Directory.CreateDirectory(dir);
+            foreach (string stale in new[] { TraceData.InfoFile, TraceData.EventsFile })
+            {
+                File.Delete(Path.Combine(dir, stale));
+            }
+            _events = new FileStream(Path.Combine(dir, TraceData.EventsFile), FileMode.CreateNew, FileAccess.Write, FileShare.Read, 1 << 20);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new HotwireException($"cannot write the recording to {dir}: {e.Message} (give a writable directory with -o)");
+        }
+        _start = TscClock.Sample();
+        _processName = ThreadName(session.Pid, session.Pid);
+    }
+
+    public long Events { get; private set; }
+
+    /// <summary>Starts draining; call after the tracer is registered.</summary>
+    public void Start()
+    {
+        _clock.Start();
+        _consumer = new Thread(Consume) { IsBackground = true, Name = "hotwire-consumer" };
+        _consumer.Start();
+    }
+
+    /// <summary>False once writing failed (disk full): the caller should stop tracing.</summary>
+    public bool Healthy => _writeError is null;
+
+    private void Consume()
+    {
+        int idle = 0;
+        long lastRefresh = Environment.TickCount64;
+        while (!_stopping)
+        {
+            if (Environment.TickCount64 - lastRefresh > 20)
+            {
+                RefreshThreadNames();
+                lastRefresh = Environment.TickCount64;
+            }
+            if (DrainAll() == 0)
+            {
+                Thread.Sleep(idle++ < 10 ? 0 : 1);
+            }
+            else
+            {
+                idle = 0;
+            }
+        }
+    }
+
+    private int DrainAll()
+    {
+        int drained = 0;
+        int buffers = _tracer.BuffersInUse;
+        for (int i = 0; i < buffers; i++)
+        {
+            drained += Drain(i);
+        }
+        return drained;
+    }
+
+    private unsafe int Drain(int index)
+    {
+        var shared = _session.Shared;
+        ulong buffer = _tracer.BufferOffset(index);
+        ulong head = shared.ReadU64(buffer + TraceBufferOptions.Head);
+        ulong tail = shared.ReadU64(buffer + TraceBufferOptions.Tail);
+        if (head == tail)
+        {
+            return 0;
+        }
+        if (!_bufferTid.TryGetValue(index, out int tid))
+        {
+            tid = (int)shared.ReadU32(buffer + TraceBufferOptions.Tid);
+            if (tid == 0)
+            {
+                return 0; // claimed a moment ago, tid not stored yet
+            }
+            _bufferTid[index] = tid;
+            NoteThread(tid);
+        }
+        long capacity = _tracer.Buffers.Capacity;
+        int size = _tracer.Buffers.EventBytes;
+        int count = (int)(head - tail);
+        bool keep = _tids is null || _tids.Contains(tid);
+        if (keep && _writeError is null)
+        {
+            Span<byte> header = stackalloc byte[16];
+            BitConverter.TryWriteBytes(header, TraceData.ChunkMagic);
+            BitConverter.TryWriteBytes(header[4..], tid);
+            BitConverter.TryWriteBytes(header[8..], count);
+            BitConverter.TryWriteBytes(header[12..], size);
+            try
+            {
+                _events.Write(header);
+                long first = (long)(tail & (ulong)(capacity - 1));
+                long run = Math.Min(count, capacity - first);
+                ulong data = buffer + TraceBufferOptions.HeaderBytes;
+                _events.Write(shared.Bytes(data + (ulong)(first * size), (int)(run * size)));
+                if (run < count)
+                {
+                    _events.Write(shared.Bytes(data, (int)((count - run) * size)));
+                }
+                _bytes += 16 + (long)count * size;
+            }
+            catch (IOException e)
+            {
+                _writeError = e.Message;
+            }
+            if (_live is not null)
+            {
+                for (long k = 0; k < count; k++)
+                {
+                    long slot = (long)((tail + (ulong)k) & (ulong)(capacity - 1));
+                    _live(tid, RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), _tracer.Buffers.Args));
+                }
+            }
+            Events += count;
+            _threads[tid].Events += count;
+        }
+        shared.WriteU64(buffer + TraceBufferOptions.Tail, head); // the slots are free again
+        return count;
+    }
+
+    // Threads often name themselves (pthread_setname_np) after their first traced call.
+    private void RefreshThreadNames()
+    {
+        foreach (ThreadInfo t in _threads.Values.ToList())
+        {
+            if (ThreadName(t.Pid, t.Tid) is { } name)
+            {
+                t.Name = name;
+            }
+        }
+        if (_modulesRefreshed < 3 && _clock.ElapsedMilliseconds > 20 + 500L * _modulesRefreshed)
+        {
+            RefreshModules();
+        }
+    }
+
+    private int _modulesRefreshed;
+    private List<LoadedModule>? _modules;
+
+    // Libraries the program loaded after Hotwire attached (at launch: all of them) are needed to
+    // name callers in them.
+    private void RefreshModules()
+    {
+        _modulesRefreshed++;
+        try
+        {
+            _modules = ProcessImage.Load(_session.Pid).Modules.ToList();
+        }
+        catch (HotwireException)
+        {
+        }
+    }
+
+    private void NoteThread(int tid)
+    {
+        int pid = ProcStatus.IntField($"/proc/{tid}/status", "Tgid") ?? _session.Pid;
+        // A thread gone before we saw it keeps its process's name, as ftrace shows a task's comm.
+        _threads[tid] = new ThreadInfo { Tid = tid, Pid = pid, Name = ThreadName(pid, tid) ?? ThreadName(pid, pid) ?? _processName ?? "<...>" };
+    }
+
+    private string? _processName;
+
+    private static string? ThreadName(int pid, int tid)
+    {
+        try
+        {
+            string name = File.ReadAllText($"/proc/{pid}/task/{tid}/comm").Trim();
+            return name.Length > 0 ? name : null;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Call after the tracer is unregistered (no new events): drains what is left, records lost
+    /// counts, writes info.json. The session must still be attached (its memory mapped).
+    /// </summary>
+    public RecordSummary Finish(string command)
+    {
+        _stopping = true;
+        _consumer?.Join();
+        DrainAll();
+        ClockSample end = TscClock.Sample();
+        if (_session.IsAlive())
+        {
+            RefreshModules();
+        }
+        ulong lost = _tracer.LostNoBuffer;
+        for (int i = 0; i < _tracer.BuffersInUse; i++)
+        {
+            ulong buffer = _tracer.BufferOffset(i);
+            int tid = _bufferTid.TryGetValue(i, out int t) ? t : (int)_session.Shared.ReadU32(buffer + TraceBufferOptions.Tid);
+            if (!_threads.ContainsKey(tid))
+            {
+                NoteThread(tid);
+            }
+            ulong l = _session.Shared.ReadU64(buffer + TraceBufferOptions.Lost);
+            _threads[tid].Lost += l;
+            lost += l;
+            // Names set after a thread's first traced call (pthread_setname_np) are current now.
+            if (ThreadName(_threads[tid].Pid, tid) is { } name)
+            {
+                _threads[tid].Name = name;
+            }
+        }
+        try
+        {
+            _events.Flush();
+        }
+        catch (IOException e)
+        {
+            _writeError ??= e.Message;
+        }
+        _events.Dispose();
+        var info = new TraceInfo
+        {
+            Pid = _session.Pid,
+            Command = command,
+            Started = DateTime.UtcNow - _clock.Elapsed,
+            EventBytes = _tracer.Buffers.EventBytes,
+            Args = _tracer.Buffers.Args,
+            Clock = new ClockInfo { StartTsc = _start.Tsc, StartNs = _start.MonotonicNs, EndTsc = end.Tsc, EndNs = end.MonotonicNs },
+            Threads = _threads.Values.OrderBy(t => t.Tid).ToList(),
+            LostNoBuffer = _tracer.LostNoBuffer,
+            Sites = _session.Sites.Where(s => s.Ops.Contains(_tracer) || _tracedSites.Contains(s.Index))
+                .Select(s => new SiteInfo { Index = s.Index, Function = s.Function, Module = s.Site.ModuleName, Address = s.Address }).ToList(),
+            Modules = (_modules ?? _session.Image.Modules.ToList()).Select(Module).ToList(),
+        };
+        try
+        {
+            TraceData.WriteInfo(_dir, info);
+        }
+        catch (IOException e)
+        {
+            _writeError ??= e.Message;
+        }
+        return new RecordSummary(Events, lost, _threads.Count, _clock.Elapsed, _bytes, _writeError);
+    }
+
+    private readonly HashSet<int> _tracedSites = [];
+
+    /// <summary>Remembers which sites the tracer covers (call while it is registered).</summary>
+    public void NoteTracedSites(IEnumerable<SiteRecord> sites)
+    {
+        foreach (SiteRecord s in sites)
+        {
+            _tracedSites.Add(s.Index);
+        }
+    }
+
+    /// <summary>A module as a recording carries it: where it was, and its function symbols at runtime addresses.</summary>
+    public static ModuleInfo Module(LoadedModule m)
+    {
+        var symbols = m.Elf.ReadSymbols(dynamic: false).Concat(m.Elf.ReadSymbols(dynamic: true))
+            .Where(s => (s.Type == ElfFile.STT_FUNC || s.Type == ElfFile.STT_GNU_IFUNC) && s.SectionIndex != 0 && s.Name.Length > 0)
+            .GroupBy(s => s.Value)
+            .Select(g => g.OrderBy(s => s.Binding == ElfFile.STB_GLOBAL ? 0 : 1).First())
+            .Select(s => new SymbolInfo(s.Value + m.Bias, s.Size, Interop.CxxAbi.Demangle(s.Name.Split('@')[0])))
+            .OrderBy(s => s.Start)
+            .ToList();
+        return new ModuleInfo { Path = m.Path, Start = m.Start, End = m.End, Symbols = symbols };
+    }
+
+    public void Dispose()
+    {
+        _stopping = true;
+        _consumer?.Join();
+        _events.Dispose();
+    }
+}

@@ -1,0 +1,205 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace Hotwire.Tracing;
+
+/// <summary>
+/// <c>hotwire.data/</c>, format version 1 (docs/data-format.md): <c>info.json</c> holds everything
+/// replay needs once the target is gone (sites, modules and their symbols, threads, clock
+/// calibration, lost counts); <c>events.bin</c> holds chunks of raw events as the threads wrote them.
+/// </summary>
+public sealed class TraceInfo
+{
+    public const string FormatName = "hotwire.data";
+    public const int CurrentVersion = 1;
+
+    public string Format { get; set; } = FormatName;
+
+    public int Version { get; set; } = CurrentVersion;
+
+    public string Tracer { get; set; } = "function";
+
+    public int Pid { get; set; }
+
+    public string Command { get; set; } = "";
+
+    public DateTime Started { get; set; }
+
+    public int EventBytes { get; set; }
+
+    public int Args { get; set; }
+
+    public ClockInfo Clock { get; set; } = new();
+
+    public List<ThreadInfo> Threads { get; set; } = [];
+
+    public ulong LostNoBuffer { get; set; }
+
+    public List<SiteInfo> Sites { get; set; } = [];
+
+    public List<ModuleInfo> Modules { get; set; } = [];
+
+    [JsonIgnore]
+    public long TotalEvents => Threads.Sum(t => t.Events);
+
+    [JsonIgnore]
+    public ulong TotalLost => Threads.Aggregate(LostNoBuffer, (n, t) => n + t.Lost);
+}
+
+public sealed class ClockInfo
+{
+    public ulong StartTsc { get; set; }
+
+    public long StartNs { get; set; }
+
+    public ulong EndTsc { get; set; }
+
+    public long EndNs { get; set; }
+
+    public ClockCalibration ToCalibration() => new(new ClockSample(StartTsc, StartNs), new ClockSample(EndTsc, EndNs));
+}
+
+public sealed class ThreadInfo
+{
+    public int Tid { get; set; }
+
+    public int Pid { get; set; }
+
+    public string Name { get; set; } = "";
+
+    public long Events { get; set; }
+
+    public ulong Lost { get; set; }
+}
+
+public sealed class SiteInfo
+{
+    public int Index { get; set; }
+
+    public string Function { get; set; } = "";
+
+    public string Module { get; set; } = "";
+
+    public ulong Address { get; set; }
+}
+
+public sealed class ModuleInfo
+{
+    public string Path { get; set; } = "";
+
+    public ulong Start { get; set; }
+
+    public ulong End { get; set; }
+
+    /// <summary>[runtime start, size, name] of every function symbol.</summary>
+    public List<SymbolInfo> Symbols { get; set; } = [];
+}
+
+public sealed record SymbolInfo(ulong Start, ulong Size, string Name);
+
+/// <summary>Reads and writes a data directory.</summary>
+public static class TraceData
+{
+    public const string InfoFile = "info.json";
+    public const string EventsFile = "events.bin";
+    public const uint ChunkMagic = 0x56455748; // "HWEV"
+
+    private static readonly JsonSerializerOptions s_json = new() { WriteIndented = false, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
+
+    public static void WriteInfo(string dir, TraceInfo info)
+    {
+        string temp = Path.Combine(dir, InfoFile + ".tmp");
+        File.WriteAllText(temp, JsonSerializer.Serialize(info, s_json));
+        File.Move(temp, Path.Combine(dir, InfoFile), overwrite: true);
+    }
+
+    public static TraceInfo ReadInfo(string dir)
+    {
+        if (!Directory.Exists(dir))
+        {
+            throw new HotwireException($"{dir}: no such data directory (record one with hotwire record, or give -d DIR)");
+        }
+        string path = Path.Combine(dir, InfoFile);
+        if (!File.Exists(path))
+        {
+            throw new HotwireException($"{dir} is not a Hotwire recording: {InfoFile} is missing (was the recording interrupted before it finished?)");
+        }
+        TraceInfo? info;
+        try
+        {
+            info = JsonSerializer.Deserialize<TraceInfo>(File.ReadAllText(path), s_json);
+        }
+        catch (JsonException e)
+        {
+            throw new HotwireException($"{path} is damaged: {e.Message}");
+        }
+        if (info is null || info.Format != TraceInfo.FormatName)
+        {
+            throw new HotwireException($"{path} is not a Hotwire recording");
+        }
+        if (info.Version > TraceInfo.CurrentVersion)
+        {
+            throw new HotwireException($"{dir} was written by a newer Hotwire (format version {info.Version}; this one reads up to {TraceInfo.CurrentVersion}): update Hotwire");
+        }
+        return info;
+    }
+
+    /// <summary>Every event of the recording, per thread in the order written.</summary>
+    public static Dictionary<int, List<RawEvent>> ReadEvents(string dir, TraceInfo info)
+    {
+        string path = Path.Combine(dir, EventsFile);
+        if (!File.Exists(path))
+        {
+            throw new HotwireException($"{dir} is not a complete Hotwire recording: {EventsFile} is missing");
+        }
+        var result = new Dictionary<int, List<RawEvent>>();
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
+        Span<byte> header = stackalloc byte[16];
+        long offset = 0;
+        while (true)
+        {
+            int got = stream.ReadAtLeast(header, 16, throwOnEndOfStream: false);
+            if (got == 0)
+            {
+                break;
+            }
+            uint magic = BitConverter.ToUInt32(header);
+            int tid = BitConverter.ToInt32(header[4..]);
+            int count = BitConverter.ToInt32(header[8..]);
+            int size = BitConverter.ToInt32(header[12..]);
+            if (got < 16 || magic != ChunkMagic || size != info.EventBytes || count < 0)
+            {
+                throw new HotwireException($"{path} is damaged at byte {offset} (a chunk header is not valid)");
+            }
+            var bytes = new byte[(long)count * size];
+            if (stream.ReadAtLeast(bytes, bytes.Length, throwOnEndOfStream: false) < bytes.Length)
+            {
+                throw new HotwireException($"{path} is truncated at byte {offset} (the recording was cut short)");
+            }
+            if (!result.TryGetValue(tid, out List<RawEvent>? list))
+            {
+                result[tid] = list = [];
+            }
+            for (int i = 0; i < count; i++)
+            {
+                list.Add(RawEvent.Decode(bytes.AsSpan(i * size, size), info.Args));
+            }
+            offset += 16 + bytes.Length;
+        }
+        return result;
+    }
+}
+
+/// <summary>One function-tracer event as the trampoline wrote it.</summary>
+public readonly record struct RawEvent(ulong Tsc, ulong Caller, int Site, ulong[] Args)
+{
+    public static RawEvent Decode(ReadOnlySpan<byte> e, int args)
+    {
+        var values = args == 0 ? [] : new ulong[args];
+        for (int i = 0; i < args; i++)
+        {
+            values[i] = BitConverter.ToUInt64(e[(24 + 8 * i)..]);
+        }
+        return new RawEvent(BitConverter.ToUInt64(e), BitConverter.ToUInt64(e[8..]), (int)BitConverter.ToUInt64(e[16..]), values);
+    }
+}
