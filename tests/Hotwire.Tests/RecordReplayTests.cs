@@ -1,0 +1,184 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Hotwire.Patching;
+using Hotwire.Procfs;
+using Hotwire.Tests.Infrastructure;
+using Hotwire.Tracing;
+using Xunit;
+
+namespace Hotwire.Tests;
+
+/// <summary>The function tracer end to end: `hotwire record`, `replay`, on targets whose calls are known.</summary>
+[Collection("engine")]
+public class RecordReplayTests
+{
+    [Fact]
+    public void Replay_shows_exactly_the_calls_each_thread_made_with_callers_and_arguments()
+    {
+        string dir = TempDir();
+        CliResult rec = HotwireCli.Run("record", "--args", "1", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "tree");
+        Assert.True(rec.ExitCode == 0, rec.Stderr);
+        Assert.Contains("the program exited with status 0", rec.Stderr);
+        CliResult replay = HotwireCli.Run("replay", "-d", dir);
+        Assert.True(replay.ExitCode == 0, replay.Stderr);
+        Assert.Contains("# entries-in-buffer/entries-written: 34/34   #lost: 0   #threads: 3", replay.Stdout);
+
+        var byTask = replay.Lines.Where(l => !l.StartsWith('#'))
+            .Select(l => (Task: l[..l.LastIndexOf('-', 24)].Trim(), Call: l[(l.IndexOf(": ", StringComparison.Ordinal) + 2)..]))
+            .GroupBy(x => x.Task).ToDictionary(g => g.Key, g => g.Select(x => x.Call).ToList());
+        for (int k = 0; k < 2; k++)
+        {
+            var expected = new List<string> { $"worker_main({k})" };
+            for (int i = 0; i < 5; i++)
+            {
+                int x = k * 100 + i;
+                expected.Add($"a({x}) <-worker_main");
+                expected.Add($"b({x + 1}) <-a");
+                expected.Add($"c({x + 2}) <-b");
+            }
+            Assert.Equal(expected, byTask[$"worker-{k}"].Select(c => c.StartsWith("worker_main", StringComparison.Ordinal) ? c[..c.IndexOf(' ')] : c));
+        }
+        Assert.Equal(["main(2)", "d(99) <-main"], byTask["prog"].Select(c => c.StartsWith("main(", StringComparison.Ordinal) ? c[..c.IndexOf(' ')] : c));
+    }
+
+    [Fact]
+    public void Replay_as_json_is_valid_and_carries_the_same_events()
+    {
+        string dir = TempDir();
+        Assert.Equal(0, HotwireCli.Run("record", "-o", dir, "-F", "a", "-F", "d", "--", TargetBuilder.Get(Flavour.Calls), "tree").ExitCode);
+        CliResult json = HotwireCli.Run("replay", "-d", dir, "--format", "json");
+        using JsonDocument doc = JsonDocument.Parse(json.Stdout);
+        var events = doc.RootElement.GetProperty("events").EnumerateArray().ToList();
+        Assert.Equal(11, events.Count); // 2 threads × 5 calls of a, and d once
+        Assert.Equal(10, events.Count(e => e.GetProperty("function").GetString() == "a"));
+        Assert.Equal("main", events.Single(e => e.GetProperty("function").GetString() == "d").GetProperty("caller").GetString());
+        Assert.True(events.Zip(events.Skip(1)).All(p => p.First.GetProperty("timestampNs").GetInt64() <= p.Second.GetProperty("timestampNs").GetInt64()));
+    }
+
+    [Fact]
+    public void Lost_events_with_a_tiny_buffer_equal_calls_made_minus_events_recorded()
+    {
+        string dir = TempDir();
+        const int Calls = 200_000;
+        CliResult rec = HotwireCli.Run("record", "--buffer-size", "4K", "-F", "leaf", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "burst", Calls.ToString());
+        Assert.True(rec.ExitCode == 0, rec.Stderr);
+        TraceInfo info = TraceData.ReadInfo(dir);
+        Assert.True(info.TotalLost > 0, "the buffer never filled: the test does not exercise loss");
+        Assert.Equal((ulong)Calls, (ulong)info.TotalEvents + info.TotalLost);
+        Assert.Contains($"{info.TotalLost} lost", rec.Stderr);
+        CliResult replay = HotwireCli.Run("replay", "-d", dir);
+        Assert.Contains($"#lost: {info.TotalLost}", replay.Stdout);
+        Assert.Equal(info.TotalEvents, replay.Lines.Count(l => !l.StartsWith('#')));
+    }
+
+    [Fact]
+    public void No_call_is_missing_from_any_thread_while_another_ops_is_toggled_10000_times()
+    {
+        using var target = new SeedTarget(Flavour.SeedNop5, threads: 4, pauseIterations: 2000);
+        string dir = TempDir();
+        var buffers = new TraceBufferOptions(BufferBytes: 16 << 20, MaxThreads: 16, Args: 1);
+        using Session session = Session.Attach(target.Pid, new SessionOptions { ExtraSharedBytes = TraceBufferOptions.SharedBytes(buffers) });
+        var tracer = new FunctionTracer(buffers, ["f"]);
+        using var recorder = new Recorder(session, tracer, dir);
+        recorder.NoteTracedSites(session.Register(tracer));
+        recorder.Start();
+        target.Go();
+        var toggled = new CountingOps(["f"]);
+        for (int i = 0; i < 10_000; i++)
+        {
+            session.Register(toggled);
+            session.Unregister(toggled);
+        }
+        session.Unregister(tracer);
+        RecordSummary summary = recorder.Finish("seedcase");
+        Assert.Equal(0UL, summary.Lost);
+        Assert.True(session.TrapsEmulated > 0);
+        session.Detach();
+        target.Stop();
+
+        TraceInfo info = TraceData.ReadInfo(dir);
+        Dictionary<int, List<RawEvent>> events = TraceData.ReadEvents(dir, info);
+        Assert.Equal(4, events.Count);
+        foreach ((int tid, List<RawEvent> list) in events)
+        {
+            Assert.True(list.Count > 100, $"thread {tid} recorded only {list.Count} calls");
+            for (int i = 1; i < list.Count; i++)
+            {
+                Assert.True(list[i].Args[0] == list[i - 1].Args[0] + 1, $"thread {tid}: f({list[i - 1].Args[0]}) then f({list[i].Args[0]})");
+            }
+        }
+    }
+
+    [Fact]
+    public void Ctrl_C_during_record_of_a_running_process_restores_it_and_keeps_the_data()
+    {
+        using var target = new SeedTarget(Flavour.SeedSled, threads: 2, pauseIterations: 20_000);
+        target.Go();
+        string dir = TempDir();
+        var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "hotwire.dll"), "record", "--pid", target.Pid.ToString(), "-o", dir])
+        { RedirectStandardError = true, RedirectStandardOutput = true };
+        using Process hotwire = Process.Start(psi)!;
+        Assert.StartsWith("hotwire: recording", hotwire.StandardError.ReadLine());
+        Thread.Sleep(300);
+        Assert.Equal(0, Kill(hotwire.Id, 2)); // SIGINT, as Ctrl-C
+        string rest = hotwire.StandardError.ReadToEnd();
+        hotwire.WaitForExit();
+        Assert.Equal(0, hotwire.ExitCode);
+        Assert.Contains("runs on with its original code", rest);
+        ProcessImage image = ProcessImage.Load(target.Pid);
+        using (var memory = Hotwire.Memory.ProcessMemory.Open(target.Pid))
+        {
+            foreach (PatchSite s in image.AllSites)
+            {
+                var now = new byte[s.OriginalBytes.Length];
+                Assert.True(memory.TryRead(s.Address, now));
+                Assert.Equal(s.OriginalBytes, now);
+            }
+        }
+        (long old, _, long calls) = target.Stop();
+        Assert.Equal(calls, old);
+        CliResult replay = HotwireCli.Run("replay", "-d", dir);
+        Assert.Equal(0, replay.ExitCode);
+        Assert.Contains(": f <-worker", replay.Stdout);
+    }
+
+    [Fact]
+    public void Bad_record_and_replay_input_gets_one_clear_line()
+    {
+        AssertError(HotwireCli.Run("record"), 2, "say what to trace");
+        AssertError(HotwireCli.Run("record", "--", "/no/such/prog"), 1, "/no/such/prog: program not found");
+        AssertError(HotwireCli.Run("record", "-F", "mian", "-o", TempDir(), "--", TargetBuilder.Get(Flavour.Calls), "tree"), 1, "no traceable function matches 'mian'; near names: main");
+        AssertError(HotwireCli.Run("record", "--buffer-size", "3K", "--", TargetBuilder.Get(Flavour.Calls)), 1, "--buffer-size must be a power of two");
+        AssertError(HotwireCli.Run("record", "-o", "/proc/hotwire-cannot-write", "--", TargetBuilder.Get(Flavour.Calls), "tree"), 1, "cannot write the recording to /proc/hotwire-cannot-write");
+        AssertError(HotwireCli.Run("replay", "-d", "/no/such/dir"), 1, "/no/such/dir: no such data directory");
+
+        string dir = TempDir();
+        Assert.Equal(0, HotwireCli.Run("record", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "tree").ExitCode);
+        string info = File.ReadAllText(Path.Combine(dir, "info.json"));
+        File.WriteAllText(Path.Combine(dir, "info.json"), info.Replace("\"version\":1", "\"version\":99"));
+        AssertError(HotwireCli.Run("replay", "-d", dir), 1, "written by a newer Hotwire (format version 99");
+        File.WriteAllText(Path.Combine(dir, "info.json"), info);
+        byte[] events = File.ReadAllBytes(Path.Combine(dir, "events.bin"));
+        File.WriteAllBytes(Path.Combine(dir, "events.bin"), events[..(events.Length - 5)]);
+        AssertError(HotwireCli.Run("replay", "-d", dir), 1, "is truncated");
+        File.WriteAllText(Path.Combine(dir, "info.json"), "{ not json");
+        AssertError(HotwireCli.Run("replay", "-d", dir), 1, "info.json is damaged");
+    }
+
+    private static void AssertError(CliResult r, int code, string text)
+    {
+        Assert.Equal(code, r.ExitCode);
+        string[] lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.True(lines.Length == 1, r.Stderr);
+        Assert.Contains(text, lines[0]);
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill")]
+    private static extern int Kill(int pid, int sig);
+
+    private static string TempDir()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-test-{Guid.NewGuid():N}");
+        return dir;
+    }
+}
