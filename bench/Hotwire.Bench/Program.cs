@@ -32,10 +32,10 @@ using (var redirected = Target.Start(Path.Combine(build, "micro-nop5")))
             p.Add(Ns(plain, threads)); n.Add(Ns(nop5, threads)); c.Add(Ns(counted, threads)); r.Add(Ns(redirected, threads));
         }
         double mp = Median(p), mn = Median(n), mc = Median(c), mr = Median(r);
-        rows.Add($"| call of a noinline leaf, untraced binary (anchor), {threads} thread(s) | {mp:F2} ns | — | — |");
-        rows.Add($"| disabled site (NOP5), added per call, {threads} thread(s) | {mn - mp:+0.00;-0.00} ns | untraced binary {mp:F2} ns | not measurable |");
-        rows.Add($"| counting ops, added per call, {threads} thread(s) | {mc - mp:+0.00;-0.00} ns | untraced binary {mp:F2} ns | ≤ 5 ns |");
-        rows.Add($"| redirect (jmp to a copy of the leaf), added per call, {threads} thread(s) | {mr - mp:+0.00;-0.00} ns | untraced binary {mp:F2} ns | ≤ 2 ns |");
+        rows.Add($"| call of a noinline leaf, {threads} thread(s) | — | untraced binary | {mp:F2} ns | — | — |");
+        rows.Add($"| disabled site (NOP5), added per call, {threads} thread(s) | {mn - mp:+0.00;-0.00} ns | untraced binary | {mp:F2} ns | {mn / mp:F2} | not measurable |");
+        rows.Add($"| counting ops, added per call, {threads} thread(s) | {mc - mp:+0.00;-0.00} ns | untraced binary | {mp:F2} ns | {mc / mp:F2} | ≤ 5 ns |");
+        rows.Add($"| redirect (jmp to a copy of the leaf), added per call, {threads} thread(s) | {mr - mp:+0.00;-0.00} ns | untraced binary | {mp:F2} ns | {mr / mp:F2} | ≤ 2 ns |");
     }
 }
 
@@ -66,12 +66,18 @@ using (var redirected = Target.Start(Path.Combine(build, "micro-nop5")))
             Thread.Sleep(200); // let the recorder drain, so that no run finds a full buffer
         }
         perThreads[threads] = Median(t) - Median(p);
-        rows.Add($"| function tracer, added per traced call, {threads} thread(s) | {Median(t) - Median(p):+0.00;-0.00} ns | untraced binary {Median(p):F2} ns | ≤ 18 ns |");
+        // uftrace's figure for the same leaf, measured by bench/run in the same run (its total per call).
+        string anchor = double.TryParse(Environment.GetEnvironmentVariable($"UFTRACE_NS_{threads}"), CultureInfo.InvariantCulture, out double u)
+            ? $"`uftrace record`, added per call | {u - Median(p):F1} ns | {(Median(t) - Median(p)) / (u - Median(p)):F3}"
+            : "uftrace | not run | —";
+        rows.Add($"| function tracer, added per traced call, {threads} thread(s) | {Median(t) - Median(p):+0.00;-0.00} ns | {anchor} | ≤ 18 ns |");
     }
-    rows.Add($"| function tracer, 2 threads vs 1 thread (per-call cost ratio) | {perThreads[2] / perThreads[1]:F2}× | — | ≤ 1.2× |");
+    string uftraceScaling = double.TryParse(Environment.GetEnvironmentVariable("UFTRACE_NS_1"), CultureInfo.InvariantCulture, out double u1)
+        && double.TryParse(Environment.GetEnvironmentVariable("UFTRACE_NS_2"), CultureInfo.InvariantCulture, out double u2) ? $"uftrace 2 vs 1 thread: {u2 / u1:F2}×" : "uftrace not run";
+    rows.Add($"| function tracer, 2 threads vs 1 thread (per-call cost ratio) | {perThreads[2] / perThreads[1]:F2}× | {uftraceScaling} | — | — | ≤ 1.2× |");
     s.Unregister(tracer);
     RecordSummary sum = recorder.Finish("micro");
-    rows.Add($"| function tracer, events of the runs above written to hotwire.data | {sum.Events:N0} events, {sum.Lost} lost | — | 0 lost |");
+    rows.Add($"| function tracer, events of the runs above written to hotwire.data | {sum.Events:N0} events, {sum.Lost} lost | — | — | — | 0 lost |");
     recorder.Dispose();
     s.Detach();
     Directory.Delete(dir, recursive: true);
@@ -93,7 +99,7 @@ using (var redirected = Target.Start(Path.Combine(build, "micro-nop5")))
     s.Unregister(tracer);
     RecordSummary sum = recorder.Finish("micro");
     ulong total = (ulong)sum.Events + sum.Lost;
-    rows.Add($"| function tracer, one thread calling flat out for {elapsed:F1} s, default 1 MiB buffers | {total / elapsed / 1e6:F0} M calls/s; {sum.Events / elapsed / 1e6:F1} M events/s written ({sum.BytesWritten / elapsed / 1e6:F0} MB/s), {100.0 * sum.Lost / Math.Max(1, total):F0} % lost | — | ≥ 20 M events/s, 0 lost |");
+    rows.Add($"| function tracer, one thread calling flat out for {elapsed:F1} s, default 1 MiB buffers | {total / elapsed / 1e6:F0} M calls/s; {sum.Events / elapsed / 1e6:F1} M events/s written ({sum.BytesWritten / elapsed / 1e6:F0} MB/s), {100.0 * sum.Lost / Math.Max(1, total):F0} % lost | — | — | — | ≥ 20 M events/s, 0 lost |");
     recorder.Dispose();
     s.Detach();
     Directory.Delete(dir, recursive: true);
@@ -115,9 +121,9 @@ using (var idle = Target.Start(Path.Combine(build, "micro-sled")))
             attach.Add(a); stop.Add(s.LongestStop.TotalMilliseconds); detach.Add(clock.Elapsed.TotalMilliseconds);
         }
     }
-    rows.Add($"| attach (inject + agent ready) | {Median(attach):F1} ms | — | ≤ 50 ms |");
-    rows.Add($"| longest stop of a target thread during attach | {Median(stop):F2} ms | — | ≤ 5 ms |");
-    rows.Add($"| detach (restore all, handler back, agent gone) | {Median(detach):F1} ms | — | — |");
+    rows.Add($"| attach (inject + agent ready) | {Median(attach):F1} ms | — | — | — | ≤ 50 ms |");
+    rows.Add($"| longest stop of a target thread during attach | {Median(stop):F2} ms | — | — | — | ≤ 5 ms |");
+    rows.Add($"| detach (restore all, handler back, agent gone) | {Median(detach):F1} ms | — | — | — | — |");
 }
 
 // ---- patch latency: 1, 256 and 50,000 sites, first time (trampolines generated) and after ----
@@ -141,7 +147,7 @@ using (var many = Target.Start(Path.Combine(build, "many"), "idle"))
             warm.Add(clock.Elapsed.TotalMilliseconds);
             s.Unregister(ops);
         }
-        rows.Add($"| enable {n} sites, first time / after / disable | {cold:F2} / {Median(warm):F2} / {off:F2} ms | — | {(n == 50_000 ? "≤ 20 / ≤ 5 ms" : "—")} |");
+        rows.Add($"| enable {n} sites, first time / after / disable | {cold:F2} / {Median(warm):F2} / {off:F2} ms | — | — | — | {(n == 50_000 ? "≤ 20 / ≤ 5 ms" : "—")} |");
     }
 }
 using (var idle = Target.Start(Path.Combine(build, "micro-nop5")))
@@ -157,7 +163,7 @@ using (var idle = Target.Start(Path.Combine(build, "micro-nop5")))
         s.Register(ops);
         s.Unregister(ops);
     }
-    rows.Add($"| one site toggle (call↔nop, 3 syncs), idle target | {clock.Elapsed.TotalMicroseconds / (2 * Toggles):F1} µs | — | ≤ 100 µs |");
+    rows.Add($"| one site toggle (call↔nop, 3 syncs), idle target | {clock.Elapsed.TotalMicroseconds / (2 * Toggles):F1} µs | — | — | — | ≤ 100 µs |");
 }
 foreach (string r in rows)
 {

@@ -42,6 +42,21 @@ public class RecordReplayTests
     }
 
     [Fact]
+    public void A_forked_child_is_recorded_under_its_own_pid_and_never_mixes_with_the_parent()
+    {
+        string dir = TempDir();
+        CliResult rec = HotwireCli.Run("record", "--args", "1", "-F", "d", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "fork");
+        Assert.True(rec.ExitCode == 0, rec.Stderr);
+        TraceInfo info = TraceData.ReadInfo(dir);
+        Dictionary<int, List<RawEvent>> events = TraceData.ReadEvents(dir, info);
+        ThreadInfo parent = info.Threads.Single(t => t.Tid == info.Pid);
+        ThreadInfo child = info.Threads.Single(t => t.Tid != info.Pid);
+        Assert.Equal(child.Tid, child.Pid); // the child's main thread: its own process
+        Assert.Equal([4UL, 5UL], events[parent.Tid].Select(e => e.Args[0]));
+        Assert.Equal([2UL, 3UL], events[child.Tid].Select(e => e.Args[0]));
+    }
+
+    [Fact]
     public void Replay_as_json_is_valid_and_carries_the_same_events()
     {
         string dir = TempDir();

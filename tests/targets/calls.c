@@ -3,10 +3,13 @@
 //   calls tree      two threads "worker-0" and "worker-1" each call a(k*100+i) for i = 0..4, where
 //                   a(x) calls b(x+1) and b(y) calls c(y+1); then main calls d(99) and exits.
 //   calls burst N   main calls leaf(i) for i = 0..N-1 and exits.
+//   calls fork      main calls a(1), forks; the child calls d(2), d(3) and exits; the parent calls
+//                   d(4), waits for the child, calls d(5).
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 volatile long sink;
@@ -38,6 +41,20 @@ int main(int argc, char **argv)
         long n = atol(argv[2]);
         for (long i = 0; i < n; i++)
             leaf(i);
+        return 0;
+    }
+    if (argc > 1 && strcmp(argv[1], "fork") == 0) {
+        a(1);
+        pid_t child = fork();
+        if (child == 0) {
+            d(2);
+            d(3);
+            usleep(100 * 1000);
+            return 0;
+        }
+        d(4);
+        waitpid(child, NULL, 0);
+        d(5);
         return 0;
     }
     pthread_t t[2];
