@@ -57,6 +57,19 @@ public class RecordReplayTests
     }
 
     [Fact]
+    public void Live_prints_each_call_as_it_happens_and_records_it_too()
+    {
+        string dir = TempDir();
+        CliResult live = HotwireCli.Run("live", "-F", "[abcd]", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "tree");
+        Assert.True(live.ExitCode == 0, live.Stderr);
+        string[] calls = live.Lines.Where(l => !l.StartsWith('#')).ToArray();
+        Assert.Equal(31, calls.Length);
+        Assert.Equal(10, calls.Count(l => l.EndsWith(": b <-a", StringComparison.Ordinal)));
+        Assert.Single(calls, l => l.EndsWith(": d <-main", StringComparison.Ordinal));
+        Assert.Equal(31, TraceData.ReadInfo(dir).TotalEvents);
+    }
+
+    [Fact]
     public void Replay_as_json_is_valid_and_carries_the_same_events()
     {
         string dir = TempDir();

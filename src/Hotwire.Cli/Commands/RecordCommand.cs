@@ -66,8 +66,15 @@ public static class RecordCommand
             {
                 stop.CancelAfter(TimeSpan.FromSeconds(seconds));
             }
+            bool progress = !Console.IsErrorRedirected && !live;
+            long lastProgress = 0;
             while (!stop.IsCancellationRequested && recorder!.Healthy)
             {
+                if (progress && Environment.TickCount64 - lastProgress > 500)
+                {
+                    Console.Error.Write($"\rhotwire: {recorder.Events:N0} events so far ");
+                    lastProgress = Environment.TickCount64;
+                }
                 if (session.Launched && session.WaitForExit(stop.Token, TimeSpan.FromMilliseconds(50)) is int status)
                 {
                     exitStatus = status;
@@ -93,6 +100,10 @@ public static class RecordCommand
             throw;
         }
         RecordSummary summary = recorder!.Finish(target.Describe(result));
+        if (!Console.IsErrorRedirected && !live)
+        {
+            Console.Error.Write("\r");
+        }
         session.Dispose();
         printer?.Flush();
 
