@@ -183,11 +183,8 @@ public sealed unsafe partial class Session : IDisposable
         }
     }
 
-    private static readonly bool s_diag = Environment.GetEnvironmentVariable("HOTWIRE_DIAG") is not null;
-
     private void Apply(IReadOnlyList<SiteRecord> sites)
     {
-        var diag = System.Diagnostics.Stopwatch.StartNew();
         var entries = new List<BatchEntry>(sites.Count);
         foreach (SiteRecord s in sites)
         {
@@ -197,12 +194,7 @@ public sealed unsafe partial class Session : IDisposable
                 entries.Add(new BatchEntry(s, bytes, emu));
             }
         }
-        double prep = diag.Elapsed.TotalMilliseconds;
         RunBatch(entries);
-        if (s_diag)
-        {
-            Console.Error.WriteLine($"DIAG apply {sites.Count}: prepare {prep:F2} ms, batch {diag.Elapsed.TotalMilliseconds - prep:F2} ms (agent {_lastAgentMs:F2} ms)");
-        }
     }
 
     private (ulong Bytes, ulong Emu) CachedDesired(SiteRecord s)
@@ -410,7 +402,6 @@ public sealed unsafe partial class Session : IDisposable
         public ulong Emu;
     }
 
-    private double _lastAgentMs;
 
     private static bool IsSortedByIndex(List<BatchEntry> entries)
     {
@@ -457,9 +448,7 @@ public sealed unsafe partial class Session : IDisposable
         ulong[] sleds = Launched ? [] : entries.Where(e => e.Site.Site.Kind == SiteKind.NopSled && !e.Site.Converted)
             .Select(e => e.Site.Address).ToArray();
         Shared.WriteU64(L.PauseAfterPhase1, sleds.Length > 0 ? 1UL : 0UL);
-        var agentClock = System.Diagnostics.Stopwatch.StartNew();
         Send(L.CmdBatch);
-        _lastAgentMs = agentClock.Elapsed.TotalMilliseconds;
         if (sleds.Length > 0)
         {
             try
