@@ -70,6 +70,46 @@ public class RecordReplayTests
     }
 
     [Fact]
+    public void A_full_disk_stops_tracing_cleanly_keeps_what_was_written_and_says_how_much()
+    {
+        string mount = Path.Combine(Path.GetTempPath(), $"hotwire-full-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(mount);
+        var mountCmd = Process.Start("mount", ["-t", "tmpfs", "-o", "size=256k", "tmpfs", mount])!;
+        mountCmd.WaitForExit();
+        Assert.True(mountCmd.ExitCode == 0, "mounting a small tmpfs needs root (the test machine runs as root)");
+        try
+        {
+            using var target = new SeedTarget(Flavour.SeedNop5, threads: 1, pauseIterations: 100);
+            target.Go();
+            string dir = Path.Combine(mount, "data");
+            CliResult rec = HotwireCli.Run("record", "--pid", target.Pid.ToString(), "-F", "f", "-o", dir, "--duration", "10");
+            Assert.True(rec.ExitCode == 1, rec.Stderr);
+            Assert.Matches(@"writing .* failed \(.*\): tracing was stopped; the \d+ bytes written before are kept", rec.Stderr);
+            (long old, _, long calls) = target.Stop();
+            Assert.Equal(calls, old); // the target ran on, unharmed, its code restored
+            Assert.True(new FileInfo(Path.Combine(dir, "events.bin")).Length > 0);
+        }
+        finally
+        {
+            Process.Start("umount", [mount])!.WaitForExit();
+        }
+    }
+
+    [Fact]
+    public void Tid_filters_keep_only_the_chosen_threads()
+    {
+        string dir = TempDir();
+        Assert.Equal(0, HotwireCli.Run("record", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "tree").ExitCode);
+        TraceInfo info = TraceData.ReadInfo(dir);
+        int worker = info.Threads.First(t => t.Name == "worker-1").Tid;
+        CliResult replay = HotwireCli.Run("replay", "-d", dir, "--tid", worker.ToString());
+        string[] calls = replay.Lines.Where(l => !l.StartsWith('#')).ToArray();
+        Assert.Equal(16, calls.Length);
+        Assert.All(calls, l => Assert.Contains($"worker-1-{worker}", l));
+        AssertError(HotwireCli.Run("replay", "-d", dir, "--tid", "abc"), 2, "--tid: 'abc' is not a thread id");
+    }
+
+    [Fact]
     public void Replay_as_json_is_valid_and_carries_the_same_events()
     {
         string dir = TempDir();

@@ -250,15 +250,7 @@ public sealed class Recorder : IDisposable
                 _threads[tid].Name = name;
             }
         }
-        try
-        {
-            _events.Flush();
-        }
-        catch (IOException e)
-        {
-            _writeError ??= e.Message;
-        }
-        _events.Dispose();
+        CloseEvents();
         var info = new TraceInfo
         {
             Pid = _session.Pid,
@@ -281,7 +273,9 @@ public sealed class Recorder : IDisposable
         {
             _writeError ??= e.Message;
         }
-        return new RecordSummary(Events, lost, _threads.Count, _clock.Elapsed, _bytes, _writeError);
+        // What is really on disk (after a full disk, less than what we handed to the file).
+        long onDisk = File.Exists(Path.Combine(_dir, TraceData.EventsFile)) ? new FileInfo(Path.Combine(_dir, TraceData.EventsFile)).Length : 0;
+        return new RecordSummary(Events, lost, _threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError);
     }
 
     private readonly HashSet<int> _tracedSites = [];
@@ -308,10 +302,31 @@ public sealed class Recorder : IDisposable
         return new ModuleInfo { Path = m.Path, Start = m.Start, End = m.End, Symbols = symbols };
     }
 
+    // A full disk fails the flush, and then the close (which flushes again): keep what was written.
+    private void CloseEvents()
+    {
+        try
+        {
+            _events.Flush();
+        }
+        catch (IOException e)
+        {
+            _writeError ??= e.Message;
+        }
+        try
+        {
+            _events.Dispose();
+        }
+        catch (IOException e)
+        {
+            _writeError ??= e.Message;
+        }
+    }
+
     public void Dispose()
     {
         _stopping = true;
         _consumer?.Join();
-        _events.Dispose();
+        CloseEvents();
     }
 }
