@@ -88,6 +88,9 @@ public class RecordReplayTests
             (long old, _, long calls) = target.Stop();
             Assert.Equal(calls, old); // the target ran on, unharmed, its code restored
             Assert.True(new FileInfo(Path.Combine(dir, "events.bin")).Length > 0);
+            CliResult replay = HotwireCli.Run("replay", "-d", dir);
+            Assert.Equal(0, replay.ExitCode); // what was kept replays
+            Assert.Contains(": f <-worker", replay.Stdout);
         }
         finally
         {
@@ -228,7 +231,12 @@ public class RecordReplayTests
         File.WriteAllText(Path.Combine(dir, "info.json"), info);
         byte[] events = File.ReadAllBytes(Path.Combine(dir, "events.bin"));
         File.WriteAllBytes(Path.Combine(dir, "events.bin"), events[..(events.Length - 5)]);
-        AssertError(HotwireCli.Run("replay", "-d", dir), 1, "is truncated");
+        CliResult cut = HotwireCli.Run("replay", "-d", dir);
+        Assert.Equal(0, cut.ExitCode);
+        Assert.Contains("events.bin is cut short at byte", cut.Stderr);
+        Assert.Equal(33, cut.Lines.Count(l => !l.StartsWith('#'))); // the complete events before the cut
+        File.WriteAllBytes(Path.Combine(dir, "events.bin"), [.. events[..16].Select(b => (byte)~b), .. events[16..]]);
+        AssertError(HotwireCli.Run("replay", "-d", dir), 1, "is damaged at byte 0");
         File.WriteAllText(Path.Combine(dir, "info.json"), "{ not json");
         AssertError(HotwireCli.Run("replay", "-d", dir), 1, "info.json is damaged");
     }

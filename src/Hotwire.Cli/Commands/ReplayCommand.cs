@@ -25,6 +25,10 @@ public static class ReplayCommand
         }
         IReadOnlySet<int>? tids = RecordCommand.ParseTids(tidList);
         (TraceReader reader, Dictionary<int, List<RawEvent>> events) = TraceReader.Open(dir);
+        if (reader.TruncatedAt is long cut)
+        {
+            Console.Error.WriteLine($"hotwire: warning: {dir}/events.bin is cut short at byte {cut} (disk full, or Hotwire was killed): showing the complete events before it");
+        }
         using Stream stdout = Console.OpenStandardOutput();
         if (format == "json")
         {

@@ -30,8 +30,12 @@ public sealed class TraceReader
     public static (TraceReader Reader, Dictionary<int, List<RawEvent>> Events) Open(string dir)
     {
         TraceInfo info = TraceData.ReadInfo(dir);
-        return (new TraceReader(info), TraceData.ReadEvents(dir, info));
+        var events = TraceData.ReadEvents(dir, info, out long? truncatedAt);
+        return (new TraceReader(info) { TruncatedAt = truncatedAt }, events);
     }
+
+    /// <summary>Where events.bin was cut short, if it was.</summary>
+    public long? TruncatedAt { get; private init; }
 
     /// <summary>All events, merged across threads by timestamp (ties keep per-thread order).</summary>
     public IEnumerable<TraceLine> Lines(Dictionary<int, List<RawEvent>> events, IReadOnlySet<int>? tids = null)

@@ -59,6 +59,16 @@ public sealed class Recorder : IDisposable
     /// <summary>Starts draining; call after the tracer is registered.</summary>
     public void Start()
     {
+        // A first info.json now, so that a recording cut short (disk full, SIGKILL) still replays.
+        try
+        {
+            Thread.Sleep(5); // two clock samples apart, for the TSC rate
+            TraceData.WriteInfo(_dir, BuildInfo("", TscClock.Sample()));
+        }
+        catch (IOException e)
+        {
+            _writeError ??= e.Message;
+        }
         _clock.Start();
         _consumer = new Thread(Consume) { IsBackground = true, Name = "hotwire-consumer" };
         _consumer.Start();
@@ -251,7 +261,23 @@ public sealed class Recorder : IDisposable
             }
         }
         CloseEvents();
-        var info = new TraceInfo
+        TraceInfo info = BuildInfo(command, end);
+        try
+        {
+            TraceData.WriteInfo(_dir, info);
+        }
+        catch (IOException e)
+        {
+            _writeError ??= e.Message;
+        }
+        // What is really on disk (after a full disk, less than what we handed to the file).
+        long onDisk = File.Exists(Path.Combine(_dir, TraceData.EventsFile)) ? new FileInfo(Path.Combine(_dir, TraceData.EventsFile)).Length : 0;
+        return new RecordSummary(Events, lost, _threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError);
+    }
+
+    private TraceInfo BuildInfo(string command, ClockSample end)
+    {
+        return new TraceInfo
         {
             Pid = _session.Pid,
             Command = command,
@@ -265,17 +291,6 @@ public sealed class Recorder : IDisposable
                 .Select(s => new SiteInfo { Index = s.Index, Function = s.Function, Module = s.Site.ModuleName, Address = s.Address }).ToList(),
             Modules = (_modules ?? _session.Image.Modules.ToList()).Select(Module).ToList(),
         };
-        try
-        {
-            TraceData.WriteInfo(_dir, info);
-        }
-        catch (IOException e)
-        {
-            _writeError ??= e.Message;
-        }
-        // What is really on disk (after a full disk, less than what we handed to the file).
-        long onDisk = File.Exists(Path.Combine(_dir, TraceData.EventsFile)) ? new FileInfo(Path.Combine(_dir, TraceData.EventsFile)).Length : 0;
-        return new RecordSummary(Events, lost, _threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError);
     }
 
     private readonly HashSet<int> _tracedSites = [];
@@ -305,6 +320,11 @@ public sealed class Recorder : IDisposable
     // A full disk fails the flush, and then the close (which flushes again): keep what was written.
     private void CloseEvents()
     {
+        if (_closed)
+        {
+            return;
+        }
+        _closed = true;
         try
         {
             _events.Flush();
@@ -322,6 +342,8 @@ public sealed class Recorder : IDisposable
             _writeError ??= e.Message;
         }
     }
+
+    private bool _closed;
 
     public void Dispose()
     {

@@ -145,8 +145,16 @@ public static class TraceData
     }
 
     /// <summary>Every event of the recording, per thread in the order written.</summary>
-    public static Dictionary<int, List<RawEvent>> ReadEvents(string dir, TraceInfo info)
+    public static Dictionary<int, List<RawEvent>> ReadEvents(string dir, TraceInfo info) => ReadEvents(dir, info, out _);
+
+    /// <summary>
+    /// Every event, per thread in the order written. A recording cut short (disk full, Hotwire
+    /// killed) ends in a partial chunk: the complete events before it are returned and
+    /// <paramref name="truncatedAt"/> says where the file stops making sense.
+    /// </summary>
+    public static Dictionary<int, List<RawEvent>> ReadEvents(string dir, TraceInfo info, out long? truncatedAt)
     {
+        truncatedAt = null;
         string path = Path.Combine(dir, EventsFile);
         if (!File.Exists(path))
         {
@@ -163,18 +171,25 @@ public static class TraceData
             {
                 break;
             }
+            if (got < 16)
+            {
+                truncatedAt = offset;
+                break;
+            }
             uint magic = BitConverter.ToUInt32(header);
             int tid = BitConverter.ToInt32(header[4..]);
             int count = BitConverter.ToInt32(header[8..]);
             int size = BitConverter.ToInt32(header[12..]);
-            if (got < 16 || magic != ChunkMagic || size != info.EventBytes || count < 0)
+            if (magic != ChunkMagic || size != info.EventBytes || count < 0)
             {
                 throw new HotwireException($"{path} is damaged at byte {offset} (a chunk header is not valid)");
             }
             var bytes = new byte[(long)count * size];
-            if (stream.ReadAtLeast(bytes, bytes.Length, throwOnEndOfStream: false) < bytes.Length)
+            int read = stream.ReadAtLeast(bytes, bytes.Length, throwOnEndOfStream: false);
+            if (read < bytes.Length)
             {
-                throw new HotwireException($"{path} is truncated at byte {offset} (the recording was cut short)");
+                truncatedAt = offset;
+                count = read / size; // keep the complete events of the partial chunk
             }
             if (!result.TryGetValue(tid, out List<RawEvent>? list))
             {
@@ -185,6 +200,10 @@ public static class TraceData
                 list.Add(RawEvent.Decode(bytes.AsSpan(i * size, size), info.Args));
             }
             offset += 16 + bytes.Length;
+            if (truncatedAt is not null)
+            {
+                break;
+            }
         }
         return result;
     }
