@@ -45,12 +45,8 @@ using (var redirected = Target.Start(Path.Combine(build, "micro-nop5")))
     // (set up below; a first unmeasured run per thread count touches the buffers' pages once)
     using var plain = Target.Start(Path.Combine(build, "micro-plain"));
     using var traced = Target.Start(Path.Combine(build, "micro-nop5"));
-    using Session s = Session.Attach(traced.Pid, new SessionOptions { ExtraSharedBytes = TraceBufferOptions.SharedBytes(buffers) });
-    string dir = Path.Combine(Path.GetTempPath(), $"hotwire-bench-{Environment.ProcessId}");
-    var tracer = new FunctionTracer(buffers, ["leaf"]);
-    var recorder = new Recorder(s, tracer, dir);
-    s.Register(tracer);
-    recorder.Start();
+    (Session s, FunctionTracer tracer, Recorder recorder, string dir) = TraceLeaf(traced, buffers, "calls");
+    using Session session = s;
     var perThreads = new Dictionary<int, double>();
     foreach (int threads in new[] { 1, 2 })
     {
@@ -87,12 +83,8 @@ using (var redirected = Target.Start(Path.Combine(build, "micro-nop5")))
 {
     var buffers = new TraceBufferOptions();
     using var traced = Target.Start(Path.Combine(build, "micro-nop5"));
-    using Session s = Session.Attach(traced.Pid, new SessionOptions { ExtraSharedBytes = TraceBufferOptions.SharedBytes(buffers) });
-    string dir = Path.Combine(Path.GetTempPath(), $"hotwire-bench-{Environment.ProcessId}-sustained");
-    var tracer = new FunctionTracer(buffers, ["leaf"]);
-    var recorder = new Recorder(s, tracer, dir);
-    s.Register(tracer);
-    recorder.Start();
+    (Session s, FunctionTracer tracer, Recorder recorder, string dir) = TraceLeaf(traced, buffers, "sustained");
+    using Session session = s;
     var clock = Stopwatch.StartNew();
     string ns = traced.Ask("run 400000000 1"); // about 10 s at the traced rate
     double elapsed = clock.Elapsed.TotalSeconds;
@@ -168,6 +160,18 @@ using (var idle = Target.Start(Path.Combine(build, "micro-nop5")))
 foreach (string r in rows)
 {
     Console.WriteLine(r);
+}
+
+// Attach to a micro target and record every call of its leaf.
+static (Session, FunctionTracer, Recorder, string) TraceLeaf(Target target, TraceBufferOptions buffers, string name)
+{
+    Session s = Session.Attach(target.Pid, new SessionOptions { ExtraSharedBytes = TraceBufferOptions.SharedBytes(buffers) });
+    string dir = Path.Combine(Path.GetTempPath(), $"hotwire-bench-{Environment.ProcessId}-{name}");
+    var tracer = new FunctionTracer(buffers, ["leaf"]);
+    var recorder = new Recorder(s, tracer, dir);
+    recorder.NoteTracedSites(s.Register(tracer));
+    recorder.Start();
+    return (s, tracer, recorder, dir);
 }
 
 static double Median(List<double> v)
