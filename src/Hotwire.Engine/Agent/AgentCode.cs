@@ -19,7 +19,7 @@ public static class AgentCode
     private const int PR_SET_NAME = 15;
     private const int SIGTRAP = 5;
     private const int ProtRwx = 7;
-    private const long DeadManPollNs = 50_000_000;
+    private const int SpinAfterCommand = 20_000; // pause iterations, roughly 100-200 µs
 
     /// <param name="hdr">target address of the data region (the header)</param>
     /// <param name="codeBase">target address where this code is mapped</param>
@@ -85,7 +85,7 @@ public static class AgentCode
     {
         Label loop = a.CreateLabel(), haveCmd = a.CreateLabel(), done = a.CreateLabel(), exitThread = a.CreateLabel();
         Label notBatch = a.CreateLabel(), notRestore = a.CreateLabel(), notExit = a.CreateLabel(), notSyscall = a.CreateLabel();
-        Label noSigRestore = a.CreateLabel(), deadMan = a.CreateLabel();
+        Label noSigRestore = a.CreateLabel(), deadMan = a.CreateLabel(), spin = a.CreateLabel(), sleep = a.CreateLabel();
 
         a.Label(ref agentEntry);
         a.mov(rbx, hdr);
@@ -103,6 +103,20 @@ public static class AgentCode
         a.mov(eax, __dword_ptr[rbx + L.CmdSeq]);
         a.cmp(eax, r12d);
         a.jne(haveCmd);
+        // Commands come in bursts (toggling an ops): poll briefly before sleeping, so that the next
+        // one does not pay a futex wake-up. Only right after a command; idle, the agent sleeps.
+        a.mov(ecx, __dword_ptr[rbx + L.SpinBudget]);
+        a.mov(__dword_ptr[rbx + L.SpinBudget], 0);
+        a.Label(ref spin);
+        a.test(ecx, ecx);
+        a.jz(sleep);
+        a.pause();
+        a.dec(ecx);
+        a.mov(eax, __dword_ptr[rbx + L.CmdSeq]);
+        a.cmp(eax, r12d);
+        a.jne(haveCmd);
+        a.jmp(spin);
+        a.Label(ref sleep);
         WaitForCommand(a, r12d);
         a.mov(eax, __dword_ptr[rbx + L.CmdSeq]);
         a.cmp(eax, r12d);
@@ -169,6 +183,7 @@ public static class AgentCode
         a.Label(ref done);
         a.mov(__dword_ptr[rbx + L.DoneSeq], r12d);
         Wake(a, L.DoneSeq);
+        a.mov(__dword_ptr[rbx + L.SpinBudget], SpinAfterCommand);
         a.jmp(loop);
 
         a.Label(ref exitThread);

@@ -41,7 +41,7 @@ public static class AgentLayout
     public const int DeadManFired = 0x118;
     public const int MemfdInTarget = 0x120;
     public const int FailedIndex = 0x128;
-    public const int Scratch = 0x130;
+    public const int SpinBudget = 0x130;     // u32: pause iterations the agent polls before sleeping
     public const int AgentName = 0x180;      // "hotwire-agent\0"
     public const int NewSigaction = 0x200;   // 32 bytes
     public const int DefaultSigaction = 0x220;
