@@ -112,7 +112,7 @@ public sealed unsafe partial class Session
         ulong memfdNext = dataSize + MainCodeSize;
         foreach (LoadedModule m in modules)
         {
-            ulong size = Align(64 * 1024 + (ulong)m.Sites.Count * 96, 4096);
+            ulong size = Align(64 * 1024 + (ulong)m.Sites.Count * 256, 4096); // room for two or three trampolines per site
             regions[m] = new StubRegion(0, memfdNext, size);
             memfdNext += size;
         }
