@@ -136,23 +136,29 @@ public sealed class Recorder : IDisposable
         bool keep = _tids is null || _tids.Contains(tid);
         if (keep && _writeError is null)
         {
-            Span<byte> header = stackalloc byte[16];
-            BitConverter.TryWriteBytes(header, TraceData.ChunkMagic);
-            BitConverter.TryWriteBytes(header[4..], tid);
-            BitConverter.TryWriteBytes(header[8..], count);
-            BitConverter.TryWriteBytes(header[12..], size);
+            long first = (long)(tail & (ulong)(capacity - 1));
+            long run = Math.Min(count, capacity - first);
+            ulong data = buffer + TraceBufferOptions.HeaderBytes;
+            int need = EventPacking.MaxPackedBytes(count, _tracer.Buffers.Args);
+            need += (count / ChunkEvents + 2) * 16;
+            if (_packed.Length < need)
+            {
+                _packed = new byte[Math.Max(need, _packed.Length * 2)];
+            }
+            // Chunks of at most 4096 events, each from absolute values: a file cut short loses little.
+            int length = 0;
+            foreach ((long from, long span) in new[] { (first, run), (0L, count - run) })
+            {
+                for (long done = 0; done < span; done += ChunkEvents)
+                {
+                    int n = (int)Math.Min(ChunkEvents, span - done);
+                    length = PackChunk(tid, shared.Bytes(data + (ulong)((from + done) * size), n * size), n, size, length);
+                }
+            }
             try
             {
-                _events.Write(header);
-                long first = (long)(tail & (ulong)(capacity - 1));
-                long run = Math.Min(count, capacity - first);
-                ulong data = buffer + TraceBufferOptions.HeaderBytes;
-                _events.Write(shared.Bytes(data + (ulong)(first * size), (int)(run * size)));
-                if (run < count)
-                {
-                    _events.Write(shared.Bytes(data, (int)((count - run) * size)));
-                }
-                _bytes += 16 + (long)count * size;
+                _events.Write(_packed, 0, length);
+                _bytes += length;
             }
             catch (IOException e)
             {
@@ -204,6 +210,21 @@ public sealed class Recorder : IDisposable
         catch (HotwireException)
         {
         }
+    }
+
+    private const int ChunkEvents = 4096;
+    private byte[] _packed = new byte[1 << 20];
+    private readonly ulong[] _previous = new ulong[16];
+
+    private int PackChunk(int tid, ReadOnlySpan<byte> raw, int count, int size, int at)
+    {
+        Span<byte> header = _packed.AsSpan(at, 16);
+        int packed = EventPacking.Pack(raw, count, size, _tracer.Buffers.Args, _previous, _packed.AsSpan(at + 16));
+        BitConverter.TryWriteBytes(header, TraceData.PackedChunkMagic);
+        BitConverter.TryWriteBytes(header[4..], tid);
+        BitConverter.TryWriteBytes(header[8..], count);
+        BitConverter.TryWriteBytes(header[12..], packed);
+        return at + 16 + packed;
     }
 
     private void NoteThread(int tid)
