@@ -1,5 +1,6 @@
 // Microbenchmark target: a noinline leaf called N times per thread.
-// Commands on stdin: "run N THREADS" → THREADS (1 or 2) persistent threads each call leaf N times;
+// Commands on stdin: "run N THREADS [PAUSE]" → THREADS (1 or 2) persistent threads each call leaf
+// N times, busy-waiting PAUSE iterations between calls (to set a call rate);
 // prints "ns X" (wall-clock nanoseconds per call, per thread). The threads live for the whole run,
 // so a tracer's per-thread buffers are reused from one run to the next, as in a long-lived service.
 // leaf2 has the same body, to redirect to.
@@ -15,7 +16,7 @@ volatile long sink;
 __attribute__((noipa)) long leaf(long x) { return x + 1; }
 __attribute__((noipa)) long leaf2(long x) { return x + 1; }
 
-static long n_calls;
+static long n_calls, pause_iterations;
 static int active;
 static pthread_barrier_t start, done;
 
@@ -26,8 +27,11 @@ static void *worker(void *arg)
         pthread_barrier_wait(&start);
         if (id < active) {
             long acc = 0;
-            for (long i = 0; i < n_calls; i++)
+            for (long i = 0; i < n_calls; i++) {
                 acc = leaf(acc);
+                for (volatile long p = 0; p < pause_iterations; p++)
+                    ;
+            }
             sink += acc;
         }
         pthread_barrier_wait(&done);
@@ -54,7 +58,8 @@ int main(void)
     char line[128];
     while (fgets(line, sizeof line, stdin)) {
         int threads = 1;
-        if (sscanf(line, "run %ld %d", &n_calls, &threads) < 1)
+        pause_iterations = 0;
+        if (sscanf(line, "run %ld %d %ld", &n_calls, &threads, &pause_iterations) < 1)
             continue;
         active = threads < 1 ? 1 : threads > 2 ? 2 : threads;
         double begin = now();

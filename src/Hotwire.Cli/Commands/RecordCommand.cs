@@ -14,7 +14,7 @@ public static class RecordCommand
     {
         var target = new TargetOptions();
         var args = new Option<int>("--args") { Description = "Record the first N integer arguments of each call (0-6)", DefaultValueFactory = _ => 0 };
-        var bufferSize = new Option<string>("--buffer-size") { Description = "Ring buffer per thread, a power of two (e.g. 64K, 1M, 16M)", DefaultValueFactory = _ => "1M" };
+        var bufferSize = new Option<string>("--buffer-size") { Description = "Ring buffer per thread, a power of two (e.g. 64K, 1M, 16M)", DefaultValueFactory = _ => "4M" };
         var duration = new Option<double?>("--duration", "-d") { Description = "Stop after this many seconds" };
         var output = new Option<string>("--output", "-o") { Description = "Data directory", DefaultValueFactory = _ => "hotwire.data" };
         var tids = new Option<string?>("--tid") { Description = "Only these threads (comma-separated tids)" };

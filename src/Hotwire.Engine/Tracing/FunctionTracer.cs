@@ -6,7 +6,7 @@ using static Iced.Intel.AssemblerRegisters;
 namespace Hotwire.Tracing;
 
 /// <summary>Sizes of the function tracer's per-thread ring buffers.</summary>
-public sealed record TraceBufferOptions(int BufferBytes = 1 << 20, int MaxThreads = 256, int Args = 0)
+public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThreads = 256, int Args = 0)
 {
     public const int HeaderBytes = 128;
     public const int Head = 0;   // u64, written by the thread only

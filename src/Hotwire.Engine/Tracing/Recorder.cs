@@ -88,9 +88,18 @@ public sealed class Recorder : IDisposable
                 RefreshThreadNames();
                 lastRefresh = Environment.TickCount64;
             }
+            // Busy threads fill a buffer in a few milliseconds: only a recorder idle for a while
+            // (about 50 ms of empty polls) may sleep a whole millisecond between polls.
             if (DrainAll() == 0)
             {
-                Thread.Sleep(idle++ < 10 ? 0 : 1);
+                if (idle++ < 20_000)
+                {
+                    Thread.Yield();
+                }
+                else
+                {
+                    Thread.Sleep(1);
+                }
             }
             else
             {
