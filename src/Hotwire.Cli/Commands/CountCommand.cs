@@ -8,7 +8,7 @@ namespace Hotwire.Cli.Commands;
 
 /// <summary>
 /// <c>hotwire count</c>: how often each chosen function is called, counted in the target itself
-/// (one locked increment per call, nothing streamed), like ftrace's function profiler hit counts.
+/// (per-thread counters, nothing streamed), like ftrace's function profiler hit counts.
 /// </summary>
 public static class CountCommand
 {

@@ -68,8 +68,6 @@ public sealed class ElfFile
 
     public IReadOnlyList<ElfSegment> Segments { get; }
 
-    public bool HasSymbolTable => FindSection(".symtab") is not null;
-
     /// <summary>Reads a file whole and parses it; every problem is a one-line <see cref="HotwireException"/>.</summary>
     public static ElfFile Load(string path)
     {

@@ -18,8 +18,6 @@ public static unsafe class TscClock
 {
     private static readonly delegate* unmanaged<ulong> s_rdtsc = Build();
 
-    public static ulong ReadTsc() => s_rdtsc();
-
     public static ClockSample Sample()
     {
         // Take the pair whose TSC reads bracket the clock read most tightly.
