@@ -29,6 +29,21 @@ public sealed class TraceInfo
 
     public int Args { get; set; }
 
+    /// <summary>Events carry an info field (kind and depth) after the site: the function_graph tracer.</summary>
+    [JsonIgnore]
+    public bool HasInfo => Tracer == Tracers.FunctionGraph;
+
+    /// <summary>Stack depth limit the graph tracer recorded with (0: none), and the time filter in ns.</summary>
+    public int MaxDepth { get; set; }
+
+    public long TimeFilterNs { get; set; }
+
+    /// <summary>Calls not recorded because a thread's shadow stack was full (graph and profile tracers).</summary>
+    public ulong ShadowOverflow { get; set; }
+
+    /// <summary>The profile tracer's per-function figures (no events are written).</summary>
+    public List<ProfileEntry>? Profile { get; set; }
+
     public ClockInfo Clock { get; set; } = new();
 
     public List<ThreadInfo> Threads { get; set; } = [];
@@ -44,6 +59,32 @@ public sealed class TraceInfo
 
     [JsonIgnore]
     public ulong TotalLost => Threads.Aggregate(LostNoBuffer, (n, t) => n + t.Lost);
+}
+
+/// <summary>The tracers a recording can come from.</summary>
+public static class Tracers
+{
+    public const string Function = "function";
+    public const string FunctionGraph = "function_graph";
+    public const string Profile = "profile";
+}
+
+/// <summary>One function's profile: calls and times in ns (self = total − time in traced callees).</summary>
+public sealed class ProfileEntry
+{
+    public int Site { get; set; }
+
+    public int Tid { get; set; }
+
+    public ulong Calls { get; set; }
+
+    public long TotalNs { get; set; }
+
+    public long SelfNs { get; set; }
+
+    public long MinNs { get; set; }
+
+    public long MaxNs { get; set; }
 }
 
 public sealed class ClockInfo
@@ -155,27 +196,46 @@ public static class TraceData
     /// </summary>
     public static Dictionary<int, List<RawEvent>> ReadEvents(string dir, TraceInfo info, out long? truncatedAt)
     {
-        truncatedAt = null;
+        var result = new Dictionary<int, List<RawEvent>>();
+        truncatedAt = ReadChunks(dir, info, (tid, chunk) =>
+        {
+            if (!result.TryGetValue(tid, out List<RawEvent>? events))
+            {
+                result[tid] = events = [];
+            }
+            events.AddRange(chunk);
+        });
+        return result;
+    }
+
+    /// <summary>
+    /// Streams the recording chunk by chunk (a thread's chunks come in its order; the list is
+    /// reused between calls), so readers of very large recordings never hold all events at once.
+    /// Returns where the file was cut short, if it was.
+    /// </summary>
+    public static long? ReadChunks(string dir, TraceInfo info, Action<int, List<RawEvent>> onChunk)
+    {
         string path = Path.Combine(dir, EventsFile);
         if (!File.Exists(path))
         {
             throw new HotwireException($"{dir} is not a complete Hotwire recording: {EventsFile} is missing");
         }
-        var result = new Dictionary<int, List<RawEvent>>();
         using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 20);
         Span<byte> header = stackalloc byte[16];
+        var chunk = new List<RawEvent>(4096);
+        byte[] buffer = new byte[1 << 16];
         long offset = 0;
         while (true)
         {
+            chunk.Clear();
             int got = stream.ReadAtLeast(header, 16, throwOnEndOfStream: false);
             if (got == 0)
             {
-                break;
+                return null;
             }
             if (got < 16)
             {
-                truncatedAt = offset;
-                break;
+                return offset;
             }
             uint magic = BitConverter.ToUInt32(header);
             int tid = BitConverter.ToInt32(header[4..]);
@@ -186,65 +246,68 @@ public static class TraceData
             {
                 throw new HotwireException($"{path} is damaged at byte {offset} (a chunk header is not valid)");
             }
+            long length = packed ? size : (long)count * size;
+            if (length > buffer.Length)
+            {
+                buffer = new byte[Math.Max(length, buffer.Length * 2L)];
+            }
+            int read = stream.ReadAtLeast(buffer.AsSpan(0, (int)length), (int)length, throwOnEndOfStream: false);
             if (packed)
             {
-                // size = encoded bytes of the chunk
-                var encoded = new byte[size];
-                int got2 = stream.ReadAtLeast(encoded, size, throwOnEndOfStream: false);
-                if (!result.TryGetValue(tid, out List<RawEvent>? events))
-                {
-                    result[tid] = events = [];
-                }
-                if (got2 < size)
-                {
-                    // Cut short: keep the events that are complete in what is there.
-                    EventPacking.Unpack(encoded.AsSpan(0, got2), count, info.Args, events);
-                    truncatedAt = offset;
-                    break;
-                }
-                if (EventPacking.Unpack(encoded, count, info.Args, events) != size)
+                int used = EventPacking.Unpack(buffer.AsSpan(0, read), count, info.Args, chunk, info.HasInfo);
+                if (read == length && used != size)
                 {
                     throw new HotwireException($"{path} is damaged at byte {offset} (a packed chunk does not decode)");
                 }
-                offset += 16 + size;
-                continue;
             }
-            var bytes = new byte[(long)count * size];
-            int read = stream.ReadAtLeast(bytes, bytes.Length, throwOnEndOfStream: false);
-            if (read < bytes.Length)
+            else
             {
-                truncatedAt = offset;
-                count = read / size; // keep the complete events of the partial chunk
+                for (int i = 0; i < read / size; i++)
+                {
+                    chunk.Add(RawEvent.Decode(buffer.AsSpan(i * size, size), info.Args, info.HasInfo));
+                }
             }
-            if (!result.TryGetValue(tid, out List<RawEvent>? list))
+            onChunk(tid, chunk);
+            if (read < length)
             {
-                result[tid] = list = [];
+                return offset; // cut short: the complete events of the partial chunk were kept
             }
-            for (int i = 0; i < count; i++)
-            {
-                list.Add(RawEvent.Decode(bytes.AsSpan(i * size, size), info.Args));
-            }
-            offset += 16 + bytes.Length;
-            if (truncatedAt is not null)
-            {
-                break;
-            }
+            offset += 16 + length;
         }
-        return result;
     }
 }
 
-/// <summary>One function-tracer event as the trampoline wrote it.</summary>
-public readonly record struct RawEvent(ulong Tsc, ulong Caller, int Site, ulong[] Args)
+/// <summary>
+/// One event as the trampoline wrote it. Function tracer: {tsc, caller, site, args…}. Graph
+/// tracer: {tsc, value, site, info, args…} where value is the caller's return address at an entry
+/// and the return value (rax, with --retval) at an exit, and info = depth × 4 + kind.
+/// </summary>
+public readonly record struct RawEvent(ulong Tsc, ulong Caller, int Site, ulong[] Args, ulong Info = 0)
 {
-    public static RawEvent Decode(ReadOnlySpan<byte> e, int args)
+    public const int Entry = 0;
+    public const int Exit = 1;
+
+    /// <summary>An exit found late: the frame was left by longjmp or an exception, not by a return.</summary>
+    public const int Unwound = 2;
+
+    public int Kind => (int)(Info & 3);
+
+    public int Depth => (int)(Info >> 2);
+
+    public bool IsExit => Kind != Entry;
+
+    /// <summary>The return value of an exit event.</summary>
+    public ulong Value => Caller;
+
+    public static RawEvent Decode(ReadOnlySpan<byte> e, int args, bool info = false)
     {
+        int argsAt = info ? 32 : 24;
         var values = args == 0 ? [] : new ulong[args];
         for (int i = 0; i < args; i++)
         {
-            values[i] = BitConverter.ToUInt64(e[(24 + 8 * i)..]);
+            values[i] = BitConverter.ToUInt64(e[(argsAt + 8 * i)..]);
         }
-        return new RawEvent(BitConverter.ToUInt64(e), BitConverter.ToUInt64(e[8..]), (int)BitConverter.ToUInt64(e[16..]), values);
+        return new RawEvent(BitConverter.ToUInt64(e), BitConverter.ToUInt64(e[8..]), (int)BitConverter.ToUInt64(e[16..]), values, info ? BitConverter.ToUInt64(e[24..]) : 0);
     }
 }
 
@@ -261,7 +324,7 @@ public static class EventPacking
     {
         previous.Clear();
         int at = 0;
-        int fields = 3 + args;
+        int fields = eventBytes / 8;
         for (int e = 0; e < count; e++)
         {
             ReadOnlySpan<byte> ev = raw.Slice(e * eventBytes, eventBytes);
@@ -283,12 +346,13 @@ public static class EventPacking
     }
 
     /// <summary>The most bytes <see cref="Pack"/> can write for <paramref name="count"/> events.</summary>
-    public static int MaxPackedBytes(int count, int args) => count * (3 + args) * 10;
+    public static int MaxPackedBytes(int count, int args, bool info = false) => count * (3 + args + (info ? 1 : 0)) * 10;
 
     /// <summary>Decodes up to <paramref name="count"/> events; returns the bytes consumed by complete events.</summary>
-    public static int Unpack(ReadOnlySpan<byte> packed, int count, int args, List<RawEvent> into)
+    public static int Unpack(ReadOnlySpan<byte> packed, int count, int args, List<RawEvent> into, bool info = false)
     {
-        int fields = 3 + args;
+        int fixedFields = info ? 4 : 3;
+        int fields = fixedFields + args;
         Span<ulong> previous = stackalloc ulong[fields];
         Span<ulong> values = stackalloc ulong[fields];
         int at = 0;
@@ -317,8 +381,8 @@ public static class EventPacking
                 previous[f] += (ulong)delta;
                 values[f] = previous[f];
             }
-            var argValues = args == 0 ? [] : values[3..].ToArray();
-            into.Add(new RawEvent(values[0], values[1], (int)values[2], argValues));
+            var argValues = args == 0 ? [] : values[fixedFields..].ToArray();
+            into.Add(new RawEvent(values[0], values[1], (int)values[2], argValues, info ? values[3] : 0));
             end = at;
         }
         return end;
