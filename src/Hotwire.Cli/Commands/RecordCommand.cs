@@ -18,40 +18,72 @@ public static class RecordCommand
         var duration = new Option<double?>("--duration", "-d") { Description = "Stop after this many seconds" };
         var output = new Option<string>("--output", "-o") { Description = "Data directory", DefaultValueFactory = _ => "hotwire.data" };
         var tids = new Option<string?>("--tid") { Description = "Only these threads (comma-separated tids)" };
+        var tracerName = new Option<string>("--tracer") { Description = "function (entries), function_graph (entries, exits, durations) or profile (per-function times, no events)", DefaultValueFactory = _ => Tracers.Function };
+        var retval = new Option<bool>("--retval") { Description = "function_graph: record each call's return value" };
+        var depth = new Option<int?>("--depth", "-D") { Description = "function_graph/profile: follow calls only this many traced frames deep" };
+        var timeFilter = new Option<string?>("--time-filter", "-t") { Description = "function_graph: drop calls shorter than TIME (e.g. 10us, 1.5ms), keeping their callers" };
         var command = live
             ? new Command("live", "Trace function calls and print them as they happen (also recorded to -o)")
             : new Command("record", "Record every call of the chosen functions to a data directory (hotwire replay reads it)");
         target.AddTo(command);
-        foreach (Option o in new Option[] { args, bufferSize, duration, output, tids })
+        foreach (Option o in new Option[] { args, bufferSize, duration, output, tids, tracerName, retval, depth, timeFilter })
         {
             command.Options.Add(o);
         }
-        command.SetAction(r => (int)Run(target, r, live, r.GetValue(args), r.GetValue(bufferSize)!, r.GetValue(duration), r.GetValue(output)!, r.GetValue(tids)));
+        command.SetAction(r => (int)Run(target, r, live, r.GetValue(args), r.GetValue(bufferSize)!, r.GetValue(duration), r.GetValue(output)!, r.GetValue(tids),
+            r.GetValue(tracerName)!, r.GetValue(retval), r.GetValue(depth), r.GetValue(timeFilter)));
         return command;
     }
 
-    private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, double? duration, string dir, string? tidList)
+    private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, double? duration, string dir, string? tidList,
+        string tracerName, bool retval, int? depth, string? timeFilter)
     {
         if (duration is <= 0)
         {
             throw new UsageException("--duration must be a positive number of seconds");
         }
+        if (tracerName is not (Tracers.Function or Tracers.FunctionGraph or Tracers.Profile))
+        {
+            throw new UsageException($"--tracer takes function, function_graph or profile, not '{tracerName}'");
+        }
+        bool graph = tracerName != Tracers.Function;
+        if (!graph && (retval || depth is not null || timeFilter is not null))
+        {
+            throw new UsageException("--retval, --depth and --time-filter need --tracer function_graph (or profile for --depth): the function tracer sees entries only");
+        }
+        if (depth is <= 0)
+        {
+            throw new UsageException($"--depth must be at least 1, not {depth}");
+        }
+        long timeFilterNs = timeFilter is null ? 0 : ParseDuration(timeFilter, "--time-filter");
+        if (tracerName == Tracers.Profile && (retval || timeFilterNs > 0))
+        {
+            throw new UsageException("--retval and --time-filter are for --tracer function_graph; the profiler keeps no per-call events");
+        }
+        if (live && graph)
+        {
+            throw new UsageException($"live prints the function tracer's entries; for {tracerName} use hotwire record, then hotwire replay or report");
+        }
         var buffers = new TraceBufferOptions(ParseSize(bufferSize), 256, args);
         buffers.Validate();
         IReadOnlySet<int>? tids = ParseTids(tidList);
+        var graphOptions = new GraphOptions(tracerName == Tracers.Profile ? GraphMode.Profile : GraphMode.Events, depth ?? 0, retval);
 
         using var stop = new CancellationTokenSource();
         using PosixSignalRegistration sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
         using PosixSignalRegistration sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
 
-        var tracer = new FunctionTracer(buffers, target.Filters(result), target.Notraces(result));
+        RingTracer tracer = graph
+            ? new GraphTracer(buffers, graphOptions, target.Filters(result), target.Notraces(result))
+            : new FunctionTracer(buffers, target.Filters(result), target.Notraces(result));
         Recorder? recorder = null;
         LivePrinter? printer = live ? new LivePrinter() : null;
         IReadOnlyList<SiteRecord> sites = [];
         // Tracing starts before the program's first instruction at launch, right after attach otherwise.
-        Session session = target.Open(result, TraceBufferOptions.SharedBytes(buffers), s =>
+        (ulong shared, ulong perSite) = graph ? GraphTracer.SharedBytes(buffers, graphOptions) : (TraceBufferOptions.SharedBytes(buffers), 0);
+        Session session = target.Open(result, shared, extraSharedBytesPerSite: perSite, beforeRun: s =>
         {
-            recorder = new Recorder(s, tracer, dir, printer is null ? null : printer.Print, tids);
+            recorder = new Recorder(s, tracer, dir, printer is null ? null : printer.Print, tids) { TimeFilterNs = timeFilterNs };
             sites = s.Register(tracer);
             recorder.NoteTracedSites(sites);
             printer?.Start(s, sites);
@@ -115,7 +147,15 @@ public static class RecordCommand
             + $"{summary.BytesWritten / 1024.0 / 1024.0:F1} MB written to {dir}{ending}");
         if (summary.Lost > 0)
         {
-            Console.Error.WriteLine($"hotwire: {summary.Lost} events were lost because a thread's buffer was full: record with a larger --buffer-size");
+            Console.Error.WriteLine($"hotwire: {summary.Lost} events were lost because a thread's buffer was full (or a signal handler interrupted Hotwire's own code): record with a larger --buffer-size");
+        }
+        if (summary.ShadowOverflow > 0)
+        {
+            Console.Error.WriteLine($"hotwire: {summary.ShadowOverflow} calls were not followed because a thread was more than {GraphTracer.Capacity} traced frames deep (limit them with --depth)");
+        }
+        if (tracerName == Tracers.Profile && summary.WriteError is null)
+        {
+            Console.Error.WriteLine($"hotwire: hotwire report -d {dir} shows the profile");
         }
         if (summary.WriteError is { } error)
         {
@@ -138,6 +178,23 @@ public static class RecordCommand
             throw new UsageException($"--buffer-size: '{text}' is not a size (examples: 64K, 1M, 16M)");
         }
         return (int)(n * scale);
+    }
+
+    /// <summary>A time with a unit, as uftrace takes it: 100ns, 10us, 1.5ms, 2s (a bare number is ns).</summary>
+    public static long ParseDuration(string text, string option)
+    {
+        string t = text.Trim().ToLowerInvariant();
+        (string unit, double scale) = t.EndsWith("ns", StringComparison.Ordinal) ? ("ns", 1.0)
+            : t.EndsWith("us", StringComparison.Ordinal) ? ("us", 1e3)
+            : t.EndsWith("ms", StringComparison.Ordinal) ? ("ms", 1e6)
+            : t.EndsWith('s') ? ("s", 1e9)
+            : t.EndsWith('m') ? ("m", 60e9)
+            : ("", 1.0);
+        if (!double.TryParse(t[..^unit.Length], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double n) || n <= 0 || double.IsInfinity(n))
+        {
+            throw new UsageException($"{option}: '{text}' is not a time (examples: 500ns, 10us, 1.5ms, 2s)");
+        }
+        return (long)Math.Round(n * scale);
     }
 
     public static IReadOnlySet<int>? ParseTids(string? list)

@@ -39,7 +39,7 @@ public sealed class TargetOptions
     }
 
     /// <summary>Attaches to --pid or launches the program after --, as the user asked.</summary>
-    public Session Open(ParseResult result, ulong extraSharedBytes = 0, Action<Session>? beforeRun = null)
+    public Session Open(ParseResult result, ulong extraSharedBytes = 0, Action<Session>? beforeRun = null, ulong extraSharedBytesPerSite = 0)
     {
         int? pid = result.GetValue(Pid);
         string[] program = result.GetValue(Command) ?? [];
@@ -48,7 +48,7 @@ public sealed class TargetOptions
         {
             throw new UsageException($"--int3 takes emulate or skip, not '{int3}'");
         }
-        var options = new SessionOptions { SkipInt3Emulation = int3 == "skip", ExtraSharedBytes = extraSharedBytes };
+        var options = new SessionOptions { SkipInt3Emulation = int3 == "skip", ExtraSharedBytes = extraSharedBytes, ExtraSharedBytesPerSite = extraSharedBytesPerSite };
         if (pid is not null && program.Length > 0)
         {
             throw new UsageException("give either --pid N or -- PROGRAM, not both");

@@ -84,7 +84,7 @@ public static class AgentCode
     private static void EmitAgentMain(Assembler a, ulong hdr, ref Label agentEntry, Label runBatch, Label restoreAll)
     {
         Label loop = a.CreateLabel(), haveCmd = a.CreateLabel(), done = a.CreateLabel(), exitThread = a.CreateLabel();
-        Label notBatch = a.CreateLabel(), notRestore = a.CreateLabel(), notExit = a.CreateLabel(), notSyscall = a.CreateLabel();
+        Label notBatch = a.CreateLabel(), notRestore = a.CreateLabel(), notExit = a.CreateLabel(), notSyscall = a.CreateLabel(), notStore = a.CreateLabel();
         Label noSigRestore = a.CreateLabel(), deadMan = a.CreateLabel(), spin = a.CreateLabel(), sleep = a.CreateLabel();
 
         a.Label(ref agentEntry);
@@ -178,6 +178,15 @@ public static class AgentCode
         a.jmp(done);
 
         a.Label(ref notSyscall);
+        a.cmp(eax, L.CmdStore);
+        a.jne(notStore);
+        a.mov(rdi, __qword_ptr[rbx + L.SyscallArgs]);
+        a.mov(rsi, __qword_ptr[rbx + L.SyscallArgs + 8]);
+        a.mov(__qword_ptr[rdi], rsi);          // atomic for other threads: one aligned store
+        a.mov(__dword_ptr[rbx + L.Result], 0);
+        a.jmp(done);
+
+        a.Label(ref notStore);
         a.mov(__dword_ptr[rbx + L.Result], 0); // ping, or a stray continue
 
         a.Label(ref done);

@@ -59,6 +59,7 @@ public static class AgentLayout
     public const int CmdPing = 4;
     public const int CmdSyscall = 5;
     public const int CmdContinue = 6;
+    public const int CmdStore = 7;           // one aligned 8-byte store: [SyscallArgs] = SyscallArgs[1]
 
     // ---- site table entry (sorted by address; the SIGTRAP handler binary-searches it) ----
     public const int SiteEntrySize = 48;

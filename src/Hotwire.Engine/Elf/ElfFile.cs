@@ -292,6 +292,43 @@ public sealed class ElfFile
         return false;
     }
 
+    public const uint R_X86_64_GLOB_DAT = 6;
+    public const uint R_X86_64_JUMP_SLOT = 7;
+
+    /// <summary>
+    /// The GOT slots (link-time addresses) through which this module calls or loads one of
+    /// <paramref name="names"/>: its GLOB_DAT and JUMP_SLOT relocations against those symbols.
+    /// </summary>
+    public List<(ulong Slot, string Name)> ImportSlots(IReadOnlySet<string> names)
+    {
+        var result = new List<(ulong, string)>();
+        List<ElfSymbol>? dynsyms = null;
+        foreach (ElfSection s in Sections)
+        {
+            if (s.Type != SHT_RELA || (s.Flags & 2) == 0)
+            {
+                continue;
+            }
+            ReadOnlySpan<byte> rela = SectionData(s);
+            for (int off = 0; off + 24 <= rela.Length; off += 24)
+            {
+                ulong info = U64(rela, off + 8);
+                uint type = (uint)info;
+                if (type is not (R_X86_64_GLOB_DAT or R_X86_64_JUMP_SLOT))
+                {
+                    continue;
+                }
+                dynsyms ??= ReadSymbols(dynamic: true);
+                int symIndex = (int)(info >> 32);
+                if (symIndex > 0 && symIndex - 1 < dynsyms.Count && names.Contains(dynsyms[symIndex - 1].Name))
+                {
+                    result.Add((U64(rela, off), dynsyms[symIndex - 1].Name));
+                }
+            }
+        }
+        return result;
+    }
+
     private Dictionary<ulong, ulong> BuildRelocatedWords()
     {
         var words = new Dictionary<ulong, ulong>();

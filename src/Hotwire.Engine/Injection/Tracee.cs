@@ -152,6 +152,23 @@ public sealed class Tracee
     }
 
     /// <summary>Resumes the thread and lets it go, delivering any signal that arrived while we held it.</summary>
+    /// <summary>Lets the thread run until it traps (an int3 we placed); other signals are delivered on the way.</summary>
+    public void ContinueUntilTrap()
+    {
+        int deliver = 0;
+        while (true)
+        {
+            Check(Ptrace.ptrace(Ptrace.PTRACE_CONT, Tid, 0, deliver), "ptrace(PTRACE_CONT)");
+            int status = WaitStop();
+            int sig = Ptrace.WSTOPSIG(status);
+            if (sig == Ptrace.SIGTRAP && Ptrace.EventOf(status) == 0)
+            {
+                return;
+            }
+            deliver = Ptrace.EventOf(status) == 0 ? sig : 0;
+        }
+    }
+
     public void Detach()
     {
         if (!_attached)

@@ -51,5 +51,23 @@ public sealed class ProcessMemory : IMemoryReader, IDisposable
         return true;
     }
 
+    /// <summary>Writes through /proc/PID/mem (for a stopped thread's code: not atomic for running ones).</summary>
+    public unsafe void Write(ulong address, ReadOnlySpan<byte> bytes)
+    {
+        fixed (byte* p = bytes)
+        {
+            nint n;
+            do
+            {
+                n = Libc.pwrite(_fd.Fd, p, (nuint)bytes.Length, (long)address);
+            }
+            while (n < 0 && Marshal.GetLastPInvokeError() == Libc.EINTR);
+            if (n != bytes.Length)
+            {
+                throw new HotwireException($"cannot write {bytes.Length} bytes at 0x{address:x} in pid {Pid}: {Libc.StrError(Marshal.GetLastPInvokeError())}");
+            }
+        }
+    }
+
     public void Dispose() => _fd.Dispose();
 }

@@ -101,7 +101,7 @@ public sealed unsafe partial class Session
         ulong allRanges = Align(rangeList + (ulong)_rangeCapacity * L.RangeEntrySize, 4096);
         ulong stack = Align(allRanges + (ulong)_rangeCapacity * L.RangeEntrySize, 4096);
         ulong heap = stack + L.AgentStackSize;
-        ulong dataSize = Align(heap + (64UL << 20) + (ulong)n * 64 + options.ExtraSharedBytes, 2UL << 20);
+        ulong dataSize = Align(heap + (64UL << 20) + (ulong)n * (64 + options.ExtraSharedBytesPerSite) + options.ExtraSharedBytes, 2UL << 20);
         _heapNext = heap;
         _heapEnd = dataSize;
         _batchListOffset = batchList;

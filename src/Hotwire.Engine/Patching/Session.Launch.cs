@@ -45,6 +45,11 @@ public sealed unsafe partial class Session
             // Convert every sled and __fentry__ call now, while no thread can be inside one.
             session.Apply(session.Sites.Where(s => !s.Converted).ToList());
             beforeRun?.Invoke(session);
+            if (session._whenLoaded.Count > 0)
+            {
+                session.RunToEntry(tracee);
+            }
+            session._running = true;
         }
         catch
         {
@@ -56,6 +61,50 @@ public sealed unsafe partial class Session
         }
         PtraceThread.Shared.Invoke(tracee.Detach);
         return session;
+    }
+
+    /// <summary>
+    /// Lets the dynamic linker load and relocate the libraries, stopping at the program's entry
+    /// point (an int3 there, suppressed under ptrace), then runs what waited for the libraries.
+    /// </summary>
+    private void RunToEntry(Tracee tracee)
+    {
+        ulong entry = AuxEntry(Pid);
+        Span<byte> original = stackalloc byte[1];
+        if (!_memory.TryRead(entry, original))
+        {
+            throw new HotwireException($"cannot read the entry point of pid {Pid}");
+        }
+        byte saved = original[0];
+        _memory.Write(entry, [0xcc]);
+        PtraceThread.Shared.Invoke(() =>
+        {
+            tracee.ContinueUntilTrap();
+            user_regs_struct regs = tracee.GetRegs();
+            regs.rip = entry;
+            tracee.SetRegs(regs);
+        });
+        _memory.Write(entry, [saved]);
+        ProcessImage loaded = ProcessImage.Load(Pid);
+        _running = true;
+        foreach (Action<ProcessImage> action in _whenLoaded)
+        {
+            action(loaded);
+        }
+        _whenLoaded.Clear();
+    }
+
+    private static ulong AuxEntry(int pid)
+    {
+        byte[] auxv = File.ReadAllBytes($"/proc/{pid}/auxv");
+        for (int i = 0; i + 16 <= auxv.Length; i += 16)
+        {
+            if (BitConverter.ToUInt64(auxv, i) == 9) // AT_ENTRY
+            {
+                return BitConverter.ToUInt64(auxv, i + 8);
+            }
+        }
+        throw new HotwireException($"pid {pid} has no entry point in its auxiliary vector");
     }
 
     private static string ResolveProgram(string program)

@@ -17,6 +17,9 @@ public sealed class SessionOptions
 
     /// <summary>Extra shared memory to reserve for tracers' buffers (sparse: untouched pages cost nothing).</summary>
     public ulong ExtraSharedBytes { get; init; }
+
+    /// <summary>Extra shared memory per patch site (a profiler's per-thread rows).</summary>
+    public ulong ExtraSharedBytesPerSite { get; init; }
 }
 
 /// <summary>
@@ -101,6 +104,29 @@ public sealed unsafe partial class Session : IDisposable
         }
         _heapNext = at + size;
         return at;
+    }
+
+    /// <summary>
+    /// Places code shared by many sites (a tracer's common entry routine, its return handler) in
+    /// a trampoline region: <paramref name="assemble"/> gets the address the code will run at.
+    /// Like trampolines, it is never unmapped: a thread may be inside it after Hotwire is gone.
+    /// </summary>
+    internal ulong PlaceCode(Func<ulong, byte[]> assemble)
+    {
+        foreach (StubRegion region in Sites.Select(s => s.Region).Distinct())
+        {
+            ulong at = region.TargetAddress + region.Used;
+            byte[] code = assemble(at);
+            ulong size = ((ulong)code.Length + 63) & ~63UL;
+            if (region.Used + size > region.Size)
+            {
+                continue;
+            }
+            code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, code.Length));
+            region.Used += size;
+            return at;
+        }
+        throw new HotwireException("trampoline space in the target is exhausted; trace fewer functions");
     }
 
     // ---------------------------------------------------------------- ops
@@ -606,6 +632,61 @@ public sealed unsafe partial class Session : IDisposable
             {
                 throw new HotwireException($"Hotwire's agent in pid {Pid} did not answer within 30 s (is the process stopped?)");
             }
+        }
+    }
+
+    /// <summary>
+    /// Stores one aligned word in the target from the agent thread, so running threads read the
+    /// old or the new value, never a mix (a GOT slot, say); a read-only page (RELRO) is made
+    /// writable for the moment of the store.
+    /// </summary>
+    internal void StoreWord(ulong address, ulong value)
+    {
+        if ((address & 7) != 0)
+        {
+            throw new ArgumentException("the word must be aligned", nameof(address));
+        }
+        MemoryMapping map = ProcMaps.Read(Pid).FirstOrDefault(m => address >= m.Start && address < m.End);
+        if (map.End == 0)
+        {
+            throw new HotwireException($"0x{address:x} is not mapped in pid {Pid}");
+        }
+        ulong page = address & ~4095UL;
+        int prot = (map.Permissions[0] == 'r' ? 1 : 0) | (map.Permissions[1] == 'w' ? 2 : 0) | (map.Permissions[2] == 'x' ? 4 : 0);
+        if ((prot & 2) == 0)
+        {
+            long r = AgentSyscall(SyscallNumbers.mprotect, page, 4096, (ulong)(prot | 2));
+            if (r < 0)
+            {
+                throw new HotwireException($"cannot make 0x{page:x} writable in pid {Pid}: {Libc.StrError((int)-r)}");
+            }
+        }
+        Shared.WriteU64(L.SyscallArgs, address);
+        Shared.WriteU64(L.SyscallArgs + 8, value);
+        Send(L.CmdStore);
+        if ((prot & 2) == 0)
+        {
+            AgentSyscall(SyscallNumbers.mprotect, page, 4096, (ulong)prot);
+        }
+    }
+
+    private readonly List<Action<ProcessImage>> _whenLoaded = [];
+    private bool _running;
+
+    /// <summary>
+    /// Runs <paramref name="action"/> with the process's modules once its shared libraries are
+    /// loaded and relocated: now when attached; for a launched program, when it reaches its entry
+    /// point (the dynamic linker is done, the program's own code has not started).
+    /// </summary>
+    internal void WhenLibrariesLoaded(Action<ProcessImage> action)
+    {
+        if (!Launched || _running)
+        {
+            action(Image);
+        }
+        else
+        {
+            _whenLoaded.Add(action);
         }
     }
 

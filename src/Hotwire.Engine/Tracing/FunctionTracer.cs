@@ -9,12 +9,16 @@ namespace Hotwire.Tracing;
 public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThreads = 256, int Args = 0)
 {
     public const int HeaderBytes = 128;
-    public const int Head = 0;   // u64, written by the thread only
-    public const int Lost = 8;   // u64, written by the thread only
-    public const int Tid = 16;   // u32, set when the thread claims the buffer
-    public const int Tail = 64;  // u64, written by Hotwire only (own cache line)
+    public const int Head = 0;      // u64, written by the thread only
+    public const int Lost = 8;      // u64, written by the thread only
+    public const int Tid = 16;      // u32, set when the thread claims the buffer
+    public const int Overflow = 24; // u64, calls the graph tracer could not follow: the shadow stack was full
+    public const int Tail = 64;     // u64, written by Hotwire only (own cache line)
 
-    public int EventBytes => 24 + 8 * Args;
+    /// <summary>Events carry an info word after the site (the graph tracer's kind and depth).</summary>
+    public bool Info { get; init; }
+
+    public int EventBytes => (Info ? 32 : 24) + 8 * Args;
 
     /// <summary>Events a buffer holds: a power of two, so the ring index is a mask.</summary>
     public long Capacity => 1L << (int)Math.Floor(Math.Log2((BufferBytes - HeaderBytes) / (double)EventBytes));
@@ -48,31 +52,30 @@ public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThread
 }
 
 /// <summary>
-/// The function tracer: at each traced function's entry, one event — rdtsc, the site, the caller's
-/// return address, optionally the first integer arguments — into the calling thread's
-/// single-producer ring buffer in shared memory. It never blocks and calls nothing: a full buffer
-/// drops the event and counts it in the buffer. A thread finds its buffer by its kernel tid, read
-/// from glibc's thread descriptor at the offset glibc publishes for debuggers
-/// (<c>_thread_db_pthread_tid</c>), through a tid-indexed table; the first event of a thread claims
-/// a buffer with one atomic add.
+/// A tracer that streams events through per-thread single-producer ring buffers in shared memory
+/// (the function and function_graph tracers): buffers, the tid → buffer table, and the counters
+/// Hotwire reads. A thread claims a buffer with one atomic add at its first event.
 /// </summary>
-public sealed class FunctionTracer : Ops
+public abstract class RingTracer : Ops
 {
     private Session? _session;
-    private ulong _tableOffset;
-    private ulong _buffersOffset;
-    private ulong _nextOffset;
-    private int _tidOffset;
-    private int _pidMax;
+    private protected ulong _tableOffset;
+    private protected ulong _buffersOffset;
+    private protected ulong _nextOffset;
+    private protected int _tidOffset;
+    private protected int _pidMax;
 
-    public FunctionTracer(TraceBufferOptions buffers, IEnumerable<string>? filter = null, IEnumerable<string>? notrace = null)
-        : base("function", filter, notrace)
+    private protected RingTracer(string name, TraceBufferOptions buffers, IEnumerable<string>? filter, IEnumerable<string>? notrace)
+        : base(name, filter, notrace)
     {
         buffers.Validate();
         Buffers = buffers;
     }
 
     public TraceBufferOptions Buffers { get; }
+
+    /// <summary>The tracer's name in recordings (<see cref="Tracers"/>).</summary>
+    public abstract string TracerName { get; }
 
     internal Session Session => _session ?? throw new InvalidOperationException("the tracer is not registered");
 
@@ -82,13 +85,17 @@ public sealed class FunctionTracer : Ops
         {
             return;
         }
-        _tidOffset = FindTidOffset(session);
+        _tidOffset = ThreadIdentity.TidOffset(session);
         _pidMax = TraceBufferOptions.PidMax();
         _nextOffset = session.AllocateData(64, 64);
         _tableOffset = session.AllocateData((ulong)(_pidMax + 1) * 4, 4096);
         _buffersOffset = session.AllocateData((ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes, 4096);
         _session = session;
+        PrepareMore(session);
     }
+
+    /// <summary>Whatever else the tracer needs, once, after the buffers exist.</summary>
+    private protected virtual void PrepareMore(Session session) { }
 
     /// <summary>Buffers claimed by threads so far.</summary>
     public int BuffersInUse => _session is null ? 0 : (int)Math.Min(_session.Shared.ReadU32(_nextOffset), (uint)Buffers.MaxThreads);
@@ -98,6 +105,39 @@ public sealed class FunctionTracer : Ops
 
     /// <summary>Where buffer <paramref name="index"/> lives in Hotwire's mapping.</summary>
     internal ulong BufferOffset(int index) => _buffersOffset + (ulong)index * (ulong)Buffers.BufferBytes;
+
+    /// <summary>Calls the graph tracer could not follow because a thread's shadow stack was full.</summary>
+    public ulong ShadowOverflow
+    {
+        get
+        {
+            ulong n = 0;
+            for (int i = 0; i < BuffersInUse; i++)
+            {
+                n += Session.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Overflow);
+            }
+            return n;
+        }
+    }
+}
+
+/// <summary>
+/// The function tracer: at each traced function's entry, one event — rdtsc, the site, the caller's
+/// return address, optionally the first integer arguments — into the calling thread's
+/// single-producer ring buffer in shared memory. It never blocks and calls nothing: a full buffer
+/// drops the event and counts it in the buffer. A thread finds its buffer by its kernel tid, read
+/// from glibc's thread descriptor at the offset glibc publishes for debuggers
+/// (<c>_thread_db_pthread_tid</c>), through a tid-indexed table; the first event of a thread claims
+/// a buffer with one atomic add.
+/// </summary>
+public sealed class FunctionTracer : RingTracer
+{
+    public FunctionTracer(TraceBufferOptions buffers, IEnumerable<string>? filter = null, IEnumerable<string>? notrace = null)
+        : base("function", buffers, filter, notrace)
+    {
+    }
+
+    public override string TracerName => Tracers.Function;
 
     internal override int ParameterCount => 1;
 
@@ -189,6 +229,4 @@ public sealed class FunctionTracer : Ops
         a.pop(rdx);
         a.pop(rax);
     }
-
-    private static int FindTidOffset(Session session) => ThreadIdentity.TidOffset(session);
 }

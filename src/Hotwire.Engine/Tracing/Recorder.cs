@@ -6,7 +6,7 @@ using Hotwire.Procfs;
 namespace Hotwire.Tracing;
 
 /// <summary>What a recording saw, for the closing summary.</summary>
-public sealed record RecordSummary(long Events, ulong Lost, int Threads, TimeSpan Elapsed, long BytesWritten, string? WriteError);
+public sealed record RecordSummary(long Events, ulong Lost, int Threads, TimeSpan Elapsed, long BytesWritten, string? WriteError, ulong ShadowOverflow = 0);
 
 /// <summary>
 /// Drains the function tracer's per-thread ring buffers into <c>hotwire.data/</c> (and, for
@@ -16,7 +16,7 @@ public sealed record RecordSummary(long Events, ulong Lost, int Threads, TimeSpa
 public sealed class Recorder : IDisposable
 {
     private readonly Session _session;
-    private readonly FunctionTracer _tracer;
+    private readonly RingTracer _tracer;
     private readonly string _dir;
     private readonly Action<int, RawEvent>? _live;
     private readonly IReadOnlySet<int>? _tids;
@@ -30,7 +30,7 @@ public sealed class Recorder : IDisposable
     private long _bytes;
     private string? _writeError;
 
-    public Recorder(Session session, FunctionTracer tracer, string dir, Action<int, RawEvent>? live = null, IReadOnlySet<int>? tids = null)
+    public Recorder(Session session, RingTracer tracer, string dir, Action<int, RawEvent>? live = null, IReadOnlySet<int>? tids = null)
     {
         _session = session;
         _tracer = tracer;
@@ -55,6 +55,9 @@ public sealed class Recorder : IDisposable
     }
 
     public long Events { get; private set; }
+
+    /// <summary>function_graph: drop calls shorter than this (and their short callees), keeping callers of longer ones.</summary>
+    public long TimeFilterNs { get; init; }
 
     /// <summary>Starts draining; call after the tracer is registered.</summary>
     public void Start()
@@ -143,12 +146,16 @@ public sealed class Recorder : IDisposable
         int size = _tracer.Buffers.EventBytes;
         int count = (int)(head - tail);
         bool keep = _tids is null || _tids.Contains(tid);
-        if (keep && _writeError is null)
+        if (keep && _writeError is null && TimeFilterNs > 0 && _tracer.Buffers.Info)
+        {
+            count = DrainFiltered(tid, buffer, tail, count);
+        }
+        else if (keep && _writeError is null)
         {
             long first = (long)(tail & (ulong)(capacity - 1));
             long run = Math.Min(count, capacity - first);
             ulong data = buffer + TraceBufferOptions.HeaderBytes;
-            int need = EventPacking.MaxPackedBytes(count, _tracer.Buffers.Args);
+            int need = EventPacking.MaxPackedBytes(count, _tracer.Buffers.Args, _tracer.Buffers.Info);
             need += (count / ChunkEvents + 2) * 16;
             if (_packed.Length < need)
             {
@@ -178,14 +185,115 @@ public sealed class Recorder : IDisposable
                 for (long k = 0; k < count; k++)
                 {
                     long slot = (long)((tail + (ulong)k) & (ulong)(capacity - 1));
-                    _live(tid, RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), _tracer.Buffers.Args));
+                    _live(tid, RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), _tracer.Buffers.Args, _tracer.Buffers.Info));
                 }
             }
             Events += count;
             _threads[tid].Events += count;
         }
         shared.WriteU64(buffer + TraceBufferOptions.Tail, head); // the slots are free again
-        return count;
+        return (int)(head - tail);
+    }
+
+    // ---- the time filter (uftrace's -t): an entry is held back until its call proves long enough,
+    // or until a callee does (then its callers are written first, in order, with their own times).
+    private readonly Dictionary<int, List<(RawEvent Event, bool Written)>> _pending = [];
+    private double _tscPerNs;
+
+    private int DrainFiltered(int tid, ulong buffer, ulong tail, int count)
+    {
+        var shared = _session.Shared;
+        if (_tscPerNs == 0)
+        {
+            _tscPerNs = new ClockCalibration(_start, TscClock.Sample()).TscPerNs;
+        }
+        ulong threshold = (ulong)(TimeFilterNs * _tscPerNs);
+        if (!_pending.TryGetValue(tid, out var stack))
+        {
+            _pending[tid] = stack = [];
+        }
+        long capacity = _tracer.Buffers.Capacity;
+        int size = _tracer.Buffers.EventBytes;
+        int args = _tracer.Buffers.Args;
+        var kept = new List<RawEvent>();
+        for (long k = 0; k < count; k++)
+        {
+            long slot = (long)((tail + (ulong)k) & (ulong)(capacity - 1));
+            RawEvent e = RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), args, info: true);
+            // Frames at this depth or deeper are gone (their exits will not come): forget them.
+            while (stack.Count > 0 && stack[^1].Event.Depth >= e.Depth && !(e.IsExit && stack[^1].Event.Depth == e.Depth))
+            {
+                stack.RemoveAt(stack.Count - 1);
+            }
+            if (!e.IsExit)
+            {
+                stack.Add((e, false));
+                continue;
+            }
+            if (stack.Count == 0 || stack[^1].Event.Site != e.Site)
+            {
+                kept.Add(e); // its entry was written earlier or lost: keep what we know
+                continue;
+            }
+            (RawEvent entry, bool written) = stack[^1];
+            stack.RemoveAt(stack.Count - 1);
+            if (written || e.Tsc - entry.Tsc >= threshold)
+            {
+                for (int i = 0; i < stack.Count; i++)
+                {
+                    if (!stack[i].Written)
+                    {
+                        kept.Add(stack[i].Event);
+                        stack[i] = (stack[i].Event, true);
+                    }
+                }
+                if (!written)
+                {
+                    kept.Add(entry);
+                }
+                kept.Add(e);
+            }
+        }
+        if (kept.Count > 0)
+        {
+            var raw = new byte[kept.Count * size];
+            for (int i = 0; i < kept.Count; i++)
+            {
+                RawEvent e = kept[i];
+                Span<byte> at = raw.AsSpan(i * size, size);
+                BitConverter.TryWriteBytes(at, e.Tsc);
+                BitConverter.TryWriteBytes(at[8..], e.Caller);
+                BitConverter.TryWriteBytes(at[16..], (ulong)e.Site);
+                BitConverter.TryWriteBytes(at[24..], e.Info);
+                for (int a = 0; a < args; a++)
+                {
+                    BitConverter.TryWriteBytes(at[(32 + 8 * a)..], e.Args[a]);
+                }
+            }
+            int need = EventPacking.MaxPackedBytes(kept.Count, args, true) + (kept.Count / ChunkEvents + 2) * 16;
+            if (_packed.Length < need)
+            {
+                _packed = new byte[Math.Max(need, _packed.Length * 2)];
+            }
+            int length = 0;
+            for (int done = 0; done < kept.Count; done += ChunkEvents)
+            {
+                int n = Math.Min(ChunkEvents, kept.Count - done);
+                length = PackChunk(tid, raw.AsSpan(done * size, n * size), n, size, length);
+            }
+            try
+            {
+                _events.Write(_packed, 0, length);
+                _bytes += length;
+            }
+            catch (IOException ex)
+            {
+                _writeError = ex.Message;
+            }
+        }
+        Events += kept.Count;
+        _threads[tid].Events += kept.Count;
+        return kept.Count;
     }
 
     // Threads often name themselves (pthread_setname_np) after their first traced call.
@@ -302,23 +410,48 @@ public sealed class Recorder : IDisposable
         }
         // What is really on disk (after a full disk, less than what we handed to the file).
         long onDisk = File.Exists(Path.Combine(_dir, TraceData.EventsFile)) ? new FileInfo(Path.Combine(_dir, TraceData.EventsFile)).Length : 0;
-        return new RecordSummary(Events, lost, _threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError);
+        return new RecordSummary(Events, lost, _threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError, info.ShadowOverflow);
     }
 
     private TraceInfo BuildInfo(string command, ClockSample end)
+    {
+        TraceInfo info = BuildBaseInfo(command, end);
+        info.TimeFilterNs = TimeFilterNs;
+        if (_tracer is GraphTracer graph)
+        {
+            info.MaxDepth = graph.Options.MaxDepth;
+            info.Retval = graph.Options.Retval;
+            info.ShadowOverflow = graph.ShadowOverflow;
+            if (graph.Options.Mode == GraphMode.Profile)
+            {
+                info.Profile = graph.ReadProfile(info.Clock.ToCalibration());
+                foreach (int site in info.Profile.Select(p => p.Site))
+                {
+                    _tracedSites.Add(site);
+                }
+                info.Sites = SitesInfo();
+            }
+        }
+        return info;
+    }
+
+    private List<SiteInfo> SitesInfo() => _session.Sites.Where(s => s.Ops.Contains(_tracer) || _tracedSites.Contains(s.Index))
+        .Select(s => new SiteInfo { Index = s.Index, Function = s.Function, Module = s.Site.ModuleName, Address = s.Address }).ToList();
+
+    private TraceInfo BuildBaseInfo(string command, ClockSample end)
     {
         return new TraceInfo
         {
             Pid = _session.Pid,
             Command = command,
             Started = DateTime.UtcNow - _clock.Elapsed,
+            Tracer = _tracer.TracerName,
             EventBytes = _tracer.Buffers.EventBytes,
             Args = _tracer.Buffers.Args,
             Clock = new ClockInfo { StartTsc = _start.Tsc, StartNs = _start.MonotonicNs, EndTsc = end.Tsc, EndNs = end.MonotonicNs },
             Threads = _threads.Values.OrderBy(t => t.Tid).ToList(),
             LostNoBuffer = _tracer.LostNoBuffer,
-            Sites = _session.Sites.Where(s => s.Ops.Contains(_tracer) || _tracedSites.Contains(s.Index))
-                .Select(s => new SiteInfo { Index = s.Index, Function = s.Function, Module = s.Site.ModuleName, Address = s.Address }).ToList(),
+            Sites = SitesInfo(),
             Modules = (_modules ?? _session.Image.Modules.ToList()).Select(Module).ToList(),
         };
     }

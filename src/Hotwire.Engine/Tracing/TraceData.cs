@@ -36,6 +36,9 @@ public sealed class TraceInfo
     /// <summary>Stack depth limit the graph tracer recorded with (0: none), and the time filter in ns.</summary>
     public int MaxDepth { get; set; }
 
+    /// <summary>Exit events carry the return value (rax).</summary>
+    public bool Retval { get; set; }
+
     public long TimeFilterNs { get; set; }
 
     /// <summary>Calls not recorded because a thread's shadow stack was full (graph and profile tracers).</summary>

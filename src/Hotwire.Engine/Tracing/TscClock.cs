@@ -76,5 +76,8 @@ public sealed record ClockCalibration(ClockSample Start, ClockSample End)
         ? (double)(End.Tsc - Start.Tsc) / (End.MonotonicNs - Start.MonotonicNs)
         : 1.0;
 
+    /// <summary>A duration in TSC ticks, in ns.</summary>
+    public long TicksToNs(ulong ticks) => (long)(ticks / TscPerNs);
+
     public long ToMonotonicNs(ulong tsc) => Start.MonotonicNs + (long)(((double)(long)(tsc - Start.Tsc)) / TscPerNs);
 }

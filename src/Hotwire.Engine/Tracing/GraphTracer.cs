@@ -1,0 +1,709 @@
+using Hotwire.Interop;
+using Hotwire.Patching;
+using Iced.Intel;
+using static Iced.Intel.AssemblerRegisters;
+
+namespace Hotwire.Tracing;
+
+/// <summary>What the graph tracer does at each exit.</summary>
+public enum GraphMode
+{
+    /// <summary>function_graph: an entry and an exit event per call, streamed like the function tracer's.</summary>
+    Events,
+
+    /// <summary>profile: per-thread, per-function calls and times kept in shared memory; no events.</summary>
+    Profile,
+}
+
+/// <summary>Options of the function_graph and profile tracers.</summary>
+public sealed record GraphOptions(GraphMode Mode = GraphMode.Events, int MaxDepth = 0, bool Retval = false);
+
+/// <summary>
+/// The function_graph tracer and the profiler. At a traced function's entry the site's trampoline
+/// calls one shared entry routine which pushes {real return address, its stack slot, site, rdtsc}
+/// on the thread's shadow stack and points the return slot at a return handler; the handler pops
+/// the entry, records the exit and jumps to the real return address. (Layout and the reasoning for
+/// longjmp, signals, fork and exceptions: docs/graph.md.)
+/// <para>
+/// Shadow stacks live in private anonymous memory of the target, not in the shared memfd: after
+/// fork the child gets its own copy of the stacks its frames need, and its returns still go home.
+/// </para>
+/// </summary>
+public sealed class GraphTracer : RingTracer
+{
+    // Shadow stack record of one thread: a header, then entries of 64 bytes.
+    internal const int RecordShift = 20;                 // 1 MiB per thread
+    internal const int HDepth = 0;                       // u64: entries in use
+    internal const int HOwner = 8;                       // u64: the thread pointer (fs:0) of the owner
+    internal const int HSink = 16;                       // u64: this thread's ring buffer (graph) or profile row
+    internal const int HBusy = 24;                       // u8: inside our own code (a signal handler must not nest in)
+    internal const int EntryShift = 6;
+    internal const int ERet = 0, ESlot = 8, ETsc = 16, ESite = 24, EChild = 32;
+
+    /// <summary>Frames a thread's shadow stack holds; deeper calls are counted as overflow and not followed.</summary>
+    public const int Capacity = (1 << (RecordShift - EntryShift)) - 1;
+
+    /// <summary>An entry older than this far above a new frame is on another stack (a signal stack), not stale.</summary>
+    internal const long SameStackWindow = 1 << 20;
+
+    // Profile row cell per (thread, function): calls, total ticks, self ticks, max ticks, ~min ticks.
+    internal const int CellShift = 6;
+    internal const int CCalls = 0, CTotal = 8, CSelf = 16, CMax = 24, CMinInv = 32;
+
+    private readonly Dictionary<int, int> _local = [];
+    private ulong _private;         // target address of the private mapping
+    private ulong _rowsOffset;      // profile rows (shared)
+    private ulong _entryRoutine;
+
+    public GraphTracer(TraceBufferOptions buffers, GraphOptions options, IEnumerable<string>? filter = null, IEnumerable<string>? notrace = null)
+        : base(options.Mode == GraphMode.Profile ? "profile" : "function_graph",
+               options.Mode == GraphMode.Profile ? buffers with { BufferBytes = 4096, Info = true } : buffers with { Info = true },
+               filter, notrace)
+    {
+        if (options.MaxDepth < 0)
+        {
+            throw new HotwireException($"--depth must be at least 1, not {options.MaxDepth}");
+        }
+        Options = options;
+    }
+
+    public GraphOptions Options { get; }
+
+    public override string TracerName => Options.Mode == GraphMode.Profile ? Tracers.Profile : Tracers.FunctionGraph;
+
+    /// <summary>Address of the return handler in the target (tests look for it on stacks).</summary>
+    public ulong ReturnHandler { get; private set; }
+
+    /// <summary>Shared memory the tracer needs: a fixed part, and a part per patch site (the profiler's rows).</summary>
+    public static (ulong Fixed, ulong PerSite) SharedBytes(TraceBufferOptions buffers, GraphOptions options) => options.Mode == GraphMode.Profile
+        ? ((ulong)buffers.MaxThreads * 4096 + (ulong)(TraceBufferOptions.PidMax() + 1) * 4 + 3 * 4096 + 4096, (ulong)buffers.MaxThreads << CellShift)
+        : (TraceBufferOptions.SharedBytes(buffers with { Info = true }), 0);
+
+    private ulong RecordsNext => _private;                            // u32 claim counter
+    private ulong Table => _private + 4096;                           // tid → record + 1
+    private ulong Records => _private + RecordsStart;
+    private ulong RecordsStart => ((4096 + (ulong)(_pidMax + 1) * 4) + (1UL << RecordShift) - 1) & ~((1UL << RecordShift) - 1);
+    private ulong PrivateBytes => RecordsStart + ((ulong)Buffers.MaxThreads << RecordShift);
+    private ulong RowStride => (ulong)Math.Max(_local.Count, 1) << CellShift;
+
+    private protected override void PrepareMore(Session session)
+    {
+        // The shadow stacks: private, lazily backed (MAP_NORESERVE), never unmapped.
+        const ulong MapPrivate = 0x02, MapAnonymous = 0x20, MapNoReserve = 0x4000;
+        long at = session.AgentSyscall(SyscallNumbers.mmap, 0, PrivateBytes, 3, MapPrivate | MapAnonymous | MapNoReserve, ulong.MaxValue, 0);
+        if (at < 0 && at > -4096)
+        {
+            throw new HotwireException($"cannot map {PrivateBytes >> 20} MiB for shadow stacks in pid {session.Pid}: {Libc.StrError((int)-at)}");
+        }
+        _private = (ulong)at;
+        foreach (SiteRecord s in session.Sites)
+        {
+            _local[s.Index] = _local.Count;
+        }
+        if (Options.Mode == GraphMode.Profile)
+        {
+            _rowsOffset = session.AllocateData((ulong)Buffers.MaxThreads * RowStride, 4096);
+        }
+        ReturnHandler = session.PlaceCode(EmitReturnHandler);
+        _entryRoutine = session.PlaceCode(EmitEntryRoutine);
+        foreach (string name in s_beforeUnwind.Concat(s_afterCatch))
+        {
+            ulong cell = session.AllocateData(8, 8);
+            bool catching = s_afterCatch.Contains(name);
+            _hooks[name] = (session.PlaceCode(at => EmitUnwindHook(at, session.DataAddress(cell), catching)), cell);
+        }
+        session.WhenLibrariesLoaded(InstallUnwindHooks);
+    }
+
+    // ---- C++ exceptions. The unwinder walks return addresses; where one is our handler it finds
+    // no unwind information and the exception ends in std::terminate (uftrace's old crash). So
+    // before any unwinding starts, every live hijacked slot of the thread gets its real return
+    // address back; when a handler catches (__cxa_begin_catch), the frames that were unwound are
+    // dropped from the shadow stack and the live ones are hijacked again. Both are hooked at the
+    // GOT slots through which every module calls them: an aligned 8-byte store, no code patching.
+    private static readonly string[] s_beforeUnwind = ["_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind"];
+    private static readonly string[] s_afterCatch = ["__cxa_begin_catch"];
+    private readonly Dictionary<string, (ulong Wrapper, ulong Cell)> _hooks = []; // Cell: offset of the real address
+
+    /// <summary>GOT slots pointed at the unwinding hooks so far.</summary>
+    public int UnwindHooks { get; private set; }
+
+    private void InstallUnwindHooks(Procfs.ProcessImage image)
+    {
+        var names = new HashSet<string>(_hooks.Keys, StringComparer.Ordinal);
+        var real = new Dictionary<string, ulong>();
+        foreach (Procfs.LoadedModule m in image.Modules)
+        {
+            foreach (Elf.ElfSymbol sym in m.Elf.ReadSymbols(dynamic: true))
+            {
+                if (names.Contains(sym.Name) && sym.SectionIndex != 0 && sym.Value != 0 && !real.ContainsKey(sym.Name)
+                    && sym.Binding is Elf.ElfFile.STB_GLOBAL or Elf.ElfFile.STB_WEAK)
+                {
+                    real[sym.Name] = m.Bias + sym.Value;
+                }
+            }
+        }
+        foreach ((string name, ulong address) in real)
+        {
+            Session.Shared.WriteU64(_hooks[name].Cell, address);
+        }
+        foreach (Procfs.LoadedModule m in image.Modules)
+        {
+            foreach ((ulong slot, string name) in m.Elf.ImportSlots(names))
+            {
+                if (real.ContainsKey(name))
+                {
+                    Session.StoreWord(slot + m.Bias, _hooks[name].Wrapper);
+                    UnwindHooks++;
+                }
+            }
+        }
+    }
+
+    private byte[] EmitUnwindHook(ulong at, ulong cell, bool catching)
+    {
+        var a = new Assembler(64);
+        Label done = a.CreateLabel(), loop = a.CreateLabel(), next = a.CreateLabel(), end = a.CreateLabel(),
+            dead = a.CreateLabel(), live = a.CreateLabel();
+        a.push(rax);
+        a.push(rcx);
+        a.push(rdx);
+        a.push(rsi);
+        a.push(rdi);
+        EmitFindRecord(a, done);
+        a.mov(rax, __qword_ptr.fs[0]);
+        a.cmp(rax, __qword_ptr[r11 + HOwner]);
+        a.jne(done);
+        a.mov(__byte_ptr[r11 + HBusy], (byte)1);
+        a.lea(rsi, __[rsp + 40]);                       // our own return slot: live frames' slots are above it
+        a.mov(rcx, __qword_ptr[r11 + HDepth]);
+        if (catching)
+        {
+            // Frames the exception unwound are below the catching frame: drop them.
+            a.Label(ref dead);
+            a.test(rcx, rcx);
+            a.jz(live);
+            a.mov(rax, rcx);
+            a.shl(rax, EntryShift);
+            a.cmp(__qword_ptr[r11 + rax + ESlot], rsi);
+            a.ja(live);
+            a.dec(rcx);
+            a.jmp(dead);
+            a.Label(ref live);
+            a.mov(__qword_ptr[r11 + HDepth], rcx);
+        }
+        a.Label(ref loop);
+        a.test(rcx, rcx);
+        a.jz(end);
+        a.mov(rax, rcx);
+        a.shl(rax, EntryShift);
+        a.add(rax, r11);                                // entry rcx - 1
+        a.mov(rdx, __qword_ptr[rax + ESlot]);
+        a.cmp(rdx, rsi);
+        a.jbe(next);                                    // not a live frame of this stack
+        if (catching)
+        {
+            a.mov(rdi, __qword_ptr[rax + ERet]);        // restored before unwinding: hijack again
+            a.cmp(__qword_ptr[rdx], rdi);
+            a.jne(next);
+            a.mov(rdi, ReturnHandler);
+            a.mov(__qword_ptr[rdx], rdi);
+        }
+        else
+        {
+            a.mov(rdi, ReturnHandler);                  // hijacked: give the unwinder the real address
+            a.cmp(__qword_ptr[rdx], rdi);
+            a.jne(next);
+            a.mov(rdi, __qword_ptr[rax + ERet]);
+            a.mov(__qword_ptr[rdx], rdi);
+        }
+        a.Label(ref next);
+        a.dec(rcx);
+        a.jmp(loop);
+        a.Label(ref end);
+        a.mov(__byte_ptr[r11 + HBusy], (byte)0);
+        a.Label(ref done);
+        a.pop(rdi);
+        a.pop(rsi);
+        a.pop(rdx);
+        a.pop(rcx);
+        a.pop(rax);
+        a.mov(r11, cell);
+        a.jmp(__qword_ptr[r11]);
+        return Assemble(a, at);
+    }
+
+    internal override int ParameterCount => 1;
+
+    internal override ulong Parameter(SiteRecord site, int index) => Options.Mode == GraphMode.Profile ? (ulong)_local[site.Index] : (ulong)site.Index;
+
+    /// <summary>In the trampoline: r11 = the site, then the shared entry routine (kept out of line: it is long).</summary>
+    internal override void EmitEntry(Assembler a, ReadOnlySpan<ulong> parameters)
+    {
+        Label routine = a.CreateLabel(), over = a.CreateLabel();
+        a.mov(r11, parameters[0]);
+        a.call(__qword_ptr[routine]);
+        a.jmp(over);
+        a.Label(ref routine);
+        a.dq(_entryRoutine);
+        a.Label(ref over);
+    }
+
+    private ulong Data(ulong offset) => Session.DataAddress(offset);
+
+    private static byte[] Assemble(Assembler a, ulong at)
+    {
+        var stream = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(stream), at);
+        return stream.ToArray();
+    }
+
+    /// <summary>r11 = this thread's record, or jump to <paramref name="none"/>. Uses rax.</summary>
+    private void EmitFindRecord(Assembler a, Label none)
+    {
+        a.mov(eax, __dword_ptr.fs[_tidOffset]);
+        a.cmp(eax, _pidMax);
+        a.ja(none);
+        a.mov(r11, Table);
+        a.mov(eax, __dword_ptr[r11 + rax * 4]);
+        a.test(eax, eax);
+        a.jz(none);
+        a.shl(rax, RecordShift);
+        a.mov(r11, Records - (1UL << RecordShift));
+        a.add(r11, rax);
+    }
+
+    // At entry: [rsp] = back to the trampoline, [rsp+8] = back to the function (site + 5),
+    // [rsp+16] = the caller's return address (the slot we take over); r11 = the site parameter.
+    // Every register but r11 and the flags is the function's and is preserved.
+    private byte[] EmitEntryRoutine(ulong at)
+    {
+        var a = new Assembler(64);
+        bool events = Options.Mode == GraphMode.Events;
+        const int SlotAt = 16 + 5 * 8;
+        Label claim = a.CreateLabel(), ready = a.CreateLabel(), owned = a.CreateLabel(), reown = a.CreateLabel(),
+            discard = a.CreateLabel(), push = a.CreateLabel(), overflow = a.CreateLabel(), unbusy = a.CreateLabel(),
+            restore = a.CreateLabel(), nested = a.CreateLabel(), noRecord = a.CreateLabel(), noSink = a.CreateLabel(),
+            claimed = a.CreateLabel(), full = a.CreateLabel(), noEvent = a.CreateLabel();
+
+        a.push(rax);
+        a.push(rdx);
+        a.push(rcx);
+        a.push(rsi);
+        a.push(rdi);                                    // [rsp] rdi, +8 rsi, +16 rcx, +24 rdx, +32 rax
+        a.mov(rdi, r11);                                // the site
+        a.mov(eax, __dword_ptr.fs[_tidOffset]);
+        a.cmp(eax, _pidMax);
+        a.ja(noRecord);
+        a.mov(r11, Table);
+        a.mov(eax, __dword_ptr[r11 + rax * 4]);
+        a.test(eax, eax);
+        a.jz(claim);
+        a.Label(ref ready);                             // eax = record index + 1
+        a.shl(rax, RecordShift);
+        a.mov(r11, Records - (1UL << RecordShift));
+        a.add(r11, rax);
+        a.mov(rax, __qword_ptr.fs[0]);
+        a.cmp(rax, __qword_ptr[r11 + HOwner]);
+        a.jne(reown);
+        a.Label(ref owned);
+        a.cmp(__byte_ptr[r11 + HBusy], 0);
+        a.jne(nested);
+        a.mov(__byte_ptr[r11 + HBusy], (byte)1);
+        a.lea(rsi, __[rsp + SlotAt]);                   // the slot
+        a.mov(rcx, __qword_ptr[r11 + HDepth]);
+        // Entries whose slot is at or below the new one are frames that are gone (longjmp, an
+        // exception, a thread that died with frames): drop them. Far away means another stack.
+        a.Label(ref discard);
+        a.test(rcx, rcx);
+        a.jz(push);
+        a.mov(rax, rcx);
+        a.shl(rax, EntryShift);
+        a.mov(rdx, rsi);
+        a.sub(rdx, __qword_ptr[r11 + rax + ESlot]);
+        a.jb(push);                                     // above us: an ancestor
+        a.cmp(rdx, (int)SameStackWindow);
+        a.jae(push);
+        a.dec(rcx);
+        a.jmp(discard);
+        a.Label(ref push);
+        a.mov(__qword_ptr[r11 + HDepth], rcx);
+        if (Options.MaxDepth > 0)
+        {
+            a.cmp(rcx, Options.MaxDepth);
+            a.jae(unbusy);                              // deeper than --depth: not traced, not followed
+        }
+        a.cmp(rcx, Capacity);
+        a.jae(overflow);
+        a.lea(rax, __[rcx + 1]);
+        a.shl(rax, EntryShift);
+        a.add(rax, r11);                                // the new entry
+        a.mov(rdx, __qword_ptr[rsi]);
+        a.mov(__qword_ptr[rax + ERet], rdx);
+        a.mov(__qword_ptr[rax + ESlot], rsi);
+        a.mov(__qword_ptr[rax + ESite], rdi);
+        a.mov(__qword_ptr[rax + EChild], 0);
+        a.mov(rdi, rax);
+        a.inc(rcx);
+        a.mov(__qword_ptr[r11 + HDepth], rcx);          // the entry is complete before it counts
+        a.mov(rdx, ReturnHandler);
+        a.mov(__qword_ptr[rsi], rdx);                   // the function now returns to our handler
+        a.rdtsc();
+        a.shl(rdx, 32);
+        a.or(rax, rdx);
+        a.mov(__qword_ptr[rdi + ETsc], rax);
+        if (events)
+        {
+            int data = TraceBufferOptions.HeaderBytes;
+            a.mov(rsi, __qword_ptr[r11 + HSink]);
+            a.test(rsi, rsi);
+            a.jz(unbusy);
+            a.mov(rdx, __qword_ptr[rsi + TraceBufferOptions.Head]);
+            a.mov(rcx, rdx);
+            a.sub(rcx, __qword_ptr[rsi + TraceBufferOptions.Tail]);
+            a.cmp(rcx, (int)Buffers.Capacity);
+            a.jae(full);
+            a.and(edx, (int)(Buffers.Capacity - 1));
+            a.imul(rdx, rdx, Buffers.EventBytes);
+            a.add(rdx, rsi);
+            a.mov(__qword_ptr[rdx + data], rax);                 // tsc
+            a.mov(rcx, __qword_ptr[rdi + ERet]);
+            a.mov(__qword_ptr[rdx + data + 8], rcx);             // the caller
+            a.mov(rcx, __qword_ptr[rdi + ESite]);
+            a.mov(__qword_ptr[rdx + data + 16], rcx);            // the site
+            a.mov(rcx, rdi);
+            a.sub(rcx, r11);
+            a.shr(rcx, EntryShift);
+            a.dec(rcx);
+            a.shl(rcx, 2);                                       // depth × 4 + entry (0)
+            a.mov(__qword_ptr[rdx + data + 24], rcx);
+            for (int i = 0; i < Buffers.Args; i++)
+            {
+                int to = data + 32 + 8 * i;
+                switch (i)
+                {
+                    case 0: a.mov(rcx, __qword_ptr[rsp]); break;        // saved rdi
+                    case 1: a.mov(rcx, __qword_ptr[rsp + 8]); break;    // saved rsi
+                    case 2: a.mov(rcx, __qword_ptr[rsp + 24]); break;   // saved rdx
+                    case 3: a.mov(rcx, __qword_ptr[rsp + 16]); break;   // saved rcx
+                    case 4: a.mov(rcx, r8); break;
+                    default: a.mov(rcx, r9); break;
+                }
+                a.mov(__qword_ptr[rdx + to], rcx);
+            }
+            a.inc(__qword_ptr[rsi + TraceBufferOptions.Head]);   // publish
+        }
+        a.Label(ref unbusy);
+        a.mov(__byte_ptr[r11 + HBusy], (byte)0);
+        a.Label(ref restore);
+        a.pop(rdi);
+        a.pop(rsi);
+        a.pop(rcx);
+        a.pop(rdx);
+        a.pop(rax);
+        a.ret();
+
+        if (events)
+        {
+            a.Label(ref full);
+            a.inc(__qword_ptr[rsi + TraceBufferOptions.Lost]);
+            a.jmp(unbusy);
+        }
+        a.Label(ref overflow);                          // shadow stack full: count, do not follow this call
+        a.mov(rsi, __qword_ptr[r11 + HSink]);
+        a.test(rsi, rsi);
+        a.jz(noEvent);
+        EmitHeaderOf(a, rsi);
+        a.inc(__qword_ptr[rsi + TraceBufferOptions.Overflow]);
+        a.Label(ref noEvent);
+        a.jmp(unbusy);
+
+        a.Label(ref nested);                            // a signal handler interrupted our own code: skip, count
+        a.mov(rsi, __qword_ptr[r11 + HSink]);
+        a.test(rsi, rsi);
+        a.jz(restore);
+        EmitHeaderOf(a, rsi);
+        a.inc(__qword_ptr[rsi + TraceBufferOptions.Lost]);
+        a.jmp(restore);
+
+        a.Label(ref reown);                             // a new thread with a dead thread's tid: start afresh
+        a.mov(__qword_ptr[r11 + HOwner], rax);
+        a.mov(__qword_ptr[r11 + HDepth], 0);
+        a.mov(__byte_ptr[r11 + HBusy], (byte)0);
+        a.jmp(owned);
+
+        a.Label(ref claim);                             // the thread's first traced call in this process
+        a.mov(r11, RecordsNext);
+        a.mov(eax, 1);
+        a.@lock.xadd(__dword_ptr[r11], eax);
+        a.cmp(eax, Buffers.MaxThreads);
+        a.jae(noRecord);
+        a.inc(eax);
+        a.mov(edx, __dword_ptr.fs[_tidOffset]);
+        a.mov(r11, Table);
+        a.mov(__dword_ptr[r11 + rdx * 4], eax);
+        a.push(rax);
+        a.shl(rax, RecordShift);
+        a.mov(r11, Records - (1UL << RecordShift));
+        a.add(r11, rax);                                // the new record (zero: fresh memory)
+        a.mov(rax, __qword_ptr.fs[0]);
+        a.mov(__qword_ptr[r11 + HOwner], rax);
+        a.mov(rcx, Data(_nextOffset));                  // and a ring buffer (or profile row) in shared memory
+        a.mov(eax, 1);
+        a.@lock.xadd(__dword_ptr[rcx], eax);
+        a.cmp(eax, Buffers.MaxThreads);
+        a.jae(noSink);
+        a.mov(ecx, eax);
+        a.shl(rax, (byte)System.Numerics.BitOperations.Log2((uint)Buffers.BufferBytes));
+        a.mov(rsi, Data(_buffersOffset));
+        a.add(rax, rsi);
+        a.mov(__dword_ptr[rax + TraceBufferOptions.Tid], edx);
+        if (events)
+        {
+            a.mov(__qword_ptr[r11 + HSink], rax);
+        }
+        else
+        {
+            a.imul(rcx, rcx, checked((int)RowStride));
+            a.mov(rsi, Data(_rowsOffset));
+            a.add(rcx, rsi);
+            a.mov(__qword_ptr[r11 + HSink], rcx);
+        }
+        a.jmp(claimed);
+        a.Label(ref noSink);                            // more threads than buffers: followed, not recorded
+        a.mov(rcx, Data(_nextOffset));
+        a.@lock.inc(__qword_ptr[rcx + 8]);
+        a.Label(ref claimed);
+        a.pop(rax);
+        a.jmp(ready);
+
+        a.Label(ref noRecord);
+        a.mov(r11, Data(_nextOffset));
+        a.@lock.inc(__qword_ptr[r11 + 8]);
+        a.jmp(restore);
+        return Assemble(a, at);
+    }
+
+    /// <summary>For the profiler the sink is a row, not a buffer: turn it into the thread's buffer header.</summary>
+    private void EmitHeaderOf(Assembler a, AssemblerRegister64 sink)
+    {
+        if (Options.Mode == GraphMode.Profile)
+        {
+            // row = rows + i × stride  →  header = buffers + i × 4096
+            a.push(rax);
+            a.push(rdx);
+            a.mov(rax, sink);
+            a.mov(rdx, Data(_rowsOffset));
+            a.sub(rax, rdx);
+            a.xor(edx, edx);
+            a.mov(sink, RowStride);
+            a.div(sink);
+            a.shl(rax, 12);
+            a.mov(sink, Data(_buffersOffset));
+            a.add(sink, rax);
+            a.pop(rdx);
+            a.pop(rax);
+        }
+    }
+
+    // Reached by `ret` from a traced function: rsp = its slot + 8, rax:rdx (and xmm0/1) hold the
+    // return value and are preserved; rcx, rsi, rdi, r8–r11 and the flags are free (the caller
+    // cannot expect them across a call).
+    private byte[] EmitReturnHandler(ulong at)
+    {
+        var a = new Assembler(64);
+        bool events = Options.Mode == GraphMode.Events;
+        Label search = a.CreateLabel(), found = a.CreateLabel(), slow = a.CreateLabel(), back = a.CreateLabel(),
+            unbusy = a.CreateLabel(), full = a.CreateLabel(), records = a.CreateLabel(), entries = a.CreateLabel(),
+            nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(), noParent = a.CreateLabel(),
+            keepMax = a.CreateLabel(), keepMin = a.CreateLabel();
+
+        a.lea(rsi, __[rsp - 8]);                        // the slot the function returned through
+        a.push(rax);                                    // below the caller's rsp: its frame has no live data there
+        a.push(rdx);
+        EmitFindRecord(a, slow);
+        a.mov(rcx, __qword_ptr[r11 + HDepth]);
+        a.Label(ref search);                            // from the top: ours, or newer entries whose frames are gone
+        a.test(rcx, rcx);
+        a.jz(slow);
+        a.mov(rax, rcx);
+        a.shl(rax, EntryShift);
+        a.mov(rdi, __qword_ptr[r11 + rax + ESlot]);
+        a.cmp(rdi, rsi);
+        a.je(found);
+        a.ja(slow);                                     // an ancestor: ours is not in this record
+        a.dec(rcx);
+        a.jmp(search);
+        a.Label(ref found);
+        a.lea(rdi, __[r11 + rax]);
+        a.dec(rcx);
+        a.mov(__qword_ptr[r11 + HDepth], rcx);          // popped (with any newer, dead entries)
+        a.mov(r10, __qword_ptr[rdi + ERet]);
+        a.cmp(__byte_ptr[r11 + HBusy], 0);
+        a.jne(back);                                    // we interrupted our own code: return, record nothing
+        a.mov(__byte_ptr[r11 + HBusy], (byte)1);
+        a.rdtsc();
+        a.shl(rdx, 32);
+        a.or(rax, rdx);
+        a.mov(rsi, __qword_ptr[r11 + HSink]);
+        a.test(rsi, rsi);
+        a.jz(unbusy);
+        if (events)
+        {
+            int data = TraceBufferOptions.HeaderBytes;
+            a.mov(rdx, __qword_ptr[rsi + TraceBufferOptions.Head]);
+            a.mov(r9, rdx);
+            a.sub(r9, __qword_ptr[rsi + TraceBufferOptions.Tail]);
+            a.cmp(r9, (int)Buffers.Capacity);
+            a.jae(full);
+            a.and(edx, (int)(Buffers.Capacity - 1));
+            a.imul(rdx, rdx, Buffers.EventBytes);
+            a.add(rdx, rsi);
+            a.mov(__qword_ptr[rdx + data], rax);
+            if (Options.Retval)
+            {
+                a.mov(r8, __qword_ptr[rsp + 8]);        // the saved rax
+                a.mov(__qword_ptr[rdx + data + 8], r8);
+            }
+            else
+            {
+                a.mov(__qword_ptr[rdx + data + 8], 0);
+            }
+            a.mov(rax, __qword_ptr[rdi + ESite]);
+            a.mov(__qword_ptr[rdx + data + 16], rax);
+            a.lea(rax, __[rcx * 4 + RawEvent.Exit]);
+            a.mov(__qword_ptr[rdx + data + 24], rax);
+            for (int i = 0; i < Buffers.Args; i++)
+            {
+                a.mov(__qword_ptr[rdx + data + 32 + 8 * i], 0);
+            }
+            a.inc(__qword_ptr[rsi + TraceBufferOptions.Head]);
+        }
+        else
+        {
+            a.sub(rax, __qword_ptr[rdi + ETsc]);        // rax = this call's ticks
+            a.mov(rdx, __qword_ptr[rdi + ESite]);
+            a.shl(rdx, CellShift);
+            a.add(rsi, rdx);                            // the cell of (thread, function)
+            a.inc(__qword_ptr[rsi + CCalls]);
+            a.add(__qword_ptr[rsi + CTotal], rax);
+            a.mov(rdx, rax);
+            a.sub(rdx, __qword_ptr[rdi + EChild]);
+            a.add(__qword_ptr[rsi + CSelf], rdx);
+            a.cmp(rax, __qword_ptr[rsi + CMax]);
+            a.jbe(keepMax);
+            a.mov(__qword_ptr[rsi + CMax], rax);
+            a.Label(ref keepMax);
+            a.mov(rdx, rax);
+            a.not(rdx);
+            a.cmp(rdx, __qword_ptr[rsi + CMinInv]);
+            a.jbe(keepMin);
+            a.mov(__qword_ptr[rsi + CMinInv], rdx);
+            a.Label(ref keepMin);
+            a.test(rcx, rcx);
+            a.jz(noParent);
+            a.add(__qword_ptr[rdi - (1 << EntryShift) + EChild], rax);   // the parent's time in callees
+            a.Label(ref noParent);
+        }
+        a.Label(ref unbusy);
+        a.mov(__byte_ptr[r11 + HBusy], (byte)0);
+        a.Label(ref back);
+        a.pop(rdx);
+        a.pop(rax);
+        a.jmp(r10);
+        if (events)
+        {
+            a.Label(ref full);
+            a.inc(__qword_ptr[rsi + TraceBufferOptions.Lost]);
+            a.jmp(unbusy);
+        }
+
+        // Not in the thread's own record: a fork child returning through a frame its parent
+        // entered (its copy of the parent thread's record has it), or a record reset under it.
+        // Search every record; this path is rare and never records an event.
+        a.Label(ref slow);
+        a.mov(r11, RecordsNext);
+        a.mov(r11d, __dword_ptr[r11]);
+        a.cmp(r11d, Buffers.MaxThreads);
+        a.jbe(records);
+        a.mov(r11d, Buffers.MaxThreads);
+        a.Label(ref records);
+        a.test(r11, r11);
+        a.jz(lost);
+        a.mov(rax, r11);
+        a.shl(rax, RecordShift);
+        a.mov(rdi, Records - (1UL << RecordShift));
+        a.add(rdi, rax);                                // record r11 - 1
+        a.mov(rcx, __qword_ptr[rdi + HDepth]);
+        a.Label(ref entries);
+        a.test(rcx, rcx);
+        a.jz(nextRecord);
+        a.mov(rax, rcx);
+        a.shl(rax, EntryShift);
+        a.cmp(__qword_ptr[rdi + rax + ESlot], rsi);
+        a.je(found2);
+        a.dec(rcx);
+        a.jmp(entries);
+        a.Label(ref nextRecord);
+        a.dec(r11);
+        a.jmp(records);
+        a.Label(ref found2);
+        a.mov(r10, __qword_ptr[rdi + rax + ERet]);
+        a.dec(rcx);
+        a.mov(__qword_ptr[rdi + HDepth], rcx);
+        a.jmp(back);
+        a.Label(ref lost);
+        a.ud2();                                        // no record of this frame: cannot happen (docs/graph.md)
+        return Assemble(a, at);
+    }
+
+    /// <summary>The profile: per thread and function, calls and times (ns). Read while the session is attached.</summary>
+    public List<ProfileEntry> ReadProfile(ClockCalibration clock)
+    {
+        var result = new List<ProfileEntry>();
+        if (Options.Mode != GraphMode.Profile)
+        {
+            return result;
+        }
+        var byLocal = _local.ToDictionary(kv => kv.Value, kv => kv.Key);
+        for (int i = 0; i < BuffersInUse; i++)
+        {
+            int tid = (int)Session.Shared.ReadU32(BufferOffset(i) + TraceBufferOptions.Tid);
+            ulong row = _rowsOffset + (ulong)i * RowStride;
+            for (int local = 0; local < _local.Count; local++)
+            {
+                ulong cell = row + ((ulong)local << CellShift);
+                ulong calls = Session.Shared.ReadU64(cell + CCalls);
+                if (calls == 0)
+                {
+                    continue;
+                }
+                result.Add(new ProfileEntry
+                {
+                    Site = byLocal[local],
+                    Tid = tid,
+                    Calls = calls,
+                    TotalNs = clock.TicksToNs(Session.Shared.ReadU64(cell + CTotal)),
+                    SelfNs = clock.TicksToNs(Session.Shared.ReadU64(cell + CSelf)),
+                    MaxNs = clock.TicksToNs(Session.Shared.ReadU64(cell + CMax)),
+                    MinNs = clock.TicksToNs(~Session.Shared.ReadU64(cell + CMinInv)),
+                });
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Calls not recorded because a signal handler interrupted Hotwire's own code, or a buffer was full.</summary>
+    public ulong Lost
+    {
+        get
+        {
+            ulong n = LostNoBuffer;
+            for (int i = 0; i < BuffersInUse; i++)
+            {
+                n += Session.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Lost);
+            }
+            return n;
+        }
+    }
+}
