@@ -10,6 +10,8 @@
 //   graph exit         a thread calls t1 -> t2 -> pthread_exit; main joins it, then calls leaf()
 //   graph fork         forker() forks inside a traced frame; both processes return through it
 //                      (the child calls leaf(2), the parent leaf(3)); the parent waits
+//   graph hold N       prints "ready", then N times nap() (200 ms asleep inside it); a tracer can
+//                      come and go while nap is on the stack
 //   graph tree         two threads each call a(i) -> b -> c (i = 0..2); main then calls leaf(9)
 #include <pthread.h>
 #include <setjmp.h>
@@ -59,6 +61,8 @@ __attribute__((noipa)) long forker(void)
     return leaf(3) + WEXITSTATUS(status);
 }
 
+__attribute__((noipa)) long nap(long i) { usleep(200 * 1000); return leaf(i); }
+
 __attribute__((noipa)) long c(long x) { return leaf(x); }
 __attribute__((noipa)) long b(long x) { return c(x + 1); }
 __attribute__((noipa)) long a(long x) { return b(x + 1); }
@@ -92,6 +96,13 @@ int main(int argc, char **argv)
         pthread_create(&t, NULL, exiter, (void *)5);
         pthread_join(t, NULL);
         printf("joined %ld\n", leaf(4));
+    } else if (strcmp(mode, "hold") == 0) {
+        printf("ready %d\n", getpid());
+        fflush(stdout);
+        long total = 0;
+        for (long i = 0; i < n; i++)
+            total += nap(i);
+        printf("held %ld\n", total);
     } else if (strcmp(mode, "fork") == 0) {
         long r = forker();
         if (r == 4) // the child: leaf(2) * 2

@@ -433,21 +433,48 @@ public sealed class GraphTracer : RingTracer
         a.jmp(owned);
 
         a.Label(ref claim);                             // the thread's first traced call in this process
+        // A fork child's thread has the forking thread's thread pointer, and its copy of that
+        // thread's record holds the frames it will return through: adopt it (with its own buffer).
+        Label scan = a.CreateLabel(), fresh = a.CreateLabel(), adopt = a.CreateLabel(), haveRecord = a.CreateLabel();
+        a.mov(rax, __qword_ptr.fs[0]);
+        a.mov(r11, RecordsNext);
+        a.mov(ecx, __dword_ptr[r11]);
+        a.cmp(ecx, Buffers.MaxThreads);
+        a.jbe(scan);
+        a.mov(ecx, Buffers.MaxThreads);
+        a.Label(ref scan);
+        a.test(ecx, ecx);
+        a.jz(fresh);
+        a.mov(rdx, rcx);
+        a.shl(rdx, RecordShift);
+        a.mov(r11, Records - (1UL << RecordShift));
+        a.add(r11, rdx);
+        a.cmp(__qword_ptr[r11 + HOwner], rax);
+        a.je(adopt);
+        a.dec(ecx);
+        a.jmp(scan);
+        a.Label(ref adopt);
+        a.mov(eax, ecx);                                // index + 1
+        a.mov(__byte_ptr[r11 + HBusy], (byte)0);
+        a.jmp(haveRecord);
+        a.Label(ref fresh);
         a.mov(r11, RecordsNext);
         a.mov(eax, 1);
         a.@lock.xadd(__dword_ptr[r11], eax);
         a.cmp(eax, Buffers.MaxThreads);
         a.jae(noRecord);
         a.inc(eax);
-        a.mov(edx, __dword_ptr.fs[_tidOffset]);
-        a.mov(r11, Table);
-        a.mov(__dword_ptr[r11 + rdx * 4], eax);
-        a.push(rax);
-        a.shl(rax, RecordShift);
+        a.mov(rdx, rax);
+        a.shl(rdx, RecordShift);
         a.mov(r11, Records - (1UL << RecordShift));
-        a.add(r11, rax);                                // the new record (zero: fresh memory)
-        a.mov(rax, __qword_ptr.fs[0]);
-        a.mov(__qword_ptr[r11 + HOwner], rax);
+        a.add(r11, rdx);                                // the new record (zero: fresh memory)
+        a.mov(rdx, __qword_ptr.fs[0]);
+        a.mov(__qword_ptr[r11 + HOwner], rdx);
+        a.Label(ref haveRecord);                        // eax = index + 1, r11 = the record
+        a.mov(edx, __dword_ptr.fs[_tidOffset]);
+        a.mov(rcx, Table);
+        a.mov(__dword_ptr[rcx + rdx * 4], eax);
+        a.push(rax);
         a.mov(rcx, Data(_nextOffset));                  // and a ring buffer (or profile row) in shared memory
         a.mov(eax, 1);
         a.@lock.xadd(__dword_ptr[rcx], eax);
@@ -515,7 +542,7 @@ public sealed class GraphTracer : RingTracer
         bool events = Options.Mode == GraphMode.Events;
         Label search = a.CreateLabel(), found = a.CreateLabel(), slow = a.CreateLabel(), back = a.CreateLabel(),
             unbusy = a.CreateLabel(), full = a.CreateLabel(), records = a.CreateLabel(), entries = a.CreateLabel(),
-            nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(), noParent = a.CreateLabel(),
+            nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(),
             keepMax = a.CreateLabel(), keepMin = a.CreateLabel();
 
         a.lea(rsi, __[rsp - 8]);                        // the slot the function returned through
@@ -601,9 +628,8 @@ public sealed class GraphTracer : RingTracer
             a.mov(__qword_ptr[rsi + CMinInv], rdx);
             a.Label(ref keepMin);
             a.test(rcx, rcx);
-            a.jz(noParent);
+            a.jz(unbusy);
             a.add(__qword_ptr[rdi - (1 << EntryShift) + EChild], rax);   // the parent's time in callees
-            a.Label(ref noParent);
         }
         a.Label(ref unbusy);
         a.mov(__byte_ptr[r11 + HBusy], (byte)0);

@@ -48,6 +48,12 @@ public enum Flavour
 
     /// <summary>calls.c: deterministic call trees and bursts (PIE, patchable entries).</summary>
     Calls,
+
+    /// <summary>graph.c: call trees for the function_graph tracer (recursion, longjmp, signals, fork, threads).</summary>
+    Graph,
+
+    /// <summary>graphxx.cpp: C++ exceptions thrown through traced frames.</summary>
+    GraphCxx,
 }
 
 /// <summary>
@@ -93,6 +99,8 @@ public static class TargetBuilder
             Flavour.SeedSled => new Recipe(["seedcase.c"], [$"gcc {SledFlags} -pthread -fPIE -pie {{src}}/seedcase.c -o {{out}}/prog"], "prog"),
             // No sibling calls: the call tree in the source is the one at run time.
             Flavour.Calls => new Recipe(["calls.c"], [$"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/calls.c -o {{out}}/prog"], "prog"),
+            Flavour.Graph => new Recipe(["graph.c"], [$"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/graph.c -o {{out}}/prog"], "prog"),
+            Flavour.GraphCxx => new Recipe(["graphxx.cpp"], [$"g++ {SledFlags} -fno-optimize-sibling-calls {{src}}/graphxx.cpp -o {{out}}/prog"], "prog"),
             Flavour.Blocker => new Recipe(["blocker.c"], [$"gcc {SledFlags} -pthread {{src}}/blocker.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });

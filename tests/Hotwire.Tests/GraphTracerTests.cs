@@ -1,0 +1,326 @@
+using System.Diagnostics;
+using Hotwire.Tests.Infrastructure;
+using Hotwire.Tracing;
+using Xunit;
+
+namespace Hotwire.Tests;
+
+/// <summary>
+/// The function_graph and profile tracers on programs whose call trees are known by construction
+/// (tests/targets/graph.c, graphxx.cpp): the recorded tree, per thread, must be that tree, and the
+/// program must behave and print exactly as it does untraced.
+/// </summary>
+[Collection("engine")]
+public class GraphTracerTests
+{
+    /// <summary>A call as the events show it: entry, children, and how it ended.</summary>
+    private sealed class Call
+    {
+        public string Name = "";
+        public ulong Arg;
+        public int Depth;
+        public ulong EntryTsc;
+        public ulong ExitTsc;
+        public bool Returned;       // an exit event came
+        public ulong Value;
+        public List<Call> Children = [];
+        public override string ToString() => Name + (Children.Count == 0 ? "" : "{" + string.Join(",", Children) + "}") + (Returned ? "" : "~");
+    }
+
+    private sealed record Recording(TraceInfo Info, Dictionary<int, List<RawEvent>> Events, string Stdout, string Stderr)
+    {
+        public string Name(RawEvent e) => Info.Sites.Single(s => s.Index == e.Site).Function;
+
+        /// <summary>Per thread, the top-level calls (frames left without an exit are marked by ~).</summary>
+        public List<Call> Roots(int tid, List<RawEvent>? orphans = null)
+        {
+            var roots = new List<Call>();
+            var stack = new List<Call>();
+            foreach (RawEvent e in Events[tid])
+            {
+                if (!e.IsExit)
+                {
+                    while (stack.Count > 0 && stack[^1].Depth >= e.Depth)
+                    {
+                        stack.RemoveAt(stack.Count - 1); // left by longjmp or an exception
+                    }
+                    // Deeper than what we saw: its callers were entered before this process's record began (a fork child).
+                    var call = new Call { Name = Name(e), Arg = e.Args.Length > 0 ? e.Args[0] : 0, Depth = e.Depth, EntryTsc = e.Tsc };
+                    (stack.Count == 0 ? roots : stack[^1].Children).Add(call);
+                    stack.Add(call);
+                    continue;
+                }
+                while (stack.Count > 0 && stack[^1].Depth > e.Depth)
+                {
+                    stack.RemoveAt(stack.Count - 1);
+                }
+                if (stack.Count > 0 && stack[^1].Depth == e.Depth && Name(e) == stack[^1].Name)
+                {
+                    Call done = stack[^1];
+                    done.Returned = true;
+                    done.ExitTsc = e.Tsc;
+                    done.Value = e.Value;
+                    stack.RemoveAt(stack.Count - 1);
+                }
+                else
+                {
+                    orphans?.Add(e);  // entered before this process's record began (fork)
+                }
+            }
+            return roots;
+        }
+
+        public double Ns(ulong ticks) => Info.Clock.ToCalibration().TicksToNs(ticks);
+    }
+
+    private static Recording Record(Flavour flavour, params string[] args)
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-graph-{Guid.NewGuid():N}");
+        int dash = Array.IndexOf(args, "--");
+        string[] options = dash < 0 ? [] : args[..dash];
+        string[] program = dash < 0 ? args : args[(dash + 1)..];
+        CliResult rec = HotwireCli.Run(["record", "--tracer", "function_graph", "-o", dir, .. options, "--", TargetBuilder.Get(flavour), .. program]);
+        Assert.True(rec.ExitCode == 0, rec.Stderr);
+        Assert.Contains("the program exited with status 0", rec.Stderr);
+        TraceInfo info = TraceData.ReadInfo(dir);
+        return new Recording(info, TraceData.ReadEvents(dir, info), rec.Stdout, rec.Stderr);
+    }
+
+    private static string Untraced(Flavour flavour, params string[] args)
+    {
+        var psi = new ProcessStartInfo(TargetBuilder.Get(flavour)) { RedirectStandardOutput = true };
+        foreach (string a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using Process p = Process.Start(psi)!;
+        string output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        Assert.Equal(0, p.ExitCode);
+        return output;
+    }
+
+    private static int MainTid(Recording r) => r.Info.Pid;
+
+    [Fact]
+    public void Each_thread_has_exactly_the_tree_it_made()
+    {
+        Recording r = Record(Flavour.Graph, "tree");
+        Assert.Equal(Untraced(Flavour.Graph, "tree"), r.Stdout);
+        Assert.Equal("main{leaf}", string.Join(",", r.Roots(MainTid(r))));
+        var workers = r.Events.Keys.Where(t => t != MainTid(r)).ToList();
+        Assert.Equal(2, workers.Count);
+        foreach (int tid in workers)
+        {
+            Assert.Equal("worker{a{b{c{leaf}}},a{b{c{leaf}}},a{b{c{leaf}}}}", string.Join(",", r.Roots(tid)));
+        }
+        Assert.Equal(0UL, r.Info.TotalLost);
+    }
+
+    [Fact]
+    public void Recursion_nests_with_arguments_return_values_and_consistent_durations()
+    {
+        Recording r = Record(Flavour.Graph, "--args", "1", "--retval", "--", "fib", "12");
+        Assert.Equal("fib(12) = 144\n", r.Stdout);
+        Call fib = r.Roots(MainTid(r)).Single().Children.Single();
+        int calls = 0;
+        void Check(Call c)
+        {
+            calls++;
+            Assert.True(c.Returned);
+            long n = (long)c.Arg;
+            Assert.Equal(Fib(n), (long)c.Value);                       // --retval
+            Assert.Equal(n < 2 ? [] : new ulong[] { (ulong)(n - 1), (ulong)(n - 2) }, c.Children.Select(x => x.Arg));
+            Assert.True(c.ExitTsc - c.EntryTsc >= (ulong)c.Children.Sum(x => (long)(x.ExitTsc - x.EntryTsc)), "a parent lasts at least as long as its children");
+            c.Children.ForEach(Check);
+        }
+        Check(fib);
+        Assert.Equal(465, calls);
+        Assert.True(r.Info.Retval);
+
+        static long Fib(long n) => n < 2 ? n : Fib(n - 1) + Fib(n - 2);
+    }
+
+    [Fact]
+    public void Ten_thousand_nested_frames_all_return_home()
+    {
+        Recording r = Record(Flavour.Graph, "deep", "10000");
+        Assert.Equal("rec(10000) = 10000\n", r.Stdout);
+        List<RawEvent> events = r.Events[MainTid(r)];
+        Assert.Equal(2 * (1 + 10001 + 1), events.Count);
+        Assert.Equal(10002, events.Max(e => e.Depth));                 // main, rec × 10001, leaf
+        Assert.All(r.Roots(MainTid(r)), c => Assert.True(c.Returned));
+        Assert.Equal(0UL, r.Info.ShadowOverflow);
+    }
+
+    [Fact]
+    public void Deeper_than_the_shadow_stack_is_counted_and_shown_never_a_crash()
+    {
+        Recording r = Record(Flavour.Graph, "deep", "20000");
+        Assert.Equal("rec(20000) = 20000\n", r.Stdout);
+        Assert.Equal((ulong)(20000 + 3 - GraphTracer.Capacity), r.Info.ShadowOverflow); // main, rec × 20001, leaf
+        Assert.Contains("calls were not followed", r.Stderr);
+        Assert.Equal(GraphTracer.Capacity - 1, r.Events[MainTid(r)].Max(e => e.Depth));
+    }
+
+    [Fact]
+    public void Longjmp_leaves_frames_behind_and_the_tree_goes_on_at_the_right_depth()
+    {
+        Recording r = Record(Flavour.Graph, "longjmp", "1000");
+        Assert.Equal(Untraced(Flavour.Graph, "longjmp", "1000"), r.Stdout);
+        Call main = r.Roots(MainTid(r)).Single();
+        Assert.Equal(1000, main.Children.Count);
+        Assert.All(main.Children, outer => Assert.Equal("outer{jump1{jump2{jump3~}~}~,after{leaf}}", outer.ToString()));
+        Assert.Equal(0UL, r.Info.ShadowOverflow);
+    }
+
+    [Fact]
+    public void Cxx_exceptions_thrown_through_traced_frames_are_caught_exactly_as_untraced()
+    {
+        Recording r = Record(Flavour.GraphCxx, "throw", "6");
+        Assert.Equal(Untraced(Flavour.GraphCxx, "throw", "6"), r.Stdout);
+        Call main = r.Roots(MainTid(r)).Single();
+        Assert.True(main.Returned);
+        Assert.Equal(6, main.Children.Count);
+        for (int i = 0; i < 6; i++)
+        {
+            Call catcher = main.Children[i];
+            Assert.True(catcher.Returned, $"catcher({i}) returns through the handler again after its catch");
+            string expected = i % 2 == 0
+                ? "catcher(long){t1(long){t2(long){t3(long){std::__cxx11::to_string(long)}~,Guard::~Guard()}~}~,after(long)}"
+                : "catcher(long){t1(long){t2(long){t3(long),Guard::~Guard()}},after(long)}";
+            Assert.Equal(expected, catcher.ToString());
+        }
+        Recording rethrow = Record(Flavour.GraphCxx, "rethrow");
+        Assert.Equal(Untraced(Flavour.GraphCxx, "rethrow"), rethrow.Stdout);
+        Assert.True(rethrow.Roots(MainTid(rethrow)).Single().Returned);
+    }
+
+    [Fact]
+    public void A_signal_handler_nests_under_the_function_it_interrupted()
+    {
+        Recording r = Record(Flavour.Graph, "signal");
+        Assert.Equal("work = 2\n", r.Stdout);
+        Assert.Equal("main{work{on_signal{leaf},leaf}}", string.Join(",", r.Roots(MainTid(r))));
+    }
+
+    [Fact]
+    public void A_function_that_sleeps_10_ms_lasts_10_ms()
+    {
+        Recording r = Record(Flavour.Graph, "sleep");
+        Call sleeper = r.Roots(MainTid(r)).Single().Children.Single();
+        Assert.Equal("sleeper", sleeper.Name);
+        double ms = r.Ns(sleeper.ExitTsc - sleeper.EntryTsc) / 1e6;
+        Assert.InRange(ms, 10.0, 60.0);
+    }
+
+    [Fact]
+    public void Pthread_exit_from_traced_frames_ends_the_thread_and_the_program_goes_on()
+    {
+        Recording r = Record(Flavour.Graph, "exit");
+        Assert.Equal("joined 8\n", r.Stdout);
+        int thread = r.Events.Keys.Single(t => t != MainTid(r));
+        Assert.Equal("exiter{t1{t2~}~}~", string.Join(",", r.Roots(thread)));
+        Assert.Equal("main{leaf}", string.Join(",", r.Roots(MainTid(r))));
+    }
+
+    [Fact]
+    public void A_fork_child_returns_through_the_frames_it_inherited_and_records_their_exits()
+    {
+        Recording r = Record(Flavour.Graph, "fork");
+        Assert.Equal("forked 6\n", r.Stdout);
+        Assert.Equal("main{forker{leaf}}", string.Join(",", r.Roots(MainTid(r))));
+        int child = r.Events.Keys.Single(t => t != MainTid(r));
+        var orphans = new List<RawEvent>();
+        Assert.Equal("leaf", string.Join(",", r.Roots(child, orphans)));
+        Assert.Equal(2, r.Events[child].First().Depth);                 // under main and forker, as in the parent
+        Assert.Equal(["forker@1", "main@0"], orphans.Select(e => $"{r.Name(e)}@{e.Depth}"));
+    }
+
+    [Fact]
+    public void Tracing_stops_while_a_hijacked_frame_sleeps_and_its_return_still_goes_home()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Graph), "hold", "12");
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-graph-{Guid.NewGuid():N}");
+        CliResult rec = HotwireCli.Run("record", "--tracer", "function_graph", "-F", "nap", "-d", "0.5", "-o", dir, "--pid", target.Pid.ToString());
+        Assert.True(rec.ExitCode == 0, rec.Stderr);
+        string? line = target.ReadLine(TimeSpan.FromSeconds(20));
+        Assert.Equal("held 132", line);                                 // Σ leaf(i) = Σ 2i for i < 12
+        Assert.True(target.Process.WaitForExit(10_000));
+        Assert.Equal(0, target.Process.ExitCode);
+        TraceInfo info = TraceData.ReadInfo(dir);
+        Assert.True(info.TotalEvents >= 1, "nap was entered while tracing");
+    }
+
+    [Fact]
+    public void The_time_filter_keeps_long_calls_and_their_callers_only()
+    {
+        Recording all = Record(Flavour.Graph, "fib", "20");
+        Recording some = Record(Flavour.Graph, "-t", "50us", "--", "fib", "20");
+        Assert.Equal(all.Stdout, some.Stdout);
+        Assert.Equal(50_000, some.Info.TimeFilterNs);
+        List<Call> roots = some.Roots(MainTid(some));
+        int kept = 0;
+        void Check(Call c)
+        {
+            kept++;
+            Assert.True(c.Returned);
+            Assert.True(some.Ns(c.ExitTsc - c.EntryTsc) >= 50_000 * 0.99, $"{c.Name} lasted {some.Ns(c.ExitTsc - c.EntryTsc)} ns");
+            c.Children.ForEach(Check);
+        }
+        roots.ForEach(Check);
+        Assert.True(kept >= 2 && kept < all.Events[MainTid(all)].Count / 20, $"kept {kept} calls");
+        Assert.Equal("fib", roots.Single().Children.Single().Name);
+    }
+
+    [Fact]
+    public void The_depth_filter_follows_only_the_outermost_frames()
+    {
+        Recording r = Record(Flavour.Graph, "-D", "3", "--", "fib", "10");
+        Assert.Equal("fib(10) = 55\n", r.Stdout);
+        Assert.Equal(2, r.Events[MainTid(r)].Max(e => e.Depth));
+        Assert.Equal("main{fib{fib,fib}}", string.Join(",", r.Roots(MainTid(r))));
+    }
+
+    [Fact]
+    public void The_profiler_counts_calls_and_times_without_events()
+    {
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-profile-{Guid.NewGuid():N}");
+        CliResult rec = HotwireCli.Run("record", "--tracer", "profile", "-o", dir, "--", TargetBuilder.Get(Flavour.Graph), "fib", "15");
+        Assert.True(rec.ExitCode == 0, rec.Stderr);
+        Assert.Contains("fib(15) = 610", rec.Stdout);
+        TraceInfo info = TraceData.ReadInfo(dir);
+        Assert.Equal(Tracers.Profile, info.Tracer);
+        Assert.Equal(0, info.TotalEvents);
+        string Fn(ProfileEntry p) => info.Sites.Single(s => s.Index == p.Site).Function;
+        ProfileEntry fib = info.Profile!.Single(p => Fn(p) == "fib");
+        ProfileEntry main = info.Profile!.Single(p => Fn(p) == "main");
+        Assert.Equal(1973UL, fib.Calls);                                  // 2·F(16) − 1
+        Assert.Equal(1UL, main.Calls);
+        Assert.True(fib.TotalNs > fib.SelfNs && fib.SelfNs > 0);
+        Assert.True(main.TotalNs >= fib.MaxNs, "main lasts at least as long as its longest fib call");
+        Assert.True(fib.MinNs > 0 && fib.MinNs <= fib.MaxNs);
+        Assert.True(main.SelfNs <= main.TotalNs);
+    }
+
+    [Theory]
+    [InlineData("--depth", "0", "--depth must be at least 1")]
+    [InlineData("--time-filter", "10parsecs", "is not a time")]
+    [InlineData("--tracer", "graph", "--tracer takes function, function_graph or profile")]
+    public void Bad_graph_options_get_one_line_and_a_usage_exit(string option, string value, string message)
+    {
+        string[] tracer = option == "--tracer" ? [] : ["--tracer", "function_graph"];
+        CliResult r = HotwireCli.Run(["record", .. tracer, option, value, "--", TargetBuilder.Get(Flavour.Graph), "tree"]);
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains(message, r.Stderr);
+        Assert.Single(r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+    }
+
+    [Fact]
+    public void Retval_needs_the_graph_tracer()
+    {
+        CliResult r = HotwireCli.Run("record", "--retval", "--", TargetBuilder.Get(Flavour.Graph), "tree");
+        Assert.Equal(2, r.ExitCode);
+        Assert.Contains("need --tracer function_graph", r.Stderr);
+    }
+}
