@@ -419,7 +419,7 @@ public static class AgentCode
     /// </summary>
     private static void EmitRestoreAll(Assembler a, ref Label restoreAll, Label runBatch)
     {
-        Label loop = a.CreateLabel(), next = a.CreateLabel(), built = a.CreateLabel();
+        Label loop = a.CreateLabel(), next = a.CreateLabel(), built = a.CreateLabel(), haveEmu = a.CreateLabel();
         a.Label(ref restoreAll);
         a.mov(r13, __qword_ptr[rbx + L.RestoreList]);
         a.xor(r14d, r14d);
@@ -451,9 +451,13 @@ public static class AgentCode
         a.mov(__qword_ptr[r8 + L.BatchExpected], rax);
         a.mov(rax, __qword_ptr[rdi + L.SiteOriginal]);
         a.mov(__qword_ptr[r8 + L.BatchNew], rax);
+        a.mov(rax, __qword_ptr[rdi + L.SiteBaseEmu]);  // a live patch's jmp stays: emulate it
+        a.test(rax, rax);
+        a.jnz(haveEmu);
         a.movzx(eax, __byte_ptr[rdi + L.SiteLen]);
         a.shl(eax, 4);
         a.lea(rax, __[rbx + rax + L.NopRecords]);
+        a.Label(ref haveEmu);
         a.mov(__qword_ptr[r8 + L.BatchEmu], rax);
         a.inc(r14);
         a.Label(ref next);

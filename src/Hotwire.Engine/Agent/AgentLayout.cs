@@ -68,7 +68,7 @@ public static class AgentLayout
     public const int SiteOriginal = 16;      // u64: bytes, zero-padded past len
     public const int SiteCurrent = 24;       // u64: what the agent last installed
     public const int SiteLen = 32;           // u8
-
+    public const int SiteBaseEmu = 40;       // emulation record of SiteOriginal when it is not a NOP (a live patch's jmp); 0: NOP
     // ---- batch entry ----
     public const int BatchEntrySize = 32;
     public const int BatchSiteIndex = 0;     // u32

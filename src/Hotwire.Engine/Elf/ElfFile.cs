@@ -292,6 +292,26 @@ public sealed class ElfFile
         return false;
     }
 
+    /// <summary>Every dynamic relocation (RELA sections that are loaded): where, type, symbol index in .dynsym, addend.</summary>
+    public List<(ulong Offset, uint Type, int Symbol, long Addend)> DynamicRelocations()
+    {
+        var result = new List<(ulong, uint, int, long)>();
+        foreach (ElfSection s in Sections)
+        {
+            if (s.Type != SHT_RELA || (s.Flags & 2) == 0)
+            {
+                continue;
+            }
+            ReadOnlySpan<byte> rela = SectionData(s);
+            for (int off = 0; off + 24 <= rela.Length; off += 24)
+            {
+                ulong info = U64(rela, off + 8);
+                result.Add((U64(rela, off), (uint)info, (int)(info >> 32), (long)U64(rela, off + 16)));
+            }
+        }
+        return result;
+    }
+
     public const uint R_X86_64_GLOB_DAT = 6;
     public const uint R_X86_64_JUMP_SLOT = 7;
 

@@ -29,6 +29,12 @@ public abstract class Ops
     /// <summary>True for an ops that sends calls elsewhere (a live patch, a redirect).</summary>
     public virtual bool Redirects => false;
 
+    /// <summary>
+    /// True for an ops meant to outlive the session (a live patch): detach and the agent's
+    /// dead-man switch leave its sites redirected instead of restoring them.
+    /// </summary>
+    public virtual bool Persistent => false;
+
     internal FunctionFilter BuildFilter() => new(Filter.Concat(Notrace.Select(n => "!" + n.TrimStart('!'))));
 
     /// <summary>Called once when the ops is registered, before any site calls it.</summary>

@@ -105,6 +105,7 @@ public sealed unsafe partial class Session
         _heapNext = heap;
         _heapEnd = dataSize;
         _batchListOffset = batchList;
+        _siteTableOffset = siteTable;
         _rangeListOffset = rangeList;
 
         var modules = Image.Modules.Where(m => m.Sites.Count > 0).ToList();

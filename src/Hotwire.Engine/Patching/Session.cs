@@ -38,6 +38,7 @@ public sealed unsafe partial class Session : IDisposable
     private readonly Dictionary<Ops, List<SiteRecord>> _chosen = [];
     private HashSet<string>? _functionNames;
     private readonly Dictionary<Ops, int> _opsIds = [];
+    private ulong _siteTableOffset;
     private readonly List<MemoryMapping> _execMappings;
     private readonly ProcessMemory _memory;
     private ulong _heapNext;
@@ -132,13 +133,126 @@ public sealed unsafe partial class Session : IDisposable
     // ---------------------------------------------------------------- ops
 
     /// <summary>Attaches <paramref name="ops"/> to every site its filters choose, in one batch.</summary>
-    public IReadOnlyList<SiteRecord> Register(Ops ops)
+    public IReadOnlyList<SiteRecord> Register(Ops ops) => Change([], [ops])[ops];
+
+    /// <summary>Detaches <paramref name="ops"/> from its sites, in one batch.</summary>
+    public void Unregister(Ops ops)
     {
         ThrowIfDetached();
         if (_ops.Contains(ops))
         {
-            throw new InvalidOperationException($"ops '{ops.Name}' is registered already");
+            Change([ops], []);
         }
+    }
+
+    /// <summary>
+    /// Removes some ops and adds others in one batch: no call sees a state in between (a live
+    /// patch replacing another never lets the original body run). Returns each added ops' sites.
+    /// </summary>
+    public Dictionary<Ops, IReadOnlyList<SiteRecord>> Change(IReadOnlyList<Ops> remove, IReadOnlyList<Ops> add)
+    {
+        ThrowIfDetached();
+        foreach (Ops ops in add)
+        {
+            if (_ops.Contains(ops) && !remove.Contains(ops))
+            {
+                throw new InvalidOperationException($"ops '{ops.Name}' is registered already");
+            }
+        }
+        var touched = new HashSet<SiteRecord>();
+        var removedFrom = new List<(SiteRecord, Ops)>();
+        foreach (Ops ops in remove.Where(_ops.Contains))
+        {
+            IEnumerable<SiteRecord> from = _chosen.TryGetValue(ops, out List<SiteRecord>? c) ? c : Sites;
+            foreach (SiteRecord s in from.Where(s => s.Ops.Contains(ops)).ToList())
+            {
+                int at = s.Ops.IndexOf(ops);
+                s.Ops.RemoveAt(at);
+                removedFrom.Add((s, ops));
+                touched.Add(s);
+            }
+        }
+        var result = new Dictionary<Ops, IReadOnlyList<SiteRecord>>();
+        var addedTo = new List<(SiteRecord, Ops)>();
+        try
+        {
+            foreach (Ops ops in add)
+            {
+                List<SiteRecord> chosen = Choose(ops);
+                if (ops.Redirects && chosen.FirstOrDefault(s => s.Ops.Any(o => o.Redirects)) is { } taken)
+                {
+                    Ops holder = taken.Ops.First(o => o.Redirects);
+                    throw new HotwireException(
+                        $"{taken.Function} is already redirected by '{holder.Name}': only one ops may change where a function goes; nothing was changed");
+                }
+                AssignId(ops);
+                ops.Prepare(this, chosen);
+                foreach (SiteRecord s in chosen)
+                {
+                    s.Ops.Add(ops);
+                    addedTo.Add((s, ops));
+                    touched.Add(s);
+                }
+                result[ops] = chosen;
+            }
+            Apply(touched.ToList());
+        }
+        catch
+        {
+            foreach ((SiteRecord s, Ops o) in addedTo)
+            {
+                s.Ops.Remove(o);
+            }
+            foreach ((SiteRecord s, Ops o) in removedFrom)
+            {
+                s.Ops.Add(o);
+            }
+            TryApply(touched.ToList());
+            throw;
+        }
+        foreach (Ops ops in remove)
+        {
+            _ops.Remove(ops);
+        }
+        _ops.AddRange(add);
+        if (remove.Concat(add).Any(o => o.Persistent))
+        {
+            WriteBase(touched);
+        }
+        return result;
+    }
+
+    /// <summary>
+    /// Takes over ops a previous Hotwire left in place (a live patch): the sites hold its bytes
+    /// already; nothing is written to the code.
+    /// </summary>
+    internal IReadOnlyList<SiteRecord> Adopt(Ops ops)
+    {
+        List<SiteRecord> chosen = Choose(ops);
+        AssignId(ops);
+        ops.Prepare(this, chosen);
+        Span<byte> live = stackalloc byte[8];
+        foreach (SiteRecord s in chosen)
+        {
+            s.Ops.Add(ops);
+            (ulong bytes, _) = CachedDesired(s);
+            live.Clear();
+            _memory.TryRead(s.Address, live[..s.Length]);
+            if (SiteRecord.Pack(live[..s.Length]) != bytes)
+            {
+                s.Ops.Remove(ops);
+                throw new HotwireException($"{s.Function} in pid {Pid} does not hold the live patch recorded for it (someone else changed its code); nothing was changed");
+            }
+            s.Current = bytes;
+            Shared.WriteU64(SiteEntry(s) + L.SiteCurrent, bytes);
+        }
+        _ops.Add(ops);
+        WriteBase(chosen);
+        return chosen;
+    }
+
+    private List<SiteRecord> Choose(Ops ops)
+    {
         // An ops' filters are fixed: choose its sites once, however often it is toggled.
         if (!_chosen.TryGetValue(ops, out List<SiteRecord>? chosen))
         {
@@ -147,12 +261,11 @@ public sealed unsafe partial class Session : IDisposable
             chosen = ops.BuildFilter().Select(_allSites, _functionNames).Select(p => _byAddress[p.Address]).ToList();
             _chosen[ops] = chosen;
         }
-        if (ops.Redirects && chosen.FirstOrDefault(s => s.Ops.Any(o => o.Redirects)) is { } taken)
-        {
-            Ops holder = taken.Ops.First(o => o.Redirects);
-            throw new HotwireException(
-                $"{taken.Function} is already redirected by '{holder.Name}': only one ops may change where a function goes; nothing was changed");
-        }
+        return chosen;
+    }
+
+    private void AssignId(Ops ops)
+    {
         if (!_opsIds.ContainsKey(ops))
         {
             if (_opsIds.Count >= 63)
@@ -162,40 +275,34 @@ public sealed unsafe partial class Session : IDisposable
             _opsIds[ops] = _opsIds.Count + 1;
             ops.Id = _opsIds[ops];
         }
-        ops.Prepare(this, chosen);
-        foreach (SiteRecord s in chosen)
-        {
-            s.Ops.Add(ops);
-        }
-        try
-        {
-            Apply(chosen);
-        }
-        catch
-        {
-            foreach (SiteRecord s in chosen)
-            {
-                s.Ops.Remove(ops);
-            }
-            TryApply(chosen);
-            throw;
-        }
-        _ops.Add(ops);
-        return chosen;
     }
 
-    /// <summary>Detaches <paramref name="ops"/> from its sites, in one batch.</summary>
-    public void Unregister(Ops ops)
+    private ulong SiteEntry(SiteRecord s) => _siteTableOffset + (ulong)s.Index * L.SiteEntrySize;
+
+    /// <summary>
+    /// What a site goes back to on detach or when Hotwire dies: its original NOP, or the newest
+    /// live patch's jmp. The agent's restore reads it from the site table.
+    /// </summary>
+    private void WriteBase(IEnumerable<SiteRecord> sites)
     {
-        ThrowIfDetached();
-        if (!_ops.Remove(ops))
+        foreach (SiteRecord s in sites)
         {
-            return;
+            Ops? patch = s.Ops.LastOrDefault(o => o.Persistent);
+            ulong bytes = s.Original, emu = 0;
+            if (patch is not null)
+            {
+                ulong target = patch.RedirectTarget(s);
+                long rel = (long)target - (long)(s.Address + 5);
+                if (rel is < int.MinValue or > int.MaxValue)
+                {
+                    throw new HotwireException($"{s.Function}: the replacement at 0x{target:x} is beyond a jmp's reach from 0x{s.Address:x}");
+                }
+                bytes = 0xe9UL | (ulong)(uint)(int)rel << 8 | (s.Length == 6 ? TrailingNop : 0);
+                emu = Record(L.KindJmp, 0, target);
+            }
+            Shared.WriteU64(SiteEntry(s) + L.SiteOriginal, bytes);
+            Shared.WriteU64(SiteEntry(s) + L.SiteBaseEmu, emu);
         }
-        List<SiteRecord> sites = _chosen.TryGetValue(ops, out List<SiteRecord>? chosen)
-            ? chosen.Where(s => s.Ops.Remove(ops)).ToList()
-            : Sites.Where(s => s.Ops.Remove(ops)).ToList();
-        Apply(sites);
     }
 
     private void TryApply(List<SiteRecord> sites)
@@ -721,10 +828,17 @@ public sealed unsafe partial class Session : IDisposable
             {
                 return; // nothing left to restore: the code went with the process
             }
+            // Live patches stay: take every other ops off in one batch; then the agent's restore
+            // (which goes back to each site's base: its NOP, or a live patch's jmp) finds nothing to do.
+            List<Ops> transient = _ops.Where(o => !o.Persistent).ToList();
+            if (transient.Count > 0 && transient.Count < _ops.Count)
+            {
+                Change(transient, []);
+            }
             Send(L.CmdRestoreAll);
             foreach (SiteRecord s in Sites)
             {
-                s.Current = s.Original;
+                s.Current = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
                 s.Ops.Clear();
             }
             WaitNoPendingSigtrap();

@@ -1,0 +1,134 @@
+using System.CommandLine;
+using System.Globalization;
+using Hotwire.Livepatch;
+using Hotwire.Memory;
+using Hotwire.Patching;
+
+namespace Hotwire.Cli.Commands;
+
+/// <summary>
+/// <c>hotwire patch</c>: replaces functions of a running process with those of a patch (a shared
+/// object the user builds), stacks, reverts and lists patches. Patches stay when Hotwire exits.
+/// </summary>
+public static class PatchCommand
+{
+    public static Command Create()
+    {
+        var pid = new Option<int>("--pid", "-p") { Description = "The running process to patch", Required = true };
+        var patch = new Argument<string?>("PATCH.so") { Description = "The patch: gcc -shared -fPIC output with the replacement functions", Arity = ArgumentArity.ZeroOrOne };
+        var map = new Option<string[]>("--map") { Description = "Replace OLD with the patch's NEW (OLD=NEW, repeatable); otherwise functions replace their namesakes", AllowMultipleArgumentsPerToken = false };
+        var replace = new Option<bool>("--replace") { Description = "Supersede every earlier patch atomically" };
+        var revert = new Option<bool>("--revert") { Description = "Remove the newest patch" };
+        var list = new Option<bool>("--list") { Description = "Show the patches applied to the process" };
+        var wait = new Option<string?>("--wait-quiescent") { Description = "Wait until no thread is inside replaced code (optional timeout, default 30s)", Arity = ArgumentArity.ZeroOrOne };
+        var command = new Command("patch", "Live-patch functions of a running process (they stay patched after Hotwire exits)")
+        {
+            pid, patch, map, replace, revert, list, wait,
+        };
+        command.SetAction(r => (int)Run(r.GetValue(pid), r.GetValue(patch), r.GetValue(map) ?? [], r.GetValue(replace), r.GetValue(revert), r.GetValue(list),
+            r.GetResult(wait) is null ? null : r.GetValue(wait) ?? "30s"));
+        return command;
+    }
+
+    private static ExitCode Run(int pid, string? patchPath, string[] maps, bool replace, bool revert, bool list, string? wait)
+    {
+        int modes = (patchPath is null ? 0 : 1) + (revert ? 1 : 0) + (list ? 1 : 0);
+        if (modes != 1)
+        {
+            throw new UsageException("give one of: PATCH.so (apply), --revert, --list");
+        }
+        if (replace && patchPath is null)
+        {
+            throw new UsageException("--replace goes with a PATCH.so to apply");
+        }
+        if (maps.Length > 0 && patchPath is null)
+        {
+            throw new UsageException("--map goes with a PATCH.so to apply");
+        }
+        TimeSpan? timeout = wait is null ? null : TimeSpan.FromMilliseconds(RecordCommand.ParseDuration(wait, "--wait-quiescent") / 1e6);
+        if (list)
+        {
+            return List(pid);
+        }
+        var mapping = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (string m in maps)
+        {
+            string[] parts = m.Split('=', 2);
+            if (parts.Length != 2 || parts[0].Length == 0 || parts[1].Length == 0)
+            {
+                throw new UsageException($"--map takes OLD=NEW, not '{m}'");
+            }
+            if (!mapping.TryAdd(parts[0], parts[1]))
+            {
+                throw new UsageException($"--map: {parts[0]} is mapped twice ({mapping[parts[0]]} and {parts[1]}); one function has one replacement");
+            }
+        }
+        // Everything about the patch file is checked before the target is touched.
+        PatchObject? patch = patchPath is null ? null : PatchObject.Load(patchPath);
+
+        using Session session = Session.Attach(pid);
+        LivePatcher patcher = LivePatcher.Open(session);
+        PatchResult result = patch is null ? patcher.Revert() : patcher.Apply(patch, mapping, replace);
+        string verb = patch is null ? "reverted" : replace ? "applied, replacing all earlier patches," : "applied";
+        Console.Error.WriteLine($"hotwire: patch {result.Patch.Id} ({Path.GetFileName(result.Patch.Path)}) {verb} in pid {pid} in {result.Milliseconds:F1} ms: "
+            + string.Join(", ", result.Patch.Functions.Select(f => f.Name)));
+
+        using var memory = ProcessMemory.Open(pid);
+        List<ThreadCheck> threads = LivePatcher.CheckThreads(pid, result.OldCode, memory, session.AgentTid);
+        Report(threads);
+        if (timeout is TimeSpan limit)
+        {
+            long deadline = Environment.TickCount64 + (long)limit.TotalMilliseconds;
+            while (threads.Any(t => t.InsideOld.Count > 0 || t.State == "running"))
+            {
+                if (Environment.TickCount64 > deadline)
+                {
+                    session.Detach();
+                    Console.Error.WriteLine($"hotwire: after {limit.TotalSeconds:F0} s threads are still inside replaced code or running unchecked: "
+                        + string.Join(", ", threads.Where(t => t.InsideOld.Count > 0 || t.State == "running").Select(Describe)) + " (the patch stays applied)");
+                    return ExitCode.Failure;
+                }
+                Thread.Sleep(10);
+                threads = LivePatcher.CheckThreads(pid, result.OldCode, memory, session.AgentTid);
+            }
+            Console.Error.WriteLine($"hotwire: quiescent: no thread of pid {pid} is inside replaced code");
+        }
+        session.Detach();
+        return ExitCode.Success;
+    }
+
+    private static void Report(List<ThreadCheck> threads)
+    {
+        var inside = threads.Where(t => t.InsideOld.Count > 0).ToList();
+        int running = threads.Count(t => t.State == "running");
+        Console.Error.WriteLine(inside.Count == 0
+            ? $"hotwire: no thread is inside replaced code ({threads.Count - running} checked{(running > 0 ? $", {running} running on a CPU not checked" : "")})"
+            : "hotwire: still inside replaced code (they finish the old version; new calls go to the new one): " + string.Join(", ", inside.Select(Describe)));
+    }
+
+    private static string Describe(ThreadCheck t) => t.InsideOld.Count > 0
+        ? $"{t.Name}-{t.Tid} in {string.Join("/", t.InsideOld)}"
+        : $"{t.Name}-{t.Tid} ({t.State})";
+
+    private static ExitCode List(int pid)
+    {
+        if (!Directory.Exists($"/proc/{pid}"))
+        {
+            throw new HotwireException($"no process with pid {pid}");
+        }
+        using var memory = ProcessMemory.Open(pid);
+        PatchRegistryData? data = LivePatcher.Read(pid, memory, out _);
+        if (data is null || data.Patches.Count == 0)
+        {
+            Console.WriteLine($"# pid {pid} has no live patches");
+            return ExitCode.Success;
+        }
+        Console.WriteLine("# ID  STATE       APPLIED (UTC)        FUNCTIONS  PATCH");
+        foreach (PatchRecord p in data.Patches.OrderBy(p => p.Id))
+        {
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                $"{p.Id,4}  {p.State,-10}  {p.Applied:yyyy-MM-dd HH:mm:ss}  {string.Join(",", p.Functions.Select(f => f.Name)),-9}  {p.Path}"));
+        }
+        return ExitCode.Success;
+    }
+}

@@ -1,0 +1,465 @@
+using System.Text;
+using System.Text.Json;
+using Hotwire.Interop;
+using Hotwire.Memory;
+using Hotwire.Patching;
+using Hotwire.Procfs;
+
+namespace Hotwire.Livepatch;
+
+/// <summary>Sends every call of one function to its replacement in a live patch, and stays when Hotwire goes.</summary>
+public sealed class PatchOps : Ops
+{
+    public PatchOps(int patchId, string function, ulong target)
+        : base($"patch {patchId}", [function])
+    {
+        PatchId = patchId;
+        Function = function;
+        Target = target;
+    }
+
+    public int PatchId { get; }
+
+    public string Function { get; }
+
+    public ulong Target { get; }
+
+    public override bool Redirects => true;
+
+    public override bool Persistent => true;
+
+    internal override ulong RedirectTarget(SiteRecord site) => Target;
+}
+
+/// <summary>One replaced function of a patch, as recorded in the target.</summary>
+public sealed class PatchedFunction
+{
+    public string Name { get; set; } = "";
+
+    public ulong Site { get; set; }
+
+    public ulong Target { get; set; }
+
+    public ulong TargetSize { get; set; }
+}
+
+/// <summary>A patch as recorded in the target: it outlives every Hotwire process.</summary>
+public sealed class PatchRecord
+{
+    public int Id { get; set; }
+
+    public string Path { get; set; } = "";
+
+    public DateTime Applied { get; set; }
+
+    public ulong Base { get; set; }
+
+    public ulong Span { get; set; }
+
+    /// <summary>active, reverted, or superseded (by a --replace).</summary>
+    public string State { get; set; } = "active";
+
+    public List<PatchedFunction> Functions { get; set; } = [];
+}
+
+public sealed class PatchRegistryData
+{
+    public int Version { get; set; } = 1;
+
+    public int NextId { get; set; } = 1;
+
+    public List<PatchRecord> Patches { get; set; } = [];
+}
+
+/// <summary>What a thread was doing at the moment of a switch.</summary>
+public sealed record ThreadCheck(int Tid, string Name, string State, IReadOnlyList<string> InsideOld);
+
+/// <summary>The outcome of apply or revert, for the report.</summary>
+public sealed record PatchResult(PatchRecord Patch, IReadOnlyList<(string Name, ulong Start, ulong End)> OldCode, double Milliseconds);
+
+/// <summary>
+/// Applies, stacks, reverts and lists live patches in one attached process. The patch state lives
+/// in the target (a small <c>memfd:hotwire-patches</c> mapping holding JSON), so a later Hotwire
+/// finds and adopts it. Patch code is never unmapped: a thread may still be inside it.
+/// </summary>
+public sealed class LivePatcher
+{
+    private const string RegistryName = "hotwire-patches";
+    private const ulong RegistryBytes = 1 << 20;
+    private static readonly byte[] s_magic = "HWPATCH1"u8.ToArray();
+    private static readonly JsonSerializerOptions s_json = new() { PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
+
+    private readonly Session _session;
+    private readonly ProcessMemory _memory;
+    private ulong _registry;
+    private PatchRegistryData _data;
+    private readonly Dictionary<string, List<PatchOps>> _stacks = new(StringComparer.Ordinal);
+
+    private LivePatcher(Session session, ProcessMemory memory, ulong registry, PatchRegistryData data)
+    {
+        _session = session;
+        _memory = memory;
+        _registry = registry;
+        _data = data;
+    }
+
+    public IReadOnlyList<PatchRecord> Patches => _data.Patches;
+
+    /// <summary>The registry of pid's patches, read without attaching (null when it has none).</summary>
+    public static PatchRegistryData? Read(int pid, IMemoryReader memory, out ulong address)
+    {
+        address = 0;
+        MemoryMapping map = ProcMaps.Read(pid).FirstOrDefault(m => m.Path.StartsWith("/memfd:" + RegistryName, StringComparison.Ordinal));
+        if (map.End == 0)
+        {
+            return null;
+        }
+        Span<byte> header = stackalloc byte[12];
+        if (!memory.TryRead(map.Start, header) || !header[..8].SequenceEqual(s_magic))
+        {
+            return null;
+        }
+        int length = BitConverter.ToInt32(header[8..]);
+        var json = new byte[length];
+        if (length <= 0 || length > (int)RegistryBytes - 12 || !memory.TryRead(map.Start + 12, json))
+        {
+            throw new HotwireException($"pid {pid}'s live-patch record is damaged");
+        }
+        address = map.Start;
+        return JsonSerializer.Deserialize<PatchRegistryData>(json, s_json) ?? throw new HotwireException($"pid {pid}'s live-patch record is damaged");
+    }
+
+    /// <summary>Takes over the patches in place: each function's newest patch becomes this session's ops.</summary>
+    public static LivePatcher Open(Session session)
+    {
+        ProcessMemory memory = ProcessMemory.Open(session.Pid, writable: true);
+        PatchRegistryData data = Read(session.Pid, memory, out ulong address) ?? new PatchRegistryData();
+        var patcher = new LivePatcher(session, memory, address, data);
+        foreach (PatchRecord p in data.Patches.Where(p => p.State == "active").OrderBy(p => p.Id))
+        {
+            foreach (PatchedFunction f in p.Functions)
+            {
+                patcher.Stack(f.Name).Add(new PatchOps(p.Id, f.Name, f.Target));
+            }
+        }
+        foreach (List<PatchOps> stack in patcher._stacks.Values.Where(s => s.Count > 0))
+        {
+            session.Adopt(stack[^1]);
+        }
+        return patcher;
+    }
+
+    private List<PatchOps> Stack(string function)
+    {
+        if (!_stacks.TryGetValue(function, out List<PatchOps>? stack))
+        {
+            _stacks[function] = stack = [];
+        }
+        return stack;
+    }
+
+    /// <summary>
+    /// Loads <paramref name="patch"/> into the target and redirects the functions it replaces (by
+    /// name, or as <paramref name="map"/> says: old → new), in one batch. With
+    /// <paramref name="replace"/> it supersedes every earlier patch atomically.
+    /// </summary>
+    public PatchResult Apply(PatchObject patch, IReadOnlyDictionary<string, string> map, bool replace)
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        string file = System.IO.Path.GetFileName(patch.Path);
+        var functions = patch.Functions.GroupBy(f => f.Name).ToDictionary(g => g.Key, g => g.First());
+        // Which target function each replacement takes over.
+        var pairs = new List<(string Old, Elf.ElfSymbol New)>();
+        foreach ((string from, string to) in map)
+        {
+            if (!functions.TryGetValue(to, out Elf.ElfSymbol sym))
+            {
+                throw new HotwireException($"--map {from}={to}: {file} defines no function {to}");
+            }
+            pairs.Add((from, sym));
+        }
+        var traceable = new HashSet<string>(_session.Sites.Select(s => s.Function), StringComparer.Ordinal);
+        foreach (Elf.ElfSymbol f in functions.Values)
+        {
+            if (!map.Values.Contains(f.Name) && !map.ContainsKey(f.Name) && traceable.Contains(f.Name))
+            {
+                pairs.Add((f.Name, f));
+            }
+        }
+        if (pairs.Count == 0)
+        {
+            throw new HotwireException($"{file} replaces nothing: none of its functions ({string.Join(", ", functions.Keys.Take(8))}) is a patchable function of pid {_session.Pid}; give them the names of the functions they replace, or use --map old=new");
+        }
+        foreach ((string name, _) in pairs)
+        {
+            int sites = _session.SitesOf(name).Count();
+            if (sites == 0)
+            {
+                bool exists = _session.Image.Modules.Any(m => m.Elf.ReadSymbols(false).Any(s => s.Name == name));
+                throw new HotwireException(exists
+                    ? $"{name} has no patch site in pid {_session.Pid}: it was built without -fpatchable-function-entry or -pg -mfentry, so it cannot be replaced"
+                    : $"pid {_session.Pid} has no function {name}");
+            }
+            if (sites > 1)
+            {
+                throw new HotwireException($"{name} names {sites} functions in pid {_session.Pid} (static functions of the same name): Hotwire cannot tell which one to replace");
+            }
+        }
+        // Resolve everything once before anything in the target changes.
+        patch.Resolve(_session.Image, 0, _memory);
+
+        SiteRecord first = _session.SitesOf(pairs[0].Old).Single();
+        ulong loadBase = MapNear(first.Address, patch.Span);
+        byte[] image = patch.Image(loadBase, patch.Resolve(_session.Image, loadBase, _memory));
+        _memory.Write(loadBase, image);
+        foreach ((ulong offset, ulong length, int prot) in patch.Protections())
+        {
+            Check(_session.AgentSyscall(SyscallNumbers.mprotect, loadBase + offset, length, (ulong)prot), "mprotect the patch");
+        }
+
+        int id = _data.NextId;
+        var record = new PatchRecord { Id = id, Path = patch.Path, Applied = DateTime.UtcNow, Base = loadBase, Span = patch.Span };
+        var add = new List<Ops>();
+        var remove = new List<Ops>();
+        var old = new List<(string, ulong, ulong)>();
+        foreach ((string name, Elf.ElfSymbol sym) in pairs)
+        {
+            SiteRecord site = _session.SitesOf(name).Single();
+            var ops = new PatchOps(id, name, loadBase + sym.Value);
+            add.Add(ops);
+            record.Functions.Add(new PatchedFunction { Name = name, Site = site.Address, Target = ops.Target, TargetSize = Math.Max(sym.Size, 1) });
+            old.Add(CurrentCode(name, site));
+            if (!replace && Stack(name).Count > 0)
+            {
+                remove.Add(Stack(name)[^1]);
+            }
+        }
+        if (replace)
+        {
+            remove.AddRange(_stacks.Values.Where(s => s.Count > 0).Select(s => s[^1]));
+            foreach ((string name, List<PatchOps> stack) in _stacks.Where(kv => kv.Value.Count > 0 && !pairs.Any(p => p.Old == kv.Key)))
+            {
+                old.Add(CurrentCode(name, _session.SitesOf(name).Single()));
+            }
+        }
+        _session.Change(remove.Distinct().ToList(), add);
+
+        if (replace)
+        {
+            foreach (PatchRecord p in _data.Patches.Where(p => p.State == "active"))
+            {
+                p.State = "superseded";
+            }
+            foreach (List<PatchOps> stack in _stacks.Values)
+            {
+                stack.Clear();
+            }
+        }
+        foreach (PatchOps ops in add.Cast<PatchOps>())
+        {
+            Stack(ops.Function).Add(ops);
+        }
+        _data.NextId++;
+        _data.Patches.Add(record);
+        Save();
+        return new PatchResult(record, old, clock.Elapsed.TotalMilliseconds);
+    }
+
+    /// <summary>Removes the newest active patch: each of its functions goes back to the patch below, or to its original code.</summary>
+    public PatchResult Revert()
+    {
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        PatchRecord? newest = _data.Patches.Where(p => p.State == "active").MaxBy(p => p.Id)
+            ?? throw new HotwireException($"pid {_session.Pid} has no live patch to revert");
+        var remove = new List<Ops>();
+        var add = new List<Ops>();
+        var old = new List<(string, ulong, ulong)>();
+        foreach (PatchedFunction f in newest.Functions)
+        {
+            List<PatchOps> stack = Stack(f.Name);
+            PatchOps mine = stack.Single(o => o.PatchId == newest.Id);
+            old.Add((f.Name, f.Target, f.Target + f.TargetSize));
+            if (stack[^1] == mine)
+            {
+                remove.Add(mine);
+                if (stack.Count > 1)
+                {
+                    add.Add(stack[^2]);
+                }
+            }
+            stack.Remove(mine);
+        }
+        _session.Change(remove, add);
+        newest.State = "reverted";
+        Save();
+        return new PatchResult(newest, old, clock.Elapsed.TotalMilliseconds);
+    }
+
+    // The code a function runs now (before a switch): its newest patch's, or its original body.
+    private (string, ulong, ulong) CurrentCode(string name, SiteRecord site)
+    {
+        if (_stacks.TryGetValue(name, out List<PatchOps>? stack) && stack.Count > 0)
+        {
+            PatchedFunction f = _data.Patches.Single(p => p.Id == stack[^1].PatchId).Functions.Single(x => x.Name == name);
+            return (name, f.Target, f.Target + f.TargetSize);
+        }
+        LoadedModule m = _session.Image.Modules.First(x => site.Address >= x.Start && site.Address < x.End);
+        foreach (Elf.ElfSymbol s in m.Elf.ReadSymbols(false).Concat(m.Elf.ReadSymbols(true)))
+        {
+            ulong start = s.Value + m.Bias;
+            if (s.Type == Elf.ElfFile.STT_FUNC && site.Address >= start && site.Address < start + Math.Max(s.Size, 1))
+            {
+                return (name, start, start + Math.Max(s.Size, 1));
+            }
+        }
+        return (name, site.Address, site.Address + 16);
+    }
+
+    /// <summary>Address space within a jmp's reach (±2 GiB) of <paramref name="near"/>, mapped read-write.</summary>
+    private ulong MapNear(ulong near, ulong size)
+    {
+        const ulong MapPrivate = 0x02, MapAnonymous = 0x20, MapFixedNoReplace = 0x100000;
+        const ulong Reach = (1UL << 31) - (1UL << 24);
+        var maps = ProcMaps.Read(_session.Pid).OrderBy(m => m.Start).ToList();
+        var candidates = new List<ulong>();
+        for (int i = 0; i + 1 < maps.Count; i++)
+        {
+            ulong gapStart = (maps[i].End + 0xffff) & ~0xffffUL, gapEnd = maps[i + 1].Start;
+            if (gapEnd > gapStart && gapEnd - gapStart >= size + 0x10000)
+            {
+                candidates.Add(near > gapStart ? Math.Min(gapEnd - size - 0x10000, near) & ~0xfffUL : gapStart);
+            }
+        }
+        foreach (ulong at in candidates.Where(a => (a > near ? a + size - near : near - a) < Reach).OrderBy(a => a > near ? a - near : near - a))
+        {
+            long r = _session.AgentSyscall(SyscallNumbers.mmap, at, size, 3, MapPrivate | MapAnonymous | MapFixedNoReplace, ulong.MaxValue, 0);
+            if (r == (long)at)
+            {
+                return at;
+            }
+        }
+        throw new HotwireException($"no free address space within 2 GiB of 0x{near:x} in pid {_session.Pid} for the patch");
+    }
+
+    private void Save()
+    {
+        if (_registry == 0)
+        {
+            _registry = CreateRegistry();
+        }
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(_data, s_json);
+        if ((ulong)json.Length + 12 > RegistryBytes)
+        {
+            throw new HotwireException("too many live patches recorded in this process");
+        }
+        var bytes = new byte[12 + json.Length];
+        s_magic.CopyTo(bytes, 0);
+        BitConverter.TryWriteBytes(bytes.AsSpan(8), json.Length);
+        json.CopyTo(bytes, 12);
+        _memory.Write(_registry, bytes);
+    }
+
+    private ulong CreateRegistry()
+    {
+        byte[] name = Encoding.ASCII.GetBytes(RegistryName + "\0");
+        ulong scratch = _session.AllocateData(64, 8);
+        name.CopyTo(_session.Shared.Bytes(scratch, name.Length));
+        long fd = Check(_session.AgentSyscall(SyscallNumbers.memfd_create, _session.DataAddress(scratch), 1 /* MFD_CLOEXEC */), "memfd_create");
+        try
+        {
+            Check(_session.AgentSyscall(SyscallNumbers.ftruncate, (ulong)fd, RegistryBytes), "ftruncate");
+            return (ulong)Check(_session.AgentSyscall(SyscallNumbers.mmap, 0, RegistryBytes, 3, 0x01 /* MAP_SHARED */, (ulong)fd, 0), "mmap");
+        }
+        finally
+        {
+            _session.AgentSyscall(SyscallNumbers.close, (ulong)fd);
+        }
+    }
+
+    private long Check(long result, string what) => result is < 0 and > -4096
+        ? throw new HotwireException($"{what} failed in pid {_session.Pid}: {Libc.StrError((int)-result)}")
+        : result;
+
+    /// <summary>
+    /// For each thread, whether one of <paramref name="code"/> is on its stack now: livepatch's
+    /// consistency question. A thread blocked in a system call is checked (its stack pointer and pc
+    /// come from /proc/PID/task/TID/syscall; return addresses on its stack that follow a call
+    /// instruction and point into old code count); a thread running on a CPU cannot be checked
+    /// without stopping it and is reported as running.
+    /// </summary>
+    public static List<ThreadCheck> CheckThreads(int pid, IReadOnlyList<(string Name, ulong Start, ulong End)> code, IMemoryReader memory, int skipTid)
+    {
+        var result = new List<ThreadCheck>();
+        List<MemoryMapping> maps = ProcMaps.Read(pid);
+        Span<byte> before = stackalloc byte[7];
+        foreach (string dir in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+        {
+            if (!int.TryParse(System.IO.Path.GetFileName(dir), out int tid) || tid == skipTid)
+            {
+                continue;
+            }
+            string name = ReadOrEmpty($"{dir}/comm").Trim();
+            string[] f = ReadOrEmpty($"{dir}/syscall").Trim().Split(' ');
+            if (f.Length < 9)
+            {
+                result.Add(new ThreadCheck(tid, name, f.Length == 1 && f[0] == "running" ? "running" : "gone", []));
+                continue;
+            }
+            ulong sp = Convert.ToUInt64(f[^2], 16), pc = Convert.ToUInt64(f[^1], 16);
+            var inside = new HashSet<string>();
+            foreach ((string fn, ulong start, ulong end) in code)
+            {
+                if (pc >= start && pc < end)
+                {
+                    inside.Add(fn);
+                }
+            }
+            MemoryMapping stack = maps.FirstOrDefault(m => sp >= m.Start && sp < m.End);
+            if (stack.End != 0)
+            {
+                ulong length = Math.Min(stack.End - sp, 8UL << 20) & ~7UL;
+                var words = new byte[length];
+                if (memory.TryRead(sp, words))
+                {
+                    for (int i = 0; i + 8 <= words.Length; i += 8)
+                    {
+                        ulong w = BitConverter.ToUInt64(words, i);
+                        foreach ((string fn, ulong start, ulong end) in code)
+                        {
+                            if (w > start && w <= end && memory.TryRead(w - 7, before) && FollowsCall(before))
+                            {
+                                inside.Add(fn);
+                            }
+                        }
+                    }
+                }
+            }
+            result.Add(new ThreadCheck(tid, name, "blocked", inside.Order().ToList()));
+        }
+        return result;
+    }
+
+    // The 7 bytes before a return address end with a call: e8 rel32, or ff /2 with a 0-, 1-, 4- or 5-byte tail.
+    private static bool FollowsCall(ReadOnlySpan<byte> b) =>
+        b[2] == 0xe8
+        || (b[5] == 0xff && (b[6] & 0x38) == 0x10 && b[6] >= 0xc0)
+        || (b[4] == 0xff && (b[5] & 0x38) == 0x10)
+        || (b[1] == 0xff && (b[2] & 0x38) == 0x10)
+        || (b[0] == 0xff && (b[1] & 0x38) == 0x10);
+
+    private static string ReadOrEmpty(string path)
+    {
+        try
+        {
+            return File.ReadAllText(path);
+        }
+        catch (IOException)
+        {
+            return "";
+        }
+        catch (UnauthorizedAccessException)
+        {
+            return "";
+        }
+    }
+}
