@@ -246,6 +246,7 @@ public class GraphTracerTests
         Assert.True(rec.ExitCode == 0, rec.Stderr);
         string? line = target.ReadLine(TimeSpan.FromSeconds(20));
         Assert.Equal("held 132", line);                                 // Σ leaf(i) = Σ 2i for i < 12
+        target.Process.StandardInput.Close();
         Assert.True(target.Process.WaitForExit(10_000));
         Assert.Equal(0, target.Process.ExitCode);
         TraceInfo info = TraceData.ReadInfo(dir);

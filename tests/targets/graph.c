@@ -11,7 +11,7 @@
 //   graph fork         forker() forks inside a traced frame; both processes return through it
 //                      (the child calls leaf(2), the parent leaf(3)); the parent waits
 //   graph hold N       prints "ready", then N times nap() (200 ms asleep inside it); a tracer can
-//                      come and go while nap is on the stack
+//                      come and go while nap is on the stack; prints "held T", exits at stdin's end
 //   graph tree         two threads each call a(i) -> b -> c (i = 0..2); main then calls leaf(9)
 #include <pthread.h>
 #include <setjmp.h>
@@ -103,6 +103,9 @@ int main(int argc, char **argv)
         for (long i = 0; i < n; i++)
             total += nap(i);
         printf("held %ld\n", total);
+        fflush(stdout);
+        while (getchar() != EOF)
+            ;
     } else if (strcmp(mode, "fork") == 0) {
         long r = forker();
         if (r == 4) // the child: leaf(2) * 2

@@ -89,7 +89,20 @@ public static class PatchCommand
                     return ExitCode.Failure;
                 }
                 Thread.Sleep(10);
-                threads = LivePatcher.CheckThreads(pid, result.OldCode, memory, session.AgentTid);
+                if (!session.IsAlive())
+                {
+                    Console.Error.WriteLine($"hotwire: pid {pid} exited while Hotwire waited for it to leave the replaced code");
+                    return ExitCode.Success;
+                }
+                try
+                {
+                    threads = LivePatcher.CheckThreads(pid, result.OldCode, memory, session.AgentTid);
+                }
+                catch (HotwireException) when (!session.IsAlive())
+                {
+                    Console.Error.WriteLine($"hotwire: pid {pid} exited while Hotwire waited for it to leave the replaced code");
+                    return ExitCode.Success;
+                }
             }
             Console.Error.WriteLine($"hotwire: quiescent: no thread of pid {pid} is inside replaced code");
         }

@@ -195,7 +195,7 @@ public sealed class LivePatcher
             int sites = _session.SitesOf(name).Count();
             if (sites == 0)
             {
-                bool exists = _session.Image.Modules.Any(m => m.Elf.ReadSymbols(false).Any(s => s.Name == name));
+                bool exists = _session.Image.Modules.Any(m => m.Elf.ReadSymbols(false).Concat(m.Elf.ReadSymbols(true)).Any(s => s.Name == name && s.SectionIndex != 0));
                 throw new HotwireException(exists
                     ? $"{name} has no patch site in pid {_session.Pid}: it was built without -fpatchable-function-entry or -pg -mfentry, so it cannot be replaced"
                     : $"pid {_session.Pid} has no function {name}");

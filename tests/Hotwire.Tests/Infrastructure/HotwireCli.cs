@@ -12,6 +12,8 @@ public static class HotwireCli
 {
     private static readonly string s_dll = Path.Combine(AppContext.BaseDirectory, "hotwire.dll");
 
+    public static string DllPath => s_dll;
+
     public static CliResult Run(params string[] args) => Run(TimeSpan.FromMinutes(2), args);
 
     public static CliResult Run(TimeSpan timeout, params string[] args)

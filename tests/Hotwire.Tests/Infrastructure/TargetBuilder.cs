@@ -54,6 +54,12 @@ public enum Flavour
 
     /// <summary>graphxx.cpp: C++ exceptions thrown through traced frames.</summary>
     GraphCxx,
+
+    /// <summary>patchserver.c: the multithreaded TCP server the live-patch tests fix.</summary>
+    PatchServer,
+
+    /// <summary>patches/*.c built as live patches (gcc -shared -fPIC); Get returns seedfix.so, the others are beside it.</summary>
+    Patches,
 }
 
 /// <summary>
@@ -76,6 +82,11 @@ public static class TargetBuilder
 
     private const string Nop5Flags = "-O2 -pg -mfentry -mnop-mcount -mrecord-mcount -fno-pie";
     private const string SledFlags = "-O2 -fpatchable-function-entry=5";
+
+    private static readonly string[] PatchSources = ["seedfix", "serverfix", "serverfix2", "napfix", "bad_undefined", "bad_tls", "bad_ctor", "nothing"];
+
+    /// <summary>A built live patch, by the name of its source in tests/targets/patches/.</summary>
+    public static string Patch(string name) => Path.Combine(Path.GetDirectoryName(Get(Flavour.Patches))!, name + ".so");
 
     private static string BuildUncached(Flavour flavour)
     {
@@ -101,6 +112,10 @@ public static class TargetBuilder
             Flavour.Calls => new Recipe(["calls.c"], [$"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/calls.c -o {{out}}/prog"], "prog"),
             Flavour.Graph => new Recipe(["graph.c"], [$"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/graph.c -o {{out}}/prog"], "prog"),
             Flavour.GraphCxx => new Recipe(["graphxx.cpp"], [$"g++ {SledFlags} -fno-optimize-sibling-calls {{src}}/graphxx.cpp -o {{out}}/prog"], "prog"),
+            Flavour.PatchServer => new Recipe(["patchserver.c"], [$"gcc {SledFlags} -pthread {{src}}/patchserver.c -o {{out}}/prog"], "prog"),
+            Flavour.Patches => new Recipe(
+                [.. PatchSources.Select(p => $"patches/{p}.c")],
+                [.. PatchSources.Select(p => $"gcc -O2 -shared -fPIC {{src}}/patches/{p}.c -o {{out}}/{p}.so")], "seedfix.so"),
             Flavour.Blocker => new Recipe(["blocker.c"], [$"gcc {SledFlags} -pthread {{src}}/blocker.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });

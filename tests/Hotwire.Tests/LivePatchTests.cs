@@ -1,0 +1,309 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using Hotwire.Livepatch;
+using Hotwire.Patching;
+using Hotwire.Tests.Infrastructure;
+using Hotwire.Tracing;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Hotwire.Tests;
+
+/// <summary>`hotwire patch` on running processes: the seed's case as a user runs it, a server fixed and
+/// unfixed under load, persistence, stacking, the thread check, and bad patches.</summary>
+[Collection("engine")]
+public class LivePatchTests(ITestOutputHelper output)
+{
+    private const int Toggles = 10_000;
+
+    private static CliResult Patch(int pid, params string[] args) => HotwireCli.Run(["patch", "--pid", pid.ToString(), .. args]);
+
+    [Fact]
+    public void The_seed_case_as_a_user_runs_it_the_old_body_never_runs_after_patch_returns()
+    {
+        using var target = new SeedTarget(Flavour.SeedNop5, threads: 4);
+        target.Go();
+        CliResult patched = Patch(target.Pid, TargetBuilder.Patch("seedfix"));
+        Assert.True(patched.ExitCode == 0, patched.Stderr);
+        Assert.Contains("patch 1 (seedfix.so) applied", patched.Stderr);
+        Thread.Sleep(20); // a call that entered f before the switch finishes in the old body
+        (long old0, long new0, _) = target.Counts();
+
+        // A new Hotwire adopts the patch; function tracing of f goes on and off 10,000 times.
+        using Session session = Session.Attach(target.Pid, new SessionOptions { ExtraSharedBytes = TraceBufferOptions.SharedBytes(new TraceBufferOptions()) });
+        LivePatcher.Open(session);
+        var kept = new CountingOps(["f"], name: "kept");
+        session.Register(kept);
+        var tracer = new FunctionTracer(new TraceBufferOptions(BufferBytes: 4096), ["f"]);
+        for (int i = 0; i < Toggles; i++)
+        {
+            session.Register(tracer);
+            session.Unregister(tracer);
+        }
+        Assert.True(tracer.BuffersInUse > 0, "the tracer saw calls while on");
+        session.Unregister(kept);
+        (long old1, long new1, _) = target.Counts();
+        output.WriteLine($"old {old1 - old0}, new {new1 - new0}, kept {kept.Count("f")}, traps {session.TrapsEmulated}");
+        Assert.Equal(0, old1 - old0);
+        Assert.True(new1 - new0 >= (long)kept.Count("f") && kept.Count("f") > 0);
+        Assert.True(session.TrapsEmulated > 0, "no thread hit a breakpoint: the protocol was not exercised");
+        session.Detach();
+
+        // The patch stays after this Hotwire too.
+        (long old2, long new2, _) = target.Counts();
+        Thread.Sleep(50);
+        (long old3, long new3, _) = target.Counts();
+        Assert.Equal(old2, old3);
+        Assert.True(new3 > new2);
+    }
+
+    [Fact]
+    public void Every_call_is_traced_while_the_patched_function_is_traced()
+    {
+        using var target = new SeedTarget(Flavour.SeedNop5, threads: 4, pauseIterations: 20_000);
+        target.Go();
+        Assert.Equal(0, Patch(target.Pid, TargetBuilder.Patch("seedfix")).ExitCode);
+        Thread.Sleep(20);
+        (long old0, _, _) = target.Counts();
+        using Session session = Session.Attach(target.Pid, new SessionOptions { ExtraSharedBytes = TraceBufferOptions.SharedBytes(new TraceBufferOptions(BufferBytes: 32 << 20, MaxThreads: 8)) });
+        LivePatcher.Open(session);
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-patch-{Guid.NewGuid():N}");
+        var tracer = new FunctionTracer(new TraceBufferOptions(BufferBytes: 32 << 20, MaxThreads: 8), ["f"]); // holds every event even if the recorder gets no CPU
+        var kept = new CountingOps(["f"], name: "kept");
+        using var recorder = new Recorder(session, tracer, dir);
+        recorder.NoteTracedSites(session.Change([], [kept, tracer])[tracer]); // on together: they see the same calls
+        recorder.Start();
+        var toggled = new CountingOps(["f"], name: "toggled");
+        for (int i = 0; i < 2000; i++)
+        {
+            session.Register(toggled);
+            session.Unregister(toggled);
+        }
+        session.Change([tracer, kept], []);   // both off in one batch: they saw the same calls
+        RecordSummary sum = recorder.Finish("seedcase");
+        (long old, _, _) = target.Stop();
+        output.WriteLine($"events {sum.Events}, lost {sum.Lost} (no buffer {tracer.LostNoBuffer}), buffers {tracer.BuffersInUse}, kept {kept.Count("f")}");
+        Assert.Equal(0UL, sum.Lost);
+        Assert.Equal(kept.Count("f"), (ulong)sum.Events);
+        Assert.True(sum.Events > 1000);
+        Assert.Equal(old0, old);                                          // no run of the old body after the patch
+    }
+
+    [Fact]
+    public void With_the_test_only_skip_switch_the_old_body_runs_so_the_test_has_teeth()
+    {
+        using var target = new SeedTarget(Flavour.SeedNop5, threads: 4);
+        target.Go();
+        Assert.Equal(0, Patch(target.Pid, TargetBuilder.Patch("seedfix")).ExitCode);
+        Thread.Sleep(20);
+        (long old0, _, _) = target.Counts();
+        using Session session = Session.Attach(target.Pid, new SessionOptions { SkipInt3Emulation = true });
+        LivePatcher.Open(session);
+        var toggled = new CountingOps(["f"]);
+        for (int i = 0; i < Toggles; i++)
+        {
+            session.Register(toggled);
+            session.Unregister(toggled);
+        }
+        (long old1, _, _) = target.Counts();
+        Assert.True(old1 - old0 > 0, $"old body ran {old1 - old0} times with skip emulation");
+        session.Detach();
+    }
+
+    [Fact]
+    public async Task A_server_under_load_is_fixed_then_unfixed_with_no_failed_or_wrong_response()
+    {
+        using var server = TargetProcess.Start(TargetBuilder.Get(Flavour.PatchServer));
+        int port = int.Parse(server.ReadyWords[2]);
+        var clock = Stopwatch.StartNew();
+        using var stop = new CancellationTokenSource();
+        var log = new List<(long Sent, string Reply)>[4];
+        long errors = 0, wrong = 0;
+        var clients = Enumerable.Range(0, 4).Select(c => Task.Run(() =>
+        {
+            log[c] = [];
+            try
+            {
+                using var tcp = new TcpClient("127.0.0.1", port);
+                using var reader = new StreamReader(tcp.GetStream());
+                using var writer = new StreamWriter(tcp.GetStream()) { AutoFlush = true };
+                for (long n = c * 1_000_000; !stop.IsCancellationRequested; n++)
+                {
+                    long sent = clock.ElapsedTicks;
+                    writer.Write($"{n}\n");
+                    string reply = reader.ReadLine() ?? throw new IOException("connection closed");
+                    if (reply != $"old {2 * n}" && reply != $"new {3 * n}")
+                    {
+                        Interlocked.Increment(ref wrong);
+                    }
+                    log[c].Add((sent, reply.Split(' ')[0]));
+                }
+            }
+            catch (Exception e) when (e is IOException or SocketException)
+            {
+                Interlocked.Increment(ref errors);
+            }
+        })).ToArray();
+        Thread.Sleep(300);
+        long patchStart = clock.ElapsedTicks;
+        CliResult patched = Patch(server.Pid, TargetBuilder.Patch("serverfix"));
+        long patchEnd = clock.ElapsedTicks;
+        Assert.True(patched.ExitCode == 0, patched.Stderr);
+        Thread.Sleep(300);
+        long revertStart = clock.ElapsedTicks;
+        CliResult reverted = Patch(server.Pid, "--revert");
+        long revertEnd = clock.ElapsedTicks;
+        Assert.True(reverted.ExitCode == 0, reverted.Stderr);
+        Thread.Sleep(300);
+        stop.Cancel();
+        await Task.WhenAll(clients);
+
+        var all = log.SelectMany(l => l).ToList();
+        output.WriteLine($"{all.Count} requests; patch took {(patchEnd - patchStart) * 1000.0 / Stopwatch.Frequency:F0} ms");
+        Assert.Equal(0, errors);
+        Assert.Equal(0, wrong);
+        Assert.All(all.Where(r => r.Sent < patchStart), r => Assert.Equal("old", r.Reply));
+        Assert.All(all.Where(r => r.Sent > patchEnd && r.Sent < revertStart), r => Assert.Equal("new", r.Reply));
+        Assert.All(all.Where(r => r.Sent > revertEnd), r => Assert.Equal("old", r.Reply));
+        Assert.True(all.Count(r => r.Sent > patchEnd && r.Sent < revertStart) > 100, "requests were served while patched");
+        Assert.True(all.Count(r => r.Sent > revertEnd) > 100, "requests were served after the revert");
+
+        // The fix called the program's static scale() and counted in its static `served`.
+        using var tcp = new TcpClient("127.0.0.1", port);
+        using var r = new StreamReader(tcp.GetStream());
+        using var w = new StreamWriter(tcp.GetStream()) { AutoFlush = true };
+        w.Write("stats\n");
+        Assert.Equal($"served {all.Count}", r.ReadLine());
+    }
+
+    [Fact]
+    public void Patches_stack_revert_newest_first_replace_atomically_and_list_from_a_new_hotwire()
+    {
+        using var server = TargetProcess.Start(TargetBuilder.Get(Flavour.PatchServer));
+        int port = int.Parse(server.ReadyWords[2]);
+        using var tcp = new TcpClient("127.0.0.1", port);
+        using var r = new StreamReader(tcp.GetStream());
+        using var w = new StreamWriter(tcp.GetStream()) { AutoFlush = true };
+        string Ask(long n)
+        {
+            w.Write($"{n}\n");
+            return r.ReadLine()!;
+        }
+
+        Assert.Contains("has no live patches", Patch(server.Pid, "--list").Stdout);
+        Assert.Equal("old 10", Ask(5));
+        Assert.Equal(0, Patch(server.Pid, TargetBuilder.Patch("serverfix")).ExitCode);
+        Assert.Equal("new 15", Ask(5));
+        Assert.Equal(0, Patch(server.Pid, TargetBuilder.Patch("serverfix2")).ExitCode);
+        Assert.Equal("v2 15", Ask(5));
+        Assert.Equal(0, Patch(server.Pid, "--revert").ExitCode);
+        Assert.Equal("new 15", Ask(5));
+        Assert.Equal(0, Patch(server.Pid, TargetBuilder.Patch("serverfix2")).ExitCode);
+        CliResult replaced = Patch(server.Pid, "--replace", TargetBuilder.Patch("serverfix"));
+        Assert.True(replaced.ExitCode == 0, replaced.Stderr);
+        Assert.Equal("new 15", Ask(5));
+        string[] list = Patch(server.Pid, "--list").Lines.Where(l => !l.StartsWith('#')).ToArray();
+        Assert.Equal(["1 superseded", "2 reverted", "3 superseded", "4 active"], list.Select(l => string.Join(' ', l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[..2])));
+        Assert.Equal(0, Patch(server.Pid, "--revert").ExitCode);
+        Assert.Equal("old 10", Ask(5));                                 // --replace left nothing beneath
+        CliResult none = Patch(server.Pid, "--revert");
+        Assert.Equal(1, none.ExitCode);
+        Assert.Contains("has no live patch to revert", none.Stderr);
+    }
+
+    [Fact]
+    public void A_patch_survives_SIGKILL_of_a_tracing_hotwire_while_tracing_is_undone()
+    {
+        using var target = new SeedTarget(Flavour.SeedNop5, threads: 2);
+        target.Go();
+        Assert.Equal(0, Patch(target.Pid, TargetBuilder.Patch("seedfix")).ExitCode);
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (string a in new[] { HotwireCli.DllPath, "count", "-F", "f", "--pid", target.Pid.ToString() })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using Process counting = Process.Start(psi)!;
+        string? line = counting.StandardError.ReadLine();               // "counting ..." once the sites are live
+        Assert.NotNull(line);
+        Thread.Sleep(200);
+        counting.Kill();
+        counting.WaitForExit();
+        Thread.Sleep(300);                                              // the agent's dead-man switch: 50 ms
+        (long old0, long new0, _) = target.Counts();
+        Thread.Sleep(100);
+        (long old1, long new1, _) = target.Counts();
+        Assert.Equal(old0, old1);
+        Assert.True(new1 > new0);
+        Assert.Contains("1  active", Patch(target.Pid, "--list").Stdout);
+    }
+
+    [Fact]
+    public void Wait_quiescent_waits_while_a_thread_sleeps_inside_the_old_function()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Graph), "hold", "40");
+        Thread.Sleep(50);                                                 // inside nap's 200 ms sleep
+        var clock = Stopwatch.StartNew();
+        CliResult r = Patch(target.Pid, "--wait-quiescent=5s", TargetBuilder.Patch("napfix"));
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("still inside replaced code", r.Stderr);
+        Assert.Contains("in nap", r.Stderr);
+        Assert.Contains("quiescent: no thread", r.Stderr);
+        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(4), $"took {clock.Elapsed}");
+        Assert.Equal($"held {Enumerable.Range(0, 40).Sum(i => 2 * i)}", target.ReadLine(TimeSpan.FromSeconds(10)));
+    }
+
+    [Theory]
+    [InlineData("bad_undefined", "needs no_such_symbol_anywhere")]
+    [InlineData("bad_tls", "uses thread-local storage")]
+    [InlineData("bad_ctor", "has constructors (init)")]
+    [InlineData("nothing", "replaces nothing")]
+    public void A_bad_patch_changes_nothing_in_the_target(string patch, string message)
+    {
+        using var target = new SeedTarget(Flavour.SeedNop5, threads: 2);
+        target.Go();
+        string mapsBefore = File.ReadAllText($"/proc/{target.Pid}/maps");
+        CliResult r = Patch(target.Pid, TargetBuilder.Patch(patch));
+        Assert.Equal(1, r.ExitCode);
+        Assert.Contains(message, r.Stderr);
+        Assert.Single(r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.DoesNotContain("hotwire-patches", File.ReadAllText($"/proc/{target.Pid}/maps"));
+        (long old0, long new0, _) = target.Counts();
+        Thread.Sleep(50);
+        (long old1, long new1, _) = target.Counts();
+        Assert.True(old1 > old0);
+        Assert.Equal(0, new1);
+        _ = mapsBefore;
+    }
+
+    [Fact]
+    public void Bad_mappings_and_files_get_one_clear_line()
+    {
+        using var target = new SeedTarget(Flavour.SeedNop5, threads: 1);
+        string seedfix = TargetBuilder.Patch("seedfix");
+        (string[] Args, int Code, string Message)[] cases =
+        [
+            (["--map", "nosuch=f", seedfix], 1, "has no function nosuch"),
+            (["--map", "printf=f", seedfix], 1, "printf has no patch site"),
+            (["--map", "f=g", seedfix], 1, "defines no function g"),
+            (["--map", "f=f", "--map", "f=x", seedfix], 2, "f is mapped twice"),
+            ([TargetBuilder.Get(Flavour.SeedNop5)], 1, "is not a shared object"),
+            (["/nonexistent/fix.so"], 1, "no such patch file"),
+            (["--revert"], 1, "has no live patch to revert"),
+            ([], 2, "give one of"),
+        ];
+        foreach ((string[] args, int code, string message) in cases)
+        {
+            CliResult r = Patch(target.Pid, args);
+            Assert.True(r.ExitCode == code, $"{string.Join(' ', args)}: exit {r.ExitCode}: {r.Stderr}");
+            Assert.Contains(message, r.Stderr);
+            Assert.Single(r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        }
+        byte[] bytes = File.ReadAllBytes(seedfix);
+        bytes[18] = 183;
+        string arm = Path.Combine(Path.GetTempPath(), $"hotwire-arm-{Environment.ProcessId}.so");
+        File.WriteAllBytes(arm, bytes);
+        CliResult a = Patch(target.Pid, arm);
+        Assert.Equal(1, a.ExitCode);
+        Assert.Contains("not x86-64", a.Stderr);
+    }
+}
