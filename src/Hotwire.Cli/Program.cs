@@ -10,5 +10,8 @@ var root = new RootCommand("Hotwire: trace and live-patch the functions of runni
     RecordCommand.Create(live: false),
     RecordCommand.Create(live: true),
     ReplayCommand.Create(),
+    ReportCommand.Create(),
+    GraphCommand.Create(),
+    DumpCommand.Create(),
 };
 return CommandRunner.Run(root, args);

@@ -4,31 +4,41 @@ using Hotwire.Tracing;
 
 namespace Hotwire.Cli.Commands;
 
-/// <summary><c>hotwire replay</c>: the recorded calls in ftrace's function-tracer format (or JSON).</summary>
+/// <summary>
+/// <c>hotwire replay</c>: the recorded calls in time order: ftrace's function-tracer format, or for
+/// a function_graph recording ftrace's function_graph format (or uftrace's replay layout); JSON for both.
+/// </summary>
 public static class ReplayCommand
 {
     public static Command Create()
     {
-        var dir = new Option<string>("--data", "-d") { Description = "Data directory", DefaultValueFactory = _ => "hotwire.data" };
-        var format = new Option<string>("--format") { Description = "text (ftrace's trace format) or json", DefaultValueFactory = _ => "text" };
-        var tids = new Option<string?>("--tid") { Description = "Only these threads (comma-separated tids)" };
-        var command = new Command("replay", "Print a recording: every call, in time order") { dir, format, tids };
-        command.SetAction(r => (int)Run(r.GetValue(dir)!, r.GetValue(format)!, r.GetValue(tids)));
+        var reader = new ReaderOptions();
+        var format = new Option<string>("--format") { Description = "text (ftrace's trace format), uftrace (uftrace replay's layout, function_graph recordings) or json", DefaultValueFactory = _ => "text" };
+        var command = new Command("replay", "Print a recording: every call, in time order");
+        reader.AddTo(command);
+        command.Options.Add(format);
+        command.SetAction(r => (int)Run(reader, r, r.GetValue(format)!));
         return command;
     }
 
-    private static ExitCode Run(string dir, string format, string? tidList)
+    private static ExitCode Run(ReaderOptions options, ParseResult result, string format)
     {
-        if (format is not ("text" or "json"))
+        if (format is not ("text" or "uftrace" or "json"))
         {
-            throw new UsageException($"--format takes text or json, not '{format}'");
+            throw new UsageException($"--format takes text, uftrace or json, not '{format}'");
         }
-        IReadOnlySet<int>? tids = RecordCommand.ParseTids(tidList);
+        (string dir, TraceInfo info, IReadOnlySet<int>? tids) = options.Open(result);
+        switch (info.Tracer)
+        {
+            case Tracers.FunctionGraph:
+                return ReplayGraph(dir, info, tids, format);
+            case Tracers.Profile:
+                throw new HotwireException($"{dir} was recorded with the profile tracer, which keeps per-function totals but no events to replay: see them with hotwire report -d {dir}, or record with --tracer function_graph to replay calls");
+            case Tracers.Function when format == "uftrace":
+                throw new HotwireException($"{dir} was recorded with the function tracer, which records no exits or durations for uftrace's layout: use --format text, or record with --tracer function_graph");
+        }
         (TraceReader reader, Dictionary<int, List<RawEvent>> events) = TraceReader.Open(dir);
-        if (reader.TruncatedAt is long cut)
-        {
-            Console.Error.WriteLine($"hotwire: warning: {dir}/events.bin is cut short at byte {cut} (disk full, or Hotwire was killed): showing the complete events before it");
-        }
+        ReaderOptions.WarnTruncated(dir, reader.TruncatedAt);
         using Stream stdout = Console.OpenStandardOutput();
         if (format == "json")
         {
@@ -43,6 +53,24 @@ public static class ReplayCommand
             w.Write(FunctionTraceWriter.Format(line));
             w.Write('\n');
         }
+        return ExitCode.Success;
+    }
+
+    private static ExitCode ReplayGraph(string dir, TraceInfo info, IReadOnlySet<int>? tids, string format)
+    {
+        using Stream stdout = Console.OpenStandardOutput();
+        using var text = new StreamWriter(stdout, bufferSize: 1 << 16);
+        GraphReplayFormat layout = format switch
+        {
+            "json" => GraphReplayFormat.Json,
+            "uftrace" => GraphReplayFormat.Uftrace,
+            _ => GraphReplayFormat.Ftrace,
+        };
+        var writer = new GraphReplayWriter(info, tids, layout, text, stdout);
+        writer.WriteHeader();
+        CallGraph graph = CallGraph.Read(dir, info, tids, writer);
+        writer.WriteFooter(graph);
+        ReaderOptions.WarnTruncated(dir, graph.TruncatedAt);
         return ExitCode.Success;
     }
 }
