@@ -243,8 +243,14 @@ public sealed class ElfFile
         return false;
     }
 
-    /// <summary>Symbols of <c>.symtab</c> (or <c>.dynsym</c> with <paramref name="dynamic"/>).</summary>
-    public List<ElfSymbol> ReadSymbols(bool dynamic)
+    private IReadOnlyList<ElfSymbol>? _symtab, _dynsym;
+
+    /// <summary>Symbols of <c>.symtab</c> (or <c>.dynsym</c> with <paramref name="dynamic"/>), read once (do not modify the list).</summary>
+    public IReadOnlyList<ElfSymbol> ReadSymbols(bool dynamic) => dynamic
+        ? _dynsym ??= ParseSymbols(dynamic: true)
+        : _symtab ??= ParseSymbols(dynamic: false);
+
+    private List<ElfSymbol> ParseSymbols(bool dynamic)
     {
         var result = new List<ElfSymbol>();
         ElfSection? table = FindSection(dynamic ? ".dynsym" : ".symtab");
@@ -322,7 +328,7 @@ public sealed class ElfFile
     public List<(ulong Slot, string Name)> ImportSlots(IReadOnlySet<string> names)
     {
         var result = new List<(ulong, string)>();
-        List<ElfSymbol>? dynsyms = null;
+        IReadOnlyList<ElfSymbol>? dynsyms = null;
         foreach (ElfSection s in Sections)
         {
             if (s.Type != SHT_RELA || (s.Flags & 2) == 0)
@@ -352,7 +358,7 @@ public sealed class ElfFile
     private Dictionary<ulong, ulong> BuildRelocatedWords()
     {
         var words = new Dictionary<ulong, ulong>();
-        List<ElfSymbol>? dynsyms = null;
+        IReadOnlyList<ElfSymbol>? dynsyms = null;
         foreach (ElfSection s in Sections)
         {
             if (s.Type == SHT_RELA && (s.Flags & 2) != 0) // SHF_ALLOC: the dynamic relocations

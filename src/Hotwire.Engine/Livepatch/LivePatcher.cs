@@ -206,11 +206,12 @@ public sealed class LivePatcher
             }
         }
         // Resolve everything once before anything in the target changes.
-        patch.Resolve(_session.Image, 0, _memory);
+        var symbols = new TargetSymbols(_session.Image, _memory);
+        patch.Resolve(symbols, _session.Pid, 0);
 
         SiteRecord first = _session.SitesOf(pairs[0].Old).Single();
         ulong loadBase = MapNear(first.Address, patch.Span);
-        byte[] image = patch.Image(loadBase, patch.Resolve(_session.Image, loadBase, _memory));
+        byte[] image = patch.Image(loadBase, patch.Resolve(symbols, _session.Pid, loadBase));
         _memory.Write(loadBase, image);
         foreach ((ulong offset, ulong length, int prot) in patch.Protections())
         {

@@ -14,7 +14,7 @@ public sealed class PatchObject
     private const uint PT_TLS = 7;
     private const uint R_NONE = 0, R_64 = 1, R_GLOB_DAT = 6, R_JUMP_SLOT = 7, R_RELATIVE = 8;
 
-    private PatchObject(string path, ElfFile elf, List<ElfSymbol> dynsyms, ulong span)
+    private PatchObject(string path, ElfFile elf, IReadOnlyList<ElfSymbol> dynsyms, ulong span)
     {
         Path = path;
         Elf = elf;
@@ -27,7 +27,7 @@ public sealed class PatchObject
     internal ElfFile Elf { get; }
 
     /// <summary>.dynsym without its null entry: index i of a relocation is element i − 1.</summary>
-    internal List<ElfSymbol> DynamicSymbols { get; }
+    internal IReadOnlyList<ElfSymbol> DynamicSymbols { get; }
 
     /// <summary>Bytes of address space the loaded patch takes (its PT_LOAD segments, page-rounded).</summary>
     public ulong Span { get; }
@@ -91,8 +91,10 @@ public sealed class PatchObject
     /// Throws, naming the symbol, when one cannot be found.
     /// </summary>
     public Dictionary<int, ulong> Resolve(ProcessImage image, ulong loadBase, Hotwire.Memory.IMemoryReader memory)
+        => Resolve(new TargetSymbols(image, memory), image.Pid, loadBase);
+
+    internal Dictionary<int, ulong> Resolve(TargetSymbols resolver, int pid, ulong loadBase)
     {
-        var resolver = new TargetSymbols(image, memory);
         var result = new Dictionary<int, ulong>();
         var missing = new List<string>();
         foreach ((ulong _, uint type, int sym, long _) in Elf.DynamicRelocations())
@@ -121,7 +123,7 @@ public sealed class PatchObject
         }
         if (missing.Count > 0)
         {
-            throw new HotwireException($"{System.IO.Path.GetFileName(Path)} needs {string.Join(", ", missing.Distinct())}, which pid {image.Pid} does not have (not in the patch, the program or its libraries)");
+            throw new HotwireException($"{System.IO.Path.GetFileName(Path)} needs {string.Join(", ", missing.Distinct())}, which pid {pid} does not have (not in the patch, the program or its libraries)");
         }
         return result;
     }
@@ -172,7 +174,8 @@ internal sealed class TargetSymbols
 {
     private readonly ProcessImage _image;
     private readonly Hotwire.Memory.IMemoryReader _memory;
-    private readonly List<(LoadedModule Module, List<ElfSymbol> Symtab, List<ElfSymbol> Dynsym)> _modules;
+    private readonly List<(LoadedModule Module, IReadOnlyList<ElfSymbol> Symtab, IReadOnlyList<ElfSymbol> Dynsym)> _modules;
+    private readonly Dictionary<LoadedModule, ILookup<string, ElfSymbol>> _byName = [];
 
     public TargetSymbols(ProcessImage image, Hotwire.Memory.IMemoryReader memory)
     {
@@ -193,12 +196,16 @@ internal sealed class TargetSymbols
     public ulong? Find(string name)
     {
         // The program first (its statics included), then each library's exports.
-        foreach ((LoadedModule m, List<ElfSymbol> symtab, List<ElfSymbol> dynsym) in _modules)
+        foreach ((LoadedModule m, IReadOnlyList<ElfSymbol> symtab, IReadOnlyList<ElfSymbol> dynsym) in _modules)
         {
             foreach (bool locals in new[] { false, true })
             {
-                var defs = symtab.Concat(dynsym)
-                    .Where(s => s.Name == name && s.SectionIndex != 0 && (locals ? s.Binding == ElfFile.STB_LOCAL : s.Binding != ElfFile.STB_LOCAL))
+                if (!_byName.TryGetValue(m, out ILookup<string, ElfSymbol>? byName))
+                {
+                    _byName[m] = byName = symtab.Concat(dynsym).Where(s => s.SectionIndex != 0).ToLookup(s => s.Name, StringComparer.Ordinal);
+                }
+                var defs = byName[name]
+                    .Where(s => s.SectionIndex != 0 && (locals ? s.Binding == ElfFile.STB_LOCAL : s.Binding != ElfFile.STB_LOCAL))
                     .Select(s => (s.Value, s.Type)).Distinct().ToList();
                 if (defs.Count > 1 && locals)
                 {

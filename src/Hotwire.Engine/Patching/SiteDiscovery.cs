@@ -106,7 +106,7 @@ public static class SiteDiscovery
     /// <summary>Start address → demangled name, from .symtab, else .dynsym. Global names win over local aliases.</summary>
     private static Dictionary<ulong, string> FunctionSymbols(ElfFile elf, out bool fromSymtab)
     {
-        List<ElfSymbol> symbols = elf.ReadSymbols(dynamic: false);
+        IReadOnlyList<ElfSymbol> symbols = elf.ReadSymbols(dynamic: false);
         fromSymtab = symbols.Count > 0;
         if (!fromSymtab)
         {

@@ -57,7 +57,7 @@ public sealed class Symbolizer
         public ModuleTable(LoadedModule module)
         {
             Module = module;
-            List<ElfSymbol> symbols = module.Elf.ReadSymbols(dynamic: false);
+            var symbols = new List<ElfSymbol>(module.Elf.ReadSymbols(dynamic: false));
             symbols.AddRange(module.Elf.ReadSymbols(dynamic: true));
             var funcs = symbols
                 .Where(s => (s.Type == ElfFile.STT_FUNC || s.Type == ElfFile.STT_GNU_IFUNC) && s.SectionIndex != 0 && s.Name.Length > 0)
