@@ -39,56 +39,128 @@ using (var redirected = Target.Start(Path.Combine(build, "micro-nop5")))
     }
 }
 
-// ---- the function tracer: added cost per traced call (buffers large enough that nothing is lost) ----
+// ---- anchor: a kernel uprobe on the same NOP5 site (tracefs), per call ----
+const string UprobeEvents = "/sys/kernel/tracing/uprobe_events";
+if (File.Exists(UprobeEvents))
+{
+    string path = Path.Combine(build, "micro-nop5");
+    Hotwire.Elf.ElfFile elf = Hotwire.Elf.ElfFile.Load(path);
+    ulong leafAt = elf.ReadSymbols(false).Single(x => x.Name == "leaf").Value;
+    var seg = elf.Segments.First(x => x.Type == Hotwire.Elf.ElfFile.PT_LOAD && leafAt >= x.VirtualAddress && leafAt < x.VirtualAddress + x.FileSize);
+    ulong offset = leafAt - seg.VirtualAddress + seg.Offset;
+    using var plain = Target.Start(Path.Combine(build, "micro-plain"));
+    using var probed = Target.Start(path);
+    try
+    {
+        File.AppendAllText(UprobeEvents, $"p:hotwire_bench/leaf {path}:0x{offset:x}\n");
+        File.WriteAllText("/sys/kernel/tracing/events/hotwire_bench/leaf/enable", "1");
+        foreach (int threads in new[] { 1, 2 })
+        {
+            const long ProbeCalls = 200_000;
+            var p = new List<double>(); var t = new List<double>();
+            for (int i = 0; i < Runs; i++)
+            {
+                p.Add(double.Parse(plain.Ask($"run {ProbeCalls} {threads}").Split(' ')[1], CultureInfo.InvariantCulture));
+                t.Add(double.Parse(probed.Ask($"run {ProbeCalls} {threads}").Split(' ')[1], CultureInfo.InvariantCulture));
+            }
+            rows.Add($"| kernel uprobe on the NOP5 site (tracefs event enabled), added per call, {threads} thread(s) | — | uprobe, kernel {Environment.OSVersion.Version} | {Median(t) - Median(p):F1} ns | — | — |");
+            Environment.SetEnvironmentVariable($"UPROBE_NS_{threads}", (Median(t) - Median(p)).ToString(CultureInfo.InvariantCulture));
+        }
+    }
+    catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+    {
+        rows.Add($"| kernel uprobe on the NOP5 site | — | not run: {e.Message} | — | — | — |");
+    }
+    finally
+    {
+        try
+        {
+            File.WriteAllText("/sys/kernel/tracing/events/hotwire_bench/leaf/enable", "0");
+            File.AppendAllText(UprobeEvents, "-:hotwire_bench/leaf\n");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+    }
+}
+else
+{
+    rows.Add("| kernel uprobe on the NOP5 site | — | not run: no tracefs at /sys/kernel/tracing (mount -t tracefs nodev /sys/kernel/tracing, as root) | — | — | — |");
+}
+
+// ---- the tracers: added cost per traced call (buffers large enough that nothing is lost) ----
+foreach ((string label, string goal, long tracedCalls, Func<TraceBufferOptions, RingTracer> make) in new (string, string, long, Func<TraceBufferOptions, RingTracer>)[]
+{
+    ("function tracer", "≤ 18 ns", 1_000_000, b => new FunctionTracer(b, ["leaf"])),
+    ("function_graph tracer", "≤ 35 ns", 500_000, b => new GraphTracer(b, new GraphOptions(), ["leaf"])),
+    ("profile tracer", "≤ 30 ns", 1_000_000, b => new GraphTracer(b, new GraphOptions(GraphMode.Profile), ["leaf"])),
+})
 {
     var buffers = new TraceBufferOptions(BufferBytes: 64 << 20, MaxThreads: 8);
-    // (set up below; a first unmeasured run per thread count touches the buffers' pages once)
+    // (a first unmeasured run per thread count touches the buffers' pages once)
     using var plain = Target.Start(Path.Combine(build, "micro-plain"));
     using var traced = Target.Start(Path.Combine(build, "micro-nop5"));
-    (Session s, FunctionTracer tracer, Recorder recorder, string dir) = TraceLeaf(traced, buffers, "calls");
+    (Session s, RingTracer tracer, Recorder recorder, string dir) = TraceLeaf(traced, make(buffers), "calls");
     using Session session = s;
     var perThreads = new Dictionary<int, double>();
     foreach (int threads in new[] { 1, 2 })
     {
         var p = new List<double>();
         var t = new List<double>();
-        const long TracedCalls = 1_000_000; // fits a 64 MiB buffer: every call writes its event
-        traced.Ask($"run {TracedCalls} {threads}");
+        traced.Ask($"run {tracedCalls} {threads}");
         Thread.Sleep(200);
         for (int i = 0; i < Runs; i++)
         {
-            p.Add(double.Parse(plain.Ask($"run {TracedCalls} {threads}").Split(' ')[1], CultureInfo.InvariantCulture));
-            t.Add(double.Parse(traced.Ask($"run {TracedCalls} {threads}").Split(' ')[1], CultureInfo.InvariantCulture));
+            p.Add(double.Parse(plain.Ask($"run {tracedCalls} {threads}").Split(' ')[1], CultureInfo.InvariantCulture));
+            t.Add(double.Parse(traced.Ask($"run {tracedCalls} {threads}").Split(' ')[1], CultureInfo.InvariantCulture));
             Thread.Sleep(200); // let the recorder drain, so that no run finds a full buffer
         }
         perThreads[threads] = Median(t) - Median(p);
-        // uftrace's figure for the same leaf, measured by bench/run in the same run (its total per call).
+        // uftrace's figure for the same leaf (entry and exit recorded), measured by bench/run in the same run.
         string anchor = double.TryParse(Environment.GetEnvironmentVariable($"UFTRACE_NS_{threads}"), CultureInfo.InvariantCulture, out double u)
             ? $"`uftrace record`, added per call | {u - Median(p):F1} ns | {(Median(t) - Median(p)) / (u - Median(p)):F3}"
             : "uftrace | not run | —";
-        rows.Add($"| function tracer, added per traced call, {threads} thread(s) | {Median(t) - Median(p):+0.00;-0.00} ns | {anchor} | ≤ 18 ns |");
+        rows.Add($"| {label}, added per traced call, {threads} thread(s) | {Median(t) - Median(p):+0.00;-0.00} ns | {anchor} | {goal} |");
+        if (double.TryParse(Environment.GetEnvironmentVariable($"UPROBE_NS_{threads}"), CultureInfo.InvariantCulture, out double up))
+        {
+            rows.Add($"| {label} vs a kernel uprobe, {threads} thread(s) | {Median(t) - Median(p):+0.00;-0.00} ns | kernel uprobe, added per call | {up:F1} ns | {(Median(t) - Median(p)) / up:F3} | — |");
+        }
     }
     string uftraceScaling = double.TryParse(Environment.GetEnvironmentVariable("UFTRACE_NS_1"), CultureInfo.InvariantCulture, out double u1)
         && double.TryParse(Environment.GetEnvironmentVariable("UFTRACE_NS_2"), CultureInfo.InvariantCulture, out double u2) ? $"uftrace 2 vs 1 thread: {u2 / u1:F2}×" : "uftrace not run";
-    rows.Add($"| function tracer, 2 threads vs 1 thread (per-call cost ratio) | {perThreads[2] / perThreads[1]:F2}× | {uftraceScaling} | — | — | ≤ 1.2× |");
+    rows.Add($"| {label}, 2 threads vs 1 thread (per-call cost ratio) | {perThreads[2] / perThreads[1]:F2}× | {uftraceScaling} | — | — | ≤ 1.2× |");
     s.Unregister(tracer);
     RecordSummary sum = recorder.Finish("micro");
-    rows.Add($"| function tracer, events of the runs above written to hotwire.data | {sum.Events:N0} events, {sum.Lost} lost | — | — | — | 0 lost |");
+    if (tracer is GraphTracer { Options.Mode: GraphMode.Profile })
+    {
+        TraceInfo info = TraceData.ReadInfo(dir);
+        ulong calls = info.Profile!.Aggregate(0UL, (n, e) => n + e.Calls);
+        rows.Add($"| profile tracer, calls counted in the runs above | {calls:N0} (expected {(Runs + 1) * 3 * tracedCalls:N0}) | — | — | — | exact |");
+    }
+    else
+    {
+        rows.Add($"| {label}, events of the runs above written to hotwire.data | {sum.Events:N0} events, {sum.Lost} lost | — | — | — | 0 lost |");
+    }
     recorder.Dispose();
     s.Detach();
     Directory.Delete(dir, recursive: true);
 }
 
-// ---- sustained: one thread calling the traced leaf flat out, then paced (about 20-25 M calls/s here), ~10 s each ----
-foreach (int pause in new[] { 0, 60 })
+// ---- sustained: one thread calling the traced leaf flat out, then paced, ~10 s each; function and function_graph ----
+foreach ((string label, int pause, Func<TraceBufferOptions, RingTracer> make) in new (string, int, Func<TraceBufferOptions, RingTracer>)[]
+{
+    ("function tracer", 0, b => new FunctionTracer(b, ["leaf"])),
+    ("function tracer", 60, b => new FunctionTracer(b, ["leaf"])),
+    ("function_graph tracer", 0, b => new GraphTracer(b, new GraphOptions(), ["leaf"])),
+    ("function_graph tracer", 60, b => new GraphTracer(b, new GraphOptions(), ["leaf"])),
+})
 {
     var buffers = new TraceBufferOptions();
     using var traced = Target.Start(Path.Combine(build, "micro-nop5"));
-    (Session s, FunctionTracer tracer, Recorder recorder, string dir) = TraceLeaf(traced, buffers, $"sustained-{pause}");
+    (Session s, RingTracer tracer, Recorder recorder, string dir) = TraceLeaf(traced, make(buffers), $"sustained-{pause}");
     using Session session = s;
     // Size the run to last about 10 s at this rate.
     double nsPerCall = double.Parse(traced.Ask($"run 2000000 1 {pause}").Split(' ')[1], CultureInfo.InvariantCulture);
-    long before = recorder.Events;
     var clock = Stopwatch.StartNew();
     traced.Ask($"run {(long)(10e9 / nsPerCall)} 1 {pause}");
     double elapsed = clock.Elapsed.TotalSeconds;
@@ -96,10 +168,47 @@ foreach (int pause in new[] { 0, 60 })
     RecordSummary sum = recorder.Finish("micro");
     ulong total = (ulong)sum.Events + sum.Lost;
     string how = pause == 0 ? "flat out" : $"paced ({pause} pause iterations)";
-    rows.Add($"| function tracer, one thread calling {how} for {elapsed:F1} s, default 4 MiB buffers | {total / sum.Elapsed.TotalSeconds / 1e6:F1} M calls/s; {sum.Events / sum.Elapsed.TotalSeconds / 1e6:F1} M events/s written ({sum.BytesWritten / sum.Elapsed.TotalSeconds / 1e6:F0} MB/s), {sum.Lost:N0} lost ({100.0 * sum.Lost / Math.Max(1, total):F1} %) | — | — | — | ≥ 20 M events/s, 0 lost |");
+    string anchor = double.TryParse(Environment.GetEnvironmentVariable("UFTRACE_NS_1"), CultureInfo.InvariantCulture, out double u)
+        ? $"`uftrace record` on the same leaf: {2e3 / u:F1} M events/s (entry+exit, it waits instead of losing) | — | {sum.Events / sum.Elapsed.TotalSeconds / 1e6 / (2e3 / u):F1}×"
+        : "uftrace | not run | —";
+    rows.Add($"| {label}, one thread calling {how} for {elapsed:F1} s, default 4 MiB buffers | {total / sum.Elapsed.TotalSeconds / 1e6:F1} M events/s offered; {sum.Events / sum.Elapsed.TotalSeconds / 1e6:F1} M events/s written ({sum.BytesWritten / sum.Elapsed.TotalSeconds / 1e6:F0} MB/s), {sum.Lost:N0} lost ({100.0 * sum.Lost / Math.Max(1, total):F1} %) | {anchor} | ≥ 20 M events/s, 0 lost |");
     recorder.Dispose();
     s.Detach();
     Directory.Delete(dir, recursive: true);
+}
+
+// ---- live patch: a 20-function patch into the running 50,000-function program ----
+string patch20 = Path.Combine(build, "patch20.so");
+if (File.Exists(patch20))
+{
+    using var target = Target.Start(Path.Combine(build, "many"), "idle");
+    Session s = Session.Attach(target.Pid);
+    var patcher = Hotwire.Livepatch.LivePatcher.Open(s);
+    var obj = Hotwire.Livepatch.PatchObject.Load(patch20);
+    var apply = new List<double>(); var revert = new List<double>();
+    double first = 0;
+    for (int i = 0; i < Runs + 1; i++)
+    {
+        var clock = Stopwatch.StartNew();
+        patcher.Apply(Hotwire.Livepatch.PatchObject.Load(patch20), new Dictionary<string, string>(), replace: false);
+        double a = clock.Elapsed.TotalMilliseconds;
+        clock.Restart();
+        patcher.Revert();
+        double r = clock.Elapsed.TotalMilliseconds;
+        if (i == 0)
+        {
+            first = a;
+        }
+        else
+        {
+            apply.Add(a); revert.Add(r);
+        }
+    }
+    rows.Add($"| live patch of 20 functions (load, relocate, redirect), first / after / revert | {first:F1} / {Median(apply):F1} / {Median(revert):F1} ms | — | — | — | ≤ 50 ms |");
+    rows.Add($"| live patch: longest stop of a target thread (the attach; patching stops none) | {s.LongestStop.TotalMilliseconds:F2} ms | — | — | — | ≤ 5 ms |");
+    s.Detach();
+    s.Dispose();
+    _ = obj;
 }
 
 // ---- attach: inject + agent ready, and the one stopped thread ----
@@ -168,11 +277,11 @@ foreach (string r in rows)
 }
 
 // Attach to a micro target and record every call of its leaf.
-static (Session, FunctionTracer, Recorder, string) TraceLeaf(Target target, TraceBufferOptions buffers, string name)
+static (Session, RingTracer, Recorder, string) TraceLeaf(Target target, RingTracer tracer, string name)
 {
-    Session s = Session.Attach(target.Pid, new SessionOptions { ExtraSharedBytes = TraceBufferOptions.SharedBytes(buffers) });
+    (ulong shared, ulong perSite) = tracer is GraphTracer g ? GraphTracer.SharedBytes(g.Buffers, g.Options) : (TraceBufferOptions.SharedBytes(tracer.Buffers), 0UL);
+    Session s = Session.Attach(target.Pid, new SessionOptions { ExtraSharedBytes = shared, ExtraSharedBytesPerSite = perSite });
     string dir = Path.Combine(Path.GetTempPath(), $"hotwire-bench-{Environment.ProcessId}-{name}");
-    var tracer = new FunctionTracer(buffers, ["leaf"]);
     var recorder = new Recorder(s, tracer, dir);
     recorder.NoteTracedSites(s.Register(tracer));
     recorder.Start();
