@@ -13,5 +13,6 @@ var root = new RootCommand("Hotwire: trace and live-patch the functions of runni
     ReportCommand.Create(),
     GraphCommand.Create(),
     DumpCommand.Create(),
+    PatchCommand.Create(),
 };
 return CommandRunner.Run(root, args);
