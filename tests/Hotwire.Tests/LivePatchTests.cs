@@ -240,16 +240,17 @@ public class LivePatchTests(ITestOutputHelper output)
     [Fact]
     public void Wait_quiescent_waits_while_a_thread_sleeps_inside_the_old_function()
     {
-        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Graph), "hold", "40");
-        Thread.Sleep(50);                                                 // inside nap's 200 ms sleep
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Graph), "hold", "4", "3000");
+        Thread.Sleep(50);                                                 // inside the first nap's 3 s sleep
         var clock = Stopwatch.StartNew();
         CliResult r = Patch(target.Pid, "--wait-quiescent=5s", TargetBuilder.Patch("napfix"));
         Assert.True(r.ExitCode == 0, r.Stderr);
+        output.WriteLine(r.Stderr);
         Assert.Contains("still inside replaced code", r.Stderr);
         Assert.Contains("in nap", r.Stderr);
         Assert.Contains("quiescent: no thread", r.Stderr);
-        Assert.True(clock.Elapsed < TimeSpan.FromSeconds(4), $"took {clock.Elapsed}");
-        Assert.Equal($"held {Enumerable.Range(0, 40).Sum(i => 2 * i)}", target.ReadLine(TimeSpan.FromSeconds(10)));
+        Assert.True(clock.Elapsed > TimeSpan.FromSeconds(1) && clock.Elapsed < TimeSpan.FromSeconds(6), $"took {clock.Elapsed}: it waited for the 3 s nap to end");
+        Assert.Equal($"held {Enumerable.Range(0, 4).Sum(i => 2 * i)}", target.ReadLine(TimeSpan.FromSeconds(10)));
     }
 
     [Theory]

@@ -10,7 +10,7 @@
 //   graph exit         a thread calls t1 -> t2 -> pthread_exit; main joins it, then calls leaf()
 //   graph fork         forker() forks inside a traced frame; both processes return through it
 //                      (the child calls leaf(2), the parent leaf(3)); the parent waits
-//   graph hold N       prints "ready", then N times nap() (200 ms asleep inside it); a tracer can
+//   graph hold N [MS]  prints "ready", then N times nap() (MS, default 200, ms asleep inside it); a tracer can
 //                      come and go while nap is on the stack; prints "held T", exits at stdin's end
 //   graph tree         two threads each call a(i) -> b -> c (i = 0..2); main then calls leaf(9)
 #include <pthread.h>
@@ -61,7 +61,8 @@ __attribute__((noipa)) long forker(void)
     return leaf(3) + WEXITSTATUS(status);
 }
 
-__attribute__((noipa)) long nap(long i) { usleep(200 * 1000); return leaf(i); }
+static long nap_ms = 200;
+__attribute__((noipa)) long nap(long i) { usleep(nap_ms * 1000); return leaf(i); }
 
 __attribute__((noipa)) long c(long x) { return leaf(x); }
 __attribute__((noipa)) long b(long x) { return c(x + 1); }
@@ -97,6 +98,8 @@ int main(int argc, char **argv)
         pthread_join(t, NULL);
         printf("joined %ld\n", leaf(4));
     } else if (strcmp(mode, "hold") == 0) {
+        if (argc > 3)
+            nap_ms = atol(argv[3]);
         printf("ready %d\n", getpid());
         fflush(stdout);
         long total = 0;

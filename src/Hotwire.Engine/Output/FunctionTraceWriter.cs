@@ -79,6 +79,10 @@ public static class FunctionTraceWriter
                 w.WriteEndArray();
             }
             w.WriteEndObject();
+            if (w.BytesPending > 1 << 16)
+            {
+                w.Flush(); // Utf8JsonWriter keeps everything until flushed: stream it
+            }
         }
         w.WriteEndArray();
         w.WriteEndObject();
