@@ -27,7 +27,7 @@ public class GraphTracerTests
         public override string ToString() => Name + (Children.Count == 0 ? "" : "{" + string.Join(",", Children) + "}") + (Returned ? "" : "~");
     }
 
-    private sealed record Recording(TraceInfo Info, Dictionary<int, List<RawEvent>> Events, string Stdout, string Stderr)
+    private sealed record Recording(TraceInfo Info, Dictionary<int, List<RawEvent>> Events, string Stdout, string Stderr, string Dir)
     {
         public string Name(RawEvent e) => Info.Sites.Single(s => s.Index == e.Site).Function;
 
@@ -83,7 +83,7 @@ public class GraphTracerTests
         Assert.True(rec.ExitCode == 0, rec.Stderr);
         Assert.Contains("the program exited with status 0", rec.Stderr);
         TraceInfo info = TraceData.ReadInfo(dir);
-        return new Recording(info, TraceData.ReadEvents(dir, info), rec.Stdout, rec.Stderr);
+        return new Recording(info, TraceData.ReadEvents(dir, info), rec.Stdout, rec.Stderr, dir);
     }
 
     private static string Untraced(Flavour flavour, params string[] args)
@@ -251,6 +251,58 @@ public class GraphTracerTests
         Assert.Equal(0, target.Process.ExitCode);
         TraceInfo info = TraceData.ReadInfo(dir);
         Assert.True(info.TotalEvents >= 1, "nap was entered while tracing");
+    }
+
+    [Fact]
+    public void On_a_real_recording_report_totals_equal_replay_sums_and_chrome_and_svg_are_well_formed()
+    {
+        Recording r = Record(Flavour.Graph, "tree");
+        string dir = Path.GetDirectoryName(Path.Combine(r.Dir, "x"))!;
+
+        // replay: every call's duration (leaves "f();", closes "} /* f */"), summed per function
+        CliResult replay = HotwireCli.Run("replay", "-d", dir, "--format", "uftrace");
+        Assert.True(replay.ExitCode == 0, replay.Stderr);
+        var sums = new Dictionary<string, double>();
+        var counts = new Dictionary<string, int>();
+        var slack = new Dictionary<string, double>();
+        foreach (string line in replay.Lines.Where(l => !l.StartsWith('#')))
+        {
+            var m = System.Text.RegularExpressions.Regex.Match(line, @"^\s*([\d.]+) (ns|us|ms|s)\s+\[\s*\d+\] \|\s+(?:(\w+)\(\);|\} /\* (\w+) \*/)");
+            if (!m.Success)
+            {
+                continue;
+            }
+            double unit = m.Groups[2].Value switch { "ns" => 1, "us" => 1e3, "ms" => 1e6, _ => 1e9 };
+            double ns = double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture) * unit;
+            string fn = m.Groups[3].Success ? m.Groups[3].Value : m.Groups[4].Value;
+            slack[fn] = slack.GetValueOrDefault(fn) + unit / 1000 + 1;     // replay shows 3 decimals
+            sums[fn] = sums.GetValueOrDefault(fn) + ns;
+            counts[fn] = counts.GetValueOrDefault(fn) + 1;
+        }
+        CliResult report = HotwireCli.Run("report", "-d", dir, "--format", "csv");
+        Assert.True(report.ExitCode == 0, report.Stderr);
+        var rows = report.Lines.Skip(1).Select(l => l.Split(',')).ToDictionary(f => f[6], f => (Total: double.Parse(f[0]), Calls: int.Parse(f[2])));
+        Assert.Equal(new[] { "a", "b", "c", "leaf", "main", "worker" }, rows.Keys.Order());
+        Assert.Equal(7, rows["leaf"].Calls);                                // 3 per worker and main's
+        foreach ((string fn, (double total, int calls)) in rows)
+        {
+            Assert.Equal(calls, counts[fn]);
+            Assert.InRange(sums[fn], total - slack[fn], total + slack[fn]);
+        }
+
+        CliResult chrome = HotwireCli.Run("dump", "--chrome", "-d", dir);
+        Assert.True(chrome.ExitCode == 0, chrome.Stderr);
+        using var json = System.Text.Json.JsonDocument.Parse(chrome.Stdout);
+        var complete = json.RootElement.GetProperty("traceEvents").EnumerateArray().Where(e => e.GetProperty("ph").GetString() == "X").ToList();
+        Assert.Equal(rows.Values.Sum(v => v.Calls), complete.Count);
+        Assert.All(complete, e => Assert.True(e.GetProperty("dur").GetDouble() >= 0));
+
+        string svg = Path.Combine(dir, "flame.svg");
+        CliResult flame = HotwireCli.Run("dump", "--flame-graph", "--svg", svg, "-d", dir);
+        Assert.True(flame.ExitCode == 0, flame.Stderr);
+        var doc = System.Xml.Linq.XDocument.Load(svg);
+        Assert.Contains(doc.Descendants(), e => e.Name.LocalName == "rect");
+        Assert.Contains("leaf", File.ReadAllText(svg));
     }
 
     [Fact]

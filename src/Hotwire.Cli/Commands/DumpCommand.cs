@@ -31,6 +31,10 @@ public static class DumpCommand
 
     private static ExitCode Run(ReaderOptions options, ParseResult result, bool chrome, bool flame, string? svg, string? output)
     {
+        if (svg is not null)
+        {
+            flame = false; // --flame-graph --svg FILE: the flame graph as SVG
+        }
         if ((chrome ? 1 : 0) + (flame ? 1 : 0) + (svg is not null ? 1 : 0) > 1)
         {
             throw new UsageException("give one of --chrome, --flame-graph and --svg FILE");
