@@ -6,7 +6,8 @@ using Hotwire.Tracing;
 // Engine benchmarks (called by bench/run): prints markdown table rows on stdout.
 // Usage: Hotwire.Bench BUILD_DIR   (BUILD_DIR holds micro-plain, micro-nop5, micro-sled, many)
 string build = args[0];
-string? only = args.Length > 1 ? args[1] : null; // run one section: "calls", "tracer", "attach", "patch"
+string? only = args.Length > 1 ? args[1] : null; // run one section: calls, uprobe, tracers, sustained, livepatch, attach, patch
+bool Want(string section) => only is null || only == section;
 const int Runs = 5;
 var rows = new List<string>();
 
@@ -14,6 +15,7 @@ var rows = new List<string>();
 const long Calls = 100_000_000;
 double Ns(Target t, int threads) => double.Parse(t.Ask($"run {Calls} {threads}").Split(' ')[1], CultureInfo.InvariantCulture);
 
+if (Want("calls"))
 using (var plain = Target.Start(Path.Combine(build, "micro-plain")))
 using (var nop5 = Target.Start(Path.Combine(build, "micro-nop5")))
 using (var counted = Target.Start(Path.Combine(build, "micro-nop5")))
@@ -41,7 +43,10 @@ using (var redirected = Target.Start(Path.Combine(build, "micro-nop5")))
 
 // ---- anchor: a kernel uprobe on the same NOP5 site (tracefs), per call ----
 const string UprobeEvents = "/sys/kernel/tracing/uprobe_events";
-if (File.Exists(UprobeEvents))
+if (!Want("uprobe"))
+{
+}
+else if (File.Exists(UprobeEvents))
 {
     string path = Path.Combine(build, "micro-nop5");
     Hotwire.Elf.ElfFile elf = Hotwire.Elf.ElfFile.Load(path);
@@ -94,7 +99,7 @@ foreach ((string label, string goal, long tracedCalls, Func<TraceBufferOptions, 
     ("function tracer", "≤ 18 ns", 1_000_000, b => new FunctionTracer(b, ["leaf"])),
     ("function_graph tracer", "≤ 35 ns", 500_000, b => new GraphTracer(b, new GraphOptions(), ["leaf"])),
     ("profile tracer", "≤ 30 ns", 1_000_000, b => new GraphTracer(b, new GraphOptions(GraphMode.Profile), ["leaf"])),
-})
+}.Where(_ => Want("tracers")))
 {
     var buffers = new TraceBufferOptions(BufferBytes: 64 << 20, MaxThreads: 8);
     // (a first unmeasured run per thread count touches the buffers' pages once)
@@ -153,7 +158,7 @@ foreach ((string label, int pause, Func<TraceBufferOptions, RingTracer> make) in
     ("function tracer", 60, b => new FunctionTracer(b, ["leaf"])),
     ("function_graph tracer", 0, b => new GraphTracer(b, new GraphOptions(), ["leaf"])),
     ("function_graph tracer", 60, b => new GraphTracer(b, new GraphOptions(), ["leaf"])),
-})
+}.Where(_ => Want("sustained")))
 {
     var buffers = new TraceBufferOptions();
     using var traced = Target.Start(Path.Combine(build, "micro-nop5"));
@@ -179,7 +184,7 @@ foreach ((string label, int pause, Func<TraceBufferOptions, RingTracer> make) in
 
 // ---- live patch: a 20-function patch into the running 50,000-function program ----
 string patch20 = Path.Combine(build, "patch20.so");
-if (File.Exists(patch20))
+if (Want("livepatch") && File.Exists(patch20))
 {
     using var target = Target.Start(Path.Combine(build, "many"), "idle");
     Session s = Session.Attach(target.Pid);
@@ -212,6 +217,7 @@ if (File.Exists(patch20))
 }
 
 // ---- attach: inject + agent ready, and the one stopped thread ----
+if (Want("attach"))
 using (var idle = Target.Start(Path.Combine(build, "micro-sled")))
 {
     var attach = new List<double>(); var stop = new List<double>(); var detach = new List<double>();
@@ -233,6 +239,7 @@ using (var idle = Target.Start(Path.Combine(build, "micro-sled")))
 }
 
 // ---- patch latency: 1, 256 and 50,000 sites, first time (trampolines generated) and after ----
+if (Want("patch"))
 using (var many = Target.Start(Path.Combine(build, "many"), "idle"))
 {
     using Session s = Session.Attach(many.Pid);
@@ -256,6 +263,7 @@ using (var many = Target.Start(Path.Combine(build, "many"), "idle"))
         rows.Add($"| enable {n} sites, first time / after / disable | {cold:F2} / {Median(warm):F2} / {off:F2} ms | — | — | — | {(n == 50_000 ? "≤ 20 / ≤ 5 ms" : "—")} |");
     }
 }
+if (Want("patch"))
 using (var idle = Target.Start(Path.Combine(build, "micro-nop5")))
 {
     using Session s = Session.Attach(idle.Pid);

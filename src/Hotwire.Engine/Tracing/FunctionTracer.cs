@@ -13,6 +13,7 @@ public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThread
     public const int Lost = 8;      // u64, written by the thread only
     public const int Tid = 16;      // u32, set when the thread claims the buffer
     public const int Overflow = 24; // u64, calls the graph tracer could not follow: the shadow stack was full
+    public const int CachedTail = 32; // u64, the thread's last look at Tail: Tail's line is read only when the ring seems full
     public const int Tail = 64;     // u64, written by Hotwire only (own cache line)
 
     /// <summary>Events carry an info word after the site (the graph tracer's kind and depth).</summary>
@@ -94,6 +95,28 @@ public abstract class RingTracer : Ops
         PrepareMore(session);
     }
 
+    /// <summary>
+    /// head = the buffer's head, or jump to <paramref name="full"/>. The producer compares with its
+    /// own copy of the consumer's tail and reads the real one (a cache line Hotwire writes) only
+    /// when the ring looks full: no cross-core traffic per event.
+    /// </summary>
+    private protected void EmitReserve(Assembler a, AssemblerRegister64 buffer, AssemblerRegister64 head, AssemblerRegister64 scratch, Label full)
+    {
+        Label ok = a.CreateLabel();
+        a.mov(head, __qword_ptr[buffer + TraceBufferOptions.Head]);
+        a.mov(scratch, head);
+        a.sub(scratch, __qword_ptr[buffer + TraceBufferOptions.CachedTail]);
+        a.cmp(scratch, (int)Buffers.Capacity);
+        a.jb(ok);
+        a.mov(scratch, __qword_ptr[buffer + TraceBufferOptions.Tail]);
+        a.mov(__qword_ptr[buffer + TraceBufferOptions.CachedTail], scratch);
+        a.mov(scratch, head);
+        a.sub(scratch, __qword_ptr[buffer + TraceBufferOptions.CachedTail]);
+        a.cmp(scratch, (int)Buffers.Capacity);
+        a.jae(full);
+        a.Label(ref ok);
+    }
+
     /// <summary>Whatever else the tracer needs, once, after the buffers exist.</summary>
     private protected virtual void PrepareMore(Session session) { }
 
@@ -168,11 +191,7 @@ public sealed class FunctionTracer : RingTracer
         a.shl(rax, (byte)shift);
         a.mov(r11, buffersMinusOne);
         a.add(r11, rax);                                   // r11 = this thread's buffer
-        a.mov(rcx, __qword_ptr[r11 + TraceBufferOptions.Head]);
-        a.mov(rax, rcx);
-        a.sub(rax, __qword_ptr[r11 + TraceBufferOptions.Tail]);
-        a.cmp(rax, (int)capacity);
-        a.jae(full);
+        EmitReserve(a, r11, rcx, rax, full);
         a.and(ecx, (int)(capacity - 1));
         a.imul(rcx, rcx, Buffers.EventBytes);
         a.add(rcx, r11);                                   // rcx + data = the slot

@@ -358,11 +358,7 @@ public sealed class GraphTracer : RingTracer
             a.mov(rsi, __qword_ptr[r11 + HSink]);
             a.test(rsi, rsi);
             a.jz(unbusy);
-            a.mov(rdx, __qword_ptr[rsi + TraceBufferOptions.Head]);
-            a.mov(rcx, rdx);
-            a.sub(rcx, __qword_ptr[rsi + TraceBufferOptions.Tail]);
-            a.cmp(rcx, (int)Buffers.Capacity);
-            a.jae(full);
+            EmitReserve(a, rsi, rdx, rcx, full);
             a.and(edx, (int)(Buffers.Capacity - 1));
             a.imul(rdx, rdx, Buffers.EventBytes);
             a.add(rdx, rsi);
@@ -578,11 +574,7 @@ public sealed class GraphTracer : RingTracer
         if (events)
         {
             int data = TraceBufferOptions.HeaderBytes;
-            a.mov(rdx, __qword_ptr[rsi + TraceBufferOptions.Head]);
-            a.mov(r9, rdx);
-            a.sub(r9, __qword_ptr[rsi + TraceBufferOptions.Tail]);
-            a.cmp(r9, (int)Buffers.Capacity);
-            a.jae(full);
+            EmitReserve(a, rsi, rdx, r9, full);
             a.and(edx, (int)(Buffers.Capacity - 1));
             a.imul(rdx, rdx, Buffers.EventBytes);
             a.add(rdx, rsi);

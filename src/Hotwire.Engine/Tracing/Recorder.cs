@@ -93,7 +93,15 @@ public sealed class Recorder : IDisposable
             }
             // Busy threads fill a buffer in a few milliseconds: only a recorder idle for a while
             // (about 50 ms of empty polls) may sleep a whole millisecond between polls.
-            if (DrainAll() == 0)
+            int drained = DrainAll();
+            if (drained > 0 && drained < _tracer.Buffers.Capacity / 16)
+            {
+                // Little came since the last look: wait a moment, so that threads write many
+                // events between our reads of their heads (each read costs them a cache miss).
+                Thread.Sleep(1);
+                idle = 0;
+            }
+            else if (drained == 0)
             {
                 if (idle++ < 20_000)
                 {
