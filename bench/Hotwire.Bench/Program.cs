@@ -216,6 +216,34 @@ if (Want("livepatch") && File.Exists(patch20))
     _ = obj;
 }
 
+// ---- readers: hotwire report on a recording of at least 100 M function_graph events ----
+if (Want("report") && Environment.GetEnvironmentVariable("HOTWIRE_DLL") is { } hotwireDll)
+{
+    using var traced = Target.Start(Path.Combine(build, "micro-nop5"));
+    (Session s, RingTracer tracer, Recorder recorder, string dir) = TraceLeaf(traced, new GraphTracer(new TraceBufferOptions(BufferBytes: 16 << 20), new GraphOptions(), ["leaf"]), "report100m");
+    using Session session = s;
+    while (recorder.Events < 100_000_000)
+    {
+        traced.Ask("run 10000000 1 20");
+    }
+    s.Unregister(tracer);
+    RecordSummary sum = recorder.Finish("micro");
+    recorder.Dispose();
+    s.Detach();
+    var times = new List<double>();
+    for (int i = 0; i < 3; i++)
+    {
+        var clock = Stopwatch.StartNew();
+        using var report = Process.Start(new ProcessStartInfo("dotnet", [hotwireDll, "report", "-d", dir]) { RedirectStandardOutput = true, RedirectStandardError = true })!;
+        report.StandardOutput.ReadToEnd();
+        report.WaitForExit();
+        times.Add(clock.Elapsed.TotalSeconds);
+    }
+    long bytes = new FileInfo(Path.Combine(dir, TraceData.EventsFile)).Length;
+    rows.Add($"| `hotwire report` on a function_graph recording of {sum.Events / 1e6:F0} M events ({bytes / 1e6:F0} MB) | {Median(times):F1} s | — | — | — | ≤ 10 s |");
+    Directory.Delete(dir, recursive: true);
+}
+
 // ---- attach: inject + agent ready, and the one stopped thread ----
 if (Want("attach"))
 using (var idle = Target.Start(Path.Combine(build, "micro-sled")))
