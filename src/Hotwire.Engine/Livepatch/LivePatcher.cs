@@ -7,28 +7,26 @@ using Hotwire.Procfs;
 
 namespace Hotwire.Livepatch;
 
-/// <summary>Sends every call of one function to its replacement in a live patch, and stays when Hotwire goes.</summary>
-public sealed class PatchOps : Ops
+/// <summary>
+/// The live patches of a process as one redirecting ops: each patched function's site sends its
+/// calls to the newest patch's replacement. It stays when Hotwire goes (persistent). One ops for
+/// every patch keeps stacking, revert and replace a matter of which target each site gets.
+/// </summary>
+public sealed class LivePatchOps : Ops
 {
-    public PatchOps(int patchId, string function, ulong target)
-        : base($"patch {patchId}", [function])
+    public LivePatchOps()
+        : base("live patches")
     {
-        PatchId = patchId;
-        Function = function;
-        Target = target;
     }
 
-    public int PatchId { get; }
-
-    public string Function { get; }
-
-    public ulong Target { get; }
+    /// <summary>Site address → the replacement its calls go to.</summary>
+    internal Dictionary<ulong, ulong> Targets { get; } = [];
 
     public override bool Redirects => true;
 
     public override bool Persistent => true;
 
-    internal override ulong RedirectTarget(SiteRecord site) => Target;
+    internal override ulong RedirectTarget(SiteRecord site) => Targets[site.Address];
 }
 
 /// <summary>One replaced function of a patch, as recorded in the target.</summary>
@@ -93,7 +91,8 @@ public sealed class LivePatcher
     private readonly ProcessMemory _memory;
     private ulong _registry;
     private PatchRegistryData _data;
-    private readonly Dictionary<string, List<PatchOps>> _stacks = new(StringComparer.Ordinal);
+    private readonly Dictionary<string, List<(int PatchId, ulong Target)>> _stacks = new(StringComparer.Ordinal);
+    private readonly LivePatchOps _ops = new();
 
     private LivePatcher(Session session, ProcessMemory memory, ulong registry, PatchRegistryData data)
     {
@@ -139,23 +138,37 @@ public sealed class LivePatcher
         {
             foreach (PatchedFunction f in p.Functions)
             {
-                patcher.Stack(f.Name).Add(new PatchOps(p.Id, f.Name, f.Target));
+                patcher.Stack(f.Name).Add((p.Id, f.Target));
             }
         }
-        foreach (List<PatchOps> stack in patcher._stacks.Values.Where(s => s.Count > 0))
+        if (patcher._stacks.Count > 0)
         {
-            session.Adopt(stack[^1]);
+            session.Adopt(patcher._ops, patcher.PatchedSites());
         }
         return patcher;
     }
 
-    private List<PatchOps> Stack(string function)
+    private List<(int PatchId, ulong Target)> Stack(string function)
     {
-        if (!_stacks.TryGetValue(function, out List<PatchOps>? stack))
+        if (!_stacks.TryGetValue(function, out List<(int, ulong)>? stack))
         {
             _stacks[function] = stack = [];
         }
         return stack;
+    }
+
+    // Every function with an active patch, its site pointed at the newest one.
+    private List<SiteRecord> PatchedSites()
+    {
+        _ops.Targets.Clear();
+        var sites = new List<SiteRecord>();
+        foreach ((string function, List<(int PatchId, ulong Target)> stack) in _stacks.Where(kv => kv.Value.Count > 0))
+        {
+            SiteRecord site = _session.SitesOf(function).Single();
+            _ops.Targets[site.Address] = stack[^1].Target;
+            sites.Add(site);
+        }
+        return sites;
     }
 
     /// <summary>
@@ -220,45 +233,52 @@ public sealed class LivePatcher
 
         int id = _data.NextId;
         var record = new PatchRecord { Id = id, Path = patch.Path, Applied = DateTime.UtcNow, Base = loadBase, Span = patch.Span };
-        var add = new List<Ops>();
-        var remove = new List<Ops>();
         var old = new List<(string, ulong, ulong)>();
         foreach ((string name, Elf.ElfSymbol sym) in pairs)
         {
             SiteRecord site = _session.SitesOf(name).Single();
-            var ops = new PatchOps(id, name, loadBase + sym.Value);
-            add.Add(ops);
-            record.Functions.Add(new PatchedFunction { Name = name, Site = site.Address, Target = ops.Target, TargetSize = Math.Max(sym.Size, 1) });
+            record.Functions.Add(new PatchedFunction { Name = name, Site = site.Address, Target = loadBase + sym.Value, TargetSize = Math.Max(sym.Size, 1) });
             old.Add(CurrentCode(name, site));
-            if (!replace && Stack(name).Count > 0)
-            {
-                remove.Add(Stack(name)[^1]);
-            }
         }
         if (replace)
         {
-            remove.AddRange(_stacks.Values.Where(s => s.Count > 0).Select(s => s[^1]));
-            foreach ((string name, List<PatchOps> stack) in _stacks.Where(kv => kv.Value.Count > 0 && !pairs.Any(p => p.Old == kv.Key)))
+            foreach (string name in _stacks.Where(kv => kv.Value.Count > 0 && !pairs.Any(p => p.Old == kv.Key)).Select(kv => kv.Key))
             {
                 old.Add(CurrentCode(name, _session.SitesOf(name).Single()));
             }
         }
-        _session.Change(remove.Distinct().ToList(), add);
-
+        var saved = _stacks.ToDictionary(kv => kv.Key, kv => kv.Value.ToList());
+        if (replace)
+        {
+            foreach (List<(int, ulong)> stack in _stacks.Values)
+            {
+                stack.Clear();
+            }
+        }
+        foreach (PatchedFunction f in record.Functions)
+        {
+            Stack(f.Name).Add((id, f.Target));
+        }
+        try
+        {
+            _session.SetSites(_ops, PatchedSites());
+        }
+        catch
+        {
+            _stacks.Clear();
+            foreach ((string k, List<(int, ulong)> v) in saved)
+            {
+                _stacks[k] = v;
+            }
+            PatchedSites();
+            throw;
+        }
         if (replace)
         {
             foreach (PatchRecord p in _data.Patches.Where(p => p.State == "active"))
             {
                 p.State = "superseded";
             }
-            foreach (List<PatchOps> stack in _stacks.Values)
-            {
-                stack.Clear();
-            }
-        }
-        foreach (PatchOps ops in add.Cast<PatchOps>())
-        {
-            Stack(ops.Function).Add(ops);
         }
         _data.NextId++;
         _data.Patches.Add(record);
@@ -272,25 +292,13 @@ public sealed class LivePatcher
         var clock = System.Diagnostics.Stopwatch.StartNew();
         PatchRecord? newest = _data.Patches.Where(p => p.State == "active").MaxBy(p => p.Id)
             ?? throw new HotwireException($"pid {_session.Pid} has no live patch to revert");
-        var remove = new List<Ops>();
-        var add = new List<Ops>();
         var old = new List<(string, ulong, ulong)>();
         foreach (PatchedFunction f in newest.Functions)
         {
-            List<PatchOps> stack = Stack(f.Name);
-            PatchOps mine = stack.Single(o => o.PatchId == newest.Id);
             old.Add((f.Name, f.Target, f.Target + f.TargetSize));
-            if (stack[^1] == mine)
-            {
-                remove.Add(mine);
-                if (stack.Count > 1)
-                {
-                    add.Add(stack[^2]);
-                }
-            }
-            stack.Remove(mine);
+            Stack(f.Name).RemoveAll(e => e.PatchId == newest.Id);
         }
-        _session.Change(remove, add);
+        _session.SetSites(_ops, PatchedSites());
         newest.State = "reverted";
         Save();
         return new PatchResult(newest, old, clock.Elapsed.TotalMilliseconds);
@@ -299,7 +307,7 @@ public sealed class LivePatcher
     // The code a function runs now (before a switch): its newest patch's, or its original body.
     private (string, ulong, ulong) CurrentCode(string name, SiteRecord site)
     {
-        if (_stacks.TryGetValue(name, out List<PatchOps>? stack) && stack.Count > 0)
+        if (_stacks.TryGetValue(name, out List<(int PatchId, ulong Target)>? stack) && stack.Count > 0)
         {
             PatchedFunction f = _data.Patches.Single(p => p.Id == stack[^1].PatchId).Functions.Single(x => x.Name == name);
             return (name, f.Target, f.Target + f.TargetSize);

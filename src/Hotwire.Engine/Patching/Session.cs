@@ -226,9 +226,10 @@ public sealed unsafe partial class Session : IDisposable
     /// Takes over ops a previous Hotwire left in place (a live patch): the sites hold its bytes
     /// already; nothing is written to the code.
     /// </summary>
-    internal IReadOnlyList<SiteRecord> Adopt(Ops ops)
+    internal IReadOnlyList<SiteRecord> Adopt(Ops ops, IReadOnlyList<SiteRecord> sites)
     {
-        List<SiteRecord> chosen = Choose(ops);
+        List<SiteRecord> chosen = [.. sites];
+        _chosen[ops] = chosen;
         AssignId(ops);
         ops.Prepare(this, chosen);
         Span<byte> live = stackalloc byte[8];
@@ -251,6 +252,67 @@ public sealed unsafe partial class Session : IDisposable
         return chosen;
     }
 
+    /// <summary>
+    /// Puts a redirecting ops on exactly <paramref name="sites"/> — where it may now send calls
+    /// elsewhere than before — and takes it off the others, in one batch (a live patch stacked,
+    /// reverted or replaced: no call sees a state in between).
+    /// </summary>
+    internal void SetSites(Ops ops, IReadOnlyCollection<SiteRecord> sites)
+    {
+        ThrowIfDetached();
+        if (sites.FirstOrDefault(s => s.Ops.Any(o => o != ops && o.Redirects)) is { } taken)
+        {
+            throw new HotwireException($"{taken.Function} is already redirected by '{taken.Ops.First(o => o != ops && o.Redirects).Name}'; nothing was changed");
+        }
+        AssignId(ops);
+        var wanted = new HashSet<SiteRecord>(sites);
+        var touched = new HashSet<SiteRecord>(_chosen.GetValueOrDefault(ops) ?? []);
+        touched.UnionWith(sites);
+        var before = touched.ToDictionary(s => s, s => s.Ops.ToList());
+        foreach (SiteRecord s in touched)
+        {
+            s.Ops.Remove(ops);
+            if (wanted.Contains(s))
+            {
+                s.Ops.Add(ops);
+            }
+            Forget(s);
+        }
+        try
+        {
+            Apply(touched.ToList());
+        }
+        catch
+        {
+            foreach ((SiteRecord s, List<Ops> ops0) in before)
+            {
+                s.Ops.Clear();
+                s.Ops.AddRange(ops0);
+                Forget(s);
+            }
+            TryApply(touched.ToList());
+            throw;
+        }
+        _chosen[ops] = [.. sites];
+        _ops.Remove(ops);
+        if (wanted.Count > 0)
+        {
+            _ops.Add(ops);
+        }
+        WriteBase(touched);
+    }
+
+    // A site whose redirect target changed: its cached bytes and trampolines are stale.
+    private void Forget(SiteRecord s)
+    {
+        s.DesiredCache0 = (ulong.MaxValue, 0, 0);
+        s.DesiredCache1 = (ulong.MaxValue, 0, 0);
+        foreach ((int, ulong) key in _stubs.Keys.Where(k => k.Site == s.Index).ToList())
+        {
+            _stubs.Remove(key);
+        }
+    }
+
     private List<SiteRecord> Choose(Ops ops)
     {
         // An ops' filters are fixed: choose its sites once, however often it is toggled.
@@ -266,14 +328,53 @@ public sealed unsafe partial class Session : IDisposable
 
     private void AssignId(Ops ops)
     {
-        if (!_opsIds.ContainsKey(ops))
+        if (_opsIds.ContainsKey(ops))
         {
-            if (_opsIds.Count >= 63)
+            return;
+        }
+        if (_opsIds.Count >= 63)
+        {
+            ReclaimIds();
+        }
+        int id = Enumerable.Range(1, 63).First(i => !_opsIds.ContainsValue(i));
+        _opsIds[ops] = id;
+        ops.Id = id;
+    }
+
+    // Ids are bits of the masks that key trampolines and cached bytes. Ops that are registered
+    // nowhere give theirs back (only when ids run out: toggling an ops keeps its caches warm).
+    private void ReclaimIds()
+    {
+        var idle = _opsIds.Keys.Where(o => !_ops.Contains(o) && !Sites.Any(s => s.Ops.Contains(o))).ToList();
+        if (idle.Count == 0)
+        {
+            throw new HotwireException("a session holds at most 63 different ops at once");
+        }
+        ulong freed = 0;
+        foreach (Ops o in idle)
+        {
+            freed |= 1UL << _opsIds[o];
+            _opsIds.Remove(o);
+            o.Id = 0;
+        }
+        foreach (ulong mask in _templates.Keys.Where(m => (m & freed) != 0).ToList())
+        {
+            _templates.Remove(mask);
+        }
+        foreach ((int, ulong) key in _stubs.Keys.Where(k => (k.OpsMask & freed) != 0).ToList())
+        {
+            _stubs.Remove(key);
+        }
+        foreach (SiteRecord s in Sites)
+        {
+            if ((s.DesiredCache0.Mask & freed) != 0 && s.DesiredCache0.Mask != ulong.MaxValue)
             {
-                throw new HotwireException("a session holds at most 63 different ops");
+                s.DesiredCache0 = (ulong.MaxValue, 0, 0);
             }
-            _opsIds[ops] = _opsIds.Count + 1;
-            ops.Id = _opsIds[ops];
+            if ((s.DesiredCache1.Mask & freed) != 0 && s.DesiredCache1.Mask != ulong.MaxValue)
+            {
+                s.DesiredCache1 = (ulong.MaxValue, 0, 0);
+            }
         }
     }
 
