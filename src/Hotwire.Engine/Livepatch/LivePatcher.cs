@@ -191,10 +191,9 @@ public sealed class LivePatcher
             }
             pairs.Add((from, sym));
         }
-        var traceable = new HashSet<string>(_session.Sites.Select(s => s.Function), StringComparer.Ordinal);
         foreach (Elf.ElfSymbol f in functions.Values)
         {
-            if (!map.Values.Contains(f.Name) && !map.ContainsKey(f.Name) && traceable.Contains(f.Name))
+            if (!map.Values.Contains(f.Name) && !map.ContainsKey(f.Name) && _session.SitesOf(f.Name).Any())
             {
                 pairs.Add((f.Name, f));
             }
@@ -312,14 +311,9 @@ public sealed class LivePatcher
             PatchedFunction f = _data.Patches.Single(p => p.Id == stack[^1].PatchId).Functions.Single(x => x.Name == name);
             return (name, f.Target, f.Target + f.TargetSize);
         }
-        LoadedModule m = _session.Image.Modules.First(x => site.Address >= x.Start && site.Address < x.End);
-        foreach (Elf.ElfSymbol s in m.Elf.ReadSymbols(false).Concat(m.Elf.ReadSymbols(true)))
+        if (_session.Image.Symbolizer.TryRange(site.Address, out ulong start, out ulong end))
         {
-            ulong start = s.Value + m.Bias;
-            if (s.Type == Elf.ElfFile.STT_FUNC && site.Address >= start && site.Address < start + Math.Max(s.Size, 1))
-            {
-                return (name, start, start + Math.Max(s.Size, 1));
-            }
+            return (name, start, end);
         }
         return (name, site.Address, site.Address + 16);
     }

@@ -141,6 +141,7 @@ public sealed unsafe partial class Session
                 InjectAgent(Tracee.Seize(Pid, tid), interrupt: true, options);
             }
         });
+        WriteSiteTable();
         WaitForAgent();
     }
 
@@ -236,7 +237,7 @@ public sealed unsafe partial class Session
         SharedRegion h = Shared;
         h.WriteU64(0, L.Magic);
         h.WriteU64(L.Int3Mode, options.SkipInt3Emulation ? 1UL : 0UL);
-        h.WriteU64(L.SiteCount, (ulong)Sites.Count);
+        h.WriteU64(L.SiteCount, 0); // the table is filled after the thread runs again (WriteSiteTable)
         h.WriteU64(L.SiteTable, DataAddress(siteTable));
         h.WriteU64(L.BatchList, DataAddress(batchList));
         h.WriteU64(L.RestoreList, DataAddress(restoreList));
@@ -257,17 +258,28 @@ public sealed unsafe partial class Session
             h.At<byte>((ulong)(L.NopRecords + len * L.RecordSize + L.RecordKind)) = L.KindNop;
             h.At<byte>((ulong)(L.NopRecords + len * L.RecordSize + L.RecordAdvance)) = (byte)len;
         }
+    }
+
+    /// <summary>
+    /// The site table and code ranges: proportional to the number of sites, so written once the
+    /// stopped thread runs again (the agent reads them only for a batch or a restore, and sees no
+    /// site before the count is published last).
+    /// </summary>
+    private void WriteSiteTable()
+    {
+        SharedRegion h = Shared;
         foreach (SiteRecord s in Sites)
         {
-            ulong e = siteTable + (ulong)s.Index * L.SiteEntrySize;
+            ulong e = _plan!.SiteTable + (ulong)s.Index * L.SiteEntrySize;
             h.WriteU64(e + L.SiteAddress, s.Address);
             h.WriteU64(e + L.SiteOriginal, s.Original);
             h.WriteU64(e + L.SiteCurrent, s.Current);
             h.At<byte>(e + L.SiteLen) = (byte)s.Length;
         }
-        int all = WriteRanges(Sites, allRanges, _rangeCapacity);
-        h.WriteU64(L.AllRangeList, DataAddress(allRanges));
+        int all = WriteRanges(Sites, _plan!.AllRanges, _rangeCapacity);
+        h.WriteU64(L.AllRangeList, DataAddress(_plan.AllRanges));
         h.WriteU64(L.AllRangeCount, (ulong)all);
+        h.WriteU64(L.SiteCount, (ulong)Sites.Count);
     }
 
     private void WaitForAgent()

@@ -90,7 +90,9 @@ public sealed unsafe partial class Session : IDisposable
     /// <summary>How long the injected thread was held stopped during attach.</summary>
     public TimeSpan LongestStop { get; private set; }
 
-    public IEnumerable<SiteRecord> SitesOf(string function) => Sites.Where(s => s.Function == function);
+    public IEnumerable<SiteRecord> SitesOf(string function) => (_byFunction ??= Sites.ToLookup(s => s.Function, StringComparer.Ordinal))[function];
+
+    private ILookup<string, SiteRecord>? _byFunction;
 
     public SiteRecord? SiteAt(ulong address) => _byAddress.GetValueOrDefault(address);
 

@@ -38,6 +38,22 @@ public sealed class Symbolizer
         }
     }
 
+    /// <summary>The runtime [start, end) of the function covering <paramref name="address"/>.</summary>
+    public bool TryRange(ulong address, out ulong start, out ulong end)
+    {
+        foreach (ModuleTable t in _modules)
+        {
+            if (address >= t.Module.Start && address < t.Module.End && t.TryRange(address - t.Module.Bias, out start, out end))
+            {
+                start += t.Module.Bias;
+                end += t.Module.Bias;
+                return true;
+            }
+        }
+        start = end = 0;
+        return false;
+    }
+
     public string Format(ulong address)
     {
         if (!TryResolve(address, out string module, out string? symbol, out ulong offset))
@@ -71,6 +87,15 @@ public sealed class Symbolizer
         }
 
         public LoadedModule Module { get; }
+
+        public bool TryRange(ulong linkAddress, out ulong start, out ulong end)
+        {
+            int i = Array.BinarySearch(_starts, linkAddress);
+            i = i < 0 ? ~i - 1 : i;
+            start = i >= 0 ? _starts[i] : 0;
+            end = i >= 0 ? _ends[i] : 0;
+            return i >= 0 && linkAddress < _ends[i];
+        }
 
         public bool TryFind(ulong linkAddress, out string? symbol, out ulong offset)
         {
