@@ -80,6 +80,7 @@ public class LivePatchTests(ITestOutputHelper output)
             session.Unregister(toggled);
         }
         session.Change([tracer, kept], []);   // both off in one batch: they saw the same calls
+        Thread.Sleep(50);                      // a thread preempted inside the trampoline finishes its event
         RecordSummary sum = recorder.Finish("seedcase");
         (long old, _, _) = target.Stop();
         output.WriteLine($"events {sum.Events}, lost {sum.Lost} (no buffer {tracer.LostNoBuffer}), buffers {tracer.BuffersInUse}, kept {kept.Count("f")}");
@@ -209,6 +210,42 @@ public class LivePatchTests(ITestOutputHelper output)
         CliResult none = Patch(server.Pid, "--revert");
         Assert.Equal(1, none.ExitCode);
         Assert.Contains("has no live patch to revert", none.Stderr);
+    }
+
+    [Theory]
+    [InlineData("function_graph")]
+    [InlineData("profile")]
+    public async Task A_patched_function_can_be_traced_with_the_graph_tracer_and_the_profiler(string tracer)
+    {
+        using var server = TargetProcess.Start(TargetBuilder.Get(Flavour.PatchServer));
+        int port = int.Parse(server.ReadyWords[2]);
+        Assert.Equal(0, Patch(server.Pid, TargetBuilder.Patch("serverfix")).ExitCode);
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-patch-{Guid.NewGuid():N}");
+        using var stop = new CancellationTokenSource();
+        int requests = 0;
+        Task client = Task.Run(() =>
+        {
+            using var tcp = new TcpClient("127.0.0.1", port);
+            using var r = new StreamReader(tcp.GetStream());
+            using var w = new StreamWriter(tcp.GetStream()) { AutoFlush = true };
+            for (long n = 1; !stop.IsCancellationRequested; n++)
+            {
+                w.Write($"{n}\n");
+                Assert.Equal($"new {3 * n}", r.ReadLine());
+                requests++;
+            }
+        });
+        CliResult rec = HotwireCli.Run("record", "--tracer", tracer, "-F", "handler", "-F", "scale", "-d", "1", "-o", dir, "--pid", server.Pid.ToString());
+        stop.Cancel();
+        await client;
+        Assert.True(rec.ExitCode == 0, rec.Stderr);
+        Assert.True(requests > 100);
+        CliResult report = HotwireCli.Run("report", "-d", dir, "--format", "csv");
+        Assert.True(report.ExitCode == 0, report.Stderr);
+        var calls = report.Lines.Skip(1).Select(l => l.Split(',')).ToDictionary(f => f[6], f => long.Parse(f[2]));
+        Assert.True(calls["handler"] > 50, report.Stdout);
+        Assert.Equal(calls["handler"], calls["scale"]);                  // the new handler calls scale(): its calls are traced too
+        Assert.Equal(1, Patch(server.Pid, "--list").Lines.Count(l => l.Contains("active")));   // the patch is still there
     }
 
     [Fact]

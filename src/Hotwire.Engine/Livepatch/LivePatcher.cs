@@ -131,6 +131,10 @@ public sealed class LivePatcher
     /// <summary>Takes over the patches in place: each function's newest patch becomes this session's ops.</summary>
     public static LivePatcher Open(Session session)
     {
+        if (session.Patcher is { } open)
+        {
+            return open;
+        }
         ProcessMemory memory = ProcessMemory.Open(session.Pid, writable: true);
         PatchRegistryData data = Read(session.Pid, memory, out ulong address) ?? new PatchRegistryData();
         var patcher = new LivePatcher(session, memory, address, data);
@@ -145,6 +149,7 @@ public sealed class LivePatcher
         {
             session.Adopt(patcher._ops, patcher.PatchedSites());
         }
+        session.Patcher = patcher;
         return patcher;
     }
 

@@ -29,13 +29,24 @@ public sealed unsafe partial class Session
         try
         {
             session.Bootstrap(ChooseThread(pid), options ?? new SessionOptions());
-            return session;
         }
         catch
         {
             session._memory.Dispose();
             throw;
         }
+        try
+        {
+            // Live patches an earlier Hotwire left are this session's too: tracing composes with
+            // them, detach and the dead-man switch keep them.
+            Livepatch.LivePatcher.Open(session);
+        }
+        catch
+        {
+            session.Dispose();
+            throw;
+        }
+        return session;
     }
 
     private static void Preflight(int pid, ProcessImage image)

@@ -94,6 +94,9 @@ public sealed unsafe partial class Session : IDisposable
 
     private ILookup<string, SiteRecord>? _byFunction;
 
+    /// <summary>The live patches of the process, adopted at attach (see LivePatcher.Open).</summary>
+    internal Livepatch.LivePatcher? Patcher { get; set; }
+
     public SiteRecord? SiteAt(ulong address) => _byAddress.GetValueOrDefault(address);
 
     public ulong DataAddress(ulong offset) => DataBase + offset;
