@@ -61,39 +61,5 @@ public static class GraphCommand
         return $"'{function}' was never called in {dir}{hint}: hotwire report -d {dir} lists the functions that were";
     }
 
-    /// <summary>Up to five names containing the probe or a few edits away from it, nearest first.</summary>
-    internal static List<string> NearNames(string probe, IEnumerable<string> names)
-    {
-        string bare = new(probe.Where(c => c is not ('*' or '?' or '[' or ']')).ToArray());
-        return names
-            .Distinct()
-            .Select(n => (Name: n, Score: n.Contains(bare, StringComparison.OrdinalIgnoreCase) ? 0 : Levenshtein(bare, n)))
-            .Where(x => x.Score <= Math.Max(3, bare.Length / 2))
-            .OrderBy(x => x.Score)
-            .ThenBy(x => x.Name, StringComparer.Ordinal)
-            .Take(5)
-            .Select(x => x.Name)
-            .ToList();
-    }
-
-    private static int Levenshtein(string a, string b)
-    {
-        var prev = new int[b.Length + 1];
-        var cur = new int[b.Length + 1];
-        for (int j = 0; j <= b.Length; j++)
-        {
-            prev[j] = j;
-        }
-        for (int i = 1; i <= a.Length; i++)
-        {
-            cur[0] = i;
-            for (int j = 1; j <= b.Length; j++)
-            {
-                int cost = char.ToLowerInvariant(a[i - 1]) == char.ToLowerInvariant(b[j - 1]) ? 0 : 1;
-                cur[j] = Math.Min(Math.Min(cur[j - 1] + 1, prev[j] + 1), prev[j - 1] + cost);
-            }
-            (prev, cur) = (cur, prev);
-        }
-        return prev[b.Length];
-    }
+    internal static List<string> NearNames(string probe, IEnumerable<string> names) => Patching.FunctionFilter.NearNames(probe, names);
 }

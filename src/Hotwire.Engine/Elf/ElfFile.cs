@@ -327,32 +327,11 @@ public sealed class ElfFile
     /// </summary>
     public List<(ulong Slot, string Name)> ImportSlots(IReadOnlySet<string> names)
     {
-        var result = new List<(ulong, string)>();
-        IReadOnlyList<ElfSymbol>? dynsyms = null;
-        foreach (ElfSection s in Sections)
-        {
-            if (s.Type != SHT_RELA || (s.Flags & 2) == 0)
-            {
-                continue;
-            }
-            ReadOnlySpan<byte> rela = SectionData(s);
-            for (int off = 0; off + 24 <= rela.Length; off += 24)
-            {
-                ulong info = U64(rela, off + 8);
-                uint type = (uint)info;
-                if (type is not (R_X86_64_GLOB_DAT or R_X86_64_JUMP_SLOT))
-                {
-                    continue;
-                }
-                dynsyms ??= ReadSymbols(dynamic: true);
-                int symIndex = (int)(info >> 32);
-                if (symIndex > 0 && symIndex - 1 < dynsyms.Count && names.Contains(dynsyms[symIndex - 1].Name))
-                {
-                    result.Add((U64(rela, off), dynsyms[symIndex - 1].Name));
-                }
-            }
-        }
-        return result;
+        IReadOnlyList<ElfSymbol> dynsyms = ReadSymbols(dynamic: true);
+        return DynamicRelocations()
+            .Where(r => r.Type is R_X86_64_GLOB_DAT or R_X86_64_JUMP_SLOT && r.Symbol > 0 && r.Symbol - 1 < dynsyms.Count && names.Contains(dynsyms[r.Symbol - 1].Name))
+            .Select(r => (r.Offset, dynsyms[r.Symbol - 1].Name))
+            .ToList();
     }
 
     private Dictionary<ulong, ulong> BuildRelocatedWords()

@@ -71,30 +71,31 @@ public sealed class FunctionFilter
         {
             bare = bare[..mod];
         }
-        string probe = new string(bare.Where(c => c is not ('*' or '?' or '[' or ']')).ToArray());
-        var near = sites
-            .Select(s => s.Function)
-            .Distinct()
-            .Select(n => (Name: n, Score: Distance(probe, n, n.Contains(probe, StringComparison.OrdinalIgnoreCase))))
-            .OrderBy(x => x.Score)
-            .ThenBy(x => x.Name, StringComparer.Ordinal)
-            .Take(5)
-            .Where(x => x.Score <= Math.Max(3, probe.Length / 2))
-            .Select(x => x.Name)
-            .ToList();
+        List<string> near = NearNames(bare, sites.Select(s => s.Function));
         string hint = near.Count > 0
             ? $"; near names: {string.Join(", ", near)}"
             : "; `hotwire ls` lists the functions that can be traced";
         return $"no traceable function matches '{pattern}'{hint}";
     }
 
-    private static int Distance(string a, string b, bool contains)
+    /// <summary>Up to five names containing the probe (glob characters left out) or a few edits away from it, nearest first.</summary>
+    public static List<string> NearNames(string probe, IEnumerable<string> names)
     {
-        if (contains)
-        {
-            return 0;
-        }
-        // Levenshtein, case-insensitive, two rows.
+        string bare = new(probe.Where(c => c is not ('*' or '?' or '[' or ']')).ToArray());
+        return names
+            .Distinct()
+            .Select(n => (Name: n, Score: n.Contains(bare, StringComparison.OrdinalIgnoreCase) ? 0 : Levenshtein(bare, n)))
+            .Where(x => x.Score <= Math.Max(3, bare.Length / 2))
+            .OrderBy(x => x.Score)
+            .ThenBy(x => x.Name, StringComparer.Ordinal)
+            .Take(5)
+            .Select(x => x.Name)
+            .ToList();
+    }
+
+    // Case-insensitive, two rows.
+    private static int Levenshtein(string a, string b)
+    {
         var prev = new int[b.Length + 1];
         var cur = new int[b.Length + 1];
         for (int j = 0; j <= b.Length; j++)

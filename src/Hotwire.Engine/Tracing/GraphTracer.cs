@@ -268,9 +268,26 @@ public sealed class GraphTracer : RingTracer
         a.mov(eax, __dword_ptr[r11 + rax * 4]);
         a.test(eax, eax);
         a.jz(none);
-        a.shl(rax, RecordShift);
-        a.mov(r11, Records - (1UL << RecordShift));
-        a.add(r11, rax);
+        EmitRecordAt(a, r11, rax, rax);
+    }
+
+    /// <summary><paramref name="count"/> = records claimed in this process (at most MaxThreads).</summary>
+    private void EmitRecordsInUse(Assembler a, AssemblerRegister32 count, AssemblerRegister64 count64, AssemblerRegister32 temp)
+    {
+        a.mov(count64, RecordsNext);
+        a.mov(count, __dword_ptr[count64]);
+        a.mov(temp, Buffers.MaxThreads);
+        a.cmp(count, temp);
+        a.cmova(count, temp);
+    }
+
+    /// <summary><paramref name="record"/> = the record of index <paramref name="indexPlusOne"/> − 1 (as the tid table holds it); uses <paramref name="scratch"/>.</summary>
+    private void EmitRecordAt(Assembler a, AssemblerRegister64 record, AssemblerRegister64 indexPlusOne, AssemblerRegister64 scratch)
+    {
+        a.mov(scratch, indexPlusOne);
+        a.shl(scratch, RecordShift);
+        a.mov(record, Records - (1UL << RecordShift));
+        a.add(record, scratch);
     }
 
     // At entry: [rsp] = back to the trampoline, [rsp+8] = back to the function (site + 5),
@@ -300,9 +317,7 @@ public sealed class GraphTracer : RingTracer
         a.test(eax, eax);
         a.jz(claim);
         a.Label(ref ready);                             // eax = record index + 1
-        a.shl(rax, RecordShift);
-        a.mov(r11, Records - (1UL << RecordShift));
-        a.add(r11, rax);
+        EmitRecordAt(a, r11, rax, rax);
         a.mov(rax, __qword_ptr.fs[0]);
         a.cmp(rax, __qword_ptr[r11 + HOwner]);
         a.jne(reown);
@@ -433,18 +448,11 @@ public sealed class GraphTracer : RingTracer
         // thread's record holds the frames it will return through: adopt it (with its own buffer).
         Label scan = a.CreateLabel(), fresh = a.CreateLabel(), adopt = a.CreateLabel(), haveRecord = a.CreateLabel();
         a.mov(rax, __qword_ptr.fs[0]);
-        a.mov(r11, RecordsNext);
-        a.mov(ecx, __dword_ptr[r11]);
-        a.cmp(ecx, Buffers.MaxThreads);
-        a.jbe(scan);
-        a.mov(ecx, Buffers.MaxThreads);
+        EmitRecordsInUse(a, ecx, rcx, edx);
         a.Label(ref scan);
         a.test(ecx, ecx);
         a.jz(fresh);
-        a.mov(rdx, rcx);
-        a.shl(rdx, RecordShift);
-        a.mov(r11, Records - (1UL << RecordShift));
-        a.add(r11, rdx);
+        EmitRecordAt(a, r11, rcx, rdx);
         a.cmp(__qword_ptr[r11 + HOwner], rax);
         a.je(adopt);
         a.dec(ecx);
@@ -460,10 +468,7 @@ public sealed class GraphTracer : RingTracer
         a.cmp(eax, Buffers.MaxThreads);
         a.jae(noRecord);
         a.inc(eax);
-        a.mov(rdx, rax);
-        a.shl(rdx, RecordShift);
-        a.mov(r11, Records - (1UL << RecordShift));
-        a.add(r11, rdx);                                // the new record (zero: fresh memory)
+        EmitRecordAt(a, r11, rax, rdx);                 // the new record (zero: fresh memory)
         a.mov(rdx, __qword_ptr.fs[0]);
         a.mov(__qword_ptr[r11 + HOwner], rdx);
         a.Label(ref haveRecord);                        // eax = index + 1, r11 = the record
@@ -640,18 +645,11 @@ public sealed class GraphTracer : RingTracer
         // entered (its copy of the parent thread's record has it), or a record reset under it.
         // Search every record; this path is rare and never records an event.
         a.Label(ref slow);
-        a.mov(r11, RecordsNext);
-        a.mov(r11d, __dword_ptr[r11]);
-        a.cmp(r11d, Buffers.MaxThreads);
-        a.jbe(records);
-        a.mov(r11d, Buffers.MaxThreads);
+        EmitRecordsInUse(a, r11d, r11, eax);
         a.Label(ref records);
         a.test(r11, r11);
         a.jz(lost);
-        a.mov(rax, r11);
-        a.shl(rax, RecordShift);
-        a.mov(rdi, Records - (1UL << RecordShift));
-        a.add(rdi, rax);                                // record r11 - 1
+        EmitRecordAt(a, rdi, r11, rax);                 // record r11 - 1
         a.mov(rcx, __qword_ptr[rdi + HDepth]);
         a.Label(ref entries);
         a.test(rcx, rcx);
