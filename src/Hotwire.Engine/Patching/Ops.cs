@@ -95,7 +95,7 @@ public sealed class CountingOps : Ops
             _pidMax = Tracing.TraceBufferOptions.PidMax();
             _nextOffset = session.AllocateData(64, 64);
             _tableOffset = session.AllocateData((ulong)(_pidMax + 1) * 4, 4096);
-            _rowsOffset = session.AllocateData(Rows * n * 8, 4096);
+            _rowsOffset = session.AllocateData(Rows * Stride(n), 4096);
         }
         catch (HotwireException)
         {
@@ -111,7 +111,10 @@ public sealed class CountingOps : Ops
         ? _session!.DataAddress(_sharedOffset + (ulong)site.Index * 8)
         : _session!.DataAddress(_rowsOffset + (ulong)site.Index * 8) - RowStride;
 
-    private ulong RowStride => (ulong)_session!.Sites.Count * 8;
+    private ulong RowStride => Stride((ulong)_session!.Sites.Count);
+
+    // Rows never share a cache line: two threads counting the same function must not contend.
+    private static ulong Stride(ulong sites) => (sites * 8 + 63) & ~63UL;
 
     internal override void EmitEntry(Assembler a, ReadOnlySpan<ulong> parameters)
     {
