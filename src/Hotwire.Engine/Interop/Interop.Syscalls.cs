@@ -55,6 +55,11 @@ internal static partial class Sys
     [LibraryImport("libc", SetLastError = true)]
     public static partial int mprotect(nint addr, nuint length, int prot);
 
+    public const int MADV_REMOVE = 9;
+
+    [LibraryImport("libc", SetLastError = true)]
+    public static partial int madvise(nint addr, nuint length, int advice);
+
     [LibraryImport("libc")]
     public static unsafe partial int clock_gettime(int clock, long* ts);
 

@@ -94,6 +94,11 @@ public sealed unsafe partial class Session : IDisposable
 
     private ILookup<string, SiteRecord>? _byFunction;
 
+    private readonly List<(ulong Offset, ulong Length)> _discardOnDetach = [];
+
+    /// <summary>Shared memory (page-aligned) whose contents are not needed after detach: event buffers, counters.</summary>
+    internal void DiscardOnDetach(ulong offset, ulong length) => _discardOnDetach.Add((offset, length));
+
     /// <summary>The live patches of the process, adopted at attach (see LivePatcher.Open).</summary>
     internal Livepatch.LivePatcher? Patcher { get; set; }
 
@@ -965,6 +970,12 @@ public sealed unsafe partial class Session : IDisposable
                 _finalStats[field] = Shared.ReadU64((ulong)field);
             }
             _detached = true;
+            // The tracers' buffers need not stay resident in the target: the mapping stays (a thread
+            // may still write there, a late graph exit say) but its pages go back to the system.
+            foreach ((ulong offset, ulong length) in _discardOnDetach)
+            {
+                Sys.madvise((nint)(Shared.Pointer + offset), (nuint)(length & ~4095UL), Sys.MADV_REMOVE);
+            }
             Shared.Dispose();
             _memory.Dispose();
         }

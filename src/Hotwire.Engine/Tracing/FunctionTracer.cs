@@ -91,6 +91,7 @@ public abstract class RingTracer : Ops
         _nextOffset = session.AllocateData(64, 64);
         _tableOffset = session.AllocateData((ulong)(_pidMax + 1) * 4, 4096);
         _buffersOffset = session.AllocateData((ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes, 4096);
+        session.DiscardOnDetach(_buffersOffset, (ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes);
         _session = session;
         PrepareMore(session);
     }

@@ -103,6 +103,7 @@ public sealed class GraphTracer : RingTracer
         if (Options.Mode == GraphMode.Profile)
         {
             _rowsOffset = session.AllocateData((ulong)Buffers.MaxThreads * RowStride, 4096);
+            session.DiscardOnDetach(_rowsOffset, (ulong)Buffers.MaxThreads * RowStride);
         }
         ReturnHandler = session.PlaceCode(EmitReturnHandler);
         _entryRoutine = session.PlaceCode(EmitEntryRoutine);
