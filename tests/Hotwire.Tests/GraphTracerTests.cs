@@ -197,6 +197,17 @@ public class GraphTracerTests
     }
 
     [Fact]
+    public void A_tail_call_between_traced_functions_returns_through_both()
+    {
+        Recording r = Record(Flavour.Graph, "--retval", "--", "tail");
+        Assert.Equal("tail 12\n", r.Stdout);                           // Σ leaf(i + 1) = 2 + 4 + 6
+        Assert.Equal("main{tail{leaf},tail{leaf},tail{leaf}}", string.Join(",", r.Roots(MainTid(r))));
+        Call first = r.Roots(MainTid(r)).Single().Children[0];
+        Assert.Equal(2UL, first.Value);                                 // both exits carry leaf's return value
+        Assert.Equal(2UL, first.Children.Single().Value);
+    }
+
+    [Fact]
     public void A_signal_handler_nests_under_the_function_it_interrupted()
     {
         Recording r = Record(Flavour.Graph, "signal");

@@ -12,6 +12,7 @@
 //                      (the child calls leaf(2), the parent leaf(3)); the parent waits
 //   graph hold N [MS]  prints "ready", then N times nap() (MS, default 200, ms asleep inside it); a tracer can
 //                      come and go while nap is on the stack; prints "held T", exits at stdin's end
+//   graph tail         main calls tail(i) for i = 0..2, which ends in a tail call (jmp) to leaf()
 //   graph tree         two threads each call a(i) -> b -> c (i = 0..2); main then calls leaf(9)
 #include <pthread.h>
 #include <setjmp.h>
@@ -64,6 +65,9 @@ __attribute__((noipa)) long forker(void)
 static long nap_ms = 200;
 __attribute__((noipa)) long nap(long i) { usleep(nap_ms * 1000); return leaf(i); }
 
+// Built with sibling calls off, except here: tail() reaches leaf() by a jmp.
+__attribute__((noipa, optimize("optimize-sibling-calls"))) long tail(long x) { return leaf(x + 1); }
+
 __attribute__((noipa)) long c(long x) { return leaf(x); }
 __attribute__((noipa)) long b(long x) { return c(x + 1); }
 __attribute__((noipa)) long a(long x) { return b(x + 1); }
@@ -97,6 +101,11 @@ int main(int argc, char **argv)
         pthread_create(&t, NULL, exiter, (void *)5);
         pthread_join(t, NULL);
         printf("joined %ld\n", leaf(4));
+    } else if (strcmp(mode, "tail") == 0) {
+        long total = 0;
+        for (long i = 0; i < 3; i++)
+            total += tail(i);
+        printf("tail %ld\n", total);
     } else if (strcmp(mode, "hold") == 0) {
         if (argc > 3)
             nap_ms = atol(argv[3]);

@@ -35,14 +35,14 @@ public static class CountCommand
         using PosixSignalRegistration sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
         using PosixSignalRegistration sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
 
-        Session session = target.Open(result);
         var counting = new CountingOps(target.Filters(result), target.Notraces(result));
-        IReadOnlyList<SiteRecord> sites;
+        IReadOnlyList<SiteRecord> sites = [];
+        // Registered before the program runs (launch: from its first instruction), or right after attach.
+        Session session = target.Open(result, beforeRun: s => sites = s.Register(counting));
         int? exitStatus = null;
         var clock = Stopwatch.StartNew();
         try
         {
-            sites = session.Register(counting);
             Console.Error.WriteLine($"hotwire: counting calls of {sites.Count} functions in pid {session.Pid}; Ctrl-C to stop");
             if (duration is double seconds)
             {

@@ -162,6 +162,11 @@ public static class RecordCommand
             Console.Error.WriteLine($"hotwire: writing {dir} failed ({error}): tracing was stopped; the {summary.BytesWritten} bytes written before are kept");
             return ExitCode.Failure;
         }
+        if (exitStatus is > 128)
+        {
+            Console.Error.WriteLine($"hotwire: the program was killed by signal {exitStatus - 128}; the recording of what it did until then is in {dir}");
+            return ExitCode.Failure;
+        }
         return ExitCode.Success;
     }
 

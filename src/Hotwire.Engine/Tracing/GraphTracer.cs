@@ -302,7 +302,7 @@ public sealed class GraphTracer : RingTracer
         Label claim = a.CreateLabel(), ready = a.CreateLabel(), owned = a.CreateLabel(), reown = a.CreateLabel(),
             discard = a.CreateLabel(), push = a.CreateLabel(), overflow = a.CreateLabel(), unbusy = a.CreateLabel(),
             restore = a.CreateLabel(), nested = a.CreateLabel(), noRecord = a.CreateLabel(), noSink = a.CreateLabel(),
-            claimed = a.CreateLabel(), full = a.CreateLabel(), noEvent = a.CreateLabel();
+            claimed = a.CreateLabel(), full = a.CreateLabel(), noEvent = a.CreateLabel(), farOrStale = a.CreateLabel(), drop = a.CreateLabel();
 
         a.push(rax);
         a.push(rdx);
@@ -338,8 +338,17 @@ public sealed class GraphTracer : RingTracer
         a.mov(rdx, rsi);
         a.sub(rdx, __qword_ptr[r11 + rax + ESlot]);
         a.jb(push);                                     // above us: an ancestor
+        a.jnz(farOrStale);
+        // The same slot, still holding our handler: the function was reached by a tail call
+        // (jmp) from a hijacked one, which is alive and will return through that slot after it.
+        a.mov(rdx, ReturnHandler);
+        a.cmp(__qword_ptr[rsi], rdx);
+        a.je(push);
+        a.jmp(drop);
+        a.Label(ref farOrStale);
         a.cmp(rdx, (int)SameStackWindow);
         a.jae(push);
+        a.Label(ref drop);
         a.dec(rcx);
         a.jmp(discard);
         a.Label(ref push);

@@ -94,11 +94,16 @@ public sealed class Recorder : IDisposable
             // Busy threads fill a buffer in a few milliseconds: only a recorder idle for a while
             // (about 50 ms of empty polls) may sleep a whole millisecond between polls.
             int drained = DrainAll();
-            if (drained > 0 && drained < _tracer.Buffers.Capacity / 16)
+            if (drained > 0 && drained < _tracer.Buffers.Capacity / 64)
             {
-                // Little came since the last look: wait a moment, so that threads write many
-                // events between our reads of their heads (each read costs them a cache miss).
-                Thread.Sleep(1);
+                // Little came since the last look: wait a moment (far less than a buffer takes to
+                // fill), so that threads write many events between our reads of their heads (each
+                // read costs them a cache miss).
+                long until = Stopwatch.GetTimestamp() + Stopwatch.Frequency / 5000;
+                while (Stopwatch.GetTimestamp() < until)
+                {
+                    Thread.Yield();
+                }
                 idle = 0;
             }
             else if (drained == 0)
