@@ -69,6 +69,13 @@ public sealed class PatchRegistryData
     public List<PatchRecord> Patches { get; set; } = [];
 }
 
+/// <summary>Source-generated JSON for the registry: no reflection, so a first patch is not slowed by it.</summary>
+[System.Text.Json.Serialization.JsonSourceGenerationOptions(PropertyNamingPolicy = System.Text.Json.Serialization.JsonKnownNamingPolicy.CamelCase)]
+[System.Text.Json.Serialization.JsonSerializable(typeof(PatchRegistryData))]
+internal sealed partial class RegistryJson : System.Text.Json.Serialization.JsonSerializerContext
+{
+}
+
 /// <summary>What a thread was doing at the moment of a switch.</summary>
 public sealed record ThreadCheck(int Tid, string Name, string State, IReadOnlyList<string> InsideOld);
 
@@ -85,7 +92,6 @@ public sealed class LivePatcher
     private const string RegistryName = "hotwire-patches";
     private const ulong RegistryBytes = 1 << 20;
     private static readonly byte[] s_magic = "HWPATCH1"u8.ToArray();
-    private static readonly JsonSerializerOptions s_json = new() { PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
 
     private readonly Session _session;
     private readonly ProcessMemory _memory;
@@ -93,6 +99,7 @@ public sealed class LivePatcher
     private PatchRegistryData _data;
     private readonly Dictionary<string, List<(int PatchId, ulong Target)>> _stacks = new(StringComparer.Ordinal);
     private readonly LivePatchOps _ops = new();
+    private TargetSymbols? _symbols;   // the session's modules do not change: index their symbols once
 
     private LivePatcher(Session session, ProcessMemory memory, ulong registry, PatchRegistryData data)
     {
@@ -125,7 +132,7 @@ public sealed class LivePatcher
             throw new HotwireException($"pid {pid}'s live-patch record is damaged");
         }
         address = map.Start;
-        return JsonSerializer.Deserialize<PatchRegistryData>(json, s_json) ?? throw new HotwireException($"pid {pid}'s live-patch record is damaged");
+        return JsonSerializer.Deserialize(json, RegistryJson.Default.PatchRegistryData) ?? throw new HotwireException($"pid {pid}'s live-patch record is damaged");
     }
 
     /// <summary>Takes over the patches in place: each function's newest patch becomes this session's ops.</summary>
@@ -223,7 +230,7 @@ public sealed class LivePatcher
             }
         }
         // Resolve everything once before anything in the target changes.
-        var symbols = new TargetSymbols(_session.Image, _memory);
+        TargetSymbols symbols = _symbols ??= new TargetSymbols(_session.Image, _memory);
         patch.Resolve(symbols, _session.Pid, 0);
 
         SiteRecord first = _session.SitesOf(pairs[0].Old).Single();
@@ -355,7 +362,7 @@ public sealed class LivePatcher
         {
             _registry = CreateRegistry();
         }
-        byte[] json = JsonSerializer.SerializeToUtf8Bytes(_data, s_json);
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(_data, RegistryJson.Default.PatchRegistryData);
         if ((ulong)json.Length + 12 > RegistryBytes)
         {
             throw new HotwireException("too many live patches recorded in this process");

@@ -95,6 +95,8 @@ public sealed class PatchObject
 
     internal Dictionary<int, ulong> Resolve(TargetSymbols resolver, int pid, ulong loadBase)
     {
+        resolver.Prefetch(Elf.DynamicRelocations().Where(r => r.Symbol > 0 && r.Symbol - 1 < DynamicSymbols.Count)
+            .Select(r => DynamicSymbols[r.Symbol - 1]).Where(y => y.SectionIndex == 0).Select(y => y.Name));
         var result = new Dictionary<int, ulong>();
         var missing = new List<string>();
         foreach ((ulong _, uint type, int sym, long _) in Elf.DynamicRelocations())
@@ -175,7 +177,40 @@ internal sealed class TargetSymbols
     private readonly ProcessImage _image;
     private readonly Hotwire.Memory.IMemoryReader _memory;
     private readonly List<(LoadedModule Module, IReadOnlyList<ElfSymbol> Symtab, IReadOnlyList<ElfSymbol> Dynsym)> _modules;
-    private readonly Dictionary<LoadedModule, ILookup<string, ElfSymbol>> _byName = [];
+    private readonly Dictionary<LoadedModule, Dictionary<string, List<ElfSymbol>>> _byName = [];
+    private readonly HashSet<string> _scanned = new(StringComparer.Ordinal);
+
+    /// <summary>Indexes the definitions of <paramref name="names"/> in one pass over each module's symbols.</summary>
+    public void Prefetch(IEnumerable<string> names)
+    {
+        var wanted = new HashSet<string>(names.Where(n => !_scanned.Contains(n)), StringComparer.Ordinal);
+        if (wanted.Count == 0)
+        {
+            return;
+        }
+        foreach ((LoadedModule m, IReadOnlyList<ElfSymbol> symtab, IReadOnlyList<ElfSymbol> dynsym) in _modules)
+        {
+            if (!_byName.TryGetValue(m, out Dictionary<string, List<ElfSymbol>>? index))
+            {
+                _byName[m] = index = new Dictionary<string, List<ElfSymbol>>(StringComparer.Ordinal);
+            }
+            foreach (IReadOnlyList<ElfSymbol> table in new[] { symtab, dynsym })
+            {
+                foreach (ElfSymbol sym in table)
+                {
+                    if (sym.SectionIndex != 0 && wanted.Contains(sym.Name))
+                    {
+                        if (!index.TryGetValue(sym.Name, out List<ElfSymbol>? list))
+                        {
+                            index[sym.Name] = list = [];
+                        }
+                        list.Add(sym);
+                    }
+                }
+            }
+        }
+        _scanned.UnionWith(wanted);
+    }
 
     public TargetSymbols(ProcessImage image, Hotwire.Memory.IMemoryReader memory)
     {
@@ -200,11 +235,8 @@ internal sealed class TargetSymbols
         {
             foreach (bool locals in new[] { false, true })
             {
-                if (!_byName.TryGetValue(m, out ILookup<string, ElfSymbol>? byName))
-                {
-                    _byName[m] = byName = symtab.Concat(dynsym).Where(s => s.SectionIndex != 0).ToLookup(s => s.Name, StringComparer.Ordinal);
-                }
-                var defs = byName[name]
+                Prefetch([name]);
+                var defs = (_byName[m].GetValueOrDefault(name) ?? [])
                     .Where(s => s.SectionIndex != 0 && (locals ? s.Binding == ElfFile.STB_LOCAL : s.Binding != ElfFile.STB_LOCAL))
                     .Select(s => (s.Value, s.Type)).Distinct().ToList();
                 if (defs.Count > 1 && locals)
