@@ -143,6 +143,27 @@ public class RecordReplayTests
     }
 
     [Fact]
+    public void A_signal_handler_that_interrupts_the_tracers_own_write_never_corrupts_an_event()
+    {
+        string dir = TempDir();
+        CliResult rec = HotwireCli.Run("record", "--args", "1", "-F", "leaf", "-F", "in_signal", "--buffer-size", "64M", "-o", dir,
+            "--", TargetBuilder.Get(Flavour.Graph), "sigstress", "3000000");
+        Assert.True(rec.ExitCode == 0, rec.Stderr);
+        TraceInfo info = TraceData.ReadInfo(dir);
+        List<RawEvent> events = TraceData.ReadEvents(dir, info)[info.Pid];
+        int leaf = info.Sites.Single(s => s.Function == "leaf").Index, inSignal = info.Sites.Single(s => s.Function == "in_signal").Index;
+        Assert.All(events, e => Assert.True(e.Tsc != 0 && (e.Site == leaf || e.Site == inSignal), $"a damaged event: tsc {e.Tsc}, site {e.Site}"));
+        for (int i = 1; i < events.Count; i++)
+        {
+            Assert.True(events[i].Tsc >= events[i - 1].Tsc, $"event {i} goes back in time");
+        }
+        var args = events.Where(e => e.Site == leaf).Select(e => (long)e.Args[0]).ToList();
+        Assert.True(args.SequenceEqual(Enumerable.Range(0, args.Count).Select(i => (long)i)), "leaf(i) recorded once each, in order");
+        Assert.Equal(3_000_000, args.Count);                            // the outer call is never the one dropped
+        Assert.True(events.Count(e => e.Site == inSignal) > 100, "signals arrived");
+    }
+
+    [Fact]
     public void After_detach_the_buffers_no_longer_take_the_targets_memory()
     {
         using var target = new SeedTarget(Flavour.SeedNop5, threads: 4);

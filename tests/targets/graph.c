@@ -13,6 +13,8 @@
 //   graph hold N [MS]  prints "ready", then N times nap() (MS, default 200, ms asleep inside it); a tracer can
 //                      come and go while nap is on the stack; prints "held T", exits at stdin's end
 //   graph tail         main calls tail(i) for i = 0..2, which ends in a tail call (jmp) to leaf()
+//   graph sigstress N  a 20 µs interval timer whose handler calls in_signal() interrupts main's N
+//                      calls of leaf(i): most signals land inside a tracer's own code
 //   graph tree         two threads each call a(i) -> b -> c (i = 0..2); main then calls leaf(9)
 #include <pthread.h>
 #include <setjmp.h>
@@ -20,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -45,6 +48,10 @@ __attribute__((noipa)) long outer(long i)
 
 __attribute__((noipa)) void on_signal(int sig) { leaf(sig); }
 __attribute__((noipa)) long work(void) { raise(SIGUSR1); return leaf(1); }
+
+volatile long signals;
+__attribute__((noipa)) void in_signal(int sig) { signals += sig; }
+static void on_timer(int sig) { in_signal(sig); }
 
 __attribute__((noipa)) long sleeper(void) { usleep(10000); return 0; }
 
@@ -101,6 +108,17 @@ int main(int argc, char **argv)
         pthread_create(&t, NULL, exiter, (void *)5);
         pthread_join(t, NULL);
         printf("joined %ld\n", leaf(4));
+    } else if (strcmp(mode, "sigstress") == 0) {
+        struct sigaction sa = { .sa_handler = on_timer, .sa_flags = SA_RESTART };
+        sigaction(SIGALRM, &sa, NULL);
+        struct itimerval it = { { 0, 20 }, { 0, 20 } };
+        setitimer(ITIMER_REAL, &it, NULL);
+        long total = 0;
+        for (long i = 0; i < n; i++)
+            total += leaf(i);
+        struct itimerval off = { { 0, 0 }, { 0, 0 } };
+        setitimer(ITIMER_REAL, &off, NULL);
+        printf("sigstress %ld\n", total);
     } else if (strcmp(mode, "tail") == 0) {
         long total = 0;
         for (long i = 0; i < 3; i++)

@@ -14,6 +14,7 @@ public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThread
     public const int Tid = 16;      // u32, set when the thread claims the buffer
     public const int Overflow = 24; // u64, calls the graph tracer could not follow: the shadow stack was full
     public const int CachedTail = 32; // u64, the thread's last look at Tail: Tail's line is read only when the ring seems full
+    public const int Busy = 40;     // u8, the thread is writing an event: a signal handler's traced call meanwhile is dropped (counted lost)
     public const int Tail = 64;     // u64, written by Hotwire only (own cache line)
 
     /// <summary>Events carry an info word after the site (the graph tracer's kind and depth).</summary>
@@ -176,7 +177,7 @@ public sealed class FunctionTracer : RingTracer
         ulong next = s.DataAddress(_nextOffset);
         long capacity = Buffers.Capacity;
         int data = TraceBufferOptions.HeaderBytes;
-        Label ready = a.CreateLabel(), slow = a.CreateLabel(), full = a.CreateLabel(), noBuffer = a.CreateLabel(), done = a.CreateLabel();
+        Label ready = a.CreateLabel(), slow = a.CreateLabel(), full = a.CreateLabel(), nested = a.CreateLabel(), noBuffer = a.CreateLabel(), done = a.CreateLabel();
 
         a.push(rax);
         a.push(rdx);
@@ -192,6 +193,9 @@ public sealed class FunctionTracer : RingTracer
         a.shl(rax, (byte)shift);
         a.mov(r11, buffersMinusOne);
         a.add(r11, rax);                                   // r11 = this thread's buffer
+        a.cmp(__byte_ptr[r11 + TraceBufferOptions.Busy], 0);
+        a.jne(nested);                                     // a signal handler interrupted our own write
+        a.mov(__byte_ptr[r11 + TraceBufferOptions.Busy], (byte)1);
         EmitReserve(a, r11, rcx, rax, full);
         a.and(ecx, (int)(capacity - 1));
         a.imul(rcx, rcx, Buffers.EventBytes);
@@ -218,9 +222,12 @@ public sealed class FunctionTracer : RingTracer
             }
         }
         a.inc(__qword_ptr[r11 + TraceBufferOptions.Head]); // publish: x86 keeps our stores in order
+        a.mov(__byte_ptr[r11 + TraceBufferOptions.Busy], (byte)0);
         a.jmp(done);
 
         a.Label(ref full);
+        a.mov(__byte_ptr[r11 + TraceBufferOptions.Busy], (byte)0);
+        a.Label(ref nested);
         a.inc(__qword_ptr[r11 + TraceBufferOptions.Lost]);
         a.jmp(done);
 
