@@ -12,12 +12,9 @@ public class CountCommandTests
     [Fact]
     public void A_program_hotwire_starts_is_counted_from_its_first_instruction()
     {
-        CliResult r = HotwireCli.Run("count", "-F", "[abc]", "--", TargetBuilder.Get(Flavour.Calls), "burst", "3");
-        Assert.True(r.ExitCode == 0, r.Stderr);
-        Assert.Contains("the program exited with status 0", r.Stderr);
-        Assert.DoesNotContain(r.Lines, l => l.Contains(" a ") || l.Contains(" b "));
         CliResult tree = HotwireCli.Run("count", "-F", "[abcd]", "--", TargetBuilder.Get(Flavour.Calls), "tree");
         Assert.True(tree.ExitCode == 0, tree.Stderr);
+        Assert.Contains("the program exited with status 0", tree.Stderr);
         var counts = tree.Lines.Where(l => !l.StartsWith('#')).Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).ToDictionary(f => f[1], f => long.Parse(f[0]));
         Assert.Equal(10, counts["a"]);                                  // two threads × 5, right from the start
         Assert.Equal(1, counts["d"]);

@@ -244,7 +244,8 @@ public class LivePatchTests(ITestOutputHelper output)
         Assert.True(report.ExitCode == 0, report.Stderr);
         var calls = report.Lines.Skip(1).Select(l => l.Split(',')).ToDictionary(f => f[6], f => long.Parse(f[2]));
         Assert.True(calls["handler"] > 50, report.Stdout);
-        Assert.Equal(calls["handler"], calls["scale"]);                  // the new handler calls scale(): its calls are traced too
+        // The new handler calls scale(): its calls are traced too (one call may straddle the start or the end of tracing).
+        Assert.InRange(calls["scale"], calls["handler"] - 1, calls["handler"] + 1);
         Assert.Equal(1, Patch(server.Pid, "--list").Lines.Count(l => l.Contains("active")));   // the patch is still there
     }
 
@@ -299,18 +300,16 @@ public class LivePatchTests(ITestOutputHelper output)
     {
         using var target = new SeedTarget(Flavour.SeedNop5, threads: 2);
         target.Go();
-        string mapsBefore = File.ReadAllText($"/proc/{target.Pid}/maps");
         CliResult r = Patch(target.Pid, TargetBuilder.Patch(patch));
         Assert.Equal(1, r.ExitCode);
         Assert.Contains(message, r.Stderr);
         Assert.Single(r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
-        Assert.DoesNotContain("hotwire-patches", File.ReadAllText($"/proc/{target.Pid}/maps"));
+        Assert.DoesNotContain("memfd:hotwire", File.ReadAllText($"/proc/{target.Pid}/maps")); // not even attached
         (long old0, long new0, _) = target.Counts();
         Thread.Sleep(50);
         (long old1, long new1, _) = target.Counts();
         Assert.True(old1 > old0);
         Assert.Equal(0, new1);
-        _ = mapsBefore;
     }
 
     [Fact]
@@ -336,6 +335,7 @@ public class LivePatchTests(ITestOutputHelper output)
             Assert.Contains(message, r.Stderr);
             Assert.Single(r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
         }
+        Assert.DoesNotContain("memfd:hotwire", File.ReadAllText($"/proc/{target.Pid}/maps")); // refused before attaching
         byte[] bytes = File.ReadAllBytes(seedfix);
         bytes[18] = 183;
         string arm = Path.Combine(Path.GetTempPath(), $"hotwire-arm-{Environment.ProcessId}.so");

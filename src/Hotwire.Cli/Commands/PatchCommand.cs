@@ -65,6 +65,20 @@ public static class PatchCommand
         }
         // Everything about the patch file is checked before the target is touched.
         PatchObject? patch = patchPath is null ? null : PatchObject.Load(patchPath);
+        if (patch is not null)
+        {
+            // ...and against the process, read-only: a patch that cannot apply leaves no trace in it.
+            using var reader = ProcessMemory.Open(pid);
+            LivePatcher.Plan(patch, mapping, Hotwire.Procfs.ProcessImage.Load(pid), reader);
+        }
+        else if (Directory.Exists($"/proc/{pid}"))
+        {
+            using var reader = ProcessMemory.Open(pid);
+            if (LivePatcher.Read(pid, reader, out _) is not { } applied || !applied.Patches.Any(p => p.State == "active"))
+            {
+                throw new HotwireException($"pid {pid} has no live patch to revert");
+            }
+        }
 
         using Session session = Session.Attach(pid);
         LivePatcher patcher = LivePatcher.Open(session);

@@ -191,47 +191,8 @@ public sealed class LivePatcher
     public PatchResult Apply(PatchObject patch, IReadOnlyDictionary<string, string> map, bool replace)
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
-        string file = System.IO.Path.GetFileName(patch.Path);
-        var functions = patch.Functions.GroupBy(f => f.Name).ToDictionary(g => g.Key, g => g.First());
-        // Which target function each replacement takes over.
-        var pairs = new List<(string Old, Elf.ElfSymbol New)>();
-        foreach ((string from, string to) in map)
-        {
-            if (!functions.TryGetValue(to, out Elf.ElfSymbol sym))
-            {
-                throw new HotwireException($"--map {from}={to}: {file} defines no function {to}");
-            }
-            pairs.Add((from, sym));
-        }
-        foreach (Elf.ElfSymbol f in functions.Values)
-        {
-            if (!map.Values.Contains(f.Name) && !map.ContainsKey(f.Name) && _session.SitesOf(f.Name).Any())
-            {
-                pairs.Add((f.Name, f));
-            }
-        }
-        if (pairs.Count == 0)
-        {
-            throw new HotwireException($"{file} replaces nothing: none of its functions ({string.Join(", ", functions.Keys.Take(8))}) is a patchable function of pid {_session.Pid}; give them the names of the functions they replace, or use --map old=new");
-        }
-        foreach ((string name, _) in pairs)
-        {
-            int sites = _session.SitesOf(name).Count();
-            if (sites == 0)
-            {
-                bool exists = _session.Image.Modules.Any(m => m.Elf.ReadSymbols(false).Concat(m.Elf.ReadSymbols(true)).Any(s => s.Name == name && s.SectionIndex != 0));
-                throw new HotwireException(exists
-                    ? $"{name} has no patch site in pid {_session.Pid}: it was built without -fpatchable-function-entry or -pg -mfentry, so it cannot be replaced"
-                    : $"pid {_session.Pid} has no function {name}");
-            }
-            if (sites > 1)
-            {
-                throw new HotwireException($"{name} names {sites} functions in pid {_session.Pid} (static functions of the same name): Hotwire cannot tell which one to replace");
-            }
-        }
-        // Resolve everything once before anything in the target changes.
         TargetSymbols symbols = _symbols ??= new TargetSymbols(_session.Image, _memory);
-        patch.Resolve(symbols, _session.Pid, 0);
+        List<(string Old, Elf.ElfSymbol New)> pairs = Plan(patch, map, _session.Image, symbols);
 
         SiteRecord first = _session.SitesOf(pairs[0].Old).Single();
         ulong loadBase = MapNear(first.Address, patch.Span);
@@ -296,6 +257,60 @@ public sealed class LivePatcher
         Save();
         return new PatchResult(record, old, clock.Elapsed.TotalMilliseconds);
     }
+
+    /// <summary>
+    /// Which target function each of the patch's functions replaces, with every check that needs
+    /// no change to the target: each replaced function exists once with a patch site, and every
+    /// symbol the patch needs resolves. Works on a process Hotwire has not attached to.
+    /// </summary>
+    public static List<(string Old, Elf.ElfSymbol New)> Plan(PatchObject patch, IReadOnlyDictionary<string, string> map, ProcessImage image, IMemoryReader memory)
+        => Plan(patch, map, image, new TargetSymbols(image, memory));
+
+    private static List<(string Old, Elf.ElfSymbol New)> Plan(PatchObject patch, IReadOnlyDictionary<string, string> map, ProcessImage image, TargetSymbols symbols)
+    {
+        ILookup<string, PatchSite> sitesOf = image.AllSites.ToLookup(s => s.Function, StringComparer.Ordinal);
+        string file = System.IO.Path.GetFileName(patch.Path);
+        var functions = patch.Functions.GroupBy(f => f.Name).ToDictionary(g => g.Key, g => g.First());
+        // Which target function each replacement takes over.
+        var pairs = new List<(string Old, Elf.ElfSymbol New)>();
+        foreach ((string from, string to) in map)
+        {
+            if (!functions.TryGetValue(to, out Elf.ElfSymbol sym))
+            {
+                throw new HotwireException($"--map {from}={to}: {file} defines no function {to}");
+            }
+            pairs.Add((from, sym));
+        }
+        foreach (Elf.ElfSymbol f in functions.Values)
+        {
+            if (!map.Values.Contains(f.Name) && !map.ContainsKey(f.Name) && sitesOf[f.Name].Any())
+            {
+                pairs.Add((f.Name, f));
+            }
+        }
+        if (pairs.Count == 0)
+        {
+            throw new HotwireException($"{file} replaces nothing: none of its functions ({string.Join(", ", functions.Keys.Take(8))}) is a patchable function of pid {image.Pid}; give them the names of the functions they replace, or use --map old=new");
+        }
+        foreach ((string name, _) in pairs)
+        {
+            int sites = sitesOf[name].Count();
+            if (sites == 0)
+            {
+                bool exists = image.Modules.Any(m => m.Elf.ReadSymbols(false).Concat(m.Elf.ReadSymbols(true)).Any(s => s.Name == name && s.SectionIndex != 0));
+                throw new HotwireException(exists
+                    ? $"{name} has no patch site in pid {image.Pid}: it was built without -fpatchable-function-entry or -pg -mfentry, so it cannot be replaced"
+                    : $"pid {image.Pid} has no function {name}");
+            }
+            if (sites > 1)
+            {
+                throw new HotwireException($"{name} names {sites} functions in pid {image.Pid} (static functions of the same name): Hotwire cannot tell which one to replace");
+            }
+        }
+        patch.Resolve(symbols, image.Pid, 0);
+        return pairs;
+    }
+
 
     /// <summary>Removes the newest active patch: each of its functions goes back to the patch below, or to its original code.</summary>
     public PatchResult Revert()
