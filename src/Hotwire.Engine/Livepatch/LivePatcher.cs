@@ -192,7 +192,7 @@ public sealed class LivePatcher
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         TargetSymbols symbols = _symbols ??= new TargetSymbols(_session.Image, _memory);
-        List<(string Old, Elf.ElfSymbol New)> pairs = Plan(patch, map, _session.Image, symbols);
+        List<(string Old, Elf.ElfSymbol New)> pairs = Plan(patch, map, _session.Image, symbols, _session.SitesByFunction);
 
         SiteRecord first = _session.SitesOf(pairs[0].Old).Single();
         ulong loadBase = MapNear(first.Address, patch.Span);
@@ -264,11 +264,12 @@ public sealed class LivePatcher
     /// symbol the patch needs resolves. Works on a process Hotwire has not attached to.
     /// </summary>
     public static List<(string Old, Elf.ElfSymbol New)> Plan(PatchObject patch, IReadOnlyDictionary<string, string> map, ProcessImage image, IMemoryReader memory)
-        => Plan(patch, map, image, new TargetSymbols(image, memory));
+        => Plan(patch, map, image, new TargetSymbols(image, memory), image.AllSites.ToLookup(s => s.Function, StringComparer.Ordinal));
 
-    private static List<(string Old, Elf.ElfSymbol New)> Plan(PatchObject patch, IReadOnlyDictionary<string, string> map, ProcessImage image, TargetSymbols symbols)
+    // sitesOf: the sites of each function name (the session keeps one: building it names 50,000 sites).
+    private static List<(string Old, Elf.ElfSymbol New)> Plan<TSite>(PatchObject patch, IReadOnlyDictionary<string, string> map, ProcessImage image, TargetSymbols symbols,
+        ILookup<string, TSite> sitesOf)
     {
-        ILookup<string, PatchSite> sitesOf = image.AllSites.ToLookup(s => s.Function, StringComparer.Ordinal);
         string file = System.IO.Path.GetFileName(patch.Path);
         var functions = patch.Functions.GroupBy(f => f.Name).ToDictionary(g => g.Key, g => g.First());
         // Which target function each replacement takes over.

@@ -90,7 +90,9 @@ public sealed unsafe partial class Session : IDisposable
     /// <summary>How long the injected thread was held stopped during attach.</summary>
     public TimeSpan LongestStop { get; private set; }
 
-    public IEnumerable<SiteRecord> SitesOf(string function) => (_byFunction ??= Sites.ToLookup(s => s.Function, StringComparer.Ordinal))[function];
+    public IEnumerable<SiteRecord> SitesOf(string function) => SitesByFunction[function];
+
+    internal ILookup<string, SiteRecord> SitesByFunction => _byFunction ??= Sites.ToLookup(s => s.Function, StringComparer.Ordinal);
 
     private ILookup<string, SiteRecord>? _byFunction;
 
