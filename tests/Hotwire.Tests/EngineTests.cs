@@ -185,6 +185,42 @@ public class EngineTests(ITestOutputHelper output)
         Assert.Equal(calls, old);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_thread_parked_in_a_signal_handler_whose_saved_pc_is_inside_a_sled_resumes_correctly(bool skipSignalFrames)
+    {
+        // The handler interrupted f at byte 1 of its 5-NOP sled and waits there; Hotwire converts the
+        // sled while it waits. Moving only current PCs leaves the saved one inside the new 5-byte NOP.
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.SigSled));
+        Assert.Equal("1", target.ReadyWords[2]);
+        Session session = Session.Attach(target.Pid, new SessionOptions { SkipSignalFrameSleds = skipSignalFrames });
+        var counting = new CountingOps(["f"]);
+        session.Register(counting);
+        Thread.Sleep(50);
+        session.Unregister(counting);   // f holds one 5-byte NOP now (detach would put the sled back)
+        target.WriteLine("go");
+        string? calls = target.ReadLine(TimeSpan.FromSeconds(10));
+        string? done = target.ReadLine(TimeSpan.FromSeconds(10));
+        target.Process.WaitForExit(10_000);
+        if (target.Process.ExitCode == 0)
+        {
+            session.Detach();
+        }
+        if (skipSignalFrames)
+        {
+            // The switch disables the migration: the thread resumes mid-instruction and the process dies.
+            Assert.NotEqual("done", done);
+            Assert.Equal(128 + 4, target.Process.ExitCode); // SIGILL: 0f 1f 44 00 00 entered at its 1f
+            session.Dispose();
+            return;
+        }
+        Assert.StartsWith("calls ", calls);
+        Assert.True(long.Parse(calls!["calls ".Length..]) > 1000, calls);
+        Assert.Equal("done", done);
+        Assert.Equal(0, target.Process.ExitCode);
+    }
+
     [Fact]
     public void Attach_to_a_pid_that_does_not_exist_is_a_clear_error()
     {

@@ -101,6 +101,7 @@ public sealed unsafe partial class Session
 
     private void Bootstrap(int tid, SessionOptions options, Tracee? stopped = null)
     {
+        _skipSignalFrameSleds = options.SkipSignalFrameSleds;
         // ---- plan the memfd: [data | main code | a trampoline region per module] ----
         var sites = Image.AllSites.OrderBy(s => s.Address).ToList();
         int n = sites.Count;
@@ -394,6 +395,7 @@ public sealed unsafe partial class Session
     private void MoveThreadsOutOfSleds(ulong[] sleds)
     {
         Array.Sort(sleds);
+        List<MemoryMapping> maps = ProcMaps.Read(Pid);
         PtraceThread.Shared.Invoke(() =>
         {
             foreach (string task in Directory.EnumerateDirectories($"/proc/{Pid}/task"))
@@ -416,16 +418,18 @@ public sealed unsafe partial class Session
                 {
                     t.Interrupt();
                     user_regs_struct regs = t.GetRegs();
-                    int i = Array.BinarySearch(sleds, regs.rip);
-                    int k = i >= 0 ? i : ~i - 1;
-                    if (k >= 0 && regs.rip > sleds[k] && regs.rip < sleds[k] + 5)
+                    if (InsideSled(sleds, regs.rip) is ulong sled)
                     {
-                        bool trappedHere = regs.rip == sleds[k] + 1 && (t.HasPendingSignal(Ptrace.SIGTRAP) || SigtrapPending(tid));
+                        bool trappedHere = regs.rip == sled + 1 && (t.HasPendingSignal(Ptrace.SIGTRAP) || SigtrapPending(tid));
                         if (!trappedHere)
                         {
-                            regs.rip = sleds[k] + 5;
+                            regs.rip = sled + 5;
                             t.SetRegs(regs);
                         }
+                    }
+                    if (!_skipSignalFrameSleds)
+                    {
+                        MoveSignalFramesOutOfSleds(sleds, regs.rsp, maps);
                     }
                 }
                 catch (TargetExitedException)
@@ -437,6 +441,28 @@ public sealed unsafe partial class Session
                 }
             }
         });
+    }
+
+    // A handler that interrupted a thread inside a sled returns there (a GC's stop-the-world
+    // handler parks threads exactly so): its saved PC moves past the sled like a current PC. A
+    // frame of our own SIGTRAP at byte 1 is left for our handler, which emulates the new instruction.
+    private void MoveSignalFramesOutOfSleds(ulong[] sleds, ulong sp, List<MemoryMapping> maps)
+    {
+        foreach (SignalFrames.Frame frame in SignalFrames.Find(_memory, sp, maps))
+        {
+            if (InsideSled(sleds, frame.Rip) is ulong sled && !(frame.Rip == sled + 1 && frame.Signal == Ptrace.SIGTRAP))
+            {
+                _memory.Write(frame.RipSlot, BitConverter.GetBytes(sled + 5));
+            }
+        }
+    }
+
+    // The sled whose bytes 1..4 hold pc, if any.
+    private static ulong? InsideSled(ulong[] sleds, ulong pc)
+    {
+        int i = Array.BinarySearch(sleds, pc);
+        int k = i >= 0 ? i : ~i - 1;
+        return k >= 0 && pc > sleds[k] && pc < sleds[k] + 5 ? sleds[k] : null;
     }
 
     private bool SigtrapPending(int tid) => ProcStatus.SignalPending($"/proc/{Pid}/task/{tid}/status", Ptrace.SIGTRAP);

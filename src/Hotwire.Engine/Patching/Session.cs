@@ -20,6 +20,12 @@ public sealed class SessionOptions
 
     /// <summary>Extra shared memory per patch site (a profiler's per-thread rows).</summary>
     public ulong ExtraSharedBytesPerSite { get; init; }
+
+    /// <summary>
+    /// Test-only: when NOP sleds are converted in a running process, leave the PCs saved in signal
+    /// frames alone (only threads' current PCs are moved out of sleds: the bug this guards against).
+    /// </summary>
+    public bool SkipSignalFrameSleds { get; init; }
 }
 
 /// <summary>
@@ -41,6 +47,7 @@ public sealed unsafe partial class Session : IDisposable
     private ulong _siteTableOffset;
     private readonly List<MemoryMapping> _execMappings;
     private readonly ProcessMemory _memory;
+    private bool _skipSignalFrameSleds;
     private ulong _heapNext;
     private ulong _heapEnd;
     private bool _detached;

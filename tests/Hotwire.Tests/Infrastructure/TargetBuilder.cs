@@ -46,6 +46,9 @@ public enum Flavour
     /// <summary>blocker.c: the main thread blocked in a chosen system call.</summary>
     Blocker,
 
+    /// <summary>sigsled.c: a thread parked in a signal handler whose saved PC is byte 1 of f's sled.</summary>
+    SigSled,
+
     /// <summary>calls.c: deterministic call trees and bursts (PIE, patchable entries).</summary>
     Calls,
 
@@ -117,6 +120,7 @@ public static class TargetBuilder
                 [.. PatchSources.Select(p => $"patches/{p}.c")],
                 [.. PatchSources.Select(p => $"gcc -O2 -shared -fPIC {{src}}/patches/{p}.c -o {{out}}/{p}.so")], "seedfix.so"),
             Flavour.Blocker => new Recipe(["blocker.c"], [$"gcc {SledFlags} -pthread {{src}}/blocker.c -o {{out}}/prog"], "prog"),
+            Flavour.SigSled => new Recipe(["sigsled.c"], [$"gcc {SledFlags} -pthread {{src}}/sigsled.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });
 
