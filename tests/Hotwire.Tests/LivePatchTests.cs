@@ -250,6 +250,135 @@ public class LivePatchTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void SIGKILL_of_hotwire_patch_at_any_moment_of_apply_leaves_a_record_that_tells_the_truth()
+    {
+        // 40 trials: `hotwire patch` is killed 0-300 ms after its agent thread appears (attach,
+        // adoption, loading, the batch, the record). After each, the record (what --list shows)
+        // must say what the process runs, and --revert must work on what it says.
+        const int Trials = 40;
+        using var target = new SeedTarget(Flavour.SeedNop5, threads: 2);
+        target.Go();
+        var random = new Random(22);
+        int applied = 0, notApplied = 0;
+        for (int trial = 0; trial < Trials; trial++)
+        {
+            var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
+            foreach (string a in new[] { HotwireCli.DllPath, "patch", "--pid", target.Pid.ToString(), TargetBuilder.Patch("seedfix") })
+            {
+                psi.ArgumentList.Add(a);
+            }
+            using (Process patching = Process.Start(psi)!)
+            {
+                var clock = Stopwatch.StartNew();
+                while (EarlierAgents.AgentThreads(target.Pid).Count == 0 && !patching.HasExited && clock.ElapsedMilliseconds < 30_000)
+                {
+                    Thread.Sleep(1);
+                }
+                Thread.Sleep(random.Next(0, 300));
+                try
+                {
+                    patching.Kill();
+                }
+                catch (InvalidOperationException)
+                {
+                }
+                patching.WaitForExit();
+            }
+            EarlierAgents.WaitUntilGone(target.Pid, refuseLive: false);   // what --list waits for
+            PatchRegistryData? data;
+            using (var memory = Hotwire.Memory.ProcessMemory.Open(target.Pid))
+            {
+                data = LivePatcher.Read(target.Pid, memory, out _);
+            }
+            int active = data?.Patches.Count(p => p.State == "active") ?? 0;
+            (long old0, long new0, _) = target.Counts();
+            Thread.Sleep(20);
+            (long old1, long new1, _) = target.Counts();
+            output.WriteLine($"trial {trial}: {active} active, old +{old1 - old0}, new +{new1 - new0}");
+            if (active > 0)
+            {
+                applied++;
+                Assert.True(old1 == old0 && new1 > new0, $"trial {trial}: the record says patched, but old +{old1 - old0}, new +{new1 - new0}");
+                for (int i = 0; i < active; i++)
+                {
+                    CliResult revert = Patch(target.Pid, "--revert");
+                    Assert.True(revert.ExitCode == 0, $"trial {trial}: {revert.Stderr}");
+                }
+            }
+            else
+            {
+                notApplied++;
+                Assert.True(old1 > old0 && new1 == new0, $"trial {trial}: the record says unpatched, but old +{old1 - old0}, new +{new1 - new0}");
+            }
+        }
+        output.WriteLine($"{applied} trials ended patched, {notApplied} unpatched");
+
+        // Afterwards everything works: list, apply, replace, a traced run, revert.
+        Assert.Equal(0, Patch(target.Pid, TargetBuilder.Patch("seedfix")).ExitCode);
+        CliResult replaced = Patch(target.Pid, "--replace", TargetBuilder.Patch("seedfix"));
+        Assert.True(replaced.ExitCode == 0, replaced.Stderr);
+        CliResult list = Patch(target.Pid, "--list");
+        Assert.Single(list.Lines, l => l.Contains("  active", StringComparison.Ordinal));
+        CliResult count = HotwireCli.Run("count", "--pid", target.Pid.ToString(), "-F", "f", "--duration", "0.3");
+        Assert.True(count.ExitCode == 0, count.Stderr);
+        Assert.Matches(@"\b[1-9]\d*\s+f\b", count.Stdout);
+        Assert.Equal(0, Patch(target.Pid, "--revert").ExitCode);
+        (long o0, long n0, _) = target.Counts();
+        Thread.Sleep(20);
+        (long o1, long n1, _) = target.Counts();
+        Assert.True(o1 > o0 && n1 == n0, "after the last revert f runs its original body");
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void SIGKILL_between_the_switch_and_the_final_record_leaves_no_orphaned_patch(bool noIntentRecord)
+    {
+        // Hotwire is held right after the batch switched f to the patch and before the record is
+        // final, and killed there. The intent written before the batch tells the next reader the
+        // truth; with the test-only switch that skips it, the patch is orphaned (the old bug).
+        using var target = new SeedTarget(Flavour.SeedNop5, threads: 2);
+        target.Go();
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (string a in new[] { HotwireCli.DllPath, "patch", "--pid", target.Pid.ToString(), TargetBuilder.Patch("seedfix") })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        psi.Environment["HOTWIRE_TEST_PAUSE_AFTER_PATCH_BATCH"] = "30000";
+        if (noIntentRecord)
+        {
+            psi.Environment["HOTWIRE_TEST_NO_PATCH_INTENT"] = "1";
+        }
+        using (Process patching = Process.Start(psi)!)
+        {
+            string? line = patching.StandardError.ReadLine();
+            Assert.Equal("hotwire: test: the sites are switched, the record is not yet written", line);
+            patching.Kill();
+            patching.WaitForExit();
+        }
+        CliResult list = Patch(target.Pid, "--list");
+        Assert.Equal(0, list.ExitCode);
+        (long old0, long new0, _) = target.Counts();
+        Thread.Sleep(20);
+        (long old1, long new1, _) = target.Counts();
+        Assert.True(old1 == old0 && new1 > new0, "the batch had switched f: the patch stays in place");
+        if (noIntentRecord)
+        {
+            Assert.Contains("no live patches", list.Stdout);   // the lie the intent record prevents
+            Assert.Contains("holds e9", Patch(target.Pid, "--replace", TargetBuilder.Patch("seedfix")).Stderr);
+            return;
+        }
+        Assert.Contains("1  active", list.Stdout);
+        CliResult replaced = Patch(target.Pid, "--replace", TargetBuilder.Patch("seedfix"));
+        Assert.True(replaced.ExitCode == 0, replaced.Stderr);
+        Assert.Equal(0, Patch(target.Pid, "--revert").ExitCode);
+        (long o0, long n0, _) = target.Counts();
+        Thread.Sleep(20);
+        (long o1, long n1, _) = target.Counts();
+        Assert.True(o1 > o0 && n1 == n0, "after the revert f runs its original body");
+    }
+
+    [Fact]
     public void A_patch_survives_SIGKILL_of_a_tracing_hotwire_while_tracing_is_undone()
     {
         using var target = new SeedTarget(Flavour.SeedNop5, threads: 2);

@@ -73,6 +73,7 @@ public static class PatchCommand
         }
         else if (Directory.Exists($"/proc/{pid}"))
         {
+            EarlierAgents.WaitUntilGone(pid);
             using var reader = ProcessMemory.Open(pid);
             if (LivePatcher.Read(pid, reader, out _) is not { } applied || !applied.Patches.Any(p => p.State == "active"))
             {
@@ -143,6 +144,7 @@ public static class PatchCommand
         {
             throw new HotwireException($"no process with pid {pid}");
         }
+        EarlierAgents.WaitUntilGone(pid, refuseLive: false); // a killed Hotwire's agent finishes its restore first
         using var memory = ProcessMemory.Open(pid);
         PatchRegistryData? data = LivePatcher.Read(pid, memory, out _);
         if (data is null || data.Patches.Count == 0)

@@ -140,6 +140,7 @@ public static class AgentCode
         a.mov(rbp, __qword_ptr[rbx + L.RangeCount]);
         a.call(runBatch);
         a.mov(__dword_ptr[rbx + L.Result], eax);
+        EmitApplyBases(a);
         a.jmp(done);
 
         a.Label(ref notBatch);
@@ -204,6 +205,36 @@ public static class AgentCode
         a.xor(edi, edi);
         Syscall(a, N.exit);
         a.ud2();
+    }
+
+    /// <summary>
+    /// After a batch that succeeded (eax = 0), the base entries Hotwire staged with it become the
+    /// sites' bases (what restore and the dead-man switch put back). Done here, by the agent, in the
+    /// same command: Hotwire dying at any moment leaves either the old bytes with the old bases or
+    /// the new bytes with the new bases, never a live patch in place that a restore would undo.
+    /// </summary>
+    private static void EmitApplyBases(Assembler a)
+    {
+        Label loop = a.CreateLabel(), end = a.CreateLabel();
+        a.test(eax, eax);
+        a.jnz(end);
+        a.mov(rsi, __qword_ptr[rbx + L.BaseList]);
+        a.mov(rcx, __qword_ptr[rbx + L.BaseCount]);
+        a.Label(ref loop);
+        a.test(rcx, rcx);
+        a.jz(end);
+        a.mov(edx, __dword_ptr[rsi + L.BaseSiteIndex]);
+        a.imul(rdx, rdx, L.SiteEntrySize);
+        a.add(rdx, __qword_ptr[rbx + L.SiteTable]);
+        a.mov(rax, __qword_ptr[rsi + L.BaseBytes]);
+        a.mov(__qword_ptr[rdx + L.SiteOriginal], rax);
+        a.mov(rax, __qword_ptr[rsi + L.BaseEmu]);
+        a.mov(__qword_ptr[rdx + L.SiteBaseEmu], rax);
+        a.add(rsi, L.BaseEntrySize);
+        a.dec(rcx);
+        a.jmp(loop);
+        a.Label(ref end);
+        a.mov(__qword_ptr[rbx + L.BaseCount], 0);
     }
 
     // futex_wait(&cmd_seq, expected, 50 ms): woken by Hotwire's FUTEX_WAKE, or times out to check on Hotwire.

@@ -42,6 +42,9 @@ public static class AgentLayout
     public const int MemfdInTarget = 0x120;
     public const int FailedIndex = 0x128;
     public const int SpinBudget = 0x130;     // u32: pause iterations the agent polls before sleeping
+    public const int OwnerPid = 0x138;       // pid of the Hotwire that injected this agent
+    public const int BaseCount = 0x140;      // base updates the agent applies when the next batch succeeds
+    public const int BaseList = 0x148;       // pointer to BaseCount base entries
     public const int AgentName = 0x180;      // "hotwire-agent\0"
     public const int NewSigaction = 0x200;   // 32 bytes
     public const int DefaultSigaction = 0x220;
@@ -69,6 +72,11 @@ public static class AgentLayout
     public const int SiteCurrent = 24;       // u64: what the agent last installed
     public const int SiteLen = 32;           // u8
     public const int SiteBaseEmu = 40;       // emulation record of SiteOriginal when it is not a NOP (a live patch's jmp); 0: NOP
+    // ---- base entry: what restore puts back on a site, changed with the batch that changes the site ----
+    public const int BaseEntrySize = 24;
+    public const int BaseSiteIndex = 0;      // u32
+    public const int BaseBytes = 8;          // u64 → SiteOriginal
+    public const int BaseEmu = 16;           // u64 → SiteBaseEmu
     // ---- batch entry ----
     public const int BatchEntrySize = 32;
     public const int BatchSiteIndex = 0;     // u32

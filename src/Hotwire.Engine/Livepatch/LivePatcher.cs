@@ -67,6 +67,33 @@ public sealed class PatchRegistryData
     public int NextId { get; set; } = 1;
 
     public List<PatchRecord> Patches { get; set; } = [];
+
+    /// <summary>
+    /// A change being made: written before the sites change, cleared once they have. A Hotwire
+    /// killed in between leaves it, and the next reader decides from the sites' bytes whether the
+    /// change happened (<see cref="LivePatcher.Reconcile"/>).
+    /// </summary>
+    public PendingChange? Pending { get; set; }
+}
+
+/// <summary>The registry as it will be once a change is in place, and the sites the change moves.</summary>
+public sealed class PendingChange
+{
+    public PatchRegistryData Data { get; set; } = new();
+
+    public List<PendingSite> Sites { get; set; } = [];
+}
+
+/// <summary>A site's resting bytes (what the dead-man switch leaves there) before and after the change.</summary>
+public sealed class PendingSite
+{
+    public ulong Address { get; set; }
+
+    public int Length { get; set; }
+
+    public ulong Before { get; set; }
+
+    public ulong After { get; set; }
 }
 
 /// <summary>Source-generated JSON for the registry: no reflection, so a first patch is not slowed by it.</summary>
@@ -132,7 +159,111 @@ public sealed class LivePatcher
             throw new HotwireException($"pid {pid}'s live-patch record is damaged");
         }
         address = map.Start;
-        return JsonSerializer.Deserialize(json, RegistryJson.Default.PatchRegistryData) ?? throw new HotwireException($"pid {pid}'s live-patch record is damaged");
+        PatchRegistryData data = JsonSerializer.Deserialize(json, RegistryJson.Default.PatchRegistryData) ?? throw new HotwireException($"pid {pid}'s live-patch record is damaged");
+        return Reconcile(pid, data, memory);
+    }
+
+    /// <summary>
+    /// The registry as the process really is. A change left pending by a Hotwire that died while
+    /// making it either happened (every site it moves holds its new resting bytes: the batch and the
+    /// new bases went in together) or did not (every site holds the old ones); the record says so
+    /// from then on.
+    /// </summary>
+    public static PatchRegistryData Reconcile(int pid, PatchRegistryData data, IMemoryReader memory)
+    {
+        if (data.Pending is not { } pending)
+        {
+            return data;
+        }
+        int switched = 0, unswitched = 0;
+        foreach (PendingSite site in pending.Sites)
+        {
+            var live = new byte[site.Length];
+            if (!memory.TryRead(site.Address, live))
+            {
+                throw new HotwireException($"pid {pid}'s live-patch record is damaged: it names code at 0x{site.Address:x} that cannot be read");
+            }
+            ulong bytes = SiteRecord.Pack(live);
+            ulong mask = site.Length >= 8 ? ulong.MaxValue : (1UL << (site.Length * 8)) - 1;
+            if (bytes == (site.After & mask))
+            {
+                switched++;
+            }
+            else if (bytes == (site.Before & mask))
+            {
+                unswitched++;
+            }
+            else
+            {
+                throw new HotwireException(
+                    $"pid {pid}'s live patches are being changed by another Hotwire right now (0x{site.Address:x} holds neither its old nor its new code); try again when it has finished");
+            }
+        }
+        if (switched > 0 && unswitched > 0)
+        {
+            throw new HotwireException($"pid {pid}'s live-patch record is damaged: a change was left half made ({switched} of {pending.Sites.Count} functions switched)");
+        }
+        PatchRegistryData result = unswitched > 0 ? data : pending.Data;
+        result.Pending = null;
+        return result;
+    }
+
+    private static PatchRegistryData Clone(PatchRegistryData data)
+        => JsonSerializer.Deserialize(JsonSerializer.SerializeToUtf8Bytes(data, RegistryJson.Default.PatchRegistryData), RegistryJson.Default.PatchRegistryData)!;
+
+    /// <summary>
+    /// Makes a change of the patch set: the registry first records it as pending, then one batch moves
+    /// the sites (the agent changes their bases in the same command), then the registry records it as
+    /// done. Killed at any moment, Hotwire leaves a record that <see cref="Reconcile"/> makes true.
+    /// </summary>
+    private void Commit(PatchRegistryData next, Dictionary<string, List<(int PatchId, ulong Target)>> saved)
+    {
+        bool recorded = false;
+        try
+        {
+            _session.SetSites(_ops, PatchedSites(), bases =>
+            {
+                PatchRegistryData intent = Clone(_data);
+                intent.Pending = new PendingChange
+                {
+                    Data = next,
+                    Sites = bases.Select(b => new PendingSite { Address = b.Site.Address, Length = b.Site.Length, Before = b.Before, After = b.After }).ToList(),
+                };
+                if (!TestSwitches.NoPatchIntent)
+                {
+                    Save(intent);
+                }
+                recorded = true;
+            });
+        }
+        catch
+        {
+            _stacks.Clear();
+            foreach ((string k, List<(int, ulong)> v) in saved)
+            {
+                _stacks[k] = v;
+            }
+            PatchedSites();
+            if (recorded)
+            {
+                try
+                {
+                    Save(_data); // nothing changed: the record says so
+                }
+                catch (HotwireException)
+                {
+                    // the pending record stays, and the next reader finds the sites unswitched
+                }
+            }
+            throw;
+        }
+        if (TestSwitches.PauseAfterPatchBatch is TimeSpan pause)
+        {
+            Console.Error.WriteLine("hotwire: test: the sites are switched, the record is not yet written");
+            Thread.Sleep(pause);
+        }
+        _data = next;
+        Save(_data);
     }
 
     /// <summary>Takes over the patches in place: each function's newest patch becomes this session's ops.</summary>
@@ -145,6 +276,10 @@ public sealed class LivePatcher
         ProcessMemory memory = ProcessMemory.Open(session.Pid, writable: true);
         PatchRegistryData data = Read(session.Pid, memory, out ulong address) ?? new PatchRegistryData();
         var patcher = new LivePatcher(session, memory, address, data);
+        if (address != 0)
+        {
+            patcher.Save(data); // a change a killed Hotwire left pending is settled in the record too
+        }
         foreach (PatchRecord p in data.Patches.Where(p => p.State == "active").OrderBy(p => p.Id))
         {
             foreach (PatchedFunction f in p.Functions)
@@ -231,30 +366,17 @@ public sealed class LivePatcher
         {
             Stack(f.Name).Add((id, f.Target));
         }
-        try
-        {
-            _session.SetSites(_ops, PatchedSites());
-        }
-        catch
-        {
-            _stacks.Clear();
-            foreach ((string k, List<(int, ulong)> v) in saved)
-            {
-                _stacks[k] = v;
-            }
-            PatchedSites();
-            throw;
-        }
+        PatchRegistryData next = Clone(_data);
         if (replace)
         {
-            foreach (PatchRecord p in _data.Patches.Where(p => p.State == "active"))
+            foreach (PatchRecord p in next.Patches.Where(p => p.State == "active"))
             {
                 p.State = "superseded";
             }
         }
-        _data.NextId++;
-        _data.Patches.Add(record);
-        Save();
+        next.NextId++;
+        next.Patches.Add(record);
+        Commit(next, saved);
         return new PatchResult(record, old, clock.Elapsed.TotalMilliseconds);
     }
 
@@ -320,15 +442,16 @@ public sealed class LivePatcher
         PatchRecord? newest = _data.Patches.Where(p => p.State == "active").MaxBy(p => p.Id)
             ?? throw new HotwireException($"pid {_session.Pid} has no live patch to revert");
         var old = new List<(string, ulong, ulong)>();
+        var saved = _stacks.ToDictionary(kv => kv.Key, kv => kv.Value.ToList());
         foreach (PatchedFunction f in newest.Functions)
         {
             old.Add((f.Name, f.Target, f.Target + f.TargetSize));
             Stack(f.Name).RemoveAll(e => e.PatchId == newest.Id);
         }
-        _session.SetSites(_ops, PatchedSites());
-        newest.State = "reverted";
-        Save();
-        return new PatchResult(newest, old, clock.Elapsed.TotalMilliseconds);
+        PatchRegistryData next = Clone(_data);
+        next.Patches.Single(p => p.Id == newest.Id).State = "reverted";
+        Commit(next, saved);
+        return new PatchResult(next.Patches.Single(p => p.Id == newest.Id), old, clock.Elapsed.TotalMilliseconds);
     }
 
     // The code a function runs now (before a switch): its newest patch's, or its original body.
@@ -372,13 +495,13 @@ public sealed class LivePatcher
         throw new HotwireException($"no free address space within 2 GiB of 0x{near:x} in pid {_session.Pid} for the patch");
     }
 
-    private void Save()
+    private void Save(PatchRegistryData data)
     {
         if (_registry == 0)
         {
             _registry = CreateRegistry();
         }
-        byte[] json = JsonSerializer.SerializeToUtf8Bytes(_data, RegistryJson.Default.PatchRegistryData);
+        byte[] json = JsonSerializer.SerializeToUtf8Bytes(data, RegistryJson.Default.PatchRegistryData);
         if ((ulong)json.Length + 12 > RegistryBytes)
         {
             throw new HotwireException("too many live patches recorded in this process");

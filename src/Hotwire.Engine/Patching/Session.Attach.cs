@@ -61,6 +61,11 @@ public sealed unsafe partial class Session
         {
             throw new HotwireException($"pid {pid} has no patch sites in its {image.Modules.Count} modules: {SiteDiscovery.HowToAddSites}");
         }
+        if (ProcStatus.Field(status, "State") is { } state && state.StartsWith('T'))
+        {
+            throw new HotwireException($"pid {pid} is stopped (SIGSTOP or job control), so Hotwire's agent could not run in it; resume it first (kill -CONT {pid})");
+        }
+        EarlierAgents.WaitUntilGone(pid);
     }
 
     /// <summary>Refuses a process under a tracer, or with CET user shadow stacks (a call cannot be emulated there).</summary>
@@ -255,6 +260,7 @@ public sealed unsafe partial class Session
         h.WriteU64(L.RestoreList, DataAddress(restoreList));
         h.WriteU64(L.RangeList, DataAddress(rangeList));
         h.WriteU64(L.MemfdInTarget, (ulong)fd);
+        h.WriteU64(L.OwnerPid, (ulong)Environment.ProcessId);
         "hotwire-agent\0"u8.CopyTo(h.Bytes(L.AgentName, 14));
         // struct kernel_sigaction { handler, flags, restorer, mask }
         h.WriteU64(L.NewSigaction, code.SigtrapHandler);

@@ -214,7 +214,8 @@ public sealed unsafe partial class Session : IDisposable
                 }
                 result[ops] = chosen;
             }
-            Apply(touched.ToList());
+            List<SiteRecord> sites = touched.ToList();
+            Apply(sites, remove.Concat(add).Any(o => o.Persistent) ? BaseChanges(sites) : null);
         }
         catch
         {
@@ -234,10 +235,6 @@ public sealed unsafe partial class Session : IDisposable
             _ops.Remove(ops);
         }
         _ops.AddRange(add);
-        if (remove.Concat(add).Any(o => o.Persistent))
-        {
-            WriteBase(touched);
-        }
         return result;
     }
 
@@ -263,11 +260,17 @@ public sealed unsafe partial class Session : IDisposable
                 s.Ops.Remove(ops);
                 throw new HotwireException($"{s.Function} in pid {Pid} does not hold the live patch recorded for it (someone else changed its code); nothing was changed");
             }
+            // The base first: until SiteCurrent says the agent installed these bytes, a restore
+            // (the dead-man switch) leaves the site alone; after, it puts back the same jmp.
+            foreach (BaseChange b in BaseChanges([s]))
+            {
+                Shared.WriteU64(SiteEntry(s) + L.SiteOriginal, b.After);
+                Shared.WriteU64(SiteEntry(s) + L.SiteBaseEmu, b.Emu);
+            }
             s.Current = bytes;
             Shared.WriteU64(SiteEntry(s) + L.SiteCurrent, bytes);
         }
         _ops.Add(ops);
-        WriteBase(chosen);
         return chosen;
     }
 
@@ -276,7 +279,9 @@ public sealed unsafe partial class Session : IDisposable
     /// elsewhere than before — and takes it off the others, in one batch (a live patch stacked,
     /// reverted or replaced: no call sees a state in between).
     /// </summary>
-    internal void SetSites(Ops ops, IReadOnlyCollection<SiteRecord> sites)
+    /// <param name="beforeBatch">called with the sites whose base (what detach and the dead-man
+    /// switch restore) changes, before any byte changes: a live patch records its intent there.</param>
+    internal void SetSites(Ops ops, IReadOnlyCollection<SiteRecord> sites, Action<IReadOnlyList<BaseChange>>? beforeBatch = null)
     {
         ThrowIfDetached();
         if (sites.FirstOrDefault(s => s.Ops.Any(o => o != ops && o.Redirects)) is { } taken)
@@ -299,7 +304,10 @@ public sealed unsafe partial class Session : IDisposable
         }
         try
         {
-            Apply(touched.ToList());
+            List<SiteRecord> list = touched.ToList();
+            List<BaseChange> bases = BaseChanges(list);
+            beforeBatch?.Invoke(bases);
+            Apply(list, bases);
         }
         catch
         {
@@ -318,7 +326,6 @@ public sealed unsafe partial class Session : IDisposable
         {
             _ops.Add(ops);
         }
-        WriteBase(touched);
     }
 
     // A site whose redirect target changed: its cached bytes and trampolines are stale.
@@ -401,10 +408,13 @@ public sealed unsafe partial class Session : IDisposable
 
     /// <summary>
     /// What a site goes back to on detach or when Hotwire dies: its original NOP, or the newest
-    /// live patch's jmp. The agent's restore reads it from the site table.
+    /// live patch's jmp. The agent's restore reads it from the site table; a change of it travels
+    /// with the batch that changes the site (<see cref="RunBatch"/>), so the two never disagree.
+    /// Only the sites whose base changes are returned.
     /// </summary>
-    private void WriteBase(IEnumerable<SiteRecord> sites)
+    private List<BaseChange> BaseChanges(IEnumerable<SiteRecord> sites)
     {
+        var changes = new List<BaseChange>();
         foreach (SiteRecord s in sites)
         {
             Ops? patch = s.Ops.LastOrDefault(o => o.Persistent);
@@ -420,9 +430,13 @@ public sealed unsafe partial class Session : IDisposable
                 bytes = 0xe9UL | (ulong)(uint)(int)rel << 8 | (s.Length == 6 ? TrailingNop : 0);
                 emu = Record(L.KindJmp, 0, target);
             }
-            Shared.WriteU64(SiteEntry(s) + L.SiteOriginal, bytes);
-            Shared.WriteU64(SiteEntry(s) + L.SiteBaseEmu, emu);
+            ulong before = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
+            if (before != bytes || Shared.ReadU64(SiteEntry(s) + L.SiteBaseEmu) != emu)
+            {
+                changes.Add(new BaseChange(s, before, bytes, emu));
+            }
         }
+        return changes;
     }
 
     private void TryApply(List<SiteRecord> sites)
@@ -436,7 +450,7 @@ public sealed unsafe partial class Session : IDisposable
         }
     }
 
-    private void Apply(IReadOnlyList<SiteRecord> sites)
+    private void Apply(IReadOnlyList<SiteRecord> sites, IReadOnlyList<BaseChange>? bases = null)
     {
         var entries = new List<BatchEntry>(sites.Count);
         foreach (SiteRecord s in sites)
@@ -447,7 +461,7 @@ public sealed unsafe partial class Session : IDisposable
                 entries.Add(new BatchEntry(s, bytes, emu));
             }
         }
-        RunBatch(entries);
+        RunBatch(entries, bases ?? []);
     }
 
     private (ulong Bytes, ulong Emu) CachedDesired(SiteRecord s)
@@ -644,6 +658,7 @@ public sealed unsafe partial class Session : IDisposable
 
     private readonly record struct BatchEntry(SiteRecord Site, ulong New, ulong Emu);
 
+
     /// <summary>A batch entry as the agent reads it (AgentLayout.Batch*).</summary>
     [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Size = L.BatchEntrySize)]
     private struct BatchSlot
@@ -671,12 +686,27 @@ public sealed unsafe partial class Session : IDisposable
     private ulong _rangeListOffset;
     private int _rangeCapacity;
 
-    private void RunBatch(List<BatchEntry> entries)
+    private ulong _baseListOffset;
+
+    private void RunBatch(List<BatchEntry> entries, IReadOnlyList<BaseChange> bases)
     {
-        if (entries.Count == 0)
+        if (entries.Count == 0 && bases.Count == 0)
         {
             return;
         }
+        if (bases.Count > 0 && _baseListOffset == 0)
+        {
+            _baseListOffset = AllocateData((ulong)Sites.Count * L.BaseEntrySize, 8);
+        }
+        for (int i = 0; i < bases.Count; i++)
+        {
+            ulong e = _baseListOffset + (ulong)(i * L.BaseEntrySize);
+            Shared.WriteU32(e + L.BaseSiteIndex, (uint)bases[i].Site.Index);
+            Shared.WriteU64(e + L.BaseBytes, bases[i].After);
+            Shared.WriteU64(e + L.BaseEmu, bases[i].Emu);
+        }
+        Shared.WriteU64(L.BaseList, bases.Count > 0 ? DataAddress(_baseListOffset) : 0);
+        Shared.WriteU64(L.BaseCount, (ulong)bases.Count);
         // Site indices follow addresses: sorting by index sorts by address (usually it already is).
         if (!IsSortedByIndex(entries))
         {
@@ -1045,3 +1075,6 @@ public sealed unsafe partial class Session : IDisposable
         }
     }
 }
+
+/// <summary>A site's base (what restore puts back) before and after a change, and how to emulate the new one.</summary>
+internal readonly record struct BaseChange(SiteRecord Site, ulong Before, ulong After, ulong Emu);

@@ -1,0 +1,16 @@
+namespace Hotwire;
+
+/// <summary>
+/// Test-only switches, read from the environment, that disable a safety mechanism or hold Hotwire
+/// at a chosen moment, so that tests can show the mechanism matters (a test with teeth). Nothing a
+/// user sets; each is named HOTWIRE_TEST_*.
+/// </summary>
+public static class TestSwitches
+{
+    /// <summary>HOTWIRE_TEST_NO_PATCH_INTENT=1: live patches are recorded only after the sites switch (the orphaned-patch bug).</summary>
+    public static bool NoPatchIntent { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_PATCH_INTENT") == "1";
+
+    /// <summary>HOTWIRE_TEST_PAUSE_AFTER_PATCH_BATCH=MS: after a patch's sites switch and before its record is final, say so and wait.</summary>
+    public static TimeSpan? PauseAfterPatchBatch { get; } =
+        int.TryParse(Environment.GetEnvironmentVariable("HOTWIRE_TEST_PAUSE_AFTER_PATCH_BATCH"), out int ms) ? TimeSpan.FromMilliseconds(ms) : null;
+}
