@@ -13,4 +13,7 @@ public static class TestSwitches
     /// <summary>HOTWIRE_TEST_PAUSE_AFTER_PATCH_BATCH=MS: after a patch's sites switch and before its record is final, say so and wait.</summary>
     public static TimeSpan? PauseAfterPatchBatch { get; } =
         int.TryParse(Environment.GetEnvironmentVariable("HOTWIRE_TEST_PAUSE_AFTER_PATCH_BATCH"), out int ms) ? TimeSpan.FromMilliseconds(ms) : null;
+
+    /// <summary>HOTWIRE_TEST_NO_SYSCALL_REWIND=1: system calls our ptrace stops interrupt keep their EINTR.</summary>
+    public static bool NoSyscallRewind { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_SYSCALL_REWIND") == "1";
 }

@@ -221,6 +221,46 @@ public class EngineTests(ITestOutputHelper output)
         Assert.Equal(0, target.Process.ExitCode);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Attach_and_detach_never_make_a_blocked_call_fail_with_EINTR(bool noRewind)
+    {
+        // Every session stops the main thread (injection) and every thread (the sled of f is
+        // converted): each waiter is kicked out of its call twice per session.
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Waiters));
+        TestSwitches.NoSyscallRewind = noRewind;
+        try
+        {
+            for (int i = 0; i < (noRewind ? 2 : 20); i++)
+            {
+                using Session session = Session.Attach(target.Pid);
+                session.Register(new CountingOps(["f"]));
+                session.Detach();
+            }
+        }
+        finally
+        {
+            TestSwitches.NoSyscallRewind = false;
+        }
+        Thread.Sleep(50);
+        target.WriteLine("counts");
+        var counts = new Dictionary<string, long>();
+        for (string? line = target.ReadLine(TimeSpan.FromSeconds(10)); line is not null && line != "end"; line = target.ReadLine(TimeSpan.FromSeconds(10)))
+        {
+            string[] words = line.Split(' ');
+            counts[words[0]] = long.Parse(words[1]);
+        }
+        target.WriteLine("quit");
+        output.WriteLine(string.Join(", ", counts.Select(kv => $"{kv.Key} {kv.Value}")));
+        string[] calls = ["sigwaitinfo", "sigtimedwait", "semop", "semtimedop", "io_getevents", "recv", "epoll_wait"];
+        foreach (string call in calls)
+        {
+            // With the rewinding switched off each call sees our stops: the test reaches every one.
+            Assert.True(noRewind ? counts[call] > 0 : counts[call] == 0, $"{call}: {counts[call]} EINTR");
+        }
+    }
+
     [Fact]
     public void Attach_to_a_pid_that_does_not_exist_is_a_clear_error()
     {

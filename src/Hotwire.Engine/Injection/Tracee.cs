@@ -55,28 +55,51 @@ public sealed class Tracee
         RestartCallInterruptedByUs();
     }
 
-    // Calls that return EINTR, not ERESTART*, when a ptrace stop kicks them out of their sleep.
-    private static readonly long[] s_eintrOnStop = [232 /* epoll_wait */, 281 /* epoll_pwait */, 441 /* epoll_pwait2 */];
+    // Calls that fail with EINTR, not ERESTART*, when a stop kicks them out of their sleep, though no
+    // handler ran (signal(7), "Interruption of system calls and library functions by stop signals"):
+    // epoll waits, System V semaphores, signal waits, AIO event waits, and socket calls under a
+    // SO_RCVTIMEO/SO_SNDTIMEO timeout (read and write too on such a socket). Re-entering the call is
+    // what the kernel's own restart would do; a timeout starts again from its full value (as with
+    // SA_RESTART). Not connect: re-entered, it would fail with EALREADY, so its EINTR stays.
+    private static readonly long[] s_eintrOnStop =
+    [
+        232 /* epoll_wait */, 281 /* epoll_pwait */, 441 /* epoll_pwait2 */,
+        65 /* semop */, 220 /* semtimedop */,
+        128 /* rt_sigtimedwait */,
+        208 /* io_getevents */, 333 /* io_pgetevents */,
+        0 /* read */, 1 /* write */, 19 /* readv */, 20 /* writev */,
+        43 /* accept */, 288 /* accept4 */, 44 /* sendto */, 45 /* recvfrom */, 46 /* sendmsg */, 47 /* recvmsg */,
+        299 /* recvmmsg */, 307 /* sendmmsg */,
+    ];
 
     /// <summary>
-    /// epoll_wait and its kin fail with EINTR when PTRACE_INTERRUPT wakes them, though no signal
-    /// handler ran (strace and gdb cause the same). When nothing but our stop interrupted the call,
-    /// set the thread up to re-enter it on resume, as the kernel does for restartable calls.
+    /// The calls above fail with EINTR when PTRACE_INTERRUPT wakes them (strace and gdb cause the
+    /// same). When nothing but our stop interrupted the call — no signal stop came first and no
+    /// unblocked signal is pending for the thread — set it up to re-enter the call on resume, as
+    /// the kernel does for restartable calls.
     /// </summary>
     private void RestartCallInterruptedByUs()
     {
         const long EINTR = 4;
-        if (_pendingSignals.Count > 0)
+        if (_pendingSignals.Count > 0 || TestSwitches.NoSyscallRewind)
         {
             return;
         }
         user_regs_struct regs = GetRegs();
-        if ((long)regs.rax == -EINTR && Array.IndexOf(s_eintrOnStop, (long)regs.orig_rax) >= 0)
+        if ((long)regs.rax == -EINTR && Array.IndexOf(s_eintrOnStop, (long)regs.orig_rax) >= 0 && !UnblockedSignalPending())
         {
             regs.rax = regs.orig_rax;
             regs.rip -= 2;
             SetRegs(regs);
         }
+    }
+
+    // A signal that will run a handler when the thread resumes: then EINTR is the call's true result.
+    private bool UnblockedSignalPending()
+    {
+        string status = $"/proc/{Pid}/task/{Tid}/status";
+        ulong Mask(string field) => ulong.TryParse(Procfs.ProcStatus.Field(status, field), System.Globalization.NumberStyles.HexNumber, null, out ulong v) ? v : 0;
+        return ((Mask("SigPnd") | Mask("ShdPnd")) & ~Mask("SigBlk")) != 0;
     }
 
     /// <summary>
