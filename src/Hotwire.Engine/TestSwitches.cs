@@ -16,4 +16,7 @@ public static class TestSwitches
 
     /// <summary>HOTWIRE_TEST_NO_SYSCALL_REWIND=1: system calls our ptrace stops interrupt keep their EINTR.</summary>
     public static bool NoSyscallRewind { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_SYSCALL_REWIND") == "1";
+
+    /// <summary>HOTWIRE_TEST_NO_DEADMAN_DISCARD=1: the dead-man switch keeps the tracers' buffer pages resident.</summary>
+    public static bool NoDeadManDiscard { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_DEADMAN_DISCARD") == "1";
 }

@@ -126,6 +126,7 @@ public static class AgentCode
         a.Label(ref deadMan);
         a.mov(__qword_ptr[rbx + L.DeadManFired], 1);
         a.call(restoreAll);
+        EmitDiscardBuffers(a);
         a.jmp(exitThread);
 
         a.Label(ref haveCmd);
@@ -235,6 +236,29 @@ public static class AgentCode
         a.jmp(loop);
         a.Label(ref end);
         a.mov(__qword_ptr[rbx + L.BaseCount], 0);
+    }
+
+    /// <summary>
+    /// The dead-man switch gives the tracers' buffer pages back, as detach does: the mappings stay
+    /// (a thread may still be writing a last event) but their memory goes back to the system.
+    /// </summary>
+    private static void EmitDiscardBuffers(Assembler a)
+    {
+        const int MADV_REMOVE = 9;
+        Label loop = a.CreateLabel(), end = a.CreateLabel();
+        a.xor(r13d, r13d);
+        a.Label(ref loop);
+        a.cmp(r13, __qword_ptr[rbx + L.DiscardCount]);
+        a.jae(end);
+        a.mov(rax, r13);
+        a.shl(rax, 4);
+        a.mov(rdi, __qword_ptr[rbx + rax + L.DiscardList]);
+        a.mov(rsi, __qword_ptr[rbx + rax + L.DiscardList + 8]);
+        a.mov(edx, MADV_REMOVE);
+        Syscall(a, N.madvise);
+        a.inc(r13);
+        a.jmp(loop);
+        a.Label(ref end);
     }
 
     // futex_wait(&cmd_seq, expected, 50 ms): woken by Hotwire's FUTEX_WAKE, or times out to check on Hotwire.

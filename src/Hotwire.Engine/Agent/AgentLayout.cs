@@ -45,6 +45,7 @@ public static class AgentLayout
     public const int OwnerPid = 0x138;       // pid of the Hotwire that injected this agent
     public const int BaseCount = 0x140;      // base updates the agent applies when the next batch succeeds
     public const int BaseList = 0x148;       // pointer to BaseCount base entries
+    public const int DiscardCount = 0x150;   // ranges whose pages the dead-man switch gives back (MADV_REMOVE)
     public const int AgentName = 0x180;      // "hotwire-agent\0"
     public const int NewSigaction = 0x200;   // 32 bytes
     public const int DefaultSigaction = 0x220;
@@ -53,6 +54,8 @@ public static class AgentLayout
     public const int AllSignals = 0x260;     // sigset_t (8 bytes, kernel size)
     public const int SavedSigmask = 0x268;
     public const int NopRecords = 0x300;     // 16 records of 16 bytes: "nop, advance L" for L = 0..15
+    public const int DiscardList = 0x400;    // DiscardMax × {u64 target address, u64 length}
+    public const int DiscardMax = 32;
     public const int HeaderSize = 0x1000;
 
     // ---- commands ----

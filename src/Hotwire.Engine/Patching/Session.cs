@@ -106,7 +106,18 @@ public sealed unsafe partial class Session : IDisposable
     private readonly List<(ulong Offset, ulong Length)> _discardOnDetach = [];
 
     /// <summary>Shared memory (page-aligned) whose contents are not needed after detach: event buffers, counters.</summary>
-    internal void DiscardOnDetach(ulong offset, ulong length) => _discardOnDetach.Add((offset, length));
+    internal void DiscardOnDetach(ulong offset, ulong length)
+    {
+        _discardOnDetach.Add((offset, length));
+        // The agent's dead-man switch does the same if Hotwire dies.
+        int n = (int)Shared.ReadU64(L.DiscardCount);
+        if (n < L.DiscardMax && !TestSwitches.NoDeadManDiscard)
+        {
+            Shared.WriteU64((ulong)(L.DiscardList + n * 16), DataAddress(offset));
+            Shared.WriteU64((ulong)(L.DiscardList + n * 16 + 8), length & ~4095UL);
+            Shared.WriteU64(L.DiscardCount, (ulong)n + 1);
+        }
+    }
 
     /// <summary>The live patches of the process, adopted at attach (see LivePatcher.Open).</summary>
     internal Livepatch.LivePatcher? Patcher { get; set; }
