@@ -14,7 +14,7 @@ public static class PatchCommand
 {
     public static Command Create()
     {
-        var pid = new Option<int>("--pid", "-p") { Description = "The running process to patch", Required = true };
+        var pid = new Option<int>("--pid", "-p") { Description = "The running process to patch", Required = true, CustomParser = r => OptionValues.ProcessId(r) ?? 0 };
         var patch = new Argument<string?>("PATCH.so") { Description = "The patch: gcc -shared -fPIC output with the replacement functions", Arity = ArgumentArity.ZeroOrOne };
         var map = new Option<string[]>("--map") { Description = "Replace OLD with the patch's NEW (OLD=NEW, repeatable); otherwise functions replace their namesakes", AllowMultipleArgumentsPerToken = false };
         var replace = new Option<bool>("--replace") { Description = "Supersede every earlier patch atomically" };

@@ -6,7 +6,7 @@ namespace Hotwire.Cli.Commands;
 /// <summary>The options every tracing command shares: which process, which functions.</summary>
 public sealed class TargetOptions
 {
-    public Option<int?> Pid { get; } = new("--pid", "-p") { Description = "Attach to this running process" };
+    public Option<int?> Pid { get; } = new("--pid", "-p") { Description = "Attach to this running process", CustomParser = OptionValues.ProcessId };
 
     public Option<string[]> Filter { get; } = new("--filter", "-F")
     {
