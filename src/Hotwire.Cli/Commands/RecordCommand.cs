@@ -15,7 +15,7 @@ public static class RecordCommand
         var target = new TargetOptions();
         var args = new Option<int>("--args") { Description = "Record the first N integer arguments of each call (0-6)", DefaultValueFactory = _ => 0 };
         var bufferSize = new Option<string>("--buffer-size") { Description = "Ring buffer per thread, a power of two (e.g. 64K, 1M, 16M)", DefaultValueFactory = _ => "4M" };
-        var duration = new Option<double?>("--duration", "-d") { Description = "Stop after this many seconds" };
+        var duration = OptionValues.Seconds("--duration", "Stop after this long", "-d");
         var output = new Option<string>("--output", "-o") { Description = "Data directory", DefaultValueFactory = _ => "hotwire.data" };
         var tids = new Option<string?>("--tid") { Description = "Only these threads (comma-separated tids)" };
         var tracerName = new Option<string>("--tracer") { Description = "function (entries), function_graph (entries, exits, durations) or profile (per-function times, no events)", DefaultValueFactory = _ => Tracers.Function };
@@ -35,13 +35,9 @@ public static class RecordCommand
         return command;
     }
 
-    private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, double? duration, string dir, string? tidList,
+    private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, TimeSpan? duration, string dir, string? tidList,
         string tracerName, bool retval, int? depth, string? timeFilter)
     {
-        if (duration is <= 0)
-        {
-            throw new UsageException("--duration must be a positive number of seconds");
-        }
         if (tracerName is not (Tracers.Function or Tracers.FunctionGraph or Tracers.Profile))
         {
             throw new UsageException($"--tracer takes function, function_graph or profile, not '{tracerName}'");
@@ -55,7 +51,7 @@ public static class RecordCommand
         {
             throw new UsageException($"--depth must be at least 1, not {depth}");
         }
-        long timeFilterNs = timeFilter is null ? 0 : ParseDuration(timeFilter, "--time-filter");
+        long timeFilterNs = timeFilter is null ? 0 : OptionValues.ParseTimeNs(timeFilter, "--time-filter", "ns");
         if (tracerName == Tracers.Profile && (retval || timeFilterNs > 0))
         {
             throw new UsageException("--retval and --time-filter are for --tracer function_graph; the profiler keeps no per-call events");
@@ -94,9 +90,9 @@ public static class RecordCommand
         try
         {
             Console.Error.WriteLine($"hotwire: recording {sites.Count} functions in pid {session.Pid} to {dir}; Ctrl-C to stop");
-            if (duration is double seconds)
+            if (duration is TimeSpan limit)
             {
-                stop.CancelAfter(TimeSpan.FromSeconds(seconds));
+                stop.CancelAfter(limit);
             }
             bool progress = !Console.IsErrorRedirected && !live;
             long lastProgress = 0;
@@ -183,23 +179,6 @@ public static class RecordCommand
             throw new UsageException($"--buffer-size: '{text}' is not a size (examples: 64K, 1M, 16M)");
         }
         return (int)(n * scale);
-    }
-
-    /// <summary>A time with a unit, as uftrace takes it: 100ns, 10us, 1.5ms, 2s (a bare number is ns).</summary>
-    public static long ParseDuration(string text, string option)
-    {
-        string t = text.Trim().ToLowerInvariant();
-        (string unit, double scale) = t.EndsWith("ns", StringComparison.Ordinal) ? ("ns", 1.0)
-            : t.EndsWith("us", StringComparison.Ordinal) ? ("us", 1e3)
-            : t.EndsWith("ms", StringComparison.Ordinal) ? ("ms", 1e6)
-            : t.EndsWith('s') ? ("s", 1e9)
-            : t.EndsWith('m') ? ("m", 60e9)
-            : ("", 1.0);
-        if (!double.TryParse(t[..^unit.Length], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double n) || n <= 0 || double.IsInfinity(n))
-        {
-            throw new UsageException($"{option}: '{text}' is not a time (examples: 500ns, 10us, 1.5ms, 2s)");
-        }
-        return (long)Math.Round(n * scale);
     }
 
     public static IReadOnlySet<int>? ParseTids(string? list)

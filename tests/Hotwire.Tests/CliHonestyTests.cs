@@ -1,0 +1,101 @@
+using System.Diagnostics;
+using Hotwire.Tests.Infrastructure;
+using Xunit;
+
+namespace Hotwire.Tests;
+
+/// <summary>
+/// What an adversarial user found: every bad option is one line that says what is wrong, with the
+/// right exit code, and is caught before Hotwire touches the target.
+/// </summary>
+public class CliHonestyTests
+{
+    [Theory]
+    [InlineData("record", "NaN", "is not a time")]
+    [InlineData("record", "Infinity", "is longer than a year")]
+    [InlineData("live", "1e300", "is longer than a year")]
+    [InlineData("count", "-5", "is not a positive time")]
+    [InlineData("count", "0", "is not a positive time")]
+    [InlineData("record", "2x", "is not a time (examples: 30 (seconds), 1.5, 500ms, 2m)")]
+    public void A_duration_that_is_not_a_sane_time_is_refused_before_attaching(string command, string duration, string message)
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
+        string dir = TempDir();
+        string[] output = command == "count" ? [] : ["-o", dir];
+        CliResult r = HotwireCli.Run([command, "--duration", duration, .. output, "--pid", target.Pid.ToString()]);
+        AssertOneLineError(r, 2, $"--duration: '{duration}' {message}");
+        AssertUntouched(target.Pid);
+        Assert.False(Directory.Exists(dir));
+    }
+
+    [Fact]
+    public void Wait_quiescent_takes_seconds_like_duration()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
+        AssertOneLineError(HotwireCli.Run("patch", "--pid", target.Pid.ToString(), "--wait-quiescent=NaN", TargetBuilder.Patch("napfix")), 2, "--wait-quiescent: 'NaN' is not a time");
+        AssertOneLineError(HotwireCli.Run("patch", "--pid", target.Pid.ToString(), "--wait-quiescent=1e300", TargetBuilder.Patch("napfix")), 2, "--wait-quiescent: '1e300' is longer than a year");
+        AssertUntouched(target.Pid);
+        Assert.Contains("seconds", HotwireCli.Run("patch", "--help").Stdout.Split('\n').Single(l => l.Contains("--wait-quiescent")));
+    }
+
+    [Fact]
+    public void Wait_quiescent_10_waits_up_to_10_seconds_not_10_ns()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Graph), "hold", "1", "1500");
+        Thread.Sleep(50); // inside the 1.5 s nap
+        var clock = Stopwatch.StartNew();
+        CliResult r = HotwireCli.Run("patch", "--pid", target.Pid.ToString(), "--wait-quiescent=10", TargetBuilder.Patch("napfix"));
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Contains("quiescent: no thread", r.Stderr);
+        Assert.True(clock.Elapsed > TimeSpan.FromSeconds(1), $"took {clock.Elapsed}: it should have waited for the nap to end");
+    }
+
+    [Theory]
+    [InlineData("record", "--pid", "x", "--pid: 'x' is not a whole number")]
+    [InlineData("ls", "--pid", "x", "--pid: 'x' is not a whole number")]
+    [InlineData("record", "--pid", "0", "--pid: '0' is not a process id")]
+    [InlineData("count", "--top", "1.5", "--top: '1.5' is not a whole number")]
+    [InlineData("record", "--args", "two", "--args: 'two' is not a whole number")]
+    [InlineData("record", "--depth", "x", "--depth: 'x' is not a whole number")]
+    public void A_value_of_the_wrong_kind_is_named_in_words_not_dotnet_types(string command, string option, string value, string message)
+    {
+        CliResult r = HotwireCli.Run(command, option, value, "--", TargetBuilder.Get(Flavour.Nop5));
+        AssertOneLineError(r, 2, message);
+        Assert.DoesNotContain("System.", r.Stderr);
+    }
+
+    [Fact]
+    public void An_unknown_option_is_named_wherever_it_is_and_what_follows_double_dash_is_the_programs()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
+        AssertOneLineError(HotwireCli.Run("record", "--bogus", "--", TargetBuilder.Get(Flavour.Nop5)), 2, "unknown option --bogus");
+        AssertOneLineError(HotwireCli.Run("record", "--pid", target.Pid.ToString(), "--bogus"), 2, "unknown option --bogus");
+        AssertOneLineError(HotwireCli.Run("count", "-x", "--pid", target.Pid.ToString()), 2, "unknown option -x");
+        AssertOneLineError(HotwireCli.Run("replay", "--bogus"), 2, "unknown option --bogus");
+        AssertUntouched(target.Pid);
+
+        // After --, a dash is the program's: calls.c's "tree" mode ignores what follows it.
+        string dir = TempDir();
+        CliResult traced = HotwireCli.Run("record", "-F", "a", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "tree", "--bogus");
+        Assert.True(traced.ExitCode == 0, traced.Stderr);
+        Assert.Contains("the program exited with status 0", traced.Stderr);
+    }
+
+    internal static void AssertOneLineError(CliResult r, int code, string expected)
+    {
+        string[] lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.True(lines.Length == 1, $"expected one line on stderr, got: {r.Stderr}");
+        Assert.StartsWith("hotwire: ", lines[0]);
+        Assert.Contains(expected, lines[0]);
+        Assert.Equal(code, r.ExitCode);
+    }
+
+    /// <summary>Hotwire never attached: no tracer, no agent mapping.</summary>
+    internal static void AssertUntouched(int pid)
+    {
+        Assert.DoesNotContain("hotwire", File.ReadAllText($"/proc/{pid}/maps"));
+        Assert.Contains("TracerPid:\t0", File.ReadAllText($"/proc/{pid}/status"));
+    }
+
+    private static string TempDir() => Path.Combine(Path.GetTempPath(), $"hotwire-honesty-{Guid.NewGuid():N}");
+}
