@@ -81,6 +81,16 @@ public class CliHonestyTests
         Assert.Contains("the program exited with status 0", traced.Stderr);
     }
 
+    [Theory]
+    [InlineData("--buffer-size", "3K", "--buffer-size must be a power of two of at least 4K, not 3072")]
+    [InlineData("--args", "7", "--args takes 0 to 6 (the integer argument registers), not 7")]
+    public void A_bad_option_value_checked_by_the_engine_is_still_a_usage_error(string option, string value, string message)
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
+        AssertOneLineError(HotwireCli.Run("record", option, value, "-o", TempDir(), "--pid", target.Pid.ToString()), 2, message);
+        AssertUntouched(target.Pid);
+    }
+
     internal static void AssertOneLineError(CliResult r, int code, string expected)
     {
         string[] lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);

@@ -61,7 +61,10 @@ public static class RecordCommand
             throw new UsageException($"live prints the function tracer's entries; for {tracerName} use hotwire record, then hotwire replay or report");
         }
         var buffers = new TraceBufferOptions(ParseSize(bufferSize), 256, args);
-        buffers.Validate();
+        if (!buffers.TryValidate(out string? bufferError))
+        {
+            throw new UsageException(bufferError);
+        }
         IReadOnlySet<int>? tids = ParseTids(tidList);
         var graphOptions = new GraphOptions(tracerName == Tracers.Profile ? GraphMode.Profile : GraphMode.Events, depth ?? 0, retval);
 
