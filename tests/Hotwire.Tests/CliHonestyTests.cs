@@ -91,6 +91,22 @@ public class CliHonestyTests
         AssertUntouched(target.Pid);
     }
 
+    [Theory]
+    [InlineData(new[] { "-F", "!*" }, "no traceable function matches '!*'; `hotwire ls` lists the functions that can be traced")]
+    [InlineData(new[] { "-N", "*" }, "no traceable function matches '!*'")]
+    [InlineData(new[] { "-F", "compute", "-N", "compute" }, "no traceable function matches 'compute' and '!compute' together")]
+    public void Filters_that_together_match_nothing_are_refused_before_attaching(string[] filters, string message)
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
+        AssertOneLineError(HotwireCli.Run(["record", .. filters, "-o", TempDir(), "--pid", target.Pid.ToString()]), 1, message);
+        AssertOneLineError(HotwireCli.Run(["count", .. filters, "--pid", target.Pid.ToString()]), 1, message);
+        AssertUntouched(target.Pid);
+
+        string dir = TempDir();
+        AssertOneLineError(HotwireCli.Run(["record", .. filters, "-o", dir, "--", TargetBuilder.Get(Flavour.Nop5)]), 1, message);
+        Assert.False(Directory.Exists(dir));
+    }
+
     internal static void AssertOneLineError(CliResult r, int code, string expected)
     {
         string[] lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);

@@ -38,7 +38,7 @@ public static class CountCommand
         var counting = new CountingOps(target.Filters(result), target.Notraces(result));
         IReadOnlyList<SiteRecord> sites = [];
         // Registered before the program runs (launch: from its first instruction), or right after attach.
-        Session session = target.Open(result, beforeRun: s => sites = s.Register(counting));
+        Session session = target.Open(result, counting, beforeRun: s => sites = s.Register(counting));
         int? exitStatus = null;
         var clock = Stopwatch.StartNew();
         try

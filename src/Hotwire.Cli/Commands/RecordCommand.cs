@@ -80,7 +80,7 @@ public static class RecordCommand
         IReadOnlyList<SiteRecord> sites = [];
         // Tracing starts before the program's first instruction at launch, right after attach otherwise.
         (ulong shared, ulong perSite) = graph ? GraphTracer.SharedBytes(buffers, graphOptions) : (TraceBufferOptions.SharedBytes(buffers), 0);
-        Session session = target.Open(result, shared, extraSharedBytesPerSite: perSite, beforeRun: s =>
+        Session session = target.Open(result, tracer, shared, extraSharedBytesPerSite: perSite, beforeRun: s =>
         {
             recorder = new Recorder(s, tracer, dir, printer is null ? null : printer.Print, tids) { TimeFilterNs = timeFilterNs };
             sites = s.Register(tracer);

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using Hotwire.Patching;
+using Hotwire.Procfs;
 
 namespace Hotwire.Cli.Commands;
 
@@ -38,8 +39,11 @@ public sealed class TargetOptions
         command.Arguments.Add(Command);
     }
 
-    /// <summary>Attaches to --pid or launches the program after --, as the user asked.</summary>
-    public Session Open(ParseResult result, ulong extraSharedBytes = 0, Action<Session>? beforeRun = null, ulong extraSharedBytesPerSite = 0)
+    /// <summary>
+    /// Attaches to --pid or launches the program after --, as the user asked, once the process is
+    /// known to have functions that <paramref name="ops"/>' filters choose.
+    /// </summary>
+    public Session Open(ParseResult result, Ops ops, ulong extraSharedBytes = 0, Action<Session>? beforeRun = null, ulong extraSharedBytesPerSite = 0)
     {
         int? pid = result.GetValue(Pid);
         string[] program = result.GetValue(Command) ?? [];
@@ -55,7 +59,13 @@ public sealed class TargetOptions
         }
         if (pid is int p)
         {
-            Session attached = Session.Attach(p, options);
+            // Read-only first: filters that match nothing leave the process untouched.
+            ProcessImage image = ProcessImage.Load(p);
+            if (image.AllSites.Any())
+            {
+                ops.SelectSites(image.AllSites.ToList());
+            }
+            Session attached = Session.Attach(p, options, image);
             try
             {
                 beforeRun?.Invoke(attached);
@@ -71,7 +81,11 @@ public sealed class TargetOptions
         {
             throw new UsageException("say what to trace: --pid N for a running process, or -- PROGRAM [ARGS] to start one");
         }
-        return Session.Launch(program[0], program[1..], options, beforeRun: beforeRun);
+        return Session.Launch(program[0], program[1..], options, beforeRun: s =>
+        {
+            ops.SelectSites(s.Image.AllSites.ToList()); // before the recording or counters are made
+            beforeRun?.Invoke(s);
+        });
     }
 
     /// <summary>The command line the target runs, for the recording's header.</summary>
