@@ -91,6 +91,18 @@ public class CliHonestyTests
         AssertUntouched(target.Pid);
     }
 
+    [Fact]
+    public void A_tid_the_process_does_not_have_is_refused_before_attaching()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
+        int pid = target.Pid;
+        string dir = TempDir();
+        CliResult r = HotwireCli.Run("record", "--tid", $"{pid},999999", "-o", dir, "--pid", pid.ToString());
+        AssertOneLineError(r, 1, $"--tid 999999: pid {pid} has no thread 999999 (its threads are the entries of /proc/{pid}/task)");
+        AssertUntouched(pid);
+        Assert.False(Directory.Exists(dir));
+    }
+
     [Theory]
     [InlineData(new[] { "-F", "!*" }, "no traceable function matches '!*'; `hotwire ls` lists the functions that can be traced")]
     [InlineData(new[] { "-N", "*" }, "no traceable function matches '!*'")]

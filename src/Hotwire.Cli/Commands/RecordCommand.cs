@@ -66,6 +66,7 @@ public static class RecordCommand
             throw new UsageException(bufferError);
         }
         IReadOnlySet<int>? tids = ParseTids(tidList);
+        target.CheckThreads(result, tids);
         var graphOptions = new GraphOptions(tracerName == Tracers.Profile ? GraphMode.Profile : GraphMode.Events, depth ?? 0, retval);
 
         using var stop = new CancellationTokenSource();

@@ -105,6 +105,22 @@ public sealed class TargetOptions
         return string.Join(' ', result.GetValue(Command) ?? []);
     }
 
+    /// <summary>With --pid, refuses thread ids the process does not have (for a launched program they cannot be known yet).</summary>
+    public void CheckThreads(ParseResult result, IReadOnlySet<int>? tids)
+    {
+        if (tids is null || result.GetValue(Pid) is not int pid || !Directory.Exists($"/proc/{pid}/task"))
+        {
+            return;
+        }
+        foreach (int tid in tids.Order())
+        {
+            if (!Directory.Exists($"/proc/{pid}/task/{tid}"))
+            {
+                throw new HotwireException($"--tid {tid}: pid {pid} has no thread {tid} (its threads are the entries of /proc/{pid}/task)");
+            }
+        }
+    }
+
     public IEnumerable<string> Filters(ParseResult result) => result.GetValue(Filter) ?? [];
 
     public IEnumerable<string> Notraces(ParseResult result) => result.GetValue(Notrace) ?? [];
