@@ -119,6 +119,29 @@ public class CliHonestyTests
         Assert.False(Directory.Exists(dir));
     }
 
+    [Fact]
+    public void Recording_over_a_recording_needs_force()
+    {
+        string dir = TempDir();
+        string[] record = ["record", "-F", "a", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "tree"];
+        Assert.Equal(0, HotwireCli.Run(record).ExitCode);
+        byte[] info = File.ReadAllBytes(Path.Combine(dir, "info.json"));
+        byte[] events = File.ReadAllBytes(Path.Combine(dir, "events.bin"));
+
+        AssertOneLineError(HotwireCli.Run(record), 1, $"{dir} already holds a recording; remove it, choose another -o, or pass --force");
+        Assert.Equal(info, File.ReadAllBytes(Path.Combine(dir, "info.json")));
+        Assert.Equal(events, File.ReadAllBytes(Path.Combine(dir, "events.bin")));
+        using (TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5)))
+        {
+            AssertOneLineError(HotwireCli.Run("live", "-o", dir, "--pid", target.Pid.ToString()), 1, "already holds a recording");
+            AssertUntouched(target.Pid);
+        }
+
+        CliResult forced = HotwireCli.Run([.. record[..^3], "--force", .. record[^3..]]);
+        Assert.True(forced.ExitCode == 0, forced.Stderr);
+        Assert.NotEqual(info, File.ReadAllBytes(Path.Combine(dir, "info.json")));
+    }
+
     internal static void AssertOneLineError(CliResult r, int code, string expected)
     {
         string[] lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);

@@ -17,6 +17,7 @@ public static class RecordCommand
         var bufferSize = new Option<string>("--buffer-size") { Description = "Ring buffer per thread, a power of two (e.g. 64K, 1M, 16M)", DefaultValueFactory = _ => "4M" };
         var duration = OptionValues.Seconds("--duration", "Stop after this long", "-d");
         var output = new Option<string>("--output", "-o") { Description = "Data directory", DefaultValueFactory = _ => "hotwire.data" };
+        var force = new Option<bool>("--force") { Description = "Overwrite the recording already in the data directory" };
         var tids = new Option<string?>("--tid") { Description = "Only these threads (comma-separated tids)" };
         var tracerName = new Option<string>("--tracer") { Description = "function (entries), function_graph (entries, exits, durations) or profile (per-function times, no events)", DefaultValueFactory = _ => Tracers.Function };
         var retval = new Option<bool>("--retval") { Description = "function_graph: record each call's return value" };
@@ -26,16 +27,16 @@ public static class RecordCommand
             ? new Command("live", "Trace function calls and print them as they happen (also recorded to -o)")
             : new Command("record", "Record every call of the chosen functions to a data directory (hotwire replay reads it)");
         target.AddTo(command);
-        foreach (Option o in new Option[] { args, bufferSize, duration, output, tids, tracerName, retval, depth, timeFilter })
+        foreach (Option o in new Option[] { args, bufferSize, duration, output, force, tids, tracerName, retval, depth, timeFilter })
         {
             command.Options.Add(o);
         }
-        command.SetAction(r => (int)Run(target, r, live, r.GetValue(args), r.GetValue(bufferSize)!, r.GetValue(duration), r.GetValue(output)!, r.GetValue(tids),
+        command.SetAction(r => (int)Run(target, r, live, r.GetValue(args), r.GetValue(bufferSize)!, r.GetValue(duration), r.GetValue(output)!, r.GetValue(force), r.GetValue(tids),
             r.GetValue(tracerName)!, r.GetValue(retval), r.GetValue(depth), r.GetValue(timeFilter)));
         return command;
     }
 
-    private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, TimeSpan? duration, string dir, string? tidList,
+    private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, TimeSpan? duration, string dir, bool force, string? tidList,
         string tracerName, bool retval, int? depth, string? timeFilter)
     {
         if (tracerName is not (Tracers.Function or Tracers.FunctionGraph or Tracers.Profile))
@@ -67,6 +68,10 @@ public static class RecordCommand
         }
         IReadOnlySet<int>? tids = ParseTids(tidList);
         target.CheckThreads(result, tids);
+        if (!force && (File.Exists(Path.Combine(dir, TraceData.InfoFile)) || File.Exists(Path.Combine(dir, TraceData.EventsFile))))
+        {
+            throw new HotwireException($"{dir} already holds a recording; remove it, choose another -o, or pass --force");
+        }
         var graphOptions = new GraphOptions(tracerName == Tracers.Profile ? GraphMode.Profile : GraphMode.Events, depth ?? 0, retval);
 
         using var stop = new CancellationTokenSource();
