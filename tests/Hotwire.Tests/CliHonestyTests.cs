@@ -142,6 +142,19 @@ public class CliHonestyTests
         Assert.NotEqual(info, File.ReadAllBytes(Path.Combine(dir, "info.json")));
     }
 
+    [Theory]
+    [InlineData("function")]
+    [InlineData("function_graph")]
+    public void Replaying_a_recording_without_events_warns_in_one_line(string tracer)
+    {
+        string dir = TempDir();
+        Assert.Equal(0, HotwireCli.Run("record", "--tracer", tracer, "-F", "a", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "tree").ExitCode);
+        File.WriteAllBytes(Path.Combine(dir, "events.bin"), []);
+        CliResult r = HotwireCli.Run("replay", "-d", dir);
+        Assert.Equal(0, r.ExitCode);
+        Assert.Equal($"hotwire: warning: {dir} holds no events: nothing traced was called while it was recording", r.Stderr.Trim());
+    }
+
     internal static void AssertOneLineError(CliResult r, int code, string expected)
     {
         string[] lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
