@@ -9,6 +9,9 @@ public enum ExitCode
     Failure = 1,
     UsageError = 2,
     InternalError = 70,
+
+    /// <summary>Ctrl-C or SIGTERM before tracing began (128 + SIGINT, as a shell reports it).</summary>
+    Interrupted = 130,
 }
 
 /// <summary>Runs the command line and turns every anticipated error into one line on stderr.</summary>
@@ -39,6 +42,11 @@ public static class CommandRunner
         {
             Console.Error.WriteLine($"hotwire: {e.Message}");
             return (int)ExitCode.UsageError;
+        }
+        catch (InterruptedException e)
+        {
+            Console.Error.WriteLine($"hotwire: {e.Message}");
+            return (int)ExitCode.Interrupted;
         }
         catch (HotwireException e)
         {
@@ -76,3 +84,6 @@ public static class CommandRunner
 
 /// <summary>The command line itself is wrong (exit code 2).</summary>
 public sealed class UsageException(string message) : HotwireException(message);
+
+/// <summary>Ctrl-C or SIGTERM arrived before tracing began: nothing was traced (exit code 130).</summary>
+public sealed class InterruptedException(string message) : HotwireException(message);

@@ -155,6 +155,52 @@ public class CliHonestyTests
         Assert.Equal($"hotwire: warning: {dir} holds no events: nothing traced was called while it was recording", r.Stderr.Trim());
     }
 
+    [Theory]
+    [InlineData("record", 2)]  // SIGINT, as Ctrl-C
+    [InlineData("count", 15)]  // SIGTERM
+    public void A_signal_before_attach_means_no_attach(string command, int signal)
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
+        string dir = TempDir();
+        string[] output = command == "count" ? [] : ["-o", dir];
+        (int exit, string stderr) = SignalWhilePausedBeforeAttach(signal, [command, .. output, "--pid", target.Pid.ToString()]);
+        Assert.Equal(130, exit);
+        Assert.Contains($"hotwire: interrupted before attaching: pid {target.Pid} was not touched", stderr);
+        Assert.True(Directory.Exists($"/proc/{target.Pid}"), "the target must live on");
+        AssertUntouched(target.Pid);
+        Assert.False(Directory.Exists(dir));
+    }
+
+    [Fact]
+    public void A_signal_before_launch_means_no_program()
+    {
+        string dir = TempDir();
+        (int exit, string stderr) = SignalWhilePausedBeforeAttach(2, ["record", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "tree"]);
+        Assert.Equal(130, exit);
+        Assert.Contains("hotwire: interrupted before starting", stderr);
+        Assert.False(Directory.Exists(dir));
+    }
+
+    // The test-only pause gives the signal a window before attach that does not depend on timing.
+    private static (int Exit, string Stderr) SignalWhilePausedBeforeAttach(int signal, string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet", [HotwireCli.DllPath, .. args]) { RedirectStandardError = true, RedirectStandardOutput = true };
+        psi.Environment["HOTWIRE_TEST_PAUSE_BEFORE_ATTACH_MS"] = "60000";
+        using Process hotwire = Process.Start(psi)!;
+        Task<string> stdout = hotwire.StandardOutput.ReadToEndAsync();
+        string? first = hotwire.StandardError.ReadLine();
+        Assert.True(first is not null && first.StartsWith("hotwire: test: pausing", StringComparison.Ordinal), first);
+        Assert.Equal(0, Kill(hotwire.Id, signal));
+        string rest = hotwire.StandardError.ReadToEnd();
+        Assert.True(hotwire.WaitForExit(TimeSpan.FromSeconds(20)), "hotwire did not stop on the signal");
+        Assert.Equal("", stdout.Result);
+        Assert.Single(rest.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        return (hotwire.ExitCode, rest);
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill")]
+    private static extern int Kill(int pid, int sig);
+
     internal static void AssertOneLineError(CliResult r, int code, string expected)
     {
         string[] lines = r.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using System.Text;
 using Hotwire.Patching;
 
@@ -27,18 +26,16 @@ public static class CountCommand
 
     private static ExitCode Run(TargetOptions target, ParseResult result, TimeSpan? duration, int top)
     {
+        using var stop = new StopSignals();
         if (top < 0)
         {
             throw new UsageException($"--top takes a number of functions, or 0 for all, not {top}");
         }
-        using var stop = new CancellationTokenSource();
-        using PosixSignalRegistration sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
-        using PosixSignalRegistration sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
 
         var counting = new CountingOps(target.Filters(result), target.Notraces(result));
         IReadOnlyList<SiteRecord> sites = [];
         // Registered before the program runs (launch: from its first instruction), or right after attach.
-        Session session = target.Open(result, counting, beforeRun: s => sites = s.Register(counting));
+        Session session = target.Open(result, counting, stop, beforeRun: s => sites = s.Register(counting));
         int? exitStatus = null;
         var clock = Stopwatch.StartNew();
         try

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Runtime.InteropServices;
 using Hotwire.Output;
 using Hotwire.Patching;
 using Hotwire.Tracing;
@@ -39,6 +38,7 @@ public static class RecordCommand
     private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, TimeSpan? duration, string dir, bool force, string? tidList,
         string tracerName, bool retval, int? depth, string? timeFilter)
     {
+        using var stop = new StopSignals();
         if (tracerName is not (Tracers.Function or Tracers.FunctionGraph or Tracers.Profile))
         {
             throw new UsageException($"--tracer takes function, function_graph or profile, not '{tracerName}'");
@@ -74,10 +74,6 @@ public static class RecordCommand
         }
         var graphOptions = new GraphOptions(tracerName == Tracers.Profile ? GraphMode.Profile : GraphMode.Events, depth ?? 0, retval);
 
-        using var stop = new CancellationTokenSource();
-        using PosixSignalRegistration sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
-        using PosixSignalRegistration sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
-
         RingTracer tracer = graph
             ? new GraphTracer(buffers, graphOptions, target.Filters(result), target.Notraces(result))
             : new FunctionTracer(buffers, target.Filters(result), target.Notraces(result));
@@ -86,7 +82,7 @@ public static class RecordCommand
         IReadOnlyList<SiteRecord> sites = [];
         // Tracing starts before the program's first instruction at launch, right after attach otherwise.
         (ulong shared, ulong perSite) = graph ? GraphTracer.SharedBytes(buffers, graphOptions) : (TraceBufferOptions.SharedBytes(buffers), 0);
-        Session session = target.Open(result, tracer, shared, extraSharedBytesPerSite: perSite, beforeRun: s =>
+        Session session = target.Open(result, tracer, stop, shared, extraSharedBytesPerSite: perSite, beforeRun: s =>
         {
             recorder = new Recorder(s, tracer, dir, printer is null ? null : printer.Print, tids) { TimeFilterNs = timeFilterNs };
             sites = s.Register(tracer);

@@ -41,9 +41,10 @@ public sealed class TargetOptions
 
     /// <summary>
     /// Attaches to --pid or launches the program after --, as the user asked, once the process is
-    /// known to have functions that <paramref name="ops"/>' filters choose.
+    /// known to have functions that <paramref name="ops"/>' filters choose, unless Ctrl-C or
+    /// SIGTERM came first (then it detaches at once, or kills the program it started).
     /// </summary>
-    public Session Open(ParseResult result, Ops ops, ulong extraSharedBytes = 0, Action<Session>? beforeRun = null, ulong extraSharedBytesPerSite = 0)
+    public Session Open(ParseResult result, Ops ops, StopSignals stop, ulong extraSharedBytes = 0, Action<Session>? beforeRun = null, ulong extraSharedBytesPerSite = 0)
     {
         int? pid = result.GetValue(Pid);
         string[] program = result.GetValue(Command) ?? [];
@@ -65,9 +66,18 @@ public sealed class TargetOptions
             {
                 ops.SelectSites(image.AllSites.ToList());
             }
+            PauseBeforeAttachForTests(stop);
+            if (stop.Signaled)
+            {
+                throw new InterruptedException($"interrupted before attaching: pid {p} was not touched");
+            }
             Session attached = Session.Attach(p, options, image);
             try
             {
+                if (stop.Signaled)
+                {
+                    throw new InterruptedException($"interrupted while attaching: detached at once, nothing traced; pid {p} runs on with its original code");
+                }
                 beforeRun?.Invoke(attached);
             }
             catch
@@ -81,11 +91,30 @@ public sealed class TargetOptions
         {
             throw new UsageException("say what to trace: --pid N for a running process, or -- PROGRAM [ARGS] to start one");
         }
+        PauseBeforeAttachForTests(stop);
+        if (stop.Signaled)
+        {
+            throw new InterruptedException($"interrupted before starting {program[0]}");
+        }
         return Session.Launch(program[0], program[1..], options, beforeRun: s =>
         {
+            if (stop.Signaled)
+            {
+                throw new InterruptedException($"interrupted while starting {program[0]}: it was killed before it ran");
+            }
             ops.SelectSites(s.Image.AllSites.ToList()); // before the recording or counters are made
             beforeRun?.Invoke(s);
         });
+    }
+
+    // Test-only: a window in which a test's SIGINT arrives before attach, deterministically.
+    private static void PauseBeforeAttachForTests(StopSignals stop)
+    {
+        if (Environment.GetEnvironmentVariable("HOTWIRE_TEST_PAUSE_BEFORE_ATTACH_MS") is { } text && int.TryParse(text, out int ms))
+        {
+            Console.Error.WriteLine($"hotwire: test: pausing {ms} ms before attaching");
+            stop.Token.WaitHandle.WaitOne(ms);
+        }
     }
 
     /// <summary>The command line the target runs, for the recording's header.</summary>
