@@ -254,7 +254,7 @@ public class RecordReplayTests
         AssertError(HotwireCli.Run("record"), 2, "say what to trace");
         AssertError(HotwireCli.Run("record", "--", "/no/such/prog"), 1, "/no/such/prog: program not found");
         AssertError(HotwireCli.Run("record", "-F", "mian", "-o", TempDir(), "--", TargetBuilder.Get(Flavour.Calls), "tree"), 1, "no traceable function matches 'mian'; near names: main");
-        AssertError(HotwireCli.Run("record", "--buffer-size", "3K", "--", TargetBuilder.Get(Flavour.Calls)), 1, "--buffer-size must be a power of two");
+        AssertError(HotwireCli.Run("record", "--buffer-size", "3K", "--", TargetBuilder.Get(Flavour.Calls)), 2, "--buffer-size must be a power of two");
         AssertError(HotwireCli.Run("record", "-o", "/proc/hotwire-cannot-write", "--", TargetBuilder.Get(Flavour.Calls), "tree"), 1, "cannot write the recording to /proc/hotwire-cannot-write");
         AssertError(HotwireCli.Run("replay", "-d", "/no/such/dir"), 1, "/no/such/dir: no such data directory");
 

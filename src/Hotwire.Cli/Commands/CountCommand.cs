@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Diagnostics;
-using System.Runtime.InteropServices;
 using System.Text;
 using Hotwire.Patching;
 
@@ -15,7 +14,7 @@ public static class CountCommand
     public static Command Create()
     {
         var target = new TargetOptions();
-        var duration = new Option<double?>("--duration", "-d") { Description = "Stop after this many seconds (default: until Ctrl-C or the program exits)" };
+        var duration = OptionValues.Seconds("--duration", "Stop after this long (default: until Ctrl-C or the program exits)", "-d");
         var top = new Option<int>("--top") { Description = "Show the N most called functions (0: all)", DefaultValueFactory = _ => 20 };
         var command = new Command("count", "Count calls of functions in a running process (or a program it starts) until Ctrl-C");
         target.AddTo(command);
@@ -25,28 +24,26 @@ public static class CountCommand
         return command;
     }
 
-    private static ExitCode Run(TargetOptions target, ParseResult result, double? duration, int top)
+    private static ExitCode Run(TargetOptions target, ParseResult result, TimeSpan? duration, int top)
     {
-        if (duration is <= 0)
+        using var stop = new StopSignals();
+        if (top < 0)
         {
-            throw new UsageException("--duration must be a positive number of seconds");
+            throw new UsageException($"--top takes a number of functions, or 0 for all, not {top}");
         }
-        using var stop = new CancellationTokenSource();
-        using PosixSignalRegistration sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
-        using PosixSignalRegistration sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
 
         var counting = new CountingOps(target.Filters(result), target.Notraces(result));
         IReadOnlyList<SiteRecord> sites = [];
         // Registered before the program runs (launch: from its first instruction), or right after attach.
-        Session session = target.Open(result, beforeRun: s => sites = s.Register(counting));
+        Session session = target.Open(result, counting, stop, beforeRun: s => sites = s.Register(counting));
         int? exitStatus = null;
         var clock = Stopwatch.StartNew();
         try
         {
             Console.Error.WriteLine($"hotwire: counting calls of {sites.Count} functions in pid {session.Pid}; Ctrl-C to stop");
-            if (duration is double seconds)
+            if (duration is TimeSpan limit)
             {
-                stop.CancelAfter(TimeSpan.FromSeconds(seconds));
+                stop.CancelAfter(limit);
             }
             while (!stop.IsCancellationRequested)
             {

@@ -12,7 +12,7 @@ public static class LsCommand
 {
     public static Command Create()
     {
-        var pid = new Option<int?>("--pid", "-p") { Description = "List the functions of this running process (all its modules)" };
+        var pid = new Option<int?>("--pid", "-p") { Description = "List the functions of this running process (all its modules)", CustomParser = OptionValues.ProcessId };
         var addrs = new Option<bool>("--addrs") { Description = "Also show each site's address and kind" };
         var operands = new Argument<string[]>("FILE|GLOB")
         {
@@ -30,10 +30,6 @@ public static class LsCommand
 
     public static ExitCode Run(int? pid, string[] operands, bool showAddresses)
     {
-        if (operands.FirstOrDefault(o => o.StartsWith('-')) is { } unknown)
-        {
-            throw new UsageException($"unknown option {unknown} (see hotwire ls --help)");
-        }
         List<PatchSite> sites;
         IEnumerable<string> globs;
         Dictionary<ulong, byte[]>? live = null;
@@ -61,7 +57,7 @@ public static class LsCommand
         {
             if (operands.Length == 0)
             {
-                throw new HotwireException("give a program or shared library to list (hotwire ls FILE), or a running process (hotwire ls --pid N)");
+                throw new UsageException("give a program or shared library to list (hotwire ls FILE), or a running process (hotwire ls --pid N)");
             }
             string file = operands[0];
             globs = operands.Skip(1);

@@ -14,23 +14,24 @@ public static class PatchCommand
 {
     public static Command Create()
     {
-        var pid = new Option<int>("--pid", "-p") { Description = "The running process to patch", Required = true };
+        var pid = new Option<int>("--pid", "-p") { Description = "The running process to patch", Required = true, CustomParser = r => OptionValues.ProcessId(r) ?? 0 };
         var patch = new Argument<string?>("PATCH.so") { Description = "The patch: gcc -shared -fPIC output with the replacement functions", Arity = ArgumentArity.ZeroOrOne };
         var map = new Option<string[]>("--map") { Description = "Replace OLD with the patch's NEW (OLD=NEW, repeatable); otherwise functions replace their namesakes", AllowMultipleArgumentsPerToken = false };
         var replace = new Option<bool>("--replace") { Description = "Supersede every earlier patch atomically" };
         var revert = new Option<bool>("--revert") { Description = "Remove the newest patch" };
         var list = new Option<bool>("--list") { Description = "Show the patches applied to the process" };
-        var wait = new Option<string?>("--wait-quiescent") { Description = "Wait until no thread is inside replaced code (optional timeout, default 30s)", Arity = ArgumentArity.ZeroOrOne };
+        Option<TimeSpan?> wait = OptionValues.Seconds("--wait-quiescent", "Wait until no thread is inside replaced code, at most this long (default 30 s)");
+        wait.Arity = ArgumentArity.ZeroOrOne;
         var command = new Command("patch", "Live-patch functions of a running process (they stay patched after Hotwire exits)")
         {
             pid, patch, map, replace, revert, list, wait,
         };
         command.SetAction(r => (int)Run(r.GetValue(pid), r.GetValue(patch), r.GetValue(map) ?? [], r.GetValue(replace), r.GetValue(revert), r.GetValue(list),
-            r.GetResult(wait) is null ? null : r.GetValue(wait) ?? "30s"));
+            r.GetResult(wait) is null ? null : r.GetValue(wait) ?? TimeSpan.FromSeconds(30)));
         return command;
     }
 
-    private static ExitCode Run(int pid, string? patchPath, string[] maps, bool replace, bool revert, bool list, string? wait)
+    private static ExitCode Run(int pid, string? patchPath, string[] maps, bool replace, bool revert, bool list, TimeSpan? timeout)
     {
         int modes = (patchPath is null ? 0 : 1) + (revert ? 1 : 0) + (list ? 1 : 0);
         if (modes != 1)
@@ -45,7 +46,6 @@ public static class PatchCommand
         {
             throw new UsageException("--map goes with a PATCH.so to apply");
         }
-        TimeSpan? timeout = wait is null ? null : TimeSpan.FromMilliseconds(RecordCommand.ParseDuration(wait, "--wait-quiescent") / 1e6);
         if (list)
         {
             return List(pid);

@@ -81,11 +81,25 @@ internal sealed class ReaderOptions
     /// <summary>Fails before any output when the recording has no events at all.</summary>
     public static void RequireEvents(string dir, TraceInfo info)
     {
-        var events = new FileInfo(Path.Combine(dir, TraceData.EventsFile));
-        if (info.Tracer != Tracers.Profile && events.Exists && events.Length == 0)
+        if (HoldsNoEvents(dir, info))
         {
             throw new HotwireException($"{dir} holds no calls: nothing traced was called while it was recording");
         }
+    }
+
+    /// <summary>A recording with no events shows as a bare header: one warning says why.</summary>
+    public static void WarnNoEvents(string dir, TraceInfo info)
+    {
+        if (HoldsNoEvents(dir, info))
+        {
+            Console.Error.WriteLine($"hotwire: warning: {dir} holds no events: nothing traced was called while it was recording");
+        }
+    }
+
+    private static bool HoldsNoEvents(string dir, TraceInfo info)
+    {
+        var events = new FileInfo(Path.Combine(dir, TraceData.EventsFile));
+        return info.Tracer != Tracers.Profile && events.Exists && events.Length == 0;
     }
 
     /// <summary>Fails when the chosen threads made no call at all.</summary>

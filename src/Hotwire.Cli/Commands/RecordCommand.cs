@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Globalization;
-using System.Runtime.InteropServices;
 using Hotwire.Output;
 using Hotwire.Patching;
 using Hotwire.Tracing;
@@ -15,8 +14,9 @@ public static class RecordCommand
         var target = new TargetOptions();
         var args = new Option<int>("--args") { Description = "Record the first N integer arguments of each call (0-6)", DefaultValueFactory = _ => 0 };
         var bufferSize = new Option<string>("--buffer-size") { Description = "Ring buffer per thread, a power of two (e.g. 64K, 1M, 16M)", DefaultValueFactory = _ => "4M" };
-        var duration = new Option<double?>("--duration", "-d") { Description = "Stop after this many seconds" };
+        var duration = OptionValues.Seconds("--duration", "Stop after this long", "-d");
         var output = new Option<string>("--output", "-o") { Description = "Data directory", DefaultValueFactory = _ => "hotwire.data" };
+        var force = new Option<bool>("--force") { Description = "Overwrite the recording already in the data directory" };
         var tids = new Option<string?>("--tid") { Description = "Only these threads (comma-separated tids)" };
         var tracerName = new Option<string>("--tracer") { Description = "function (entries), function_graph (entries, exits, durations) or profile (per-function times, no events)", DefaultValueFactory = _ => Tracers.Function };
         var retval = new Option<bool>("--retval") { Description = "function_graph: record each call's return value" };
@@ -26,22 +26,19 @@ public static class RecordCommand
             ? new Command("live", "Trace function calls and print them as they happen (also recorded to -o)")
             : new Command("record", "Record every call of the chosen functions to a data directory (hotwire replay reads it)");
         target.AddTo(command);
-        foreach (Option o in new Option[] { args, bufferSize, duration, output, tids, tracerName, retval, depth, timeFilter })
+        foreach (Option o in new Option[] { args, bufferSize, duration, output, force, tids, tracerName, retval, depth, timeFilter })
         {
             command.Options.Add(o);
         }
-        command.SetAction(r => (int)Run(target, r, live, r.GetValue(args), r.GetValue(bufferSize)!, r.GetValue(duration), r.GetValue(output)!, r.GetValue(tids),
+        command.SetAction(r => (int)Run(target, r, live, r.GetValue(args), r.GetValue(bufferSize)!, r.GetValue(duration), r.GetValue(output)!, r.GetValue(force), r.GetValue(tids),
             r.GetValue(tracerName)!, r.GetValue(retval), r.GetValue(depth), r.GetValue(timeFilter)));
         return command;
     }
 
-    private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, double? duration, string dir, string? tidList,
+    private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, TimeSpan? duration, string dir, bool force, string? tidList,
         string tracerName, bool retval, int? depth, string? timeFilter)
     {
-        if (duration is <= 0)
-        {
-            throw new UsageException("--duration must be a positive number of seconds");
-        }
+        using var stop = new StopSignals();
         if (tracerName is not (Tracers.Function or Tracers.FunctionGraph or Tracers.Profile))
         {
             throw new UsageException($"--tracer takes function, function_graph or profile, not '{tracerName}'");
@@ -55,7 +52,7 @@ public static class RecordCommand
         {
             throw new UsageException($"--depth must be at least 1, not {depth}");
         }
-        long timeFilterNs = timeFilter is null ? 0 : ParseDuration(timeFilter, "--time-filter");
+        long timeFilterNs = timeFilter is null ? 0 : OptionValues.ParseTimeNs(timeFilter, "--time-filter", "ns");
         if (tracerName == Tracers.Profile && (retval || timeFilterNs > 0))
         {
             throw new UsageException("--retval and --time-filter are for --tracer function_graph; the profiler keeps no per-call events");
@@ -65,13 +62,17 @@ public static class RecordCommand
             throw new UsageException($"live prints the function tracer's entries; for {tracerName} use hotwire record, then hotwire replay or report");
         }
         var buffers = new TraceBufferOptions(ParseSize(bufferSize), 256, args);
-        buffers.Validate();
+        if (!buffers.TryValidate(out string? bufferError))
+        {
+            throw new UsageException(bufferError);
+        }
         IReadOnlySet<int>? tids = ParseTids(tidList);
+        target.CheckThreads(result, tids);
+        if (!force && (File.Exists(Path.Combine(dir, TraceData.InfoFile)) || File.Exists(Path.Combine(dir, TraceData.EventsFile))))
+        {
+            throw new HotwireException($"{dir} already holds a recording; remove it, choose another -o, or pass --force");
+        }
         var graphOptions = new GraphOptions(tracerName == Tracers.Profile ? GraphMode.Profile : GraphMode.Events, depth ?? 0, retval);
-
-        using var stop = new CancellationTokenSource();
-        using PosixSignalRegistration sigint = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
-        using PosixSignalRegistration sigterm = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
 
         RingTracer tracer = graph
             ? new GraphTracer(buffers, graphOptions, target.Filters(result), target.Notraces(result))
@@ -81,7 +82,7 @@ public static class RecordCommand
         IReadOnlyList<SiteRecord> sites = [];
         // Tracing starts before the program's first instruction at launch, right after attach otherwise.
         (ulong shared, ulong perSite) = graph ? GraphTracer.SharedBytes(buffers, graphOptions) : (TraceBufferOptions.SharedBytes(buffers), 0);
-        Session session = target.Open(result, shared, extraSharedBytesPerSite: perSite, beforeRun: s =>
+        Session session = target.Open(result, tracer, stop, shared, extraSharedBytesPerSite: perSite, beforeRun: s =>
         {
             recorder = new Recorder(s, tracer, dir, printer is null ? null : printer.Print, tids) { TimeFilterNs = timeFilterNs };
             sites = s.Register(tracer);
@@ -94,9 +95,9 @@ public static class RecordCommand
         try
         {
             Console.Error.WriteLine($"hotwire: recording {sites.Count} functions in pid {session.Pid} to {dir}; Ctrl-C to stop");
-            if (duration is double seconds)
+            if (duration is TimeSpan limit)
             {
-                stop.CancelAfter(TimeSpan.FromSeconds(seconds));
+                stop.CancelAfter(limit);
             }
             bool progress = !Console.IsErrorRedirected && !live;
             long lastProgress = 0;
@@ -183,23 +184,6 @@ public static class RecordCommand
             throw new UsageException($"--buffer-size: '{text}' is not a size (examples: 64K, 1M, 16M)");
         }
         return (int)(n * scale);
-    }
-
-    /// <summary>A time with a unit, as uftrace takes it: 100ns, 10us, 1.5ms, 2s (a bare number is ns).</summary>
-    public static long ParseDuration(string text, string option)
-    {
-        string t = text.Trim().ToLowerInvariant();
-        (string unit, double scale) = t.EndsWith("ns", StringComparison.Ordinal) ? ("ns", 1.0)
-            : t.EndsWith("us", StringComparison.Ordinal) ? ("us", 1e3)
-            : t.EndsWith("ms", StringComparison.Ordinal) ? ("ms", 1e6)
-            : t.EndsWith('s') ? ("s", 1e9)
-            : t.EndsWith('m') ? ("m", 60e9)
-            : ("", 1.0);
-        if (!double.TryParse(t[..^unit.Length], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture, out double n) || n <= 0 || double.IsInfinity(n))
-        {
-            throw new UsageException($"{option}: '{text}' is not a time (examples: 500ns, 10us, 1.5ms, 2s)");
-        }
-        return (long)Math.Round(n * scale);
     }
 
     public static IReadOnlySet<int>? ParseTids(string? list)

@@ -30,12 +30,15 @@ public static class ReplayCommand
         (string dir, TraceInfo info, IReadOnlySet<int>? tids) = options.Open(result);
         switch (info.Tracer)
         {
-            case Tracers.FunctionGraph:
-                return ReplayGraph(dir, info, tids, format);
             case Tracers.Profile:
                 throw new HotwireException($"{dir} was recorded with the profile tracer, which keeps per-function totals but no events to replay: see them with hotwire report -d {dir}, or record with --tracer function_graph to replay calls");
             case Tracers.Function when format == "uftrace":
                 throw new HotwireException($"{dir} was recorded with the function tracer, which records no exits or durations for uftrace's layout: use --format text, or record with --tracer function_graph");
+        }
+        ReaderOptions.WarnNoEvents(dir, info);
+        if (info.Tracer == Tracers.FunctionGraph)
+        {
+            return ReplayGraph(dir, info, tids, format);
         }
         (TraceReader reader, Dictionary<int, List<RawEvent>> events) = TraceReader.Open(dir);
         ReaderOptions.WarnTruncated(dir, reader.TruncatedAt);

@@ -1,12 +1,13 @@
 using System.CommandLine;
 using Hotwire.Patching;
+using Hotwire.Procfs;
 
 namespace Hotwire.Cli.Commands;
 
 /// <summary>The options every tracing command shares: which process, which functions.</summary>
 public sealed class TargetOptions
 {
-    public Option<int?> Pid { get; } = new("--pid", "-p") { Description = "Attach to this running process" };
+    public Option<int?> Pid { get; } = new("--pid", "-p") { Description = "Attach to this running process", CustomParser = OptionValues.ProcessId };
 
     public Option<string[]> Filter { get; } = new("--filter", "-F")
     {
@@ -38,8 +39,12 @@ public sealed class TargetOptions
         command.Arguments.Add(Command);
     }
 
-    /// <summary>Attaches to --pid or launches the program after --, as the user asked.</summary>
-    public Session Open(ParseResult result, ulong extraSharedBytes = 0, Action<Session>? beforeRun = null, ulong extraSharedBytesPerSite = 0)
+    /// <summary>
+    /// Attaches to --pid or launches the program after --, as the user asked, once the process is
+    /// known to have functions that <paramref name="ops"/>' filters choose, unless Ctrl-C or
+    /// SIGTERM came first (then it detaches at once, or kills the program it started).
+    /// </summary>
+    public Session Open(ParseResult result, Ops ops, StopSignals stop, ulong extraSharedBytes = 0, Action<Session>? beforeRun = null, ulong extraSharedBytesPerSite = 0)
     {
         int? pid = result.GetValue(Pid);
         string[] program = result.GetValue(Command) ?? [];
@@ -55,9 +60,24 @@ public sealed class TargetOptions
         }
         if (pid is int p)
         {
-            Session attached = Session.Attach(p, options);
+            // Read-only first: filters that match nothing leave the process untouched.
+            ProcessImage image = ProcessImage.Load(p);
+            if (image.AllSites.Any())
+            {
+                ops.SelectSites(image.AllSites.ToList());
+            }
+            PauseBeforeAttachForTests(stop);
+            if (stop.Signaled)
+            {
+                throw new InterruptedException($"interrupted before attaching: pid {p} was not touched");
+            }
+            Session attached = Session.Attach(p, options, image);
             try
             {
+                if (stop.Signaled)
+                {
+                    throw new InterruptedException($"interrupted while attaching: detached at once, nothing traced; pid {p} runs on with its original code");
+                }
                 beforeRun?.Invoke(attached);
             }
             catch
@@ -71,7 +91,30 @@ public sealed class TargetOptions
         {
             throw new UsageException("say what to trace: --pid N for a running process, or -- PROGRAM [ARGS] to start one");
         }
-        return Session.Launch(program[0], program[1..], options, beforeRun: beforeRun);
+        PauseBeforeAttachForTests(stop);
+        if (stop.Signaled)
+        {
+            throw new InterruptedException($"interrupted before starting {program[0]}");
+        }
+        return Session.Launch(program[0], program[1..], options, beforeRun: s =>
+        {
+            if (stop.Signaled)
+            {
+                throw new InterruptedException($"interrupted while starting {program[0]}: it was killed before it ran");
+            }
+            ops.SelectSites(s.Image.AllSites.ToList()); // before the recording or counters are made
+            beforeRun?.Invoke(s);
+        });
+    }
+
+    // Test-only: a window in which a test's SIGINT arrives before attach, deterministically.
+    private static void PauseBeforeAttachForTests(StopSignals stop)
+    {
+        if (Environment.GetEnvironmentVariable("HOTWIRE_TEST_PAUSE_BEFORE_ATTACH_MS") is { } text && int.TryParse(text, out int ms))
+        {
+            Console.Error.WriteLine($"hotwire: test: pausing {ms} ms before attaching");
+            stop.Token.WaitHandle.WaitOne(ms);
+        }
     }
 
     /// <summary>The command line the target runs, for the recording's header.</summary>
@@ -89,6 +132,22 @@ public sealed class TargetOptions
             }
         }
         return string.Join(' ', result.GetValue(Command) ?? []);
+    }
+
+    /// <summary>With --pid, refuses thread ids the process does not have (for a launched program they cannot be known yet).</summary>
+    public void CheckThreads(ParseResult result, IReadOnlySet<int>? tids)
+    {
+        if (tids is null || result.GetValue(Pid) is not int pid || !Directory.Exists($"/proc/{pid}/task"))
+        {
+            return;
+        }
+        foreach (int tid in tids.Order())
+        {
+            if (!Directory.Exists($"/proc/{pid}/task/{tid}"))
+            {
+                throw new HotwireException($"--tid {tid}: pid {pid} has no thread {tid} (its threads are the entries of /proc/{pid}/task)");
+            }
+        }
     }
 
     public IEnumerable<string> Filters(ParseResult result) => result.GetValue(Filter) ?? [];

@@ -7,6 +7,7 @@ namespace Hotwire.Patching;
 /// </summary>
 public sealed class FunctionFilter
 {
+    private readonly List<string> _patterns = [];
     private readonly List<Term> _include = [];
     private readonly List<Term> _exclude = [];
 
@@ -26,6 +27,7 @@ public sealed class FunctionFilter
             {
                 continue;
             }
+            _patterns.Add(raw);
             bool negate = pattern.StartsWith('!');
             Term term = Term.Parse(negate ? pattern[1..] : pattern, raw);
             (negate ? _exclude : _include).Add(term);
@@ -48,7 +50,8 @@ public sealed class FunctionFilter
 
     /// <summary>
     /// The sites the filter selects. A pattern that matches no function at all is an error that
-    /// names the closest function names, as a user who mistyped needs.
+    /// names the closest function names, as a user who mistyped needs; so is a filter whose
+    /// patterns each match but together select nothing (<c>!*</c>, or <c>f</c> and <c>!f</c>).
     /// </summary>
     public List<PatchSite> Select(IReadOnlyCollection<PatchSite> sites, IReadOnlySet<string>? functionNames = null)
     {
@@ -60,7 +63,13 @@ public sealed class FunctionFilter
                 throw new HotwireException(NoMatchMessage(t.Raw, sites));
             }
         }
-        return sites.Where(Matches).ToList();
+        List<PatchSite> selected = sites.Where(Matches).ToList();
+        if (selected.Count == 0 && !IsEmpty)
+        {
+            string all = string.Join(" and ", _patterns.Select(p => $"'{p}'"));
+            throw new HotwireException($"no traceable function matches {all}{(_patterns.Count > 1 ? " together" : "")}; `hotwire ls` lists the functions that can be traced");
+        }
+        return selected;
     }
 
     private static string NoMatchMessage(string pattern, IReadOnlyCollection<PatchSite> sites)

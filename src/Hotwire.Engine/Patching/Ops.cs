@@ -37,6 +37,12 @@ public abstract class Ops
 
     internal FunctionFilter BuildFilter() => new(Filter.Concat(Notrace.Select(n => "!" + n.TrimStart('!'))));
 
+    /// <summary>
+    /// The sites the filters choose among <paramref name="sites"/>, without a session: a filter
+    /// that matches nothing fails here, before anything is injected into the process.
+    /// </summary>
+    public List<PatchSite> SelectSites(IReadOnlyCollection<PatchSite> sites) => BuildFilter().Select(sites);
+
     /// <summary>Called once when the ops is registered, before any site calls it.</summary>
     internal virtual void Prepare(Session session, IReadOnlyList<SiteRecord> sites) { }
 

@@ -20,9 +20,14 @@ public sealed unsafe partial class Session
     /// Injects the agent into running process <paramref name="pid"/>: one thread is stopped for a few
     /// system calls, restored exactly and let go; no other thread is stopped.
     /// </summary>
-    public static Session Attach(int pid, SessionOptions? options = null)
+    /// <param name="image">the process's modules, if the caller has just read them (to check its filters first)</param>
+    public static Session Attach(int pid, SessionOptions? options = null, ProcessImage? image = null)
     {
-        ProcessImage image = ProcessImage.Load(pid);
+        image ??= ProcessImage.Load(pid);
+        if (image.Pid != pid)
+        {
+            throw new ArgumentException($"the image is of pid {image.Pid}, not {pid}", nameof(image));
+        }
         Preflight(pid, image);
         var execMappings = ProcMaps.Read(pid).Where(m => m.IsExecutable).ToList();
         var session = new Session(pid, image, launched: false, ProcessMemory.Open(pid, writable: true), execMappings);

@@ -42,14 +42,18 @@ public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThread
 
     public void Validate()
     {
-        if (BufferBytes < 4096 || (BufferBytes & (BufferBytes - 1)) != 0)
+        if (!TryValidate(out string? error))
         {
-            throw new HotwireException($"--buffer-size must be a power of two of at least 4K, not {BufferBytes}");
+            throw new HotwireException(error);
         }
-        if (Args is < 0 or > 6)
-        {
-            throw new HotwireException($"--args takes 0 to 6 (the integer argument registers), not {Args}");
-        }
+    }
+
+    public bool TryValidate([System.Diagnostics.CodeAnalysis.NotNullWhen(false)] out string? error)
+    {
+        error = BufferBytes < 4096 || (BufferBytes & (BufferBytes - 1)) != 0 ? $"--buffer-size must be a power of two of at least 4K, not {BufferBytes}"
+            : Args is < 0 or > 6 ? $"--args takes 0 to 6 (the integer argument registers), not {Args}"
+            : null;
+        return error is null;
     }
 }
 
