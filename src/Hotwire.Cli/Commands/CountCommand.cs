@@ -52,7 +52,7 @@ public static class CountCommand
                     exitStatus = status;
                     break;
                 }
-                if (!session.Launched && !Directory.Exists($"/proc/{session.Pid}/task"))
+                if (!session.Launched && (!Directory.Exists($"/proc/{session.Pid}/task") || session.Execed()))
                 {
                     break;
                 }
@@ -66,6 +66,7 @@ public static class CountCommand
         }
         // Counts live in memory Hotwire maps too: read them, then restore the target's code and detach.
         bool targetGone = !session.Launched && !session.IsAlive();
+        bool execed = session.Execed();
         var rows = sites.Select(s => (Site: s, Count: counting.Count(s))).Where(r => r.Count > 0)
             .OrderByDescending(r => r.Count).ThenBy(r => r.Site.Function, StringComparer.Ordinal).ToList();
         session.Dispose();
@@ -81,6 +82,7 @@ public static class CountCommand
         Console.Error.WriteLine($"hotwire: {rows.Count} of {sites.Count} functions were called in {clock.Elapsed.TotalSeconds:F1} s"
             + (exitStatus is int e ? $"; the program exited with status {e}"
                 : targetGone ? $"; pid {session.Pid} exited while being counted"
+                : execed ? $"; pid {session.Pid} executed a new program, which ended the count (Hotwire does not follow exec yet: attach to it again)"
                 : session.Launched ? $"; pid {session.Pid} runs on with its original code"
                 : $"; pid {session.Pid} runs on with its original code"));
         return ExitCode.Success;

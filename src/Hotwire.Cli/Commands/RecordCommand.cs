@@ -91,7 +91,7 @@ public static class RecordCommand
             recorder.Start();
         });
         int? exitStatus = null;
-        bool targetGone = false;
+        bool targetGone = false, execed = false;
         try
         {
             Console.Error.WriteLine($"hotwire: recording {sites.Count} functions in pid {session.Pid} to {dir}; Ctrl-C to stop");
@@ -118,10 +118,15 @@ public static class RecordCommand
                     targetGone = true;
                     break;
                 }
+                if (session.Execed())
+                {
+                    execed = true;
+                    break;
+                }
                 stop.Token.WaitHandle.WaitOne(50);
             }
             // Order matters: the target's code first, then our data.
-            if (exitStatus is null && !targetGone)
+            if (exitStatus is null && !targetGone && !execed)
             {
                 session.Unregister(tracer);
             }
@@ -142,6 +147,7 @@ public static class RecordCommand
 
         string ending = exitStatus is int e ? $"; the program exited with status {e}"
             : targetGone ? $"; pid {session.Pid} exited during the recording"
+            : execed ? $"; pid {session.Pid} executed a new program, which ended the recording (Hotwire does not follow exec yet: attach to it again)"
             : $"; pid {session.Pid} runs on with its original code";
         Console.Error.WriteLine(
             $"hotwire: {summary.Events} events, {summary.Lost} lost, {summary.Threads} threads in {summary.Elapsed.TotalSeconds:F1} s, "

@@ -985,9 +985,9 @@ public sealed unsafe partial class Session : IDisposable
         }
         try
         {
-            if (_exited || !IsAlive())
+            if (_exited || !IsAlive() || Execed())
             {
-                return; // nothing left to restore: the code went with the process
+                return; // nothing left to restore: the code went with the process or its old program
             }
             // Live patches stay: take every other ops off in one batch; then the agent's restore
             // (which goes back to each site's base: its NOP, or a live patch's jmp) finds nothing to do.
@@ -1030,6 +1030,12 @@ public sealed unsafe partial class Session : IDisposable
             _memory.Dispose();
         }
     }
+
+    /// <summary>
+    /// True once an attached process has executed a new program: exec ends every thread but the
+    /// one that calls it, the agent among them, and replaces the code Hotwire had changed.
+    /// </summary>
+    public bool Execed() => !Launched && !_detached && AgentTid > 0 && !Directory.Exists($"/proc/{Pid}/task/{AgentTid}") && IsAlive();
 
     /// <summary>False once the process is gone or a zombie.</summary>
     public bool IsAlive()

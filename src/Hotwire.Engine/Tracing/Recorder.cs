@@ -389,7 +389,7 @@ public sealed class Recorder : IDisposable
         _consumer?.Join();
         DrainAll();
         ClockSample end = TscClock.Sample();
-        if (_session.IsAlive())
+        if (_session.IsAlive() && !_session.Execed())
         {
             RefreshModules();
         }
