@@ -554,7 +554,7 @@ public sealed class GraphTracer : RingTracer
         Label search = a.CreateLabel(), found = a.CreateLabel(), slow = a.CreateLabel(), back = a.CreateLabel(),
             unbusy = a.CreateLabel(), full = a.CreateLabel(), records = a.CreateLabel(), entries = a.CreateLabel(),
             nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(),
-            keepMax = a.CreateLabel(), keepMin = a.CreateLabel();
+            keepMax = a.CreateLabel(), keepMin = a.CreateLabel(), ticksOk = a.CreateLabel(), selfOk = a.CreateLabel();
 
         a.lea(rsi, __[rsp - 8]);                        // the slot the function returned through
         a.push(rax);                                    // below the caller's rsp: its frame has no live data there
@@ -616,6 +616,9 @@ public sealed class GraphTracer : RingTracer
         else
         {
             a.sub(rax, __qword_ptr[rdi + ETsc]);        // rax = this call's ticks
+            a.jns(ticksOk);                             // the TSCs of two cores can disagree by a little:
+            a.xor(eax, eax);                            // a call that moved between them lasted ~0, not 2^64
+            a.Label(ref ticksOk);
             a.mov(rdx, __qword_ptr[rdi + ESite]);
             a.shl(rdx, CellShift);
             a.add(rsi, rdx);                            // the cell of (thread, function)
@@ -623,6 +626,9 @@ public sealed class GraphTracer : RingTracer
             a.add(__qword_ptr[rsi + CTotal], rax);
             a.mov(rdx, rax);
             a.sub(rdx, __qword_ptr[rdi + EChild]);
+            a.jns(selfOk);
+            a.xor(edx, edx);
+            a.Label(ref selfOk);
             a.add(__qword_ptr[rsi + CSelf], rdx);
             a.cmp(rax, __qword_ptr[rsi + CMax]);
             a.jbe(keepMax);
