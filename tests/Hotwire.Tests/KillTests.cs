@@ -66,6 +66,89 @@ public class KillTests(ITestOutputHelper output)
         Assert.True(target.Counts().Old > old0, "the target's threads still call f");
     }
 
+    [Fact]
+    public void SIGKILL_at_random_moments_of_attach_and_tracing_never_harms_the_target()
+    {
+        // 40 trials (tests/stress/kill-attach runs 100): a tracing command is killed 0-1.5 s after
+        // it starts — before, during or after attach. The target (threads busy in f, in nanosleep,
+        // epoll_wait, sigwaitinfo, semop, recv, reading stdin...) must survive each one, keep
+        // calling f, see no EINTR, hold its original code, and take a new attach.
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Waiters));
+        string exe = File.ReadAllText($"/proc/{target.Pid}/cmdline").Split('\0')[0];
+        var random = new Random(16);
+        string[][] commands =
+        [
+            ["record", "-F", "f"], ["record", "--tracer", "function_graph", "-F", "f"], ["count", "-F", "f"], ["live", "-F", "f"],
+        ];
+        long lastCalls = 0;
+        for (int trial = 0; trial < 40; trial++)
+        {
+            string[] command = commands[trial % commands.Length];
+            var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
+            psi.ArgumentList.Add(HotwireCli.DllPath);
+            foreach (string a in command.Concat(["--pid", target.Pid.ToString()]))
+            {
+                psi.ArgumentList.Add(a);
+            }
+            if (command[0] is "record" or "live")
+            {
+                psi.ArgumentList.Add("-o");
+                psi.ArgumentList.Add(Path.Combine(Path.GetTempPath(), $"hotwire-killattach-{Guid.NewGuid():N}"));
+            }
+            int delay = random.Next(0, 1500);
+            using (Process hotwire = Process.Start(psi)!)
+            {
+                hotwire.StandardOutput.BaseStream.CopyToAsync(Stream.Null);
+                hotwire.StandardError.BaseStream.CopyToAsync(Stream.Null);
+                Thread.Sleep(delay);
+                try
+                {
+                    hotwire.Kill();
+                }
+                catch (InvalidOperationException)
+                {
+                }
+                hotwire.WaitForExit();
+            }
+            EarlierAgents.WaitUntilGone(target.Pid, refuseLive: false);
+            Assert.True(Directory.Exists($"/proc/{target.Pid}"), $"trial {trial} ({string.Join(' ', command)}, killed after {delay} ms): the target died");
+            Dictionary<string, long> counts = Counts(target);
+            Assert.True(counts["f"] > lastCalls, $"trial {trial}: f is no longer called");
+            lastCalls = counts["f"];
+            Assert.True(counts["eintr"] == 0, $"trial {trial}: {counts["eintr"]} EINTR");
+            AssertTextEqualsFile(target.Pid, exe, $"trial {trial} ({string.Join(' ', command)}, killed after {delay} ms)");
+            output.WriteLine($"trial {trial}: {string.Join(' ', command)} killed after {delay} ms: target fine");
+        }
+        CliResult after = HotwireCli.Run("count", "--pid", target.Pid.ToString(), "-F", "f", "--duration", "0.2");
+        Assert.True(after.ExitCode == 0, after.Stderr);
+        target.WriteLine("quit");
+    }
+
+    internal static Dictionary<string, long> Counts(TargetProcess target)
+    {
+        target.WriteLine("counts");
+        var counts = new Dictionary<string, long>();
+        for (string? line = target.ReadLine(TimeSpan.FromSeconds(10)); line is not null && line != "end"; line = target.ReadLine(TimeSpan.FromSeconds(10)))
+        {
+            string[] words = line.Split(' ');
+            counts[words[0]] = long.Parse(words[1]);
+        }
+        return counts;
+    }
+
+    // The executable's code in memory is byte for byte its file: nothing of Hotwire's is left in it.
+    internal static void AssertTextEqualsFile(int pid, string exe, string what)
+    {
+        using var memory = Hotwire.Memory.ProcessMemory.Open(pid);
+        byte[] file = File.ReadAllBytes(exe);
+        foreach (MemoryMapping m in ProcMaps.Read(pid).Where(m => m.IsExecutable && m.Path == exe))
+        {
+            var live = new byte[Math.Min(m.End - m.Start, (ulong)file.Length - m.Offset)];
+            Assert.True(memory.TryRead(m.Start, live), what);
+            Assert.True(live.AsSpan().SequenceEqual(file.AsSpan((int)m.Offset, live.Length)), $"{what}: the code differs from {exe}");
+        }
+    }
+
     private static long RssShmemKb(int pid)
         => long.Parse(ProcStatus.Field($"/proc/{pid}/status", "RssShmem")!.Split(' ')[0]);
 }

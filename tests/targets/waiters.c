@@ -4,7 +4,8 @@
 //   counts  print "eintr N" then one "CALL N" line per call, and "end"
 //   quit    remove the semaphore set and exit
 // f() is a patchable function for Hotwire to trace (every attach converts its sled, which stops
-// every thread briefly).
+// every thread briefly); two more threads call f() busily and sleep in nanosleep, and "counts"
+// also prints "f N", the calls of f so far (progress).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/aio_abi.h>
@@ -27,8 +28,30 @@ static volatile long started;
 static int semid, sock, epfd;
 static aio_context_t aio;
 
+static volatile long f_calls;
+
 __attribute__((noipa)) void f(void)
 {
+    __atomic_fetch_add(&f_calls, 1, __ATOMIC_RELAXED);
+}
+
+static void *busy(void *arg)
+{
+    (void)arg;
+    for (;;)
+        f();
+    return NULL;
+}
+
+static void *sleeper(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+        f();
+    }
+    return NULL;
 }
 
 static void *waiter(void *arg)
@@ -108,6 +131,8 @@ int main(void)
         pthread_create(&t, NULL, waiter, (void *)i);
     while (__atomic_load_n(&started, __ATOMIC_SEQ_CST) < CALLS)
         usleep(1000);
+    pthread_create(&t, NULL, busy, NULL);
+    pthread_create(&t, NULL, sleeper, NULL);
     usleep(50000);
     f();
     printf("ready %d\n", getpid());
@@ -121,6 +146,7 @@ int main(void)
             printf("eintr %ld\n", sum);
             for (int i = 0; i < CALLS; i++)
                 printf("%s %ld\n", names[i], eintr[i]);
+            printf("f %ld\n", __atomic_load_n(&f_calls, __ATOMIC_RELAXED));
             printf("end\n");
             fflush(stdout);
         } else if (strncmp(line, "quit", 4) == 0) {

@@ -6,7 +6,7 @@ using N = Hotwire.Interop.SyscallNumbers;
 namespace Hotwire.Agent;
 
 /// <summary>Where each entry point of the generated agent code landed.</summary>
-public sealed record AgentEntryPoints(ulong CloneStub, ulong AfterCloneSyscall, ulong SigtrapHandler, ulong Restorer, ulong SyscallInsn, byte[] Code);
+public sealed record AgentEntryPoints(ulong CloneStub, ulong AfterCloneSyscall, ulong SigtrapHandler, ulong Restorer, ulong SyscallInsn, byte[] Code, ulong AgentEntry = 0);
 
 /// <summary>
 /// The agent's machine code, generated with Iced for fixed addresses: the agent thread's command
@@ -61,7 +61,8 @@ public static class AgentCode
             result.GetLabelRIP(handler),
             result.GetLabelRIP(restorer),
             result.GetLabelRIP(syscallInsn),
-            stream.ToArray());
+            stream.ToArray(),
+            result.GetLabelRIP(agentEntry));
     }
 
     private static void Syscall(Assembler a, int number)

@@ -18,6 +18,17 @@ public sealed unsafe class SharedRegion : SafeHandle
 
     public override bool IsInvalid => handle == 0 || handle == -1;
 
+    /// <summary>Private anonymous memory of Hotwire's own, laid out like the shared region: a staging area.</summary>
+    public static SharedRegion Anonymous(ulong length)
+    {
+        nint p = Sys.mmap(0, (nuint)length, Sys.PROT_READ | Sys.PROT_WRITE, Sys.MAP_PRIVATE | Sys.MAP_ANONYMOUS, -1, 0);
+        if (p == -1)
+        {
+            throw Errors.FromErrno("mmap (staging)", Marshal.GetLastPInvokeError(), Environment.ProcessId);
+        }
+        return new SharedRegion(p, length);
+    }
+
     /// <summary>Maps the target's memfd, found through /proc/PID/fd.</summary>
     public static SharedRegion MapTargetFd(int pid, int targetFd, ulong length)
     {

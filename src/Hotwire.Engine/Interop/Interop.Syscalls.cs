@@ -12,6 +12,7 @@ public static class SyscallNumbers
     public const int poll = 7;
     public const int mmap = 9;
     public const int mprotect = 10;
+    public const int pwrite64 = 18;
     public const int madvise = 28;
     public const int munmap = 11;
     public const int rt_sigaction = 13;

@@ -174,74 +174,94 @@ public sealed unsafe partial class Session
 
     private Plan? _plan;
 
+    /// <summary>
+    /// Sets Hotwire up in the target with one thread held for a single injected system call: an
+    /// mmap of the bootstrap block. Everything else — memfd, mappings, SIGTRAP handler, membarrier,
+    /// pidfd, the agent thread — the thread does itself, running <see cref="BootstrapBlock"/> code that
+    /// ends by putting its registers back (DESIGN.md §3; the kernel detaches a dead tracer's
+    /// tracees as they are, so a long hold was a window in which Hotwire's death killed the target).
+    /// In launch mode (<paramref name="interrupt"/> false) the thread stays held: the bootstrap
+    /// ends in an int3, and its registers are put back here.
+    /// </summary>
     private void InjectAgent(Tracee tracee, bool interrupt, SessionOptions options)
     {
         (ulong total, ulong dataSize, Dictionary<LoadedModule, StubRegion> regions, List<LoadedModule> modules,
             ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, ulong stack) = _plan!;
-        // Everything that can be done without the thread stopped is done first: find a syscall
-        // instruction, read the maps, and generate the code once so that the JIT is warm.
+        // Everything is decided and generated before the thread stops: addresses, agent code,
+        // header, bootstrap. During the stop only bytes are written.
         ulong syscallInsn = RemoteCaller.FindSyscallInstruction(Pid, _memory);
         var occupied = ProcMaps.Read(Pid).Select(m => (m.Start, m.End)).ToList();
-        AgentCode.Build(0x10000000, 0x20000000);
+        const ulong BlockReserve = 256 * 1024;
+        ulong blockBase = FreeRange(occupied, BlockReserve + dataSize + MainCodeSize);
+        DataBase = blockBase + BlockReserve;
+        ulong codeBase = DataBase + dataSize;
+        occupied.Add((blockBase, codeBase + MainCodeSize));
+        var bootRegions = new List<BootstrapBlock.Region>();
+        foreach (LoadedModule m in modules)
+        {
+            List<ulong> candidates = TrampolineCandidates(m, regions[m].Size, occupied);
+            if (candidates.Count == 0)
+            {
+                throw new HotwireException($"no free address space within 2 GiB of {m.Name} in pid {Pid} for Hotwire's trampolines");
+            }
+            occupied.Add((candidates[0], candidates[0] + regions[m].Size));
+            bootRegions.Add(new BootstrapBlock.Region(regions[m].Size, regions[m].MemfdOffset, candidates));
+        }
+        AgentEntryPoints code = AgentCode.Build(DataBase, codeBase);
+        byte[] header;
+        using (SharedRegion staging = SharedRegion.Anonymous(L.HeaderSize))
+        {
+            WriteHeader(staging, options, siteTable, batchList, restoreList, rangeList, allRanges, code);
+            header = staging.Bytes(0, L.HeaderSize).ToArray();
+        }
+        BootstrapBlock.Layout boot = BootstrapBlock.Emit(new BootstrapBlock.Plan(blockBase, Environment.ProcessId, total, DataBase, dataSize, codeBase, MainCodeSize,
+            header, code.Code, bootRegions, code.AgentEntry, DataAddress(stack + L.AgentStackSize - 64), CloneFlags, StopWhenDone: !interrupt));
+        if (boot.Size > BlockReserve)
+        {
+            throw new HotwireException($"Hotwire's bootstrap block is {boot.Size} bytes, more than the {BlockReserve} reserved");
+        }
+
         var stopped = new Stopwatch();
-        RemoteCaller? caller = null;
-        bool handlerInstalled = false;
-        try
+        PtraceThread.Shared.Invoke(() =>
         {
-            if (interrupt)
-            {
-                tracee.Interrupt();
-            }
-            stopped.Start();
-            caller = new RemoteCaller(tracee, syscallInsn);
-            ulong scratch = caller.StackScratch(64);
-            WriteTarget(scratch, "hotwire\0"u8);
-            int fd = (int)Check(caller.Syscall(N.memfd_create, scratch, Sys.MFD_CLOEXEC), "memfd_create");
-            Check(caller.Syscall(N.ftruncate, (ulong)fd, total), "ftruncate");
-            Shared = SharedRegion.MapTargetFd(Pid, fd, total);
-            DataBase = (ulong)Check(caller.Syscall(N.mmap, 0, dataSize, Sys.PROT_READ | Sys.PROT_WRITE, Sys.MAP_SHARED, (ulong)fd, 0), "mmap");
-            ulong codeBase = (ulong)Check(caller.Syscall(N.mmap, 0, MainCodeSize, Sys.PROT_READ | Sys.PROT_EXEC, Sys.MAP_SHARED, (ulong)fd, dataSize), "mmap");
-            occupied.Add((DataBase, DataBase + dataSize));
-            occupied.Add((codeBase, codeBase + MainCodeSize));
-            foreach (LoadedModule m in modules)
-            {
-                StubRegion region = regions[m];
-                region.TargetAddress = MapNear(caller, fd, m, region, occupied);
-                occupied.Add((region.TargetAddress, region.TargetAddress + region.Size));
-            }
-
-            AgentEntryPoints code = AgentCode.Build(DataBase, codeBase);
-            code.Code.CopyTo(Shared.Bytes(dataSize, code.Code.Length));
-            WriteHeader(options, fd, siteTable, batchList, restoreList, rangeList, allRanges, code);
-            caller.SyscallInstruction = code.SyscallInsn;
-
-            Check(caller.Syscall(N.rt_sigaction, Ptrace.SIGTRAP, DataAddress(L.NewSigaction), DataAddress(L.OldSigaction), 8), "rt_sigaction");
-            handlerInstalled = true;
-            Check(caller.Syscall(N.membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0), "membarrier(REGISTER_PRIVATE_EXPEDITED_SYNC_CORE)");
-            int pidfd = (int)Check(caller.Syscall(N.pidfd_open, (ulong)Environment.ProcessId, 0), "pidfd_open");
-            Shared.WriteU64(L.Pidfd, (ulong)pidfd);
-            Shared.WriteU32(L.PollFd, (uint)pidfd);
-            Shared.WriteU32(L.PollFd + 4, 1); // POLLIN
-            // The agent thread is born with every signal blocked: block them in this thread around clone.
-            // All but SIGTRAP: our single-steps raise it, and a blocked forced SIGTRAP would make the
-            // kernel reset its disposition to the default (force_sig_info_to_task), undoing our handler.
-            Check(caller.Syscall(N.rt_sigprocmask, SIG_SETMASK, DataAddress(L.AllSignals), DataAddress(L.SavedSigmask), 8), "rt_sigprocmask");
-            ulong stackTop = DataAddress(stack + L.AgentStackSize - 64);
-            long agentTid = caller.SyscallAt(code.CloneStub, N.clone, CloneFlags, stackTop, 0, 0, 0);
-            caller.Syscall(N.rt_sigprocmask, SIG_SETMASK, DataAddress(L.SavedSigmask), 0, 8);
-            AgentTid = (int)Check(agentTid, "clone");
-            handlerInstalled = false;
-        }
-        catch when (handlerInstalled && caller is not null)
-        {
-            caller.Syscall(N.rt_sigaction, Ptrace.SIGTRAP, DataAddress(L.OldSigaction), 0, 8);
-            throw;
-        }
-        finally
-        {
+            RemoteCaller? caller = null;
+            bool handedOver = false;
             try
             {
-                caller?.Restore();
+                if (interrupt)
+                {
+                    tracee.Interrupt();
+                }
+                stopped.Start();
+                caller = new RemoteCaller(tracee, syscallInsn);
+                long at = caller.Syscall(N.mmap, blockBase, boot.Size, Sys.PROT_READ | Sys.PROT_WRITE | Sys.PROT_EXEC,
+                    Sys.MAP_PRIVATE | Sys.MAP_ANONYMOUS | Sys.MAP_FIXED_NOREPLACE, ulong.MaxValue, 0);
+                if (at != (long)blockBase)
+                {
+                    if (at > 0)
+                    {
+                        caller.Syscall(N.munmap, (ulong)at, boot.Size);
+                    }
+                    Check(at < 0 ? at : -17, "mmap (bootstrap)");
+                }
+                WriteTarget(blockBase, boot.Code);
+                WriteTarget(boot.RegisterSlots, BootstrapBlock.RegisterSlots(caller.Saved));
+                user_regs_struct r = caller.Saved;
+                r.rip = boot.Base;
+                r.orig_rax = ulong.MaxValue;   // no syscall restart: the bootstrap does the thread's own
+                r.eflags &= ~0x100UL;
+                tracee.SetRegs(r);
+                handedOver = true;
+                if (!interrupt)
+                {
+                    tracee.ContinueUntilTrap();  // launch: the bootstrap's closing int3
+                    caller.Restore();
+                }
+            }
+            catch when (!handedOver && caller is not null)
+            {
+                caller.Restore();
+                throw;
             }
             finally
             {
@@ -251,12 +271,96 @@ public sealed unsafe partial class Session
                 }
                 LongestStop = stopped.Elapsed;
             }
+        });
+        (int fd, int tid) = WaitForBootstrap(boot, bootRegions.Count, out ulong[] placed);
+        for (int i = 0; i < modules.Count; i++)
+        {
+            regions[modules[i]].TargetAddress = placed[i];
         }
+        Shared = SharedRegion.MapTargetFd(Pid, fd, total);
+        AgentTid = tid;
     }
 
-    private void WriteHeader(SessionOptions options, int fd, ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, AgentEntryPoints code)
+    // The bootstrap runs in the target on its own: wait for its report (status 1 done, < 0 -errno).
+    private (int Fd, int Tid) WaitForBootstrap(BootstrapBlock.Layout boot, int regions, out ulong[] placed)
     {
-        SharedRegion h = Shared;
+        var clock = Stopwatch.StartNew();
+        Span<byte> word = stackalloc byte[8];
+        while (true)
+        {
+            if (!_memory.TryRead(boot.Status, word))
+            {
+                throw new TargetExitedException(Pid, $"pid {Pid} exited while Hotwire was attaching");
+            }
+            long status = BitConverter.ToInt64(word);
+            if (status == 1)
+            {
+                break;
+            }
+            if (status < 0)
+            {
+                _memory.TryRead(boot.Step, word);
+                throw new HotwireException(
+                    $"setting Hotwire up inside pid {Pid} failed (step {BitConverter.ToInt64(word)}): {Libc.StrError((int)-status)}; the target was left as it was");
+            }
+            if (clock.ElapsedMilliseconds > 5000)
+            {
+                string state = ProcStatus.Field($"/proc/{Pid}/status", "State") ?? "gone";
+                throw new HotwireException($"pid {Pid} did not run Hotwire's setup within 5 s (state: {state})");
+            }
+            Thread.Sleep(0);
+        }
+        var bytes = new byte[16 + regions * 8];
+        _memory.TryRead(boot.Fd, bytes.AsSpan(0, 8));
+        _memory.TryRead(boot.Tid, bytes.AsSpan(8, 8));
+        _memory.TryRead(boot.Regions, bytes.AsSpan(16));
+        placed = new ulong[regions];
+        for (int i = 0; i < regions; i++)
+        {
+            placed[i] = BitConverter.ToUInt64(bytes, 16 + i * 8);
+        }
+        return ((int)BitConverter.ToInt64(bytes, 0), (int)BitConverter.ToInt64(bytes, 8));
+    }
+
+    /// <summary>
+    /// Where to put <paramref name="size"/> bytes: just below the lowest mapping of the mmap area
+    /// (where the kernel's top-down allocator would put them), else the largest gap.
+    /// </summary>
+    private static ulong FreeRange(List<(ulong Start, ulong End)> occupied, ulong size)
+    {
+        const ulong MmapArea = 0x7000_0000_0000, Slack = 1UL << 20, Huge = 2UL << 20;
+        var sorted = occupied.OrderBy(o => o.Start).ToList();
+        bool Free(ulong start, ulong end) => start >= 0x10000 && !sorted.Any(o => o.Start < end && start < o.End);
+        foreach ((ulong s, _) in sorted.Where(o => o.Start >= MmapArea))
+        {
+            if (s > size + Slack)
+            {
+                ulong at = (s - size - Slack) & ~(Huge - 1);
+                if (Free(at, at + size))
+                {
+                    return at;
+                }
+            }
+        }
+        ulong prevEnd = 0x100000;
+        (ulong Start, ulong End) best = default;
+        foreach ((ulong s, ulong e) in sorted)
+        {
+            if (s > prevEnd && s - prevEnd > best.End - best.Start)
+            {
+                best = (prevEnd, s);
+            }
+            prevEnd = Math.Max(prevEnd, e);
+        }
+        if (best.End - best.Start >= size + 2 * Huge)
+        {
+            return Align(best.Start + Huge, Huge);
+        }
+        throw new HotwireException($"no free address space for Hotwire's {size >> 20} MiB in the target");
+    }
+
+    private void WriteHeader(SharedRegion h, SessionOptions options, ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, AgentEntryPoints code)
+    {
         h.WriteU64(0, L.Magic);
         h.WriteU64(L.Int3Mode, options.SkipInt3Emulation ? 1UL : 0UL);
         h.WriteU64(L.SiteCount, 0); // the table is filled after the thread runs again (WriteSiteTable)
@@ -264,7 +368,6 @@ public sealed unsafe partial class Session
         h.WriteU64(L.BatchList, DataAddress(batchList));
         h.WriteU64(L.RestoreList, DataAddress(restoreList));
         h.WriteU64(L.RangeList, DataAddress(rangeList));
-        h.WriteU64(L.MemfdInTarget, (ulong)fd);
         h.WriteU64(L.OwnerPid, (ulong)Environment.ProcessId);
         "hotwire-agent\0"u8.CopyTo(h.Bytes(L.AgentName, 14));
         // struct kernel_sigaction { handler, flags, restorer, mask }
@@ -322,10 +425,9 @@ public sealed unsafe partial class Session
         }
     }
 
-    /// <summary>Maps a trampoline region within ±2 GiB of every site of <paramref name="m"/>, below it if possible.</summary>
-    private ulong MapNear(RemoteCaller caller, int fd, LoadedModule m, StubRegion region, List<(ulong Start, ulong End)> occupied)
+    /// <summary>Addresses for a trampoline region within ±2 GiB of every site of <paramref name="m"/>, nearest first, below it if possible.</summary>
+    private static List<ulong> TrampolineCandidates(LoadedModule m, ulong size, List<(ulong Start, ulong End)> occupied)
     {
-        ulong size = region.Size;
         ulong lo = m.End > TwoGiB - (1UL << 20) ? m.End - (TwoGiB - (1UL << 20)) : 0x100000;
         ulong hi = m.Start + (TwoGiB - (1UL << 20));
         var sorted = occupied.OrderBy(o => o.Start).ToList();
@@ -358,19 +460,7 @@ public sealed unsafe partial class Session
                 candidates.Add(at);
             }
         }
-        foreach (ulong at in candidates)
-        {
-            long r = caller.Syscall(N.mmap, at, size, Sys.PROT_READ | Sys.PROT_EXEC, Sys.MAP_SHARED | Sys.MAP_FIXED_NOREPLACE, (ulong)fd, region.MemfdOffset);
-            if ((ulong)r == at)
-            {
-                return at;
-            }
-            if (r > 0)
-            {
-                caller.Syscall(N.munmap, (ulong)r, size);
-            }
-        }
-        throw new HotwireException($"no free address space within 2 GiB of {m.Name} in pid {Pid} for Hotwire's trampolines");
+        return candidates.Take(16).ToList();
     }
 
     private void WriteTarget(ulong address, ReadOnlySpan<byte> bytes)
