@@ -19,4 +19,7 @@ public static class TestSwitches
 
     /// <summary>HOTWIRE_TEST_NO_DEADMAN_DISCARD=1: the dead-man switch keeps the tracers' buffer pages resident.</summary>
     public static bool NoDeadManDiscard { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_DEADMAN_DISCARD") == "1";
+
+    /// <summary>HOTWIRE_TEST_NO_GRAVEYARD=1: the graph tracer's return handler does not look for frames dropped as gone (coroutines crash).</summary>
+    public static bool NoGraveyard { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_GRAVEYARD") == "1";
 }

@@ -346,6 +346,40 @@ public class GraphTracerTests
         Assert.Equal("main{fib{fib,fib}}", string.Join(",", r.Roots(MainTid(r))));
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Coroutines_on_the_callers_stack_and_on_the_heap_run_as_untraced(bool noGraveyard)
+    {
+        // uftrace's t014: traced frames suspended on one stack while frames of another return.
+        // A frame the return handler dropped as gone is found again in the graveyard; with the
+        // test-only switch that skips the graveyard, the program dies (SIGILL: no record of a frame).
+        string prog = TargetBuilder.Get(Flavour.Coroutine);
+        const string Expected = "caller's stack: 818\nheap stack: 818\n";
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-coroutine-{Guid.NewGuid():N}");
+        var env = new Dictionary<string, string>();
+        if (noGraveyard)
+        {
+            env["HOTWIRE_TEST_NO_GRAVEYARD"] = "1";
+        }
+        CliResult r = HotwireCli.Run(env, "record", "--tracer", "function_graph", "-o", dir, "--", prog);
+        if (noGraveyard)
+        {
+            Assert.Contains("killed by signal 4", r.Stderr);
+            return;
+        }
+        Assert.True(r.ExitCode == 0, r.Stderr);
+        Assert.Equal(Expected, r.Stdout);
+        CliResult profiled = HotwireCli.Run("record", "--tracer", "profile", "-o", dir + "-p", "--", prog);
+        Assert.True(profiled.ExitCode == 0, profiled.Stderr);
+        Assert.Equal(Expected, profiled.Stdout);
+        TraceInfo info = TraceData.ReadInfo(dir + "-p");
+        ulong Calls(string name) => info.Profile!.Where(p => info.Sites.Single(s => s.Index == p.Site).Function == name).Aggregate(0UL, (n, p) => n + p.Calls);
+        Assert.Equal(14UL, Calls("leaf"));   // 3 + 4 per run, two runs: the leaves return on their own stack
+        // A frame that returns through the graveyard is not timed (docs/graph.md): fewer, never more.
+        Assert.InRange(Calls("resume"), 1UL, 8UL);
+    }
+
     [Fact]
     public void The_profiler_counts_calls_and_times_without_events()
     {

@@ -37,11 +37,18 @@ public sealed class GraphTracer : RingTracer
     internal const int HOwner = 8;                       // u64: the thread pointer (fs:0) of the owner
     internal const int HSink = 16;                       // u64: this thread's ring buffer (graph) or profile row
     internal const int HBusy = 24;                       // u8: inside our own code (a signal handler must not nest in)
+    internal const int HGrave = 32;                      // u64: entries ever buried (the graveyard ring's head)
     internal const int EntryShift = 6;
     internal const int ERet = 0, ESlot = 8, ETsc = 16, ESite = 24, EChild = 32;
 
+    // The graveyard: the last 4 KiB of a record, a ring of the (slot, return address) of the entries
+    // most recently dropped as gone. A frame judged gone by its address may be alive on another
+    // stack (a coroutine's, swapcontext): when it returns, the handler finds it there.
+    internal const int GraveEntries = 256;
+    internal const int GraveOffset = (1 << RecordShift) - GraveEntries * 16;
+
     /// <summary>Frames a thread's shadow stack holds; deeper calls are counted as overflow and not followed.</summary>
-    public const int Capacity = (1 << (RecordShift - EntryShift)) - 1;
+    public const int Capacity = (GraveOffset >> EntryShift) - 1;
 
     /// <summary>An entry older than this far above a new frame is on another stack (a signal stack), not stale.</summary>
     internal const long SameStackWindow = 1 << 20;
@@ -291,6 +298,20 @@ public sealed class GraphTracer : RingTracer
         a.add(record, scratch);
     }
 
+    /// <summary>Puts the (slot, return address) of <paramref name="entry"/> in <paramref name="record"/>'s graveyard ring.</summary>
+    private static void EmitBury(Assembler a, AssemblerRegister64 record, AssemblerRegister64 entry, AssemblerRegister64 t1, AssemblerRegister64 t2)
+    {
+        a.mov(t1, __qword_ptr[record + HGrave]);
+        a.inc(__qword_ptr[record + HGrave]);
+        a.and(t1, GraveEntries - 1);
+        a.shl(t1, 4);
+        a.add(t1, record);
+        a.mov(t2, __qword_ptr[entry + ESlot]);
+        a.mov(__qword_ptr[t1 + GraveOffset], t2);
+        a.mov(t2, __qword_ptr[entry + ERet]);
+        a.mov(__qword_ptr[t1 + GraveOffset + 8], t2);
+    }
+
     // At entry: [rsp] = back to the trampoline, [rsp+8] = back to the function (site + 5),
     // [rsp+16] = the caller's return address (the slot we take over); r11 = the site parameter.
     // Every register but r11 and the flags is the function's and is preserved.
@@ -349,6 +370,12 @@ public sealed class GraphTracer : RingTracer
         a.cmp(rdx, (int)SameStackWindow);
         a.jae(push);
         a.Label(ref drop);
+        a.push(r8);
+        a.push(r9);
+        a.lea(r8, __[r11 + rax]);
+        EmitBury(a, r11, r8, r9, rdx);
+        a.pop(r9);
+        a.pop(r8);
         a.dec(rcx);
         a.jmp(discard);
         a.Label(ref push);
@@ -554,7 +581,9 @@ public sealed class GraphTracer : RingTracer
         Label search = a.CreateLabel(), found = a.CreateLabel(), slow = a.CreateLabel(), back = a.CreateLabel(),
             unbusy = a.CreateLabel(), full = a.CreateLabel(), records = a.CreateLabel(), entries = a.CreateLabel(),
             nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(),
-            keepMax = a.CreateLabel(), keepMin = a.CreateLabel(), ticksOk = a.CreateLabel(), selfOk = a.CreateLabel();
+            keepMax = a.CreateLabel(), keepMin = a.CreateLabel(), ticksOk = a.CreateLabel(), selfOk = a.CreateLabel(),
+            buryAbove = a.CreateLabel(), buried = a.CreateLabel(), graves = a.CreateLabel(), grave = a.CreateLabel(),
+            nextGraves = a.CreateLabel(), inGrave = a.CreateLabel(), nowhere = a.CreateLabel();
 
         a.lea(rsi, __[rsp - 8]);                        // the slot the function returned through
         a.push(rax);                                    // below the caller's rsp: its frame has no live data there
@@ -570,6 +599,8 @@ public sealed class GraphTracer : RingTracer
         a.cmp(rdi, rsi);
         a.je(found);
         a.ja(slow);                                     // an ancestor: ours is not in this record
+        a.lea(r8, __[r11 + rax]);                       // dropped with ours: kept in the graveyard
+        EmitBury(a, r11, r8, r9, r10);
         a.dec(rcx);
         a.jmp(search);
         a.Label(ref found);
@@ -681,11 +712,56 @@ public sealed class GraphTracer : RingTracer
         a.jmp(records);
         a.Label(ref found2);
         a.mov(r10, __qword_ptr[rdi + rax + ERet]);
+        a.mov(r8, __qword_ptr[rdi + HDepth]);           // the entries above ours go to the graveyard
+        a.Label(ref buryAbove);
+        a.cmp(r8, rcx);
+        a.jbe(buried);
+        a.mov(r9, r8);
+        a.shl(r9, EntryShift);
+        a.add(r9, rdi);
+        EmitBury(a, rdi, r9, r11, rax);
+        a.dec(r8);
+        a.jmp(buryAbove);
+        a.Label(ref buried);
         a.dec(rcx);
         a.mov(__qword_ptr[rdi + HDepth], rcx);
         a.jmp(back);
+
+        // In no shadow stack: a frame dropped as gone that was alive on another stack. The
+        // graveyards, newest first; the entry found is used up.
         a.Label(ref lost);
-        a.ud2();                                        // no record of this frame: cannot happen (docs/graph.md)
+        if (TestSwitches.NoGraveyard)
+        {
+            a.ud2();
+        }
+        EmitRecordsInUse(a, r11d, r11, eax);
+        a.Label(ref graves);
+        a.test(r11, r11);
+        a.jz(nowhere);
+        EmitRecordAt(a, rdi, r11, rax);
+        a.mov(rcx, GraveEntries);
+        a.mov(r8, __qword_ptr[rdi + HGrave]);
+        a.Label(ref grave);
+        a.test(rcx, rcx);
+        a.jz(nextGraves);
+        a.dec(r8);
+        a.mov(r9, r8);
+        a.and(r9, GraveEntries - 1);
+        a.shl(r9, 4);
+        a.add(r9, rdi);
+        a.cmp(__qword_ptr[r9 + GraveOffset], rsi);
+        a.je(inGrave);
+        a.dec(rcx);
+        a.jmp(grave);
+        a.Label(ref nextGraves);
+        a.dec(r11);
+        a.jmp(graves);
+        a.Label(ref inGrave);
+        a.mov(r10, __qword_ptr[r9 + GraveOffset + 8]);
+        a.mov(__qword_ptr[r9 + GraveOffset], 0);
+        a.jmp(back);
+        a.Label(ref nowhere);
+        a.ud2();                                        // no record of this frame anywhere (docs/graph.md)
         return Assemble(a, at);
     }
 

@@ -16,9 +16,18 @@ public static class HotwireCli
 
     public static CliResult Run(params string[] args) => Run(TimeSpan.FromMinutes(2), args);
 
-    public static CliResult Run(TimeSpan timeout, params string[] args)
+    public static CliResult Run(TimeSpan timeout, params string[] args) => Run(timeout, new Dictionary<string, string>(), args);
+
+    /// <summary>With extra environment variables (the test-only HOTWIRE_TEST_* switches).</summary>
+    public static CliResult Run(IReadOnlyDictionary<string, string> environment, params string[] args) => Run(TimeSpan.FromMinutes(2), environment, args);
+
+    public static CliResult Run(TimeSpan timeout, IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach ((string name, string value) in environment)
+        {
+            psi.Environment[name] = value;
+        }
         psi.ArgumentList.Add(s_dll);
         foreach (string a in args)
         {
