@@ -234,6 +234,7 @@ public sealed unsafe partial class Session
                 }
                 stopped.Start();
                 caller = new RemoteCaller(tracee, syscallInsn);
+                _bootTid = tracee.Tid;
                 long at = caller.Syscall(N.mmap, blockBase, boot.Size, Sys.PROT_READ | Sys.PROT_WRITE | Sys.PROT_EXEC,
                     Sys.MAP_PRIVATE | Sys.MAP_ANONYMOUS | Sys.MAP_FIXED_NOREPLACE, ulong.MaxValue, 0);
                 if (at != (long)blockBase)
@@ -303,10 +304,12 @@ public sealed unsafe partial class Session
                 throw new HotwireException(
                     $"setting Hotwire up inside pid {Pid} failed (step {BitConverter.ToInt64(word)}): {Libc.StrError((int)-status)}; the target was left as it was");
             }
-            if (clock.ElapsedMilliseconds > 5000)
+            if (clock.ElapsedMilliseconds > 10_000)
             {
-                string state = ProcStatus.Field($"/proc/{Pid}/status", "State") ?? "gone";
-                throw new HotwireException($"pid {Pid} did not run Hotwire's setup within 5 s (state: {state})");
+                string task = $"/proc/{Pid}/task/{_bootTid}";
+                string state = ProcStatus.Field($"{task}/status", "State") ?? "gone";
+                string where = ReadOrEmpty($"{task}/syscall").Trim() + " " + ReadOrEmpty($"{task}/wchan").Trim();
+                throw new HotwireException($"pid {Pid} did not run Hotwire's setup within 10 s (thread {_bootTid} is {state}, at: {where}, step {StepOf(boot)})");
             }
             Thread.Sleep(0);
         }
@@ -320,6 +323,26 @@ public sealed unsafe partial class Session
             placed[i] = BitConverter.ToUInt64(bytes, 16 + i * 8);
         }
         return ((int)BitConverter.ToInt64(bytes, 0), (int)BitConverter.ToInt64(bytes, 8));
+    }
+
+    private int _bootTid;
+
+    private long StepOf(BootstrapBlock.Layout boot)
+    {
+        Span<byte> word = stackalloc byte[8];
+        return _memory.TryRead(boot.Step, word) ? BitConverter.ToInt64(word) : -1;
+    }
+
+    private static string ReadOrEmpty(string path)
+    {
+        try
+        {
+            return File.ReadAllText(path);
+        }
+        catch (IOException)
+        {
+            return "";
+        }
     }
 
     /// <summary>
