@@ -311,7 +311,7 @@ public sealed unsafe partial class Session
                 string where = ReadOrEmpty($"{task}/syscall").Trim() + " " + ReadOrEmpty($"{task}/wchan").Trim();
                 throw new HotwireException($"pid {Pid} did not run Hotwire's setup within 10 s (thread {_bootTid} is {state}, at: {where}, step {StepOf(boot)})");
             }
-            Thread.Sleep(0);
+            Thread.Sleep(clock.ElapsedMilliseconds < 2 ? 0 : 1); // a few microseconds usually; then leave the CPU to the target
         }
         var bytes = new byte[16 + regions * 8];
         _memory.TryRead(boot.Fd, bytes.AsSpan(0, 8));
