@@ -75,9 +75,21 @@ public sealed class ElfFile
         try
         {
             var info = new FileInfo(path);
-            if (Directory.Exists(path))
+            // Decided from stat alone: a FIFO or a device is never opened (reading one can block forever).
+            string? notAFile = Interop.Libc.FileType(path) switch
             {
-                throw new HotwireException($"{path} is a directory, not a program or shared library");
+                -1 => null,
+                Interop.Libc.S_IFREG => null,
+                Interop.Libc.S_IFDIR => "a directory",
+                Interop.Libc.S_IFCHR => "a character device",
+                Interop.Libc.S_IFBLK => "a block device",
+                Interop.Libc.S_IFIFO => "a named pipe (FIFO)",
+                Interop.Libc.S_IFSOCK => "a socket",
+                _ => "not a regular file",
+            };
+            if (notAFile is not null)
+            {
+                throw new HotwireException($"{path} is {notAFile}, not a program or shared library");
             }
             if (!info.Exists)
             {

@@ -19,6 +19,18 @@ internal static partial class Libc
     public const int O_RDWR = 2;
     public const int O_CLOEXEC = 0x80000;
 
+    /// <summary>The file type bits (S_IFMT) of <paramref name="path"/>, following links; -1 with errno set when stat fails.</summary>
+    public static unsafe int FileType(string path)
+    {
+        byte* st = stackalloc byte[256];   // struct stat is 144 bytes on x86-64; st_mode is at 24
+        return stat(path, st) == 0 ? (int)(*(uint*)(st + 24) & 0xf000) : -1;
+    }
+
+    public const int S_IFREG = 0x8000, S_IFDIR = 0x4000, S_IFCHR = 0x2000, S_IFBLK = 0x6000, S_IFIFO = 0x1000, S_IFSOCK = 0xc000;
+
+    [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    private static unsafe partial int stat(string path, byte* buf);
+
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     public static partial int open(string pathname, int flags, int mode);
 
