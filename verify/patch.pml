@@ -23,8 +23,9 @@
  *   NO_MIGRATE        sled conversion without moving threads out of the sled
  *   NO_SIGFRAME       threads' PCs are moved, PCs saved in signal frames are not (SkipSignalFrameSleds)
  *   NO_QUIESCE        relocated entry installed without quiescence
- *   DEATH_FINISHES    Hotwire dies during the pause: the agent writes the tails anyway
- *                     (what AgentCode.cs did before this model found it)
+ *   DEATH_FINISHES    Hotwire dies during the pause: the agent writes the tails anyway (what
+ *                     AgentCode.cs did until this model found it; HOTWIRE_TEST_DEATH_FINISHES_BATCH
+ *                     keeps that behaviour for KillTests); now it puts byte 0 back and syncs
  *
  * ---- The memory model for instruction fetch (cross-modifying code) ----
  * Intel SDM vol. 3A 8.1.3 "Handling Self- and Cross-Modifying Code": a processor that executes
