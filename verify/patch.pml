@@ -28,20 +28,23 @@
  *                     keeps that behaviour for KillTests); now it puts byte 0 back and syncs
  *
  * ---- The memory model for instruction fetch (cross-modifying code) ----
- * Intel SDM vol. 3A 8.1.3 "Handling Self- and Cross-Modifying Code": a processor that executes
- * code another processor modifies is only promised to run the new code if the modifier stores
- * the code, then signals, and the executing processor executes a serializing instruction before
- * running it; "the use of cross-modifying code by more than one processor without following
- * this algorithm may result in implementation specific behavior" - i.e. before serializing, a
- * core may run stale bytes, new bytes, or a mix of them within one instruction. The kernel's
- * text_poke_bp (arch/x86/kernel/alternative.c) relies on one more thing, which Intel and AMD
- * architects confirmed for it: a one-byte store of int3 over the first byte of an instruction is
- * seen by a concurrently fetching core either as the old byte or as int3, never as garbage; then
- * "sync cores" (IPI + serializing instruction) before the rest of the instruction is rewritten,
- * again before the first byte is replaced. AMD APM vol. 2 7.6.1 gives the same rule for
- * cross-modifying code (serialize on the executing core). membarrier(SYNC_CORE) is the user-space
- * "sync cores": when it returns, every thread of the process has executed a core-serializing
- * instruction (or will before it next runs user code).
+ * Intel SDM vol. 3A 8.1.3 "Handling Self- and Cross-Modifying Code": processors "exhibit
+ * model-specific behavior when executing cross-modifying code, depending upon how far ahead of
+ * the executing processor's current execution pointer the code has been modified". The only
+ * sequence it blesses: the modifier stores the code and then a flag; the executing processor
+ * waits for the flag, executes a serializing instruction (CPUID), then runs the new code. So
+ * until it serializes, a core may run stale bytes, new bytes, or (the errata on "unsynchronized
+ * XMC" say it plainly: unexpected or unpredictable execution) a mix within one instruction.
+ * The SDM says nothing about a one-byte int3; the kernel's text_poke_bp (arch/x86/kernel/
+ * alternative.c: "add a int3 trap to the address that will be patched - sync cores - update all
+ * but the first byte of the patched range - sync cores - replace the first byte (int3) by the
+ * first byte of replacing opcode - sync cores") relies on one more rule that is not in the SDM's
+ * text (the kernel takes it as given by the vendors): a core fetching a byte that another core
+ * overwrites with int3 sees the old byte or int3, nothing else. Its "sync cores" is an IPI that
+ * makes every core execute a serializing instruction. The model assumes exactly this, no more.
+ * membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE) is the user-space "sync cores": when
+ * it returns, every thread of the process has executed a core-serializing instruction, or will
+ * before it next runs user code.
  * The model is therefore deliberately pessimistic: for each location (byte 0, and bytes 1..4
  * taken together as "the tail") each thread has a view = the set of values the location held
  * since the last sync that passed that thread; an instruction fetch may return ANY value in the
