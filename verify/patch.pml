@@ -23,6 +23,8 @@
  *   NO_MIGRATE        sled conversion without moving threads out of the sled
  *   NO_SIGFRAME       threads' PCs are moved, PCs saved in signal frames are not (SkipSignalFrameSleds)
  *   NO_QUIESCE        relocated entry installed without quiescence
+ *   BASE_LATE         (SCEN_PATCH) Hotwire changes the site's base itself after the batch
+ *                     instead of the agent in the same command (EmitApplyBases)
  *   DEATH_FINISHES    Hotwire dies during the pause: the agent writes the tails anyway (what
  *                     AgentCode.cs did until this model found it; HOTWIRE_TEST_DEATH_FINISHES_BATCH
  *                     keeps that behaviour for KillTests); now it puts byte 0 back and syncs
@@ -257,7 +259,7 @@ proctype Agent() {
   :: atomic { cmd != 255 && cmd != done -> k = cmd }
      rec = bto[k];
      runBatch(bto[k], rec, (k == 0 && PAUSED0));
-#ifdef BASE_AFTER_0
+#if defined(BASE_AFTER_0) && !defined(BASE_LATE)
      /* EmitApplyBases: after a batch that succeeded, in the same command */
      if :: ok && k == 0 -> base = BASE_AFTER_0 :: else -> skip fi;
 #endif
@@ -408,6 +410,10 @@ proctype Hotwire() {
     atomic { (done == k || dead); if :: dead -> goto gone :: else -> skip fi }
 #ifdef SCEN_PATCH
     if :: k == 0 -> atomic { if :: dead -> goto gone :: else -> reported = 1 fi }
+#ifdef BASE_LATE
+                    /* the base changed by Hotwire after the batch, not by the agent within it */
+                    atomic { if :: dead -> goto gone :: else -> base = BASE_AFTER_0 fi }
+#endif
        :: else -> skip fi;
 #endif
   }

@@ -39,6 +39,7 @@ public partial class ModelCheckTests(ITestOutputHelper output)
     [InlineData("no-sync-after-int3-reloc")] // ... in the relocated case too
     [InlineData("no-sync-after-tail")]
     [InlineData("no-sync-after-head")]    // a stale int3 after detach: the trap kills the process
+    [InlineData("base-after-batch")]      // the dead-man switch undoes a reported live patch
     [InlineData("no-sled-migration")]     // a thread between the sled's NOPs runs half a NOP5
     [InlineData("no-sigframe-migration")] // ... and so does one returning from a signal handler
     [InlineData("no-quiescence")]         // a relocated prologue rewritten under a thread inside it
