@@ -161,7 +161,8 @@ byte vh[NTHREADS];
 short vt[NTHREADS];
 byte pc[NTHREADS];
 byte sig[NTHREADS];
-/* per-thread: versions / effects that were "the state" at some time during the current entry */
+/* per-thread: versions / effects that were "the state" at some time during the current entry,
+   from its first fetch to its end; 0 between entries */
 short okV[NTHREADS];
 byte okE[NTHREADS];
 short allowedV = bit(ORIG);
@@ -182,7 +183,10 @@ inline widen(v1, v2) {    /* the state is now v1 or v2 (a batch is in flight) */
   allowedV = bit(v1) | bit(v2);
   allowedE = bit(effOf(v1)) | bit(effOf(v2));
   i = 0;
-  do :: i < NTHREADS -> okV[i] = okV[i] | allowedV; okE[i] = okE[i] | allowedE; i++
+  do :: i < NTHREADS ->
+        if :: okV[i] != 0 -> okV[i] = okV[i] | allowedV; okE[i] = okE[i] | allowedE
+           :: else -> skip fi;
+        i++
      :: else -> break od
 }
 inline narrow(v) { allowedV = bit(v); allowedE = bit(effOf(v)) }
@@ -281,10 +285,10 @@ proctype Agent() {
 
 /* an entry ends with effect e: the call is not lost, and a reported redirect is never bypassed */
 inline finishEntry(e) {
-  call_lost = !(okE[t] & bit(e)); assert(!call_lost);
   old_body_after_redirect = reported && oldBody(e); assert(!old_body_after_redirect);
+  call_lost = !(okE[t] & bit(e)); assert(!call_lost);
   call_lost = 0; old_body_after_redirect = 0;
-  okV[t] = allowedV; okE[t] = allowedE;  /* the next entry starts */
+  okV[t] = 0; okE[t] = 0;               /* the entry is over */
   pc[t] = P_ENTRY
 }
 
@@ -294,6 +298,8 @@ proctype Thread(byte t) {
   bool torn, call_lost, old_body_after_redirect, trap_kills_process;
   do
   :: atomic { pc[t] == P_ENTRY ->
+       if :: okV[t] == 0 -> okV[t] = allowedV; okE[t] = allowedE   /* a new entry starts */
+          :: else -> skip fi;                                        /* (or a trap re-executes) */
        /* fetch the instruction at byte 0 */
        if
        :: vh[t] & bit(H_INT3) -> h = H_INT3
@@ -385,7 +391,7 @@ proctype Hotwire() {
          atomic {
            if :: dead -> goto gone :: else -> skip fi;
 #ifndef NO_MIGRATE
-           if :: pc[t] == P_MID -> okV[t] = allowedV; okE[t] = allowedE; pc[t] = P_ENTRY
+           if :: pc[t] == P_MID -> okV[t] = 0; okE[t] = 0; pc[t] = P_ENTRY
               :: else -> skip fi;
 #ifndef NO_SIGFRAME
            if :: sig[t] == P_MID -> sig[t] = P_ENTRY :: else -> skip fi
@@ -436,7 +442,7 @@ init {
     do
     :: i < NTHREADS ->
        vh[i] = bit(head); vt[i] = bit(tail); pc[i] = P_ENTRY; sig[i] = S_NONE;
-       okV[i] = allowedV; okE[i] = allowedE;
+       okV[i] = 0; okE[i] = 0;
        run Thread(i); i++
     :: else -> break
     od;
