@@ -10,6 +10,7 @@ if [ "$need_tests" = "--tests" ]; then
   command -v g++ >/dev/null || missing+=(g++)
   command -v objdump >/dev/null || missing+=(binutils)
   command -v setpriv >/dev/null || missing+=(util-linux)
+  command -v spin >/dev/null || missing+=(spin)   # the SPIN model checker: verify/run, ModelCheckTests
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -22,4 +22,10 @@ public static class TestSwitches
 
     /// <summary>HOTWIRE_TEST_NO_GRAVEYARD=1: the graph tracer's return handler does not look for frames dropped as gone (coroutines crash).</summary>
     public static bool NoGraveyard { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_GRAVEYARD") == "1";
+
+    /// <summary>HOTWIRE_TEST_DIE_IN_SLED_PAUSE=1: Hotwire SIGKILLs itself when the agent pauses to let it move threads out of NOP sleds.</summary>
+    public static bool DieInSledPause { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_DIE_IN_SLED_PAUSE") == "1";
+
+    /// <summary>HOTWIRE_TEST_DEATH_FINISHES_BATCH=1: the agent finishes a paused batch when Hotwire dies (the old behaviour, verify/patch.pml's death-finishes-sled).</summary>
+    public static bool DeathFinishesBatch { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_DEATH_FINISHES_BATCH") == "1";
 }

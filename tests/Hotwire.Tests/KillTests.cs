@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Hotwire.Agent;
 using Hotwire.Patching;
 using Hotwire.Procfs;
 using Hotwire.Tests.Infrastructure;
@@ -153,6 +154,82 @@ public class KillTests(ITestOutputHelper output)
             Assert.True(memory.TryRead(m.Start, live), what);
             Assert.True(live.AsSpan().SequenceEqual(file.AsSpan((int)m.Offset, live.Length)), $"{what}: the code differs from {exe}");
         }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Hotwire_killed_while_a_sled_is_converted_leaves_a_thread_parked_inside_the_sled_unharmed(bool deathFinishesBatch)
+    {
+        // A signal handler parks a thread with its saved PC at byte 1 of f's 5-NOP sled. Hotwire
+        // (record) pauses the first batch to move it out, and dies right there (test-only switch).
+        // The agent must not write the sled's tail under that thread: it puts byte 0 back instead
+        // (verify/patch.pml found this; variant death-finishes-sled). The other switch restores the
+        // old behaviour, which rewrites the tail while the thread's saved PC is inside.
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.SigSled));
+        Assert.Equal("1", target.ReadyWords[2]);
+        ulong f = Convert.ToUInt64(target.ReadyWords[3], 16);
+        byte[] sled = [0x90, 0x90, 0x90, 0x90, 0x90];
+        Assert.Equal(sled, ReadBytes(target.Pid, f, 5));
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-kill-sled-{Guid.NewGuid():N}");
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (string a in new[] { HotwireCli.DllPath, "record", "--pid", target.Pid.ToString(), "-F", "f", "-o", dir })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        psi.Environment["HOTWIRE_TEST_DIE_IN_SLED_PAUSE"] = "1";
+        if (deathFinishesBatch)
+        {
+            psi.Environment["HOTWIRE_TEST_DEATH_FINISHES_BATCH"] = "1";
+        }
+        using (Process recording = Process.Start(psi)!)
+        {
+            Assert.True(recording.WaitForExit(30_000), "hotwire record did not die in the sled pause");
+            Assert.Equal(128 + 9, recording.ExitCode);
+        }
+        EarlierAgents.WaitUntilGone(target.Pid, refuseLive: false);   // the dead-man switch ran
+        // The agent's membarrier count tells what it did: int3 + sync, then either byte 0 back + sync
+        // (2), or tails + sync, heads + sync (3); then the dead-man switch's restore batch (3, even
+        // when, as after the abort, no site needs restoring).
+        ulong syncs = AgentSyncCount(target.Pid);
+        output.WriteLine($"f {Convert.ToHexString(ReadBytes(target.Pid, f, 5))}, agent syncs {syncs}");
+        if (Directory.Exists(dir))
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+        if (deathFinishesBatch)
+        {
+            Assert.Equal(6UL, syncs); // the tail was rewritten while the thread's saved PC was inside the sled
+            return;
+        }
+        Assert.Equal(5UL, syncs);
+        Assert.Equal(sled, ReadBytes(target.Pid, f, 5));
+        target.WriteLine("go");
+        string? calls = target.ReadLine(TimeSpan.FromSeconds(10));
+        string? done = target.ReadLine(TimeSpan.FromSeconds(10));
+        Assert.True(target.Process.WaitForExit(10_000));
+        Assert.StartsWith("calls ", calls);
+        Assert.Equal("done", done);
+        Assert.Equal(0, target.Process.ExitCode);
+    }
+
+    private static byte[] ReadBytes(int pid, ulong address, int count)
+    {
+        using var mem = new FileStream($"/proc/{pid}/mem", FileMode.Open, FileAccess.Read);
+        mem.Position = (long)address;
+        var bytes = new byte[count];
+        mem.ReadExactly(bytes);
+        return bytes;
+    }
+
+    private static ulong AgentSyncCount(int pid)
+    {
+        using var memory = Hotwire.Memory.ProcessMemory.Open(pid);
+        var header = new byte[AgentLayout.SyncCount + 8];
+        MemoryMapping m = ProcMaps.Read(pid).Single(m => m.Offset == 0 && m.Path.StartsWith("/memfd:hotwire (deleted)", StringComparison.Ordinal));
+        Assert.True(memory.TryRead(m.Start, header));
+        Assert.Equal(AgentLayout.Magic, BitConverter.ToUInt64(header));
+        return BitConverter.ToUInt64(header, AgentLayout.SyncCount);
     }
 
     private static long RssShmemKb(int pid)

@@ -2,7 +2,7 @@
 // byte 1 of f's 5-NOP sled; there the handler parks (as a GC's stop-the-world handler parks
 // threads) until the main thread reads a line. Then it returns to that saved PC: if the sled was
 // converted meanwhile and the PC was not moved, the thread resumes inside a 5-byte instruction.
-// Prints "ready PID OFFSET", then after the line "calls N" (calls made after the release), "done".
+// Prints "ready PID OFFSET F" (F: f's address, hex), then after the line "calls N" (calls made after the release), "done".
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <signal.h>
@@ -63,7 +63,7 @@ int main(void)
         printf("never parked\n");
         return 2;
     }
-    printf("ready %d %lu\n", getpid(), parked_at - (unsigned long)&f);
+    printf("ready %d %lu %lx\n", getpid(), parked_at - (unsigned long)&f, (unsigned long)&f);
     fflush(stdout);
     char line[64];
     if (!fgets(line, sizeof line, stdin)) {

@@ -19,6 +19,7 @@ public static class AgentCode
     private const int PR_SET_NAME = 15;
     private const int SIGTRAP = 5;
     private const int ProtRwx = 7;
+    private const int EINTR = 4;
     private const int SpinAfterCommand = 20_000; // pause iterations, roughly 100-200 µs
 
     /// <param name="hdr">target address of the data region (the header)</param>
@@ -317,7 +318,7 @@ public static class AgentCode
         Label vDone = a.CreateLabel(), mismatch = a.CreateLabel();
         Label mpLoop = a.CreateLabel(), mpDone = a.CreateLabel(), mpFail = a.CreateLabel(), mpUndo = a.CreateLabel(), mpUndoDone = a.CreateLabel();
         Label backLoop = a.CreateLabel(), backDone = a.CreateLabel(), ret = a.CreateLabel();
-        Label noPause = a.CreateLabel(), pauseLoop = a.CreateLabel(), resumed = a.CreateLabel();
+        Label noPause = a.CreateLabel(), pauseLoop = a.CreateLabel(), resumed = a.CreateLabel(), abort = a.CreateLabel();
 
         a.Label(ref runBatch);
         a.push(r12);
@@ -397,7 +398,9 @@ public static class AgentCode
         a.jne(resumed);
         PollHotwireGone(a);
         a.jle(pauseLoop);
-        a.mov(eax, __dword_ptr[rsp + 8]); // Hotwire died: finish the batch; the main loop restores after
+        a.cmp(__qword_ptr[rbx + L.DeathFinishesBatch], 0); // test-only: the old behaviour, finish the batch
+        a.je(abort); // Hotwire died: it may not have moved every thread out of the sleds
+        a.mov(eax, __dword_ptr[rsp + 8]);
         a.Label(ref resumed);
         a.mov(__dword_ptr[rsp + 8], eax); // the caller's r12 (saved by push) becomes the continue seq
         a.mov(__qword_ptr[rbx + L.Paused], 0);
@@ -430,15 +433,25 @@ public static class AgentCode
         Sync(a);
 
         // page protections back
-        a.mov(r12, rbp);
-        a.Label(ref backLoop);
-        a.test(r12, r12);
-        a.jz(backDone);
-        a.dec(r12);
-        RestoreRange(a);
-        a.jmp(backLoop);
-        a.Label(ref backDone);
+        RestoreRanges(a, backLoop, backDone);
         a.xor(eax, eax);
+        a.jmp(ret);
+
+        // Hotwire died during the pause, perhaps before it moved every thread out of the sleds:
+        // writing the tails now could tear an instruction under a thread still between the NOPs
+        // (verify/patch.pml, variant death-finishes-sled). No tail is written yet, so putting each
+        // byte 0 back restores the old instructions; a trap delivered later finds no int3 and
+        // re-executes. The sites keep their current state; the main loop's dead-man switch follows.
+        a.Label(ref abort);
+        a.mov(__qword_ptr[rbx + L.Paused], 0);
+        ForEachBatchEntry(a, () =>
+        {
+            a.movzx(eax, __byte_ptr[rsi + L.BatchExpected]);
+            a.mov(__byte_ptr[rdi], al);
+        });
+        Sync(a);
+        RestoreRanges(a, a.CreateLabel(), a.CreateLabel());
+        a.mov(eax, -EINTR); // nobody reads it: Hotwire is gone
 
         a.Label(ref ret);
         a.add(rsp, 8);
@@ -456,6 +469,19 @@ public static class AgentCode
         a.imul(rdx, rdx, L.SiteEntrySize);
         a.add(rdx, __qword_ptr[rbx + L.SiteTable]);
         a.mov(rdi, __qword_ptr[rdx + L.SiteAddress]);
+    }
+
+    // every range's protection back, last to first (r12 counts)
+    private static void RestoreRanges(Assembler a, Label loop, Label done)
+    {
+        a.mov(r12, rbp);
+        a.Label(ref loop);
+        a.test(r12, r12);
+        a.jz(done);
+        a.dec(r12);
+        RestoreRange(a);
+        a.jmp(loop);
+        a.Label(ref done);
     }
 
     // mprotect(range[r12].start, range[r12].len, range[r12].prot)

@@ -46,6 +46,7 @@ public static class AgentLayout
     public const int BaseCount = 0x140;      // base updates the agent applies when the next batch succeeds
     public const int BaseList = 0x148;       // pointer to BaseCount base entries
     public const int DiscardCount = 0x150;   // ranges whose pages the dead-man switch gives back (MADV_REMOVE)
+    public const int DeathFinishesBatch = 0x158; // test-only, 1: Hotwire gone during a pause, the batch is finished (the bug verify/ found)
     public const int AgentName = 0x180;      // "hotwire-agent\0"
     public const int NewSigaction = 0x200;   // 32 bytes
     public const int DefaultSigaction = 0x220;

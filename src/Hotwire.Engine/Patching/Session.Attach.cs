@@ -386,6 +386,7 @@ public sealed unsafe partial class Session
     {
         h.WriteU64(0, L.Magic);
         h.WriteU64(L.Int3Mode, options.SkipInt3Emulation ? 1UL : 0UL);
+        h.WriteU64(L.DeathFinishesBatch, TestSwitches.DeathFinishesBatch ? 1UL : 0UL);
         h.WriteU64(L.SiteCount, 0); // the table is filled after the thread runs again (WriteSiteTable)
         h.WriteU64(L.SiteTable, DataAddress(siteTable));
         h.WriteU64(L.BatchList, DataAddress(batchList));

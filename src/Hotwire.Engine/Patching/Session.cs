@@ -749,6 +749,10 @@ public sealed unsafe partial class Session : IDisposable
             {
                 if (Shared.ReadU64(L.Paused) == 1)
                 {
+                    if (TestSwitches.DieInSledPause)
+                    {
+                        Ptrace.kill(Libc.getpid(), Ptrace.SIGKILL); // Hotwire dies before moving any thread
+                    }
                     MoveThreadsOutOfSleds(sleds);
                 }
             }
