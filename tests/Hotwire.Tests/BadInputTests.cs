@@ -12,6 +12,25 @@ public class BadInputTests
         => AssertOneLineError(HotwireCli.Run("ls", "/nonexistent/prog"), "/nonexistent/prog: no such file");
 
     [Fact]
+    public void Ls_of_a_device_a_fifo_a_directory_or_a_socket_is_refused_without_reading_it()
+    {
+        // A FIFO nobody writes, or /dev/zero, would block or never end if opened: stat decides.
+        string dir = Directory.CreateTempSubdirectory("hotwire-ls-").FullName;
+        string fifo = Path.Combine(dir, "fifo"), sock = Path.Combine(dir, "sock");
+        using (Process mkfifo = Process.Start("mkfifo", fifo)!)
+        {
+            mkfifo.WaitForExit();
+            Assert.Equal(0, mkfifo.ExitCode);
+        }
+        using var socket = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+        socket.Bind(new System.Net.Sockets.UnixDomainSocketEndPoint(sock));
+        AssertOneLineError(HotwireCli.Run(TimeSpan.FromSeconds(20), "ls", "/dev/zero"), "/dev/zero is a character device, not a program or shared library");
+        AssertOneLineError(HotwireCli.Run(TimeSpan.FromSeconds(20), "ls", fifo), $"{fifo} is a named pipe (FIFO), not a program or shared library");
+        AssertOneLineError(HotwireCli.Run(TimeSpan.FromSeconds(20), "ls", dir), $"{dir} is a directory, not a program or shared library");
+        AssertOneLineError(HotwireCli.Run(TimeSpan.FromSeconds(20), "ls", sock), $"{sock} is a socket, not a program or shared library");
+    }
+
+    [Fact]
     public void A_file_that_is_not_elf()
         => AssertOneLineError(HotwireCli.Run("ls", Path.Combine(TargetBuilder.SourceDir, "flavours.c")), "is not an ELF file");
 

@@ -405,6 +405,39 @@ public class LivePatchTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Wait_quiescent_without_a_limit_says_whom_it_waits_for_and_Ctrl_C_leaves_the_patch_applied()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Graph), "hold", "2", "60000");
+        Thread.Sleep(50);                                                 // inside a 60 s nap
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
+        // The option last: a bare --wait-quiescent before the patch would read the patch as a time.
+        foreach (string a in new[] { HotwireCli.DllPath, "patch", "--pid", target.Pid.ToString(), TargetBuilder.Patch("napfix"), "--wait-quiescent" })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using Process patching = Process.Start(psi)!;
+        patching.StandardOutput.BaseStream.CopyToAsync(Stream.Null);
+        var lines = new List<string>();
+        var clock = Stopwatch.StartNew();
+        while (clock.Elapsed < TimeSpan.FromSeconds(30) && patching.StandardError.ReadLine() is { } line)
+        {
+            lines.Add(line);
+            if (line.Contains("still waiting after", StringComparison.Ordinal))
+            {
+                break;
+            }
+        }
+        output.WriteLine(string.Join("\n", lines));
+        Assert.Contains(lines, l => l.Contains("still waiting after 5 s", StringComparison.Ordinal) && l.Contains("nap", StringComparison.Ordinal));
+        Assert.Equal(0, Hotwire.Interop.Ptrace.kill(patching.Id, 2 /* SIGINT */));
+        Assert.True(patching.WaitForExit(10_000));
+        string rest = patching.StandardError.ReadToEnd();
+        Assert.Equal(130, patching.ExitCode);
+        Assert.Contains("interrupted while waiting: the patch stays applied", rest);
+        Assert.Contains("1  active", Patch(target.Pid, "--list").Stdout);
+    }
+
+    [Fact]
     public void Wait_quiescent_waits_while_a_thread_sleeps_inside_the_old_function()
     {
         using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Graph), "hold", "4", "3000");

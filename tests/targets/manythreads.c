@@ -7,7 +7,27 @@
 #include <string.h>
 #include <unistd.h>
 
-static volatile int go, quit;
+static int go, quit;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t changed = PTHREAD_COND_INITIALIZER;
+
+// Threads wait on a condition variable, not a polling loop: 1,000 threads waking every
+// millisecond would use both cores of a small machine by themselves.
+static void wait_for(int *flag)
+{
+    pthread_mutex_lock(&lock);
+    while (!*flag)
+        pthread_cond_wait(&changed, &lock);
+    pthread_mutex_unlock(&lock);
+}
+
+static void set(int *flag)
+{
+    pthread_mutex_lock(&lock);
+    *flag = 1;
+    pthread_cond_broadcast(&changed);
+    pthread_mutex_unlock(&lock);
+}
 static long per_thread;
 static long calls_made;
 static long finished;
@@ -20,15 +40,13 @@ __attribute__((noipa)) void f(long i)
 static void *worker(void *arg)
 {
     (void)arg;
-    while (!go)
-        usleep(1000);
+    wait_for(&go);
     for (long i = 0; i < per_thread; i++) {
         f(i);
         __atomic_fetch_add(&calls_made, 1, __ATOMIC_RELAXED);
     }
     __atomic_fetch_add(&finished, 1, __ATOMIC_SEQ_CST);
-    while (!quit)
-        usleep(10000);
+    wait_for(&quit);
     return NULL;
 }
 
@@ -50,7 +68,7 @@ int main(int argc, char **argv)
     char line[64];
     while (fgets(line, sizeof line, stdin)) {
         if (strncmp(line, "go", 2) == 0) {
-            go = 1;
+            set(&go);
             while (__atomic_load_n(&finished, __ATOMIC_SEQ_CST) < threads)
                 usleep(1000);
             printf("calls %ld\n", __atomic_load_n(&calls_made, __ATOMIC_SEQ_CST));
@@ -59,7 +77,7 @@ int main(int argc, char **argv)
             break;
         }
     }
-    quit = 1;
+    set(&quit);
     for (int i = 0; i < threads; i++)
         pthread_join(tids[i], NULL);
     return 0;

@@ -20,14 +20,15 @@ public static class PatchCommand
         var replace = new Option<bool>("--replace") { Description = "Supersede every earlier patch atomically" };
         var revert = new Option<bool>("--revert") { Description = "Remove the newest patch" };
         var list = new Option<bool>("--list") { Description = "Show the patches applied to the process" };
-        Option<TimeSpan?> wait = OptionValues.Seconds("--wait-quiescent", "Wait until no thread is inside replaced code, at most this long (default 30 s)");
+        Option<TimeSpan?> wait = OptionValues.Seconds("--wait-quiescent",
+            "Wait until no thread is inside replaced code; with =TIME at most that long, without a time until it is or Ctrl-C (progress every 5 s)");
         wait.Arity = ArgumentArity.ZeroOrOne;
         var command = new Command("patch", "Live-patch functions of a running process (they stay patched after Hotwire exits)")
         {
             pid, patch, map, replace, revert, list, wait,
         };
         command.SetAction(r => (int)Run(r.GetValue(pid), r.GetValue(patch), r.GetValue(map) ?? [], r.GetValue(replace), r.GetValue(revert), r.GetValue(list),
-            r.GetResult(wait) is null ? null : r.GetValue(wait) ?? TimeSpan.FromSeconds(30)));
+            r.GetResult(wait) is null ? null : r.GetValue(wait) ?? Timeout.InfiniteTimeSpan));
         return command;
     }
 
@@ -93,9 +94,24 @@ public static class PatchCommand
         Report(threads);
         if (timeout is TimeSpan limit)
         {
-            long deadline = Environment.TickCount64 + (long)limit.TotalMilliseconds;
+            using var stop = new StopSignals();
+            long started = Environment.TickCount64;
+            long deadline = limit == Timeout.InfiniteTimeSpan ? long.MaxValue : started + (long)limit.TotalMilliseconds;
+            long nextReport = started + 5000;
+            string Busy() => string.Join(", ", threads.Where(t => t.InsideOld.Count > 0 || t.State == "running").Select(Describe));
             while (threads.Any(t => t.InsideOld.Count > 0 || t.State == "running"))
             {
+                if (stop.Signaled)
+                {
+                    session.Detach();
+                    Console.Error.WriteLine($"hotwire: interrupted while waiting: the patch stays applied; still inside replaced code or running unchecked: {Busy()}");
+                    return ExitCode.Interrupted;
+                }
+                if (Environment.TickCount64 >= nextReport)
+                {
+                    Console.Error.WriteLine($"hotwire: still waiting after {(Environment.TickCount64 - started) / 1000} s: {Busy()} (Ctrl-C stops waiting; the patch stays)");
+                    nextReport += 5000;
+                }
                 if (Environment.TickCount64 > deadline)
                 {
                     session.Detach();
@@ -103,7 +119,7 @@ public static class PatchCommand
                         + string.Join(", ", threads.Where(t => t.InsideOld.Count > 0 || t.State == "running").Select(Describe)) + " (the patch stays applied)");
                     return ExitCode.Failure;
                 }
-                Thread.Sleep(10);
+                stop.Token.WaitHandle.WaitOne(10);
                 if (!session.IsAlive())
                 {
                     Console.Error.WriteLine($"hotwire: pid {pid} exited while Hotwire waited for it to leave the replaced code");

@@ -61,7 +61,7 @@ public static class RecordCommand
         {
             throw new UsageException($"live prints the function tracer's entries; for {tracerName} use hotwire record, then hotwire replay or report");
         }
-        var buffers = new TraceBufferOptions(ParseSize(bufferSize), 256, args);
+        var buffers = new TraceBufferOptions(ParseSize(bufferSize), TraceBufferOptions.ThreadsFor(result.GetValue(target.Pid)), args);
         if (!buffers.TryValidate(out string? bufferError))
         {
             throw new UsageException(bufferError);

@@ -28,7 +28,10 @@ internal static class SignalFrames
     private const int FpStateOffset = Mcontext + 23 * 8;
     private const int SigNoOffset = 8 + 304;   // siginfo follows the 304-byte struct ucontext
     private const int FrameBytes = SigNoOffset + 4;
-    private const ulong MaxScan = 8UL << 20;
+    // How far above a stack pointer frames are looked for. A handler's frame lies just above the
+    // handler's own frames; adjacent thread stacks merge into one mapping (1,000 threads of 64 KiB:
+    // one 64 MiB VMA), so the mapping's end is no bound: scanning to it cost 440 ms per thread.
+    private const ulong MaxScan = 256UL << 10;
 
     /// <summary>One signal frame: its address, the context it resumes, and the signal that made it.</summary>
     public readonly record struct Frame(ulong Address, ulong Rip, ulong Rsp, int Signal)

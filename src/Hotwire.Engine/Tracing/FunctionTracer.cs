@@ -28,6 +28,27 @@ public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThread
     /// <summary>Shared memory the tracer needs: the buffers and a tid → buffer table.</summary>
     public static ulong SharedBytes(TraceBufferOptions o) => (ulong)o.MaxThreads * (ulong)o.BufferBytes + (ulong)(PidMax() + 1) * 4 + 4096;
 
+    /// <summary>
+    /// Buffers to reserve: one per thread the process has now, twice over for threads to come, and
+    /// at least 1,024 (a launched program has one thread at first). The reservation is address
+    /// space: a buffer's pages are memory only once its thread writes events.
+    /// </summary>
+    public static int ThreadsFor(int? pid)
+    {
+        int threads = 1;
+        if (pid is int p)
+        {
+            try
+            {
+                threads = Directory.GetDirectories($"/proc/{p}/task").Length;
+            }
+            catch (IOException)
+            {
+            }
+        }
+        return (int)Math.Max(1024, System.Numerics.BitOperations.RoundUpToPowerOf2((uint)threads * 2));
+    }
+
     public static int PidMax()
     {
         try

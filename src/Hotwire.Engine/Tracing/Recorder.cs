@@ -393,7 +393,7 @@ public sealed class Recorder : IDisposable
         {
             RefreshModules();
         }
-        ulong lost = _tracer.LostNoBuffer;
+        ulong lost = _lostNoBuffer = _tracer.LostNoBuffer;
         for (int i = 0; i < _tracer.BuffersInUse; i++)
         {
             ulong buffer = _tracer.BufferOffset(i);
@@ -423,8 +423,12 @@ public sealed class Recorder : IDisposable
         }
         // What is really on disk (after a full disk, less than what we handed to the file).
         long onDisk = File.Exists(Path.Combine(_dir, TraceData.EventsFile)) ? new FileInfo(Path.Combine(_dir, TraceData.EventsFile)).Length : 0;
-        return new RecordSummary(Events, lost, _threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError, info.ShadowOverflow);
+        // One source of truth: the summary says what info.json says, and every reader shows.
+        System.Diagnostics.Debug.Assert(info.TotalLost == lost);
+        return new RecordSummary(info.TotalEvents, info.TotalLost, info.Threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError, info.ShadowOverflow);
     }
+
+    private ulong _lostNoBuffer;   // read once at Finish: info.json and the summary use the same value
 
     private TraceInfo BuildInfo(string command, ClockSample end)
     {
@@ -463,7 +467,7 @@ public sealed class Recorder : IDisposable
             Args = _tracer.Buffers.Args,
             Clock = new ClockInfo { StartTsc = _start.Tsc, StartNs = _start.MonotonicNs, EndTsc = end.Tsc, EndNs = end.MonotonicNs },
             Threads = _threads.Values.OrderBy(t => t.Tid).ToList(),
-            LostNoBuffer = _tracer.LostNoBuffer,
+            LostNoBuffer = _lostNoBuffer,
             Sites = SitesInfo(),
             Modules = (_modules ?? _session.Image.Modules.ToList()).Select(Module).ToList(),
         };

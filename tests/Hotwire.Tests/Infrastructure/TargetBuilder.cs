@@ -49,6 +49,9 @@ public enum Flavour
     /// <summary>sigsled.c: a thread parked in a signal handler whose saved PC is byte 1 of f's sled.</summary>
     SigSled,
 
+    /// <summary>manythreads.c: N threads that each call f a given number of times on "go".</summary>
+    ManyThreads,
+
     /// <summary>coroutine.c: makecontext/swapcontext coroutines on a stack in main's frame and on the heap.</summary>
     Coroutine,
 
@@ -129,6 +132,7 @@ public static class TargetBuilder
                 [.. PatchSources.Select(p => $"patches/{p}.c")],
                 [.. PatchSources.Select(p => $"gcc -O2 -shared -fPIC {{src}}/patches/{p}.c -o {{out}}/{p}.so")], "seedfix.so"),
             Flavour.Blocker => new Recipe(["blocker.c"], [$"gcc {SledFlags} -pthread {{src}}/blocker.c -o {{out}}/prog"], "prog"),
+            Flavour.ManyThreads => new Recipe(["manythreads.c"], [$"gcc {SledFlags} -pthread {{src}}/manythreads.c -o {{out}}/prog"], "prog"),
             Flavour.Coroutine => new Recipe(["coroutine.c"], [$"gcc {SledFlags} -fno-optimize-sibling-calls {{src}}/coroutine.c -o {{out}}/prog"], "prog"),
             Flavour.Execer => new Recipe(["execer.c"], [$"gcc {SledFlags} -pthread {{src}}/execer.c -o {{out}}/prog"], "prog"),
             Flavour.Waiters => new Recipe(["waiters.c"], [$"gcc {SledFlags} -pthread {{src}}/waiters.c -o {{out}}/prog"], "prog"),
