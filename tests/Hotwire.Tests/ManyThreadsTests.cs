@@ -60,6 +60,41 @@ public partial class ManyThreadsTests(ITestOutputHelper output)
         target.WriteLine("quit");
     }
 
+    [Fact]
+    public void Buffers_of_exited_threads_serve_new_ones_so_more_threads_than_buffers_come_and_go_with_nothing_lost()
+    {
+        // 1,400 threads, 100 at a time, each batch exiting before the next: more threads than the
+        // 1,024 buffers reserved; the recorder gives exited threads' buffers back.
+        const int Threads = 1400, PerThread = 500;
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.ManyThreads), Threads.ToString(), PerThread.ToString(), "100");
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-churn-{Guid.NewGuid():N}");
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (string a in new[] { HotwireCli.DllPath, "record", "--pid", target.Pid.ToString(), "-F", "f", "-o", dir })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using Process recording = Process.Start(psi)!;
+        recording.StandardOutput.BaseStream.CopyToAsync(Stream.Null);
+        Assert.Contains("recording", recording.StandardError.ReadLine());
+        target.WriteLine("go");
+        string? made = target.ReadLine(TimeSpan.FromSeconds(120));
+        Assert.NotNull(made);
+        long calls = long.Parse(made!["calls ".Length..]);
+        Thread.Sleep(300);
+        Assert.Equal(0, Hotwire.Interop.Ptrace.kill(recording.Id, 2 /* SIGINT */));
+        Assert.True(recording.WaitForExit(60_000));
+        string summary = recording.StandardError.ReadToEnd();
+        output.WriteLine(summary);
+        Match m = Summary().Match(summary);
+        Assert.True(m.Success, summary);
+        Assert.Equal(calls, long.Parse(m.Groups[1].Value));              // every call recorded: none lost
+        Assert.Equal("0", m.Groups[2].Value);
+        TraceInfo info = TraceData.ReadInfo(dir);
+        Assert.Equal(Threads, info.Threads.Count);
+        Assert.All(info.Threads, t => Assert.Equal(PerThread, t.Events));
+        target.WriteLine("quit");
+    }
+
     [GeneratedRegex(@"hotwire: (\d+) events, (\d+) lost, (\d+) threads")]
     private static partial Regex Summary();
 }

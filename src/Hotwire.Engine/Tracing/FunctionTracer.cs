@@ -89,6 +89,7 @@ public abstract class RingTracer : Ops
     private protected ulong _tableOffset;
     private protected ulong _buffersOffset;
     private protected ulong _nextOffset;
+    private protected ulong _freeOffset;   // bitmap: buffers whose thread exited, given back by the recorder
     private protected int _tidOffset;
     private protected int _pidMax;
 
@@ -115,6 +116,7 @@ public abstract class RingTracer : Ops
         _tidOffset = ThreadIdentity.TidOffset(session);
         _pidMax = TraceBufferOptions.PidMax();
         _nextOffset = session.AllocateData(64, 64);
+        _freeOffset = session.AllocateData((ulong)FreeWords * 8, 64);
         _tableOffset = session.AllocateData((ulong)(_pidMax + 1) * 4, 4096);
         _buffersOffset = session.AllocateData((ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes, 4096);
         session.DiscardOnDetach(_buffersOffset, (ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes);
@@ -146,6 +148,58 @@ public abstract class RingTracer : Ops
 
     /// <summary>Whatever else the tracer needs, once, after the buffers exist.</summary>
     private protected virtual void PrepareMore(Session session) { }
+
+    private protected int FreeWords => (Buffers.MaxThreads + 63) / 64;
+
+    /// <summary>Whether the tracer's claim path takes back buffers given back by <see cref="Release"/>.</summary>
+    public virtual bool ReusesBuffers => false;
+
+    /// <summary>
+    /// Gives buffer <paramref name="index"/> back for another thread: its thread has exited and
+    /// the recorder has drained it. The tid table no longer points at it; its header is reset;
+    /// then its bit is set, and a new thread's first event may claim it.
+    /// </summary>
+    internal void Release(int index, int tid)
+    {
+        Interlocked.CompareExchange(ref Session.Shared.At<uint>(_tableOffset + (ulong)tid * 4), 0, (uint)index + 1);
+        ulong b = BufferOffset(index);
+        foreach (int field in new[] { TraceBufferOptions.Head, TraceBufferOptions.Tail, TraceBufferOptions.CachedTail, TraceBufferOptions.Lost, TraceBufferOptions.Overflow })
+        {
+            Session.Shared.WriteU64(b + (ulong)field, 0);
+        }
+        Session.Shared.WriteU32(b + TraceBufferOptions.Tid, 0);
+        Session.Shared.At<byte>(b + TraceBufferOptions.Busy) = 0;
+        Interlocked.Or(ref Session.Shared.At<ulong>(_freeOffset + (ulong)(index / 64) * 8), 1UL << (index % 64));
+    }
+
+    /// <summary>
+    /// The claim of a buffer whose fresh ones ran out: take a released one (a set bit of the
+    /// bitmap, cleared with lock btr; a lost race rescans the word). eax = index, or jump to
+    /// <paramref name="none"/>. Uses r11, rcx, rdx.
+    /// </summary>
+    private protected void EmitClaimReleased(Assembler a, Label none)
+    {
+        Label scan = a.CreateLabel(), nextWord = a.CreateLabel(), got = a.CreateLabel();
+        a.mov(r11, Session.DataAddress(_freeOffset));
+        a.xor(ecx, ecx);
+        a.Label(ref scan);
+        a.cmp(ecx, FreeWords);
+        a.jae(none);
+        a.mov(rax, __qword_ptr[r11 + rcx * 8]);
+        a.test(rax, rax);
+        a.jz(nextWord);
+        a.bsf(rdx, rax);
+        a.@lock.btr(__qword_ptr[r11 + rcx * 8], rdx);
+        a.jc(got);
+        a.jmp(scan);                                   // another thread took it: look again
+        a.Label(ref nextWord);
+        a.inc(ecx);
+        a.jmp(scan);
+        a.Label(ref got);
+        a.mov(eax, ecx);
+        a.shl(eax, 6);
+        a.add(eax, edx);
+    }
 
     /// <summary>Buffers claimed by threads so far.</summary>
     public int BuffersInUse => _session is null ? 0 : (int)Math.Min(_session.Shared.ReadU32(_nextOffset), (uint)Buffers.MaxThreads);
@@ -189,6 +243,8 @@ public sealed class FunctionTracer : RingTracer
 
     public override string TracerName => Tracers.Function;
 
+    public override bool ReusesBuffers => true;
+
     internal override int ParameterCount => 1;
 
     internal override ulong Parameter(SiteRecord site, int index) => (ulong)site.Index;
@@ -202,7 +258,8 @@ public sealed class FunctionTracer : RingTracer
         ulong next = s.DataAddress(_nextOffset);
         long capacity = Buffers.Capacity;
         int data = TraceBufferOptions.HeaderBytes;
-        Label ready = a.CreateLabel(), slow = a.CreateLabel(), full = a.CreateLabel(), nested = a.CreateLabel(), noBuffer = a.CreateLabel(), done = a.CreateLabel();
+        Label ready = a.CreateLabel(), slow = a.CreateLabel(), full = a.CreateLabel(), nested = a.CreateLabel(), noBuffer = a.CreateLabel(), done = a.CreateLabel(),
+            claimed = a.CreateLabel();
 
         a.push(rax);
         a.push(rdx);
@@ -261,7 +318,9 @@ public sealed class FunctionTracer : RingTracer
         a.mov(eax, 1);
         a.@lock.xadd(__dword_ptr[r11], eax);
         a.cmp(eax, Buffers.MaxThreads);
-        a.jae(noBuffer);
+        a.jb(claimed);
+        EmitClaimReleased(a, noBuffer);                     // all were claimed once: one an exited thread gave back
+        a.Label(ref claimed);
         a.inc(eax);
         a.mov(edx, __dword_ptr.fs[_tidOffset]);
         a.mov(r11, table);

@@ -83,13 +83,18 @@ public sealed class Recorder : IDisposable
     private void Consume()
     {
         int idle = 0;
-        long lastRefresh = Environment.TickCount64;
+        long lastRefresh = Environment.TickCount64, lastReap = lastRefresh;
         while (!_stopping)
         {
             if (Environment.TickCount64 - lastRefresh > 20)
             {
                 RefreshThreadNames();
                 lastRefresh = Environment.TickCount64;
+            }
+            if (_tracer.ReusesBuffers && Environment.TickCount64 - lastReap > 200)
+            {
+                ReleaseExitedThreads();
+                lastReap = Environment.TickCount64;
             }
             // Busy threads fill a buffer in a few milliseconds: only a recorder idle for a while
             // (about 50 ms of empty polls) may sleep a whole millisecond between polls.
@@ -123,6 +128,35 @@ public sealed class Recorder : IDisposable
             }
         }
     }
+
+    /// <summary>
+    /// The buffers of threads that have exited go back to the tracer for new threads: drained
+    /// first, their lost count kept with their thread. (A tid is not reused for a long time: the
+    /// kernel hands them out in order up to pid_max.)
+    /// </summary>
+    private void ReleaseExitedThreads()
+    {
+        foreach ((int index, int tid) in _bufferTid.ToList())
+        {
+            if (Directory.Exists($"/proc/{_session.Pid}/task/{tid}"))
+            {
+                continue;
+            }
+            Drain(index);
+            ulong lost = _session.Shared.ReadU64(_tracer.BufferOffset(index) + TraceBufferOptions.Lost);
+            if (!_threads.ContainsKey(tid))
+            {
+                NoteThread(tid);
+            }
+            _threads[tid].Lost += lost;
+            _bufferTid.Remove(index);
+            _tracer.Release(index, tid);
+            BuffersReleased++;
+        }
+    }
+
+    /// <summary>Buffers given back after their thread exited, for new threads.</summary>
+    public int BuffersReleased { get; private set; }
 
     private int DrainAll()
     {
@@ -393,18 +427,21 @@ public sealed class Recorder : IDisposable
         {
             RefreshModules();
         }
-        ulong lost = _lostNoBuffer = _tracer.LostNoBuffer;
+        _lostNoBuffer = _tracer.LostNoBuffer;
         for (int i = 0; i < _tracer.BuffersInUse; i++)
         {
             ulong buffer = _tracer.BufferOffset(i);
             int tid = _bufferTid.TryGetValue(i, out int t) ? t : (int)_session.Shared.ReadU32(buffer + TraceBufferOptions.Tid);
+            if (tid == 0)
+            {
+                continue; // released, not claimed again
+            }
             if (!_threads.ContainsKey(tid))
             {
                 NoteThread(tid);
             }
             ulong l = _session.Shared.ReadU64(buffer + TraceBufferOptions.Lost);
             _threads[tid].Lost += l;
-            lost += l;
             // Names set after a thread's first traced call (pthread_setname_np) are current now.
             if (ThreadName(_threads[tid].Pid, tid) is { } name)
             {
@@ -424,7 +461,6 @@ public sealed class Recorder : IDisposable
         // What is really on disk (after a full disk, less than what we handed to the file).
         long onDisk = File.Exists(Path.Combine(_dir, TraceData.EventsFile)) ? new FileInfo(Path.Combine(_dir, TraceData.EventsFile)).Length : 0;
         // One source of truth: the summary says what info.json says, and every reader shows.
-        System.Diagnostics.Debug.Assert(info.TotalLost == lost);
         return new RecordSummary(info.TotalEvents, info.TotalLost, info.Threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError, info.ShadowOverflow);
     }
 
