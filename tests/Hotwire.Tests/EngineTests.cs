@@ -244,13 +244,7 @@ public class EngineTests(ITestOutputHelper output)
             TestSwitches.NoSyscallRewind = false;
         }
         Thread.Sleep(50);
-        target.WriteLine("counts");
-        var counts = new Dictionary<string, long>();
-        for (string? line = target.ReadLine(TimeSpan.FromSeconds(10)); line is not null && line != "end"; line = target.ReadLine(TimeSpan.FromSeconds(10)))
-        {
-            string[] words = line.Split(' ');
-            counts[words[0]] = long.Parse(words[1]);
-        }
+        Dictionary<string, long> counts = KillTests.Counts(target);
         target.WriteLine("quit");
         output.WriteLine(string.Join(", ", counts.Select(kv => $"{kv.Key} {kv.Value}")));
         string[] calls = ["sigwaitinfo", "sigtimedwait", "semop", "semtimedop", "io_getevents", "recv", "epoll_wait"];

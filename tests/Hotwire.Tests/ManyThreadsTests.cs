@@ -19,13 +19,8 @@ public partial class ManyThreadsTests(ITestOutputHelper output)
         const int Threads = 1000, PerThread = 2000;
         using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.ManyThreads), Threads.ToString(), PerThread.ToString());
         string dir = Path.Combine(Path.GetTempPath(), $"hotwire-threads-{Guid.NewGuid():N}");
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (string a in new[] { HotwireCli.DllPath, "record", "--pid", target.Pid.ToString(), "-F", "f", "-o", dir, "--buffer-size", bufferSize })
-        {
-            psi.ArgumentList.Add(a);
-        }
         var clock = Stopwatch.StartNew();
-        using Process recording = Process.Start(psi)!;
+        using Process recording = HotwireCli.Start("record", "--pid", target.Pid.ToString(), "-F", "f", "-o", dir, "--buffer-size", bufferSize);
         recording.StandardOutput.BaseStream.CopyToAsync(Stream.Null);
         Assert.Contains("recording", recording.StandardError.ReadLine());
         output.WriteLine($"attached to {Threads + 1} threads in {clock.ElapsedMilliseconds} ms");
@@ -68,12 +63,7 @@ public partial class ManyThreadsTests(ITestOutputHelper output)
         const int Threads = 1400, PerThread = 500;
         using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.ManyThreads), Threads.ToString(), PerThread.ToString(), "100");
         string dir = Path.Combine(Path.GetTempPath(), $"hotwire-churn-{Guid.NewGuid():N}");
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (string a in new[] { HotwireCli.DllPath, "record", "--pid", target.Pid.ToString(), "-F", "f", "-o", dir })
-        {
-            psi.ArgumentList.Add(a);
-        }
-        using Process recording = Process.Start(psi)!;
+        using Process recording = HotwireCli.Start("record", "--pid", target.Pid.ToString(), "-F", "f", "-o", dir);
         recording.StandardOutput.BaseStream.CopyToAsync(Stream.Null);
         Assert.Contains("recording", recording.StandardError.ReadLine());
         target.WriteLine("go");

@@ -13,7 +13,7 @@ public class TargetStateTests
     {
         using var target = new SeedTarget(Flavour.SeedNop5, threads: 2);
         target.Go();
-        using Process first = StartHotwire("count", "--pid", target.Pid.ToString(), "-F", "f");
+        using Process first = HotwireCli.Start("count", "--pid", target.Pid.ToString(), "-F", "f");
         Assert.Contains("counting", first.StandardError.ReadLine());
         string mapsBefore = File.ReadAllText($"/proc/{target.Pid}/maps");
         CliResult second = HotwireCli.Run("record", "--pid", target.Pid.ToString(), "-F", "f", "-o", TempDir());
@@ -60,7 +60,7 @@ public class TargetStateTests
         string[] args = command == "record"
             ? ["record", "--pid", target.Pid.ToString(), "-F", "f", "-o", TempDir()]
             : ["count", "--pid", target.Pid.ToString(), "-F", "f"];
-        using Process hotwire = StartHotwire(args);
+        using Process hotwire = HotwireCli.Start(args);
         Assert.Contains(command == "record" ? "recording" : "counting", hotwire.StandardError.ReadLine());
         Thread.Sleep(100);
         target.WriteLine("exec");
@@ -73,17 +73,6 @@ public class TargetStateTests
         {
             Assert.Matches(@"\b[1-9]\d*\s+f\b", hotwire.StandardOutput.ReadToEnd()); // the calls before the exec
         }
-    }
-
-    private static Process StartHotwire(params string[] args)
-    {
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
-        psi.ArgumentList.Add(HotwireCli.DllPath);
-        foreach (string a in args)
-        {
-            psi.ArgumentList.Add(a);
-        }
-        return Process.Start(psi)!;
     }
 
     private static string TempDir() => Path.Combine(Path.GetTempPath(), $"hotwire-state-{Guid.NewGuid():N}");

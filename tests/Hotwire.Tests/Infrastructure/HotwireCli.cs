@@ -16,6 +16,18 @@ public static class HotwireCli
 
     public static CliResult Run(params string[] args) => Run(TimeSpan.FromMinutes(2), args);
 
+    /// <summary>Starts `hotwire ARGS` and returns at once (output redirected), for tests that signal or kill it.</summary>
+    public static Process Start(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(s_dll);
+        foreach (string a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+        return Process.Start(psi)!;
+    }
+
     public static CliResult Run(TimeSpan timeout, params string[] args) => Run(timeout, new Dictionary<string, string>(), args);
 
     /// <summary>With extra environment variables (the test-only HOTWIRE_TEST_* switches).</summary>
