@@ -59,6 +59,64 @@ public sealed class TraceReader
         }
     }
 
+    /// <summary>
+    /// All events of <paramref name="chunks"/>, merged across threads by timestamp, in bounded
+    /// memory: each thread holds one decoded chunk (at most 4,096 events) at a time, read when its
+    /// previous one is used up. 100 M events replay in the memory of a few chunks per thread.
+    /// </summary>
+    public IEnumerable<TraceLine> Stream(string dir, IReadOnlyList<TraceData.ChunkRef> chunks, IReadOnlySet<int>? tids = null)
+    {
+        var perThread = new Dictionary<int, Queue<TraceData.ChunkRef>>();
+        foreach (TraceData.ChunkRef c in chunks)
+        {
+            if (c.Count > 0 && (tids is null || tids.Contains(c.Tid)))
+            {
+                if (!perThread.TryGetValue(c.Tid, out Queue<TraceData.ChunkRef>? q))
+                {
+                    perThread[c.Tid] = q = new Queue<TraceData.ChunkRef>();
+                }
+                q.Enqueue(c);
+            }
+        }
+        using var stream = new FileStream(Path.Combine(dir, TraceData.EventsFile), FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16);
+        byte[] buffer = new byte[1 << 16];
+        var current = new Dictionary<int, (List<RawEvent> Events, int Next)>();
+        var queue = new PriorityQueue<int, (ulong Tsc, int Tid)>();
+        bool Load(int tid)
+        {
+            List<RawEvent> events = current.TryGetValue(tid, out var c) ? c.Events : new List<RawEvent>(4096);
+            if (!perThread[tid].TryDequeue(out TraceData.ChunkRef next))
+            {
+                current.Remove(tid);
+                return false;
+            }
+            TraceData.ReadChunk(stream, Info, next, ref buffer, events);
+            current[tid] = (events, 0);
+            return events.Count > 0;
+        }
+        foreach (int tid in perThread.Keys)
+        {
+            if (Load(tid))
+            {
+                queue.Enqueue(tid, (current[tid].Events[0].Tsc, tid));
+            }
+        }
+        while (queue.TryDequeue(out int tid, out _))
+        {
+            (List<RawEvent> events, int at) = current[tid];
+            yield return Line(tid, events[at]);
+            if (at + 1 < events.Count)
+            {
+                current[tid] = (events, at + 1);
+                queue.Enqueue(tid, (events[at + 1].Tsc, tid));
+            }
+            else if (Load(tid))
+            {
+                queue.Enqueue(tid, (current[tid].Events[0].Tsc, tid));
+            }
+        }
+    }
+
     public TraceLine Line(int tid, RawEvent e)
     {
         ThreadInfo? thread = _threads.GetValueOrDefault(tid);

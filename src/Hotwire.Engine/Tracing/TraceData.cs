@@ -211,6 +211,84 @@ public static class TraceData
         return result;
     }
 
+    /// <summary>Where one chunk of events.bin lies: its thread, its header's offset, and its events.</summary>
+    public readonly record struct ChunkRef(int Tid, long Offset, int Count);
+
+    /// <summary>
+    /// The chunks of events.bin, read from their headers only (payloads are skipped): what a
+    /// reader needs to merge threads without decoding every event first. A chunk cut short is
+    /// left out; <paramref name="truncatedAt"/> says where.
+    /// </summary>
+    public static List<ChunkRef> IndexChunks(string dir, TraceInfo info, out long? truncatedAt)
+    {
+        string path = Path.Combine(dir, EventsFile);
+        if (!File.Exists(path))
+        {
+            throw new HotwireException($"{dir} is not a complete Hotwire recording: {EventsFile} is missing");
+        }
+        using var stream = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.Read, 4096);
+        long end = stream.Length;
+        var chunks = new List<ChunkRef>();
+        Span<byte> header = stackalloc byte[16];
+        long offset = 0;
+        truncatedAt = null;
+        while (offset < end)
+        {
+            stream.Position = offset;
+            if (stream.ReadAtLeast(header, 16, throwOnEndOfStream: false) < 16)
+            {
+                truncatedAt = offset;
+                break;
+            }
+            uint magic = BitConverter.ToUInt32(header);
+            int tid = BitConverter.ToInt32(header[4..]);
+            int count = BitConverter.ToInt32(header[8..]);
+            int size = BitConverter.ToInt32(header[12..]);
+            bool packed = magic == PackedChunkMagic;
+            if ((magic != ChunkMagic && !packed) || (!packed && size != info.EventBytes) || count < 0 || size < 0)
+            {
+                throw new HotwireException($"{path} is damaged at byte {offset} (a chunk header is not valid)");
+            }
+            long length = packed ? size : (long)count * size;
+            if (offset + 16 + length > end)
+            {
+                truncatedAt = offset;   // the complete events of a partial chunk are not worth a special case here
+                break;
+            }
+            chunks.Add(new ChunkRef(tid, offset, count));
+            offset += 16 + length;
+        }
+        return chunks;
+    }
+
+    /// <summary>Decodes the chunk at <paramref name="chunk"/> into <paramref name="into"/> (cleared first).</summary>
+    public static void ReadChunk(FileStream stream, TraceInfo info, ChunkRef chunk, ref byte[] buffer, List<RawEvent> into)
+    {
+        into.Clear();
+        Span<byte> header = stackalloc byte[16];
+        stream.Position = chunk.Offset;
+        stream.ReadExactly(header);
+        bool packed = BitConverter.ToUInt32(header) == PackedChunkMagic;
+        int size = BitConverter.ToInt32(header[12..]);
+        int length = packed ? size : chunk.Count * size;
+        if (buffer.Length < length)
+        {
+            buffer = new byte[Math.Max(length, buffer.Length * 2)];
+        }
+        stream.ReadExactly(buffer.AsSpan(0, length));
+        if (packed)
+        {
+            EventPacking.Unpack(buffer.AsSpan(0, length), chunk.Count, info.Args, into, info.HasInfo);
+        }
+        else
+        {
+            for (int i = 0; i < chunk.Count; i++)
+            {
+                into.Add(RawEvent.Decode(buffer.AsSpan(i * size, size), info.Args, info.HasInfo));
+            }
+        }
+    }
+
     /// <summary>
     /// Streams the recording chunk by chunk (a thread's chunks come in its order; the list is
     /// reused between calls), so readers of very large recordings never hold all events at once.
