@@ -53,6 +53,10 @@ public static class CommandRunner
             Console.Error.WriteLine($"hotwire: {e.Message}");
             return (int)ExitCode.Failure;
         }
+        catch (IOException e) when (Commands.ReaderOptions.IsBrokenPipe(e))
+        {
+            return (int)ExitCode.Success; // our output's reader went away (| head): stop, as text tools do
+        }
         catch (Exception e) when (Environment.GetEnvironmentVariable("HOTWIRE_DEBUG") is null)
         {
             Console.Error.WriteLine($"hotwire: internal error: {e.GetType().Name}: {e.Message} (set HOTWIRE_DEBUG=1 for details; please report it)");

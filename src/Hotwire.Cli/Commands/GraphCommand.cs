@@ -48,7 +48,7 @@ public static class GraphCommand
             }
             rootName = function;
         }
-        using var w = new StreamWriter(Console.OpenStandardOutput(), bufferSize: 1 << 16);
+        using var w = new StreamWriter(ReaderOptions.StandardOutput(), bufferSize: 1 << 16);
         CallGraphWriter.Write(w, tree, rootName, names, new TraceTime(info.Clock), backtraces, about);
         ReaderOptions.WarnGaps(info, tids, graph);
         return ExitCode.Success;

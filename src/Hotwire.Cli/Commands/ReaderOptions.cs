@@ -31,12 +31,22 @@ internal sealed class ReaderOptions
         return (dir, info, tids);
     }
 
+    /// <summary>
+    /// fd 1 as a plain stream: .NET's console stream ignores EPIPE, so a reader piped into
+    /// <c>head</c> would run to the end of a 100 M-event recording; on this one the write fails,
+    /// and <see cref="CommandRunner"/> ends the command quietly.
+    /// </summary>
+    public static Stream StandardOutput() => new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(1, ownsHandle: false), FileAccess.Write, 1);
+
+    /// <summary>The reader of our output went away (| head).</summary>
+    public static bool IsBrokenPipe(IOException e) => e.HResult == 32 || e.Message.Contains("Broken pipe", StringComparison.OrdinalIgnoreCase);
+
     /// <summary>stdout, or the file given with -o (its directory made if needed).</summary>
     public static Stream OpenOutput(string? path)
     {
         if (path is null or "-")
         {
-            return Console.OpenStandardOutput();
+            return StandardOutput();
         }
         try
         {

@@ -44,62 +44,39 @@ public static class ReplayCommand
         var reader = new TraceReader(info);
         List<TraceData.ChunkRef> chunks = TraceData.IndexChunks(dir, info, out long? truncatedAt);
         ReaderOptions.WarnTruncated(dir, truncatedAt);
-        using Stream stdout = StandardOutput();
-        try
+        using Stream stdout = ReaderOptions.StandardOutput();
+        if (format == "json")
         {
-            if (format == "json")
-            {
-                FunctionTraceWriter.WriteJson(stdout, reader.Info, reader.Stream(dir, chunks, tids));
-                return ExitCode.Success;
-            }
-            using var w = new StreamWriter(stdout, bufferSize: 1 << 16);
-            long shown = chunks.Where(c => tids is null || tids.Contains(c.Tid)).Sum(c => (long)c.Count);
-            FunctionTraceWriter.WriteHeader(w, reader.Info, shown);
-            foreach (TraceLine line in reader.Stream(dir, chunks, tids))
-            {
-                w.Write(FunctionTraceWriter.Format(line));
-                w.Write('\n');
-            }
-            w.Flush();
+            FunctionTraceWriter.WriteJson(stdout, reader.Info, reader.Stream(dir, chunks, tids));
+            return ExitCode.Success;
         }
-        catch (IOException e) when (IsBrokenPipe(e))
+        using var w = new StreamWriter(stdout, bufferSize: 1 << 16);
+        long shown = chunks.Where(c => tids is null || tids.Contains(c.Tid)).Sum(c => (long)c.Count);
+        FunctionTraceWriter.WriteHeader(w, reader.Info, shown);
+        foreach (TraceLine line in reader.Stream(dir, chunks, tids))
         {
-            // The reader of our output went away (| head): stop, as text tools do.
+            w.Write(FunctionTraceWriter.Format(line));
+            w.Write('\n');
         }
         return ExitCode.Success;
     }
 
-    /// <summary>
-    /// fd 1 as a plain stream: .NET's console stream ignores EPIPE, so a replay piped into
-    /// <c>head</c> would run to the end of a 100 M-event recording; this one fails, and we stop.
-    /// </summary>
-    internal static Stream StandardOutput() => new FileStream(new Microsoft.Win32.SafeHandles.SafeFileHandle(1, ownsHandle: false), FileAccess.Write, 1);
-
-    internal static bool IsBrokenPipe(IOException e) => e.HResult == 32 || e.Message.Contains("Broken pipe", StringComparison.OrdinalIgnoreCase);
-
     private static ExitCode ReplayGraph(string dir, TraceInfo info, IReadOnlySet<int>? tids, string format)
     {
-        using Stream stdout = StandardOutput();
+        using Stream stdout = ReaderOptions.StandardOutput();
         GraphReplayFormat layout = format switch
         {
             "json" => GraphReplayFormat.Json,
             "uftrace" => GraphReplayFormat.Uftrace,
             _ => GraphReplayFormat.Ftrace,
         };
-        try
-        {
-            using var text = new StreamWriter(stdout, bufferSize: 1 << 16);
-            var writer = new GraphReplayWriter(info, tids, layout, text, stdout);
-            writer.WriteHeader();
-            CallGraph graph = CallGraph.Read(dir, info, tids, writer);
-            writer.WriteFooter(graph);
-            text.Flush();
-            ReaderOptions.WarnTruncated(dir, graph.TruncatedAt);
-        }
-        catch (IOException e) when (IsBrokenPipe(e))
-        {
-            // | head has what it wanted
-        }
+        using var text = new StreamWriter(stdout, bufferSize: 1 << 16);
+        var writer = new GraphReplayWriter(info, tids, layout, text, stdout);
+        writer.WriteHeader();
+        CallGraph graph = CallGraph.Read(dir, info, tids, writer);
+        writer.WriteFooter(graph);
+        text.Flush();
+        ReaderOptions.WarnTruncated(dir, graph.TruncatedAt);
         return ExitCode.Success;
     }
 }

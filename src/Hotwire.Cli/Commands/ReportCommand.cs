@@ -54,7 +54,7 @@ public static class ReportCommand
                 return ExitCode.Failure;
         }
         rows = ReportWriter.Sort(rows, keys);
-        using var w = new StreamWriter(Console.OpenStandardOutput(), bufferSize: 1 << 16);
+        using var w = new StreamWriter(ReaderOptions.StandardOutput(), bufferSize: 1 << 16);
         if (format == "csv")
         {
             ReportWriter.WriteCsv(w, rows);
