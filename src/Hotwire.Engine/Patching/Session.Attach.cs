@@ -190,9 +190,12 @@ public sealed unsafe partial class Session
         // Everything is decided and generated before the thread stops: addresses, agent code,
         // header, bootstrap. During the stop only bytes are written.
         ulong syscallInsn = RemoteCaller.FindSyscallInstruction(Pid, _memory);
-        var occupied = ProcMaps.Read(Pid).Select(m => (m.Start, m.End)).ToList();
+        List<MemoryMapping> maps = ProcMaps.Read(Pid);
+        var occupied = maps.Select(m => (m.Start, m.End)).ToList();
         const ulong BlockReserve = 256 * 1024;
-        ulong blockBase = FreeRange(occupied, BlockReserve + dataSize + MainCodeSize);
+        // Below the lowest library or anonymous mapping of the mmap area; never against [stack]
+        // (it grows down into what is below it) or the kernel's [vdso]/[vvar].
+        ulong blockBase = FreeRange(occupied, maps.Where(m => !m.Path.StartsWith('[')).Select(m => m.Start), BlockReserve + dataSize + MainCodeSize);
         DataBase = blockBase + BlockReserve;
         ulong codeBase = DataBase + dataSize;
         occupied.Add((blockBase, codeBase + MainCodeSize));
@@ -349,12 +352,12 @@ public sealed unsafe partial class Session
     /// Where to put <paramref name="size"/> bytes: just below the lowest mapping of the mmap area
     /// (where the kernel's top-down allocator would put them), else the largest gap.
     /// </summary>
-    private static ulong FreeRange(List<(ulong Start, ulong End)> occupied, ulong size)
+    private static ulong FreeRange(List<(ulong Start, ulong End)> occupied, IEnumerable<ulong> anchors, ulong size)
     {
         const ulong MmapArea = 0x7000_0000_0000, Slack = 1UL << 20, Huge = 2UL << 20;
         var sorted = occupied.OrderBy(o => o.Start).ToList();
         bool Free(ulong start, ulong end) => start >= 0x10000 && !sorted.Any(o => o.Start < end && start < o.End);
-        foreach ((ulong s, _) in sorted.Where(o => o.Start >= MmapArea))
+        foreach (ulong s in anchors.Where(a => a >= MmapArea).Order())
         {
             if (s > size + Slack)
             {
