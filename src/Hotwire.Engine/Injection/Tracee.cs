@@ -204,9 +204,11 @@ public sealed class Tracee
         {
             throw Errors.FromErrno("ptrace(PTRACE_DETACH)", Marshal.GetLastPInvokeError(), Pid);
         }
+        // More than one signal held: the rest go to this same thread (tgkill). A process-wide kill
+        // could hand a SIGTRAP to another thread, where our handler sees no site and passes it on.
         for (int i = 1; i < _pendingSignals.Count; i++)
         {
-            Ptrace.kill(Pid, _pendingSignals[i]);
+            Sys.syscall(SyscallNumbers.tgkill, Pid, Tid, _pendingSignals[i], 0, 0, 0);
         }
     }
 
