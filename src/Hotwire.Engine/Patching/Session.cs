@@ -1006,8 +1006,9 @@ public sealed unsafe partial class Session : IDisposable
                 s.Current = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
                 s.Ops.Clear();
             }
-            WaitNoPendingSigtrap();
-            Shared.WriteU64(L.ExitRestoresSigaction, 1);
+            // The handler goes only when no trap of ours can still arrive; otherwise it stays (as
+            // after the dead-man switch): it re-executes stale traps and passes the rest on.
+            Shared.WriteU64(L.ExitRestoresSigaction, NoSigtrapInFlight() ? 1UL : 0UL);
             Send(L.CmdExit);
             for (int i = 0; i < 200 && Directory.Exists($"/proc/{Pid}/task/{AgentTid}"); i++)
             {
@@ -1056,22 +1057,32 @@ public sealed unsafe partial class Session : IDisposable
         }
     }
 
-    private void WaitNoPendingSigtrap()
+    /// <summary>
+    /// True once no thread has a SIGTRAP pending, seen twice 20 ms apart. Once is not enough: a
+    /// thread that executed an int3 just before the last sync may still be inside the kernel's trap
+    /// entry, its SIGTRAP not yet queued (the sync's IPI can be served there); a SIG_DFL restored
+    /// meanwhile kills the process when it is (the waiters target died of it in 1 of 15 runs of
+    /// 20 sessions). False if traps stay pending for a second (a stopped thread, say).
+    /// </summary>
+    private bool NoSigtrapInFlight()
     {
-        for (int i = 0; i < 200; i++)
+        int clean = 0;
+        for (int i = 0; i < 50; i++)
         {
             if (!Directory.Exists($"/proc/{Pid}/task"))
             {
-                return;
+                return true;
             }
             bool pending = Directory.EnumerateDirectories($"/proc/{Pid}/task")
                 .Any(task => ProcStatus.SignalPending(Path.Combine(task, "status"), Ptrace.SIGTRAP));
-            if (!pending)
+            clean = pending ? 0 : clean + 1;
+            if (clean == 2)
             {
-                return;
+                return true;
             }
-            Thread.Sleep(5);
+            Thread.Sleep(20);
         }
+        return false;
     }
 
     public void Dispose()
