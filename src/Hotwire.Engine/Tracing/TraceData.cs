@@ -240,16 +240,7 @@ public static class TraceData
                 truncatedAt = offset;
                 break;
             }
-            uint magic = BitConverter.ToUInt32(header);
-            int tid = BitConverter.ToInt32(header[4..]);
-            int count = BitConverter.ToInt32(header[8..]);
-            int size = BitConverter.ToInt32(header[12..]);
-            bool packed = magic == PackedChunkMagic;
-            if ((magic != ChunkMagic && !packed) || (!packed && size != info.EventBytes) || count < 0 || size < 0)
-            {
-                throw new HotwireException($"{path} is damaged at byte {offset} (a chunk header is not valid)");
-            }
-            long length = packed ? size : (long)count * size;
+            (int tid, int count, int size, bool packed, long length) = ChunkHeader(header, info, path, offset);
             if (offset + 16 + length > end)
             {
                 truncatedAt = offset;   // the complete events of a partial chunk are not worth a special case here
@@ -259,6 +250,21 @@ public static class TraceData
             offset += 16 + length;
         }
         return chunks;
+    }
+
+    // A chunk header: magic, tid, event count, and the payload's size (packed) or one event's (raw).
+    private static (int Tid, int Count, int Size, bool Packed, long Length) ChunkHeader(ReadOnlySpan<byte> header, TraceInfo info, string path, long offset)
+    {
+        uint magic = BitConverter.ToUInt32(header);
+        int tid = BitConverter.ToInt32(header[4..]);
+        int count = BitConverter.ToInt32(header[8..]);
+        int size = BitConverter.ToInt32(header[12..]);
+        bool packed = magic == PackedChunkMagic;
+        if ((magic != ChunkMagic && !packed) || (!packed && size != info.EventBytes) || count < 0 || size < 0)
+        {
+            throw new HotwireException($"{path} is damaged at byte {offset} (a chunk header is not valid)");
+        }
+        return (tid, count, size, packed, packed ? size : (long)count * size);
     }
 
     /// <summary>Decodes the chunk at <paramref name="chunk"/> into <paramref name="into"/> (cleared first).</summary>
@@ -318,16 +324,7 @@ public static class TraceData
             {
                 return offset;
             }
-            uint magic = BitConverter.ToUInt32(header);
-            int tid = BitConverter.ToInt32(header[4..]);
-            int count = BitConverter.ToInt32(header[8..]);
-            int size = BitConverter.ToInt32(header[12..]);
-            bool packed = magic == PackedChunkMagic;
-            if ((magic != ChunkMagic && !packed) || (!packed && size != info.EventBytes) || count < 0 || size < 0)
-            {
-                throw new HotwireException($"{path} is damaged at byte {offset} (a chunk header is not valid)");
-            }
-            long length = packed ? size : (long)count * size;
+            (int tid, int count, int size, bool packed, long length) = ChunkHeader(header, info, path, offset);
             if (length > buffer.Length)
             {
                 buffer = new byte[Math.Max(length, buffer.Length * 2L)];
