@@ -23,16 +23,12 @@ public class KillTests(ITestOutputHelper output)
         string dir = Path.Combine(Path.GetTempPath(), $"hotwire-kill-{Guid.NewGuid():N}");
         for (int i = 0; i < kills; i++)
         {
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
-            foreach (string a in new[] { HotwireCli.DllPath, "record", "--pid", target.Pid.ToString(), "-F", "f", "-o", $"{dir}-{i}" })
-            {
-                psi.ArgumentList.Add(a);
-            }
+            var env = new Dictionary<string, string>();
             if (noDiscard)
             {
-                psi.Environment["HOTWIRE_TEST_NO_DEADMAN_DISCARD"] = "1";
+                env["HOTWIRE_TEST_NO_DEADMAN_DISCARD"] = "1";
             }
-            using (Process recording = Process.Start(psi)!)
+            using (Process recording = HotwireCli.Start(env, "record", "--pid", target.Pid.ToString(), "-F", "f", "-o", $"{dir}-{i}"))
             {
                 string? line = recording.StandardError.ReadLine();          // "recording ..." once the sites are live
                 Assert.True(line?.Contains("recording", StringComparison.Ordinal), line);
@@ -86,19 +82,13 @@ public class KillTests(ITestOutputHelper output)
         for (int trial = 0; trial < trials; trial++)
         {
             string[] command = commands[trial % commands.Length];
-            var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
-            psi.ArgumentList.Add(HotwireCli.DllPath);
-            foreach (string a in command.Concat(["--pid", target.Pid.ToString()]))
-            {
-                psi.ArgumentList.Add(a);
-            }
+            string[] args = [.. command, "--pid", target.Pid.ToString()];
             if (command[0] is "record" or "live")
             {
-                psi.ArgumentList.Add("-o");
-                psi.ArgumentList.Add(Path.Combine(Path.GetTempPath(), $"hotwire-killattach-{Guid.NewGuid():N}"));
+                args = [.. args, "-o", Path.Combine(Path.GetTempPath(), $"hotwire-killattach-{Guid.NewGuid():N}")];
             }
             int delay = random.Next(0, 1500);
-            using (Process hotwire = Process.Start(psi)!)
+            using (Process hotwire = HotwireCli.Start(args))
             {
                 hotwire.StandardOutput.BaseStream.CopyToAsync(Stream.Null);
                 hotwire.StandardError.BaseStream.CopyToAsync(Stream.Null);
@@ -172,17 +162,12 @@ public class KillTests(ITestOutputHelper output)
         byte[] sled = [0x90, 0x90, 0x90, 0x90, 0x90];
         Assert.Equal(sled, ReadBytes(target.Pid, f, 5));
         string dir = Path.Combine(Path.GetTempPath(), $"hotwire-kill-sled-{Guid.NewGuid():N}");
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (string a in new[] { HotwireCli.DllPath, "record", "--pid", target.Pid.ToString(), "-F", "f", "-o", dir })
-        {
-            psi.ArgumentList.Add(a);
-        }
-        psi.Environment["HOTWIRE_TEST_DIE_IN_SLED_PAUSE"] = "1";
+        var env = new Dictionary<string, string> { ["HOTWIRE_TEST_DIE_IN_SLED_PAUSE"] = "1" };
         if (deathFinishesBatch)
         {
-            psi.Environment["HOTWIRE_TEST_DEATH_FINISHES_BATCH"] = "1";
+            env["HOTWIRE_TEST_DEATH_FINISHES_BATCH"] = "1";
         }
-        using (Process recording = Process.Start(psi)!)
+        using (Process recording = HotwireCli.Start(env, "record", "--pid", target.Pid.ToString(), "-F", "f", "-o", dir))
         {
             Assert.True(recording.WaitForExit(30_000), "hotwire record did not die in the sled pause");
             Assert.Equal(128 + 9, recording.ExitCode);

@@ -17,9 +17,16 @@ public static class HotwireCli
     public static CliResult Run(params string[] args) => Run(TimeSpan.FromMinutes(2), args);
 
     /// <summary>Starts `hotwire ARGS` and returns at once (output redirected), for tests that signal or kill it.</summary>
-    public static Process Start(params string[] args)
+    public static Process Start(params string[] args) => Start(new Dictionary<string, string>(), args);
+
+    /// <summary>As <see cref="Start(string[])"/>, with extra environment variables (the test-only HOTWIRE_TEST_* switches).</summary>
+    public static Process Start(IReadOnlyDictionary<string, string> environment, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach ((string name, string value) in environment)
+        {
+            psi.Environment[name] = value;
+        }
         psi.ArgumentList.Add(s_dll);
         foreach (string a in args)
         {
