@@ -354,7 +354,7 @@ public sealed unsafe partial class Session
     /// </summary>
     private static ulong FreeRange(List<(ulong Start, ulong End)> occupied, IEnumerable<ulong> anchors, ulong size)
     {
-        const ulong MmapArea = 0x7000_0000_0000, Slack = 1UL << 20, Huge = 2UL << 20;
+        const ulong MmapArea = 0x7000_0000_0000, Slack = 1UL << 30, Huge = 2UL << 20; // 1 GiB clear of where the kernel puts the target's own next mmaps
         var sorted = occupied.OrderBy(o => o.Start).ToList();
         bool Free(ulong start, ulong end) => start >= 0x10000 && !sorted.Any(o => o.Start < end && start < o.End);
         foreach (ulong s in anchors.Where(a => a >= MmapArea).Order())
