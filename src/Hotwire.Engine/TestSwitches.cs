@@ -28,4 +28,7 @@ public static class TestSwitches
 
     /// <summary>HOTWIRE_TEST_DEATH_FINISHES_BATCH=1: the agent finishes a paused batch when Hotwire dies (the old behaviour, verify/patch.pml's death-finishes-sled).</summary>
     public static bool DeathFinishesBatch { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_DEATH_FINISHES_BATCH") == "1";
+
+    /// <summary>HOTWIRE_TEST_NO_REUSE_CHECK=1: an earlier Hotwire's block is taken over without checking that no thread is inside its code.</summary>
+    public static bool NoReuseQuiescenceCheck { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_REUSE_CHECK") == "1";
 }

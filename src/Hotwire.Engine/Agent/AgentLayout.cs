@@ -47,17 +47,34 @@ public static class AgentLayout
     public const int BaseList = 0x148;       // pointer to BaseCount base entries
     public const int DiscardCount = 0x150;   // ranges whose pages the dead-man switch gives back (MADV_REMOVE)
     public const int DeathFinishesBatch = 0x158; // test-only, 1: Hotwire gone during a pause, the batch is finished (the bug verify/ found)
+    // The block (data, code, trampoline regions, bootstrap area), described for a later Hotwire that reuses it.
+    public const int BlockVersion = 0x160;   // BlockLayoutVersion once the description is complete
+    public const int BlockDataSize = 0x168;
+    public const int BlockTotal = 0x170;     // bytes of the memfd
+    public const int BlockCodeBase = 0x178;  // target address of the main code (the agent's), after the data
     public const int AgentName = 0x180;      // "hotwire-agent\0"
+    public const int BlockBootArea = 0x190;  // the bootstrap's anonymous mapping: address, size
+    public const int BlockBootSize = 0x198;
+    public const int Pinned = 0x1a0;         // nonzero: the block's code stays in use (GOT slots still point at a graph tracer's unwind hooks)
+    public const int RegionCount = 0x1a8;
+    public const int ShadowMap = 0x1b0;      // a graph tracer's shadow stacks (private mapping): address, size, first record
+    public const int ShadowMapSize = 0x1b8;
+    public const int ShadowRecords = 0x1c0;
     public const int NewSigaction = 0x200;   // 32 bytes
     public const int DefaultSigaction = 0x220;
     public const int WaitTimeout = 0x240;    // struct timespec
     public const int PollFd = 0x250;         // struct pollfd
     public const int AllSignals = 0x260;     // sigset_t (8 bytes, kernel size)
     public const int SavedSigmask = 0x268;
+    public const int SigScratch = 0x270;     // 32 bytes: the disposition the bootstrap's rt_sigaction replaced
     public const int NopRecords = 0x300;     // 16 records of 16 bytes: "nop, advance L" for L = 0..15
     public const int DiscardList = 0x400;    // DiscardMax × {u64 target address, u64 length}
     public const int DiscardMax = 32;
+    public const int RegionTable = 0x600;    // RegionMax × {module start, target address, size, memfd offset, used}
+    public const int RegionEntrySize = 40;
+    public const int RegionMax = 32;
     public const int HeaderSize = 0x1000;
+    public const ulong BlockLayoutVersion = 2;
 
     // ---- commands ----
     public const int CmdBatch = 1;

@@ -33,7 +33,12 @@ internal static class BootstrapBlock
     /// <param name="Header">the first <see cref="L.HeaderSize"/> bytes of the memfd (the agent's header)</param>
     /// <param name="AgentCode">the agent's code, written at <paramref name="DataSize"/> in the memfd</param>
     public sealed record Plan(ulong Base, int HotwirePid, ulong MemfdSize, ulong DataBase, ulong DataSize, ulong CodeBase, ulong CodeSize,
-        byte[] Header, byte[] AgentCode, IReadOnlyList<Region> Regions, ulong AgentEntry, ulong AgentStackTop, ulong CloneFlags, bool StopWhenDone);
+        byte[] Header, byte[] AgentCode, IReadOnlyList<Region> Regions, ulong AgentEntry, ulong AgentStackTop, ulong CloneFlags, bool StopWhenDone,
+        int ReuseFd = -1)
+    {
+        /// <summary>An earlier block is taken over: memfd, mappings, header and code are in place already.</summary>
+        public bool Reuse => ReuseFd >= 0;
+    }
 
     // Registers in the order of the slots: what the epilogue loads (rsp and rip last).
     private static readonly AssemblerRegister64[] s_restored = [rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15];
@@ -88,72 +93,79 @@ internal static class BootstrapBlock
             }
         }
 
-        Step(1);
-        a.lea(rdi, __[name]);
-        a.mov(esi, Sys.MFD_CLOEXEC);
-        Call(N.memfd_create);
-        FailIfError();
-        a.mov(r12, rax);
-        a.mov(__qword_ptr[fdSlot], rax);
-
-        Step(2);
-        a.mov(rdi, r12);
-        a.mov(rsi, p.MemfdSize);
-        Call(N.ftruncate);
-        FailIfError();
-
-        // The header and the agent's code go into the memfd before anything maps it.
-        Step(3);
-        a.mov(rdi, r12);
-        a.lea(rsi, __[header]);
-        a.mov(edx, L.HeaderSize);
-        a.xor(r10d, r10d);
-        Call(N.pwrite64);
-        a.cmp(rax, L.HeaderSize);
-        a.jne(fail);
-        Step(4);
-        a.mov(rdi, r12);
-        a.lea(rsi, __[agentCode]);
-        a.mov(edx, p.AgentCode.Length);
-        a.mov(r10, p.DataSize);
-        Call(N.pwrite64);
-        a.cmp(rax, p.AgentCode.Length);
-        a.jne(fail);
-
-        Step(5);
-        MapShared(a, p.DataBase, p.DataSize, Sys.PROT_READ | Sys.PROT_WRITE, 0);
-        FailUnlessAt(p.DataBase, 0);
-        a.mov(rcx, p.DataBase);
-        a.mov(__qword_ptr[rcx + L.MemfdInTarget], r12);
-
-        Step(6);
-        MapShared(a, p.CodeBase, p.CodeSize, Sys.PROT_READ | Sys.PROT_EXEC, p.DataSize);
-        FailUnlessAt(p.CodeBase, 1);
-
-        // A trampoline region near each module: the first candidate address that is free.
-        for (int i = 0; i < p.Regions.Count; i++)
+        if (p.Reuse)
         {
-            Region r = p.Regions[i];
-            Label found = a.CreateLabel();
-            Step(100 + i);
-            foreach (ulong at in r.Candidates)
+            a.mov(__qword_ptr[fdSlot], p.ReuseFd);              // r12 stays -1: a failure must not close it
+        }
+        else
+        {
+            Step(1);
+            a.lea(rdi, __[name]);
+            a.mov(esi, Sys.MFD_CLOEXEC);
+            Call(N.memfd_create);
+            FailIfError();
+            a.mov(r12, rax);
+            a.mov(__qword_ptr[fdSlot], rax);
+
+            Step(2);
+            a.mov(rdi, r12);
+            a.mov(rsi, p.MemfdSize);
+            Call(N.ftruncate);
+            FailIfError();
+
+            // The header and the agent's code go into the memfd before anything maps it.
+            Step(3);
+            a.mov(rdi, r12);
+            a.lea(rsi, __[header]);
+            a.mov(edx, L.HeaderSize);
+            a.xor(r10d, r10d);
+            Call(N.pwrite64);
+            a.cmp(rax, L.HeaderSize);
+            a.jne(fail);
+            Step(4);
+            a.mov(rdi, r12);
+            a.lea(rsi, __[agentCode]);
+            a.mov(edx, p.AgentCode.Length);
+            a.mov(r10, p.DataSize);
+            Call(N.pwrite64);
+            a.cmp(rax, p.AgentCode.Length);
+            a.jne(fail);
+
+            Step(5);
+            MapShared(a, p.DataBase, p.DataSize, Sys.PROT_READ | Sys.PROT_WRITE, 0);
+            FailUnlessAt(p.DataBase, 0);
+            a.mov(rcx, p.DataBase);
+            a.mov(__qword_ptr[rcx + L.MemfdInTarget], r12);
+
+            Step(6);
+            MapShared(a, p.CodeBase, p.CodeSize, Sys.PROT_READ | Sys.PROT_EXEC, p.DataSize);
+            FailUnlessAt(p.CodeBase, 1);
+
+            // A trampoline region near each module: the first candidate address that is free.
+            for (int i = 0; i < p.Regions.Count; i++)
             {
-                Label next = a.CreateLabel();
-                MapShared(a, at, r.Size, Sys.PROT_READ | Sys.PROT_EXEC, r.MemfdOffset);
-                a.mov(rcx, at);
-                a.cmp(rax, rcx);
-                a.je(found);
-                a.cmp(rax, -4095);
-                a.jae(next);
-                a.mov(rdi, rax);                                // placed elsewhere (no MAP_FIXED_NOREPLACE): give it back
-                a.mov(rsi, r.Size);
-                Call(N.munmap);
-                a.Label(ref next);
+                Region r = p.Regions[i];
+                Label found = a.CreateLabel();
+                Step(100 + i);
+                foreach (ulong at in r.Candidates)
+                {
+                    Label next = a.CreateLabel();
+                    MapShared(a, at, r.Size, Sys.PROT_READ | Sys.PROT_EXEC, r.MemfdOffset);
+                    a.mov(rcx, at);
+                    a.cmp(rax, rcx);
+                    a.je(found);
+                    a.cmp(rax, -4095);
+                    a.jae(next);
+                    a.mov(rdi, rax);                                // placed elsewhere (no MAP_FIXED_NOREPLACE): give it back
+                    a.mov(rsi, r.Size);
+                    Call(N.munmap);
+                    a.Label(ref next);
+                }
+                a.mov(rax, -12L);                                   // ENOMEM: no free address within a jmp's reach
+                a.jmp(fail);
+                a.Label(ref found);
+                a.mov(__qword_ptr[regions[i]], rax);
             }
-            a.mov(rax, -12L);                                   // ENOMEM: no free address within a jmp's reach
-            a.jmp(fail);
-            a.Label(ref found);
-            a.mov(__qword_ptr[regions[i]], rax);
         }
 
         // pidfd on Hotwire: the agent's dead-man switch. A Hotwire already gone stops everything here.
@@ -167,14 +179,30 @@ internal static class BootstrapBlock
         a.mov(__dword_ptr[rcx + L.PollFd], eax);
         a.mov(__dword_ptr[rcx + L.PollFd + 4], 1);              // POLLIN
 
+        // A reused block's handler may be the one installed (the same code at the same address):
+        // then the disposition it chained to, carried over in the header, stays the one to chain to.
         Step(8);
         a.mov(edi, Ptrace.SIGTRAP);
         a.mov(rsi, p.DataBase + L.NewSigaction);
-        a.mov(rdx, p.DataBase + L.OldSigaction);
+        a.mov(rdx, p.DataBase + (ulong)(p.Reuse ? L.SigScratch : L.OldSigaction));
         a.mov(r10d, 8);
         Call(N.rt_sigaction);
         FailIfError();
         a.mov(r14d, 1);
+        if (p.Reuse)
+        {
+            Label ours = a.CreateLabel();
+            a.mov(rcx, p.DataBase);
+            a.mov(rax, __qword_ptr[rcx + L.SigScratch]);
+            a.cmp(rax, __qword_ptr[rcx + L.NewSigaction]);
+            a.je(ours);
+            for (int i = 0; i < 32; i += 8)
+            {
+                a.mov(rax, __qword_ptr[rcx + L.SigScratch + i]);
+                a.mov(__qword_ptr[rcx + L.OldSigaction + i], rax);
+            }
+            a.Label(ref ours);
+        }
 
         Step(9);
         a.mov(edi, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE);
@@ -224,7 +252,7 @@ internal static class BootstrapBlock
             a.test(r14d, r14d);
             a.jz(noSigaction);
             a.mov(edi, Ptrace.SIGTRAP);
-            a.mov(rsi, p.DataBase + L.OldSigaction);
+            a.mov(rsi, p.DataBase + (ulong)(p.Reuse ? L.SigScratch : L.OldSigaction));
             a.xor(edx, edx);
             a.mov(r10d, 8);
             Call(N.rt_sigaction);
@@ -305,10 +333,13 @@ internal static class BootstrapBlock
         }
         a.Label(ref stackTop);
         a.dq(0);
-        a.Label(ref header);
-        a.db(p.Header);
-        a.Label(ref agentCode);
-        a.db(p.AgentCode);
+        if (!p.Reuse)
+        {
+            a.Label(ref header);
+            a.db(p.Header);
+            a.Label(ref agentCode);
+            a.db(p.AgentCode);
+        }
 
         var stream = new MemoryStream();
         AssemblerResult result = a.Assemble(new StreamCodeWriter(stream), p.Base, BlockEncoderOptions.ReturnNewInstructionOffsets);

@@ -26,6 +26,13 @@ internal static partial class Libc
         return stat(path, st) == 0 ? (int)(*(uint*)(st + 24) & 0xf000) : -1;
     }
 
+    /// <summary>The inode number of <paramref name="path"/>, following links; 0 when stat fails.</summary>
+    public static unsafe ulong Inode(string path)
+    {
+        byte* st = stackalloc byte[256];   // st_ino is at 8
+        return stat(path, st) == 0 ? *(ulong*)(st + 8) : 0;
+    }
+
     public const int S_IFREG = 0x8000, S_IFDIR = 0x4000, S_IFCHR = 0x2000, S_IFBLK = 0x6000, S_IFIFO = 0x1000, S_IFSOCK = 0xc000;
 
     [LibraryImport("libc", SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]

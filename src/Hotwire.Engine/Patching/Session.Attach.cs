@@ -123,23 +123,33 @@ public sealed unsafe partial class Session
         ulong allRanges = Align(rangeList + (ulong)_rangeCapacity * L.RangeEntrySize, 4096);
         ulong stack = Align(allRanges + (ulong)_rangeCapacity * L.RangeEntrySize, 4096);
         ulong heap = stack + L.AgentStackSize;
-        ulong dataSize = Align(heap + (64UL << 20) + (ulong)n * (64 + options.ExtraSharedBytesPerSite) + options.ExtraSharedBytes, 2UL << 20);
+        ulong dataNeeded = Align(heap + (64UL << 20) + (ulong)n * (64 + options.ExtraSharedBytesPerSite) + options.ExtraSharedBytes, 2UL << 20);
+        var modules = Image.Modules.Where(m => m.Sites.Count > 0).ToList();
+        static ulong RegionSize(LoadedModule m) => Align(64 * 1024 + (ulong)m.Sites.Count * 256, 4096); // room for two or three trampolines per site
+
+        // An earlier Hotwire's block is taken over when nothing can run through it any more; a
+        // new one is made roomy (sparse: untouched pages cost nothing) so that the next session's
+        // tracer, whatever its buffers, fits in it too.
+        EarlierBlock? earlier = stopped is null ? ReusableBlock(dataNeeded, modules, RegionSize, ProcMaps.Read(Pid)) : null;
+        ulong dataSize = earlier?.DataSize ?? Math.Max(dataNeeded, 8UL << 30);
+        var regions = new Dictionary<LoadedModule, StubRegion>();
+        ulong memfdNext = dataSize + MainCodeSize;
+        foreach (LoadedModule m in modules)
+        {
+            if (earlier?.Regions.First(r => r.ModuleStart == m.Start) is { } r)
+            {
+                regions[m] = new StubRegion(m.Start, r.Address, r.MemfdOffset, r.Size);
+                continue;
+            }
+            regions[m] = new StubRegion(m.Start, 0, memfdNext, RegionSize(m));
+            memfdNext += RegionSize(m);
+        }
+        ulong total = earlier?.Total ?? memfdNext;
         _heapNext = heap;
         _heapEnd = dataSize;
         _batchListOffset = batchList;
         _siteTableOffset = siteTable;
         _rangeListOffset = rangeList;
-
-        var modules = Image.Modules.Where(m => m.Sites.Count > 0).ToList();
-        var regions = new Dictionary<LoadedModule, StubRegion>();
-        ulong memfdNext = dataSize + MainCodeSize;
-        foreach (LoadedModule m in modules)
-        {
-            ulong size = Align(64 * 1024 + (ulong)m.Sites.Count * 256, 4096); // room for two or three trampolines per site
-            regions[m] = new StubRegion(0, memfdNext, size);
-            memfdNext += size;
-        }
-        ulong total = memfdNext;
 
         var records = new List<SiteRecord>(n);
         foreach (PatchSite p in sites)
@@ -158,13 +168,18 @@ public sealed unsafe partial class Session
             {
                 InjectAgent(stopped, interrupt: false, options);
             }
+            else if (earlier is not null)
+            {
+                Reinject(earlier, Tracee.Seize(Pid, tid), options);
+            }
             else
             {
-                InjectAgent(Tracee.Seize(Pid, tid), interrupt: true, options);
+                InjectAgentRetrying(tid, options);
             }
         });
         WriteSiteTable();
         WaitForAgent();
+        ReleaseEarlierShadowStacks();
     }
 
     private void BootstrapStopped(Tracee stopped, SessionOptions options) => Bootstrap(-1, options, stopped);
@@ -173,6 +188,26 @@ public sealed unsafe partial class Session
         ulong SiteTable, ulong BatchList, ulong RestoreList, ulong RangeList, ulong AllRanges, ulong Stack);
 
     private Plan? _plan;
+
+    // A busy target may map memory where Hotwire chose to put its block between the read of its
+    // maps and the injected mmap (EEXIST): the addresses are chosen again from fresh maps.
+    private void InjectAgentRetrying(int tid, SessionOptions options)
+    {
+        for (int attempt = 1; ; attempt++)
+        {
+            try
+            {
+                InjectAgent(Tracee.Seize(Pid, tid), interrupt: true, options);
+                return;
+            }
+            catch (AddressTakenException) when (attempt < 5)
+            {
+            }
+        }
+    }
+
+    /// <summary>The address Hotwire chose was taken meanwhile (EEXIST); the target was left as it was.</summary>
+    private sealed class AddressTakenException(string message) : HotwireException(message);
 
     /// <summary>
     /// Sets Hotwire up in the target with one thread held for a single injected system call: an
@@ -224,6 +259,58 @@ public sealed unsafe partial class Session
             throw new HotwireException($"Hotwire's bootstrap block is {boot.Size} bytes, more than the {BlockReserve} reserved");
         }
 
+        HoldAndHandOver(tracee, interrupt, syscallInsn, boot, map: true);
+        (int fd, int tid) = WaitForBootstrap(boot, bootRegions.Count, out ulong[] placed);
+        for (int i = 0; i < modules.Count; i++)
+        {
+            regions[modules[i]].TargetAddress = placed[i];
+        }
+        Shared = SharedRegion.MapTargetFd(Pid, fd, total);
+        AgentTid = tid;
+        DescribeBlock(Shared, dataSize, codeBase, total, blockBase, boot.Size, fd);
+    }
+
+    /// <summary>
+    /// Sets Hotwire up in an earlier block (<see cref="TakeOver"/>): the new header and site table
+    /// are written from here, the bootstrap goes into the block's bootstrap area, and the thread is
+    /// held only while its registers are read and pointed there: no system call is injected.
+    /// </summary>
+    private void Reinject(EarlierBlock earlier, Tracee tracee, SessionOptions options)
+    {
+        (ulong total, ulong dataSize, _, _, ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, ulong stack) = _plan!;
+        DataBase = earlier.DataBase;
+        AgentEntryPoints code = AgentCode.Build(DataBase, earlier.CodeBase);
+        BootstrapBlock.Layout boot = BootstrapBlock.Emit(new BootstrapBlock.Plan(earlier.BootArea, Environment.ProcessId, total, DataBase, dataSize, earlier.CodeBase,
+            MainCodeSize, [], [], [], code.AgentEntry, DataAddress(stack + L.AgentStackSize - 64), CloneFlags, StopWhenDone: false, ReuseFd: earlier.Fd));
+        if (boot.Size > earlier.BootSize)
+        {
+            tracee.Detach();
+            throw new HotwireException($"Hotwire's bootstrap ({boot.Size} bytes) does not fit in the earlier block's area ({earlier.BootSize} bytes)");
+        }
+        try
+        {
+            TakeOver(earlier);
+            Shared.Bytes(0, L.HeaderSize).Clear();
+            WriteHeader(Shared, options, siteTable, batchList, restoreList, rangeList, allRanges, code);
+            earlier.OldSigaction.CopyTo(Shared.Bytes(L.OldSigaction, 32));
+            Shared.WriteU64(L.AgentState, 0);
+            DescribeBlock(Shared, dataSize, earlier.CodeBase, total, earlier.BootArea, earlier.BootSize, earlier.Fd);
+            WriteTarget(earlier.BootArea, boot.Code);
+        }
+        catch
+        {
+            tracee.Detach();
+            throw;
+        }
+        HoldAndHandOver(tracee, interrupt: true, RemoteCaller.FindSyscallInstruction(Pid, _memory), boot, map: false);
+        (_, int tid) = WaitForBootstrap(boot, 0, out _);
+        AgentTid = tid;
+    }
+
+    // Stops the thread (unless launch mode holds it already), maps the bootstrap block with one
+    // injected mmap when asked, writes the thread's registers into the block and points it there.
+    private void HoldAndHandOver(Tracee tracee, bool interrupt, ulong syscallInsn, BootstrapBlock.Layout boot, bool map)
+    {
         var stopped = new Stopwatch();
         PtraceThread.Shared.Invoke(() =>
         {
@@ -238,17 +325,24 @@ public sealed unsafe partial class Session
                 stopped.Start();
                 caller = new RemoteCaller(tracee, syscallInsn);
                 _bootTid = tracee.Tid;
-                long at = caller.Syscall(N.mmap, blockBase, boot.Size, Sys.PROT_READ | Sys.PROT_WRITE | Sys.PROT_EXEC,
-                    Sys.MAP_PRIVATE | Sys.MAP_ANONYMOUS | Sys.MAP_FIXED_NOREPLACE, ulong.MaxValue, 0);
-                if (at != (long)blockBase)
+                if (map)
                 {
-                    if (at > 0)
+                    long at = caller.Syscall(N.mmap, boot.Base, boot.Size, Sys.PROT_READ | Sys.PROT_WRITE | Sys.PROT_EXEC,
+                        Sys.MAP_PRIVATE | Sys.MAP_ANONYMOUS | Sys.MAP_FIXED_NOREPLACE, ulong.MaxValue, 0);
+                    if (at != (long)boot.Base)
                     {
-                        caller.Syscall(N.munmap, (ulong)at, boot.Size);
+                        if (at > 0)
+                        {
+                            caller.Syscall(N.munmap, (ulong)at, boot.Size);
+                        }
+                        if (at == -17 || at > 0)
+                        {
+                            throw new AddressTakenException($"pid {Pid} mapped memory where Hotwire chose to put its bootstrap");
+                        }
+                        Check(at, "mmap (bootstrap)");
                     }
-                    Check(at < 0 ? at : -17, "mmap (bootstrap)");
+                    WriteTarget(boot.Base, boot.Code);
                 }
-                WriteTarget(blockBase, boot.Code);
                 WriteTarget(boot.RegisterSlots, BootstrapBlock.RegisterSlots(caller.Saved));
                 user_regs_struct r = caller.Saved;
                 r.rip = boot.Base;
@@ -276,13 +370,6 @@ public sealed unsafe partial class Session
                 LongestStop = stopped.Elapsed;
             }
         });
-        (int fd, int tid) = WaitForBootstrap(boot, bootRegions.Count, out ulong[] placed);
-        for (int i = 0; i < modules.Count; i++)
-        {
-            regions[modules[i]].TargetAddress = placed[i];
-        }
-        Shared = SharedRegion.MapTargetFd(Pid, fd, total);
-        AgentTid = tid;
     }
 
     // The bootstrap runs in the target on its own: wait for its report (status 1 done, < 0 -errno).

@@ -119,6 +119,40 @@ public sealed unsafe partial class Session : IDisposable
         }
     }
 
+    /// <summary>
+    /// Marks the block as one whose code stays in use after detach (GOT slots pointing into it):
+    /// a later Hotwire does not take it over (see <see cref="EarlierBlock"/>) unless detach unpins it.
+    /// </summary>
+    internal void PinBlock() => Shared.WriteU64(L.Pinned, 1);
+
+    /// <summary>
+    /// A graph tracer's shadow stacks: a later Hotwire takes the block over only when every one is
+    /// empty (no frame left to return through the block's code), then unmaps them. A second set
+    /// in one session is not described: the block is pinned.
+    /// </summary>
+    internal void DescribeShadowStacks(ulong map, ulong size, ulong records)
+    {
+        if (Shared.ReadU64(L.ShadowMap) != 0)
+        {
+            PinBlock();
+            return;
+        }
+        Shared.WriteU64(L.ShadowMapSize, size);
+        Shared.WriteU64(L.ShadowRecords, records);
+        Shared.WriteU64(L.ShadowMap, map);
+    }
+
+    /// <summary>
+    /// Once every site is restored (nothing enters Hotwire's code any more), before the agent
+    /// exits: <paramref name="unpin"/> undoes what pinned the block, or says it could not.
+    /// </summary>
+    internal void WhenRestored(Func<bool> unpin) => _whenRestored.Add(unpin);
+
+    private readonly List<Func<bool>> _whenRestored = [];
+
+    /// <summary>Reads the target's memory; false if it is unmapped (or the process gone).</summary>
+    internal bool ReadTarget(ulong address, Span<byte> into) => _memory.TryRead(address, into);
+
     /// <summary>The live patches of the process, adopted at attach (see LivePatcher.Open).</summary>
     internal Livepatch.LivePatcher? Patcher { get; set; }
 
@@ -153,6 +187,7 @@ public sealed unsafe partial class Session : IDisposable
             {
                 continue;
             }
+            MarkUsed(region, region.Used + size);
             code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, code.Length));
             region.Used += size;
             return at;
@@ -556,6 +591,7 @@ public sealed unsafe partial class Session : IDisposable
         {
             throw new HotwireException("trampoline space near this module is exhausted; trace fewer functions");
         }
+        MarkUsed(region, region.Used + size);
         Span<byte> code = Shared.Bytes(region.MemfdOffset + region.Used, template.Code.Length);
         template.Code.CopyTo(code);
         foreach ((int offset, Ops ops, int parameter) in template.Fixups)
@@ -1005,6 +1041,12 @@ public sealed unsafe partial class Session : IDisposable
             {
                 s.Current = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
                 s.Ops.Clear();
+            }
+            // A block stays pinned (not reusable by a later Hotwire) while any tracer that pinned it
+            // could not undo that.
+            if (_whenRestored.Count > 0 && _whenRestored.All(unpin => unpin()))
+            {
+                Shared.WriteU64(L.Pinned, 0);
             }
             // The handler goes only when no trap of ours can still arrive; otherwise it stays (as
             // after the dead-man switch): it re-executes stale traps and passes the rest on.

@@ -78,12 +78,19 @@ public sealed class SiteRecord
 /// <summary>An R-X code region within ±2 GiB of a module's sites, where its trampolines live.</summary>
 internal sealed class StubRegion
 {
-    public StubRegion(ulong targetAddress, ulong memfdOffset, ulong size)
+    public StubRegion(ulong moduleStart, ulong targetAddress, ulong memfdOffset, ulong size)
     {
+        ModuleStart = moduleStart;
         TargetAddress = targetAddress;
         MemfdOffset = memfdOffset;
         Size = size;
     }
+
+    /// <summary>Start of the module whose sites jump here.</summary>
+    public ulong ModuleStart { get; }
+
+    /// <summary>Offset of this region's entry in the header's region table (0: none).</summary>
+    public ulong TableEntry { get; set; }
 
     public ulong TargetAddress { get; set; }
 

@@ -103,6 +103,8 @@ public sealed class GraphTracer : RingTracer
             throw new HotwireException($"cannot map {PrivateBytes >> 20} MiB for shadow stacks in pid {session.Pid}: {Libc.StrError((int)-at)}");
         }
         _private = (ulong)at;
+        session.DescribeShadowStacks(_private, PrivateBytes, Records);
+        session.WhenRestored(() => UnhookIfNoFrames(session));
         foreach (SiteRecord s in session.Sites)
         {
             _local[s.Index] = _local.Count;
@@ -123,6 +125,64 @@ public sealed class GraphTracer : RingTracer
         session.WhenLibrariesLoaded(InstallUnwindHooks);
     }
 
+    /// <summary>
+    /// At detach, once no call can enter a traced function: when no thread has a frame left to
+    /// return through the handler (every shadow stack empty; frames drain within a short wait,
+    /// a thread blocked inside a traced call does not), the GOT slots go back to the unwinder and
+    /// the block is unpinned. The shadow stacks stay: a thread may still be inside the entry
+    /// routine; a later Hotwire checks them again, after it has seen no thread in the block's
+    /// code, and unmaps them when it takes the block over.
+    /// </summary>
+    private bool UnhookIfNoFrames(Session session)
+    {
+        if (_hooked.Count == 0)
+        {
+            return true;
+        }
+        for (int wait = 0; wait < 20; wait++)
+        {
+            if (ShadowStacksEmpty(session.ReadTarget, _private, Records, Buffers.MaxThreads) is not bool empty)
+            {
+                return false;
+            }
+            if (empty)
+            {
+                foreach ((ulong slot, ulong real) in _hooked)
+                {
+                    session.StoreWord(slot, real);  // the unwinder is called directly again
+                }
+                return true;
+            }
+            Thread.Sleep(5);
+        }
+        return false;
+    }
+
+    /// <summary>
+    /// True when no shadow stack holds a frame (none in use, none buried: a buried frame may be a
+    /// coroutine's, still to come back); null when they cannot be read.
+    /// </summary>
+    internal static bool? ShadowStacksEmpty(ReadTarget read, ulong map, ulong records, int maxRecords)
+    {
+        Span<byte> word = stackalloc byte[8];
+        if (!read(map, word))   // RecordsNext: u32 claim counter
+        {
+            return null;
+        }
+        uint count = Math.Min(BitConverter.ToUInt32(word), (uint)maxRecords);
+        for (uint i = 0; i < count; i++)
+        {
+            ulong record = records + ((ulong)i << RecordShift);
+            if (!read(record + HDepth, word) || BitConverter.ToUInt64(word) != 0 || !read(record + HGrave, word) || BitConverter.ToUInt64(word) != 0)
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    internal delegate bool ReadTarget(ulong address, Span<byte> into);
+
     // ---- C++ exceptions. The unwinder walks return addresses; where one is our handler it finds
     // no unwind information and the exception ends in std::terminate (uftrace's old crash). So
     // before any unwinding starts, every live hijacked slot of the thread gets its real return
@@ -132,6 +192,8 @@ public sealed class GraphTracer : RingTracer
     private static readonly string[] s_beforeUnwind = ["_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind"];
     private static readonly string[] s_afterCatch = ["__cxa_begin_catch"];
     private readonly Dictionary<string, (ulong Wrapper, ulong Cell)> _hooks = []; // Cell: offset of the real address
+
+    private readonly List<(ulong Slot, ulong Real)> _hooked = [];
 
     /// <summary>GOT slots pointed at the unwinding hooks so far.</summary>
     public int UnwindHooks { get; private set; }
@@ -161,7 +223,9 @@ public sealed class GraphTracer : RingTracer
             {
                 if (real.ContainsKey(name))
                 {
+                    Session.PinBlock();   // until detach puts the slot back
                     Session.StoreWord(slot + m.Bias, _hooks[name].Wrapper);
+                    _hooked.Add((slot + m.Bias, real[name]));
                     UnwindHooks++;
                 }
             }

@@ -49,6 +49,9 @@ public enum Flavour
     /// <summary>sigsled.c: a thread parked in a signal handler whose saved PC is byte 1 of f's sled.</summary>
     SigSled,
 
+    /// <summary>parked.c: a thread parked in a signal handler whose saved PC is in Hotwire's code.</summary>
+    Parked,
+
     /// <summary>manythreads.c: N threads that each call f a given number of times on "go".</summary>
     ManyThreads,
 
@@ -137,6 +140,7 @@ public static class TargetBuilder
             Flavour.Execer => new Recipe(["execer.c"], [$"gcc {SledFlags} -pthread {{src}}/execer.c -o {{out}}/prog"], "prog"),
             Flavour.Waiters => new Recipe(["waiters.c"], [$"gcc {SledFlags} -pthread {{src}}/waiters.c -o {{out}}/prog"], "prog"),
             Flavour.SigSled => new Recipe(["sigsled.c"], [$"gcc {SledFlags} -pthread {{src}}/sigsled.c -o {{out}}/prog"], "prog"),
+            Flavour.Parked => new Recipe(["parked.c"], [$"gcc {SledFlags} -pthread {{src}}/parked.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });
 

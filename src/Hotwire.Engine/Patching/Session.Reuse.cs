@@ -1,0 +1,252 @@
+using Hotwire.Agent;
+using Hotwire.Injection;
+using Hotwire.Interop;
+using Hotwire.Procfs;
+using L = Hotwire.Agent.AgentLayout;
+
+namespace Hotwire.Patching;
+
+/// <summary>A trampoline region of an earlier block, as its header describes it.</summary>
+internal readonly record struct EarlierRegion(ulong ModuleStart, ulong Address, ulong Size, ulong MemfdOffset, ulong Used);
+
+/// <summary>
+/// The block (memfd data and code, trampoline regions, bootstrap area) an earlier Hotwire left in
+/// the process. Its code stays mapped after detach because a thread may still run through it; a
+/// later attach takes it over instead of adding another, once it has seen that nothing can.
+/// </summary>
+internal sealed record EarlierBlock(ulong DataBase, ulong DataSize, ulong CodeBase, ulong Total, ulong BootArea, ulong BootSize,
+    int Fd, bool Pinned, ulong ShadowMap, ulong ShadowMapSize, ulong ShadowRecords, List<EarlierRegion> Regions, byte[] Header)
+{
+    /// <summary>The complete, finished blocks in <paramref name="maps"/> (their agents have exited).</summary>
+    public static List<EarlierBlock> Find(int pid, IReadOnlyList<MemoryMapping> maps, Memory.ProcessMemory memory)
+    {
+        var found = new List<EarlierBlock>();
+        var header = new byte[L.HeaderSize];
+        foreach (MemoryMapping m in maps)
+        {
+            if (m.Offset != 0 || !m.Path.StartsWith("/memfd:hotwire (deleted)", StringComparison.Ordinal) || !memory.TryRead(m.Start, header))
+            {
+                continue;
+            }
+            ulong U(int at) => BitConverter.ToUInt64(header, at);
+            if (U(0) != L.Magic || U(L.BlockVersion) != L.BlockLayoutVersion || U(L.AgentState) != 2 || U(L.BlockDataSize) != m.End - m.Start)
+            {
+                continue;   // another version's, still being set up, or its agent still runs
+            }
+            int count = (int)U(L.RegionCount);
+            if (count > L.RegionMax)
+            {
+                continue;
+            }
+            var regions = new List<EarlierRegion>(count);
+            for (int i = 0; i < count; i++)
+            {
+                int e = L.RegionTable + i * L.RegionEntrySize;
+                regions.Add(new EarlierRegion(U(e), U(e + 8), U(e + 16), U(e + 24), U(e + 32)));
+            }
+            found.Add(new EarlierBlock(m.Start, U(L.BlockDataSize), U(L.BlockCodeBase), U(L.BlockTotal), U(L.BlockBootArea), U(L.BlockBootSize),
+                (int)U(L.MemfdInTarget), U(L.Pinned) != 0, U(L.ShadowMap), U(L.ShadowMapSize), U(L.ShadowRecords), regions, (byte[])header.Clone()));
+        }
+        return found;
+    }
+
+    /// <summary>The ranges of code in the block: a thread whose PC lies there is running through it.</summary>
+    public IEnumerable<(ulong Start, ulong End)> CodeRanges =>
+        Regions.Select(r => (r.Address, r.Address + r.Size)).Append((CodeBase, CodeBase + Session.MainCodeBytes)).Append((BootArea, BootArea + BootSize));
+
+    public ReadOnlySpan<byte> OldSigaction => Header.AsSpan(L.OldSigaction, 32);
+}
+
+public sealed unsafe partial class Session
+{
+    internal const ulong MainCodeBytes = MainCodeSize;
+
+    /// <summary>True when this session took over the block an earlier Hotwire left (no new mapping).</summary>
+    public bool ReusedBlock { get; private set; }
+
+    /// <summary>Why an earlier block was not reused (null when there was none, or it was).</summary>
+    public string? NotReusedBecause { get; private set; }
+
+    /// <summary>
+    /// An earlier block this session can take over: same modules, room enough, the same agent
+    /// code, its memfd still open in the process, its bootstrap area still there, and nothing
+    /// running through its code (<see cref="Quiescent"/>). Null, with the reason kept, otherwise.
+    /// </summary>
+    private EarlierBlock? ReusableBlock(ulong dataNeeded, IReadOnlyList<LoadedModule> modules, Func<LoadedModule, ulong> regionSize, List<MemoryMapping> maps)
+    {
+        List<EarlierBlock> blocks = EarlierBlock.Find(Pid, maps, _memory);
+        if (blocks.Count == 0)
+        {
+            return null;
+        }
+        string? why = null;
+        foreach (EarlierBlock b in blocks)
+        {
+            why = Unfit(b, dataNeeded, modules, regionSize, maps) ?? (TestSwitches.NoReuseQuiescenceCheck ? null : Busy(b));
+            if (why is null)
+            {
+                return b;
+            }
+        }
+        NotReusedBecause = why;
+        return null;
+    }
+
+    private string? Unfit(EarlierBlock b, ulong dataNeeded, IReadOnlyList<LoadedModule> modules, Func<LoadedModule, ulong> regionSize, List<MemoryMapping> maps)
+    {
+        if (b.Pinned)
+        {
+            return "the process's GOT still points at its function_graph unwind hooks (frames had not returned at detach)";
+        }
+        if (b.DataSize < dataNeeded)
+        {
+            return $"its data area ({b.DataSize >> 20} MiB) is smaller than this session needs ({dataNeeded >> 20} MiB)";
+        }
+        if (b.Regions.Count != modules.Count || modules.Any(m => !b.Regions.Any(r => r.ModuleStart == m.Start && r.Size >= regionSize(m))))
+        {
+            return "the process's modules changed since";
+        }
+        string fd = $"/proc/{Pid}/fd/{b.Fd}";
+        MemoryMapping data = maps.First(m => m.Start == b.DataBase);
+        if (b.Fd < 0 || Libc.Inode(fd) != data.Inode)
+        {
+            return "its memfd is no longer open in the process";
+        }
+        if (!maps.Any(m => m.Start == b.BootArea && m.End - m.Start >= b.BootSize && m.Inode == 0 && m.Permissions.StartsWith("rwx", StringComparison.Ordinal)))
+        {
+            return "its bootstrap area is gone";
+        }
+        byte[] code = AgentCode.Build(b.DataBase, b.CodeBase).Code;
+        var there = new byte[code.Length];
+        if (!_memory.TryRead(b.CodeBase, there) || !there.AsSpan().SequenceEqual(code))
+        {
+            return "it holds another version's agent";
+        }
+        return null;
+    }
+
+    /// <summary>
+    /// Nothing can be running through the block's code: no SIGTRAP of its handler in flight, and
+    /// no thread's PC, or PC saved in a signal frame (a handler that interrupted a trampoline), in
+    /// its code. Each thread is stopped for a few microseconds, as when NOP sleds are converted.
+    /// Its agent has exited and its sites are restored, so no thread can enter it anew.
+    /// </summary>
+    private string? Busy(EarlierBlock b)
+    {
+        if (!NoSigtrapInFlight())
+        {
+            return "a SIGTRAP is pending in the process";
+        }
+        var ranges = b.CodeRanges.ToList();
+        bool Inside(ulong pc) => ranges.Any(r => pc >= r.Start && pc < r.End);
+        List<MemoryMapping> maps = ProcMaps.Read(Pid);
+        string? busy = null;
+        PtraceThread.Shared.Invoke(() =>
+        {
+            foreach (string task in Directory.EnumerateDirectories($"/proc/{Pid}/task"))
+            {
+                int tid = int.Parse(Path.GetFileName(task));
+                Tracee t;
+                try
+                {
+                    t = Tracee.Seize(Pid, tid);
+                }
+                catch (HotwireException)
+                {
+                    continue; // exited meanwhile
+                }
+                try
+                {
+                    t.Interrupt();
+                    user_regs_struct regs = t.GetRegs();
+                    if (Inside(regs.rip) || SignalFrames.Find(_memory, regs.rsp, maps).Any(f => Inside(f.Rip)))
+                    {
+                        busy = $"thread {tid} is inside its code";
+                        return;
+                    }
+                }
+                catch (TargetExitedException)
+                {
+                }
+                finally
+                {
+                    t.Detach();
+                }
+            }
+        });
+        if (busy is null && b.ShadowMap != 0)
+        {
+            // Checked after the threads: none is inside the entry routine now, so none can push a frame.
+            int records = (int)((b.ShadowMapSize - (b.ShadowRecords - b.ShadowMap)) >> Tracing.GraphTracer.RecordShift);
+            if (Tracing.GraphTracer.ShadowStacksEmpty(_memory.TryRead, b.ShadowMap, b.ShadowRecords, records) != true)
+            {
+                busy = "function_graph frames have not returned through its code yet";
+            }
+        }
+        return busy;
+    }
+
+    /// <summary>After a takeover, the earlier graph tracer's shadow stacks (checked empty) go.</summary>
+    private void ReleaseEarlierShadowStacks()
+    {
+        if (_takenOver is { ShadowMap: not 0 } b)
+        {
+            AgentSyscall(SyscallNumbers.munmap, b.ShadowMap, b.ShadowMapSize);
+        }
+    }
+
+    private EarlierBlock? _takenOver;
+
+    /// <summary>
+    /// Takes the earlier block over: its memfd mapped here, its data emptied, its trampoline
+    /// regions' old code poisoned with int3 (as the kernel fills freed text), the new header
+    /// written with the disposition the old agent chained to.
+    /// </summary>
+    private void TakeOver(EarlierBlock b)
+    {
+        Shared = SharedRegion.MapTargetFd(Pid, b.Fd, b.Total);
+        Sys.madvise((nint)(Shared.Pointer + L.HeaderSize), (nuint)(b.DataSize - L.HeaderSize), Sys.MADV_REMOVE);
+        foreach (EarlierRegion r in b.Regions)
+        {
+            Shared.Bytes(r.MemfdOffset, (int)Math.Min(r.Used, r.Size)).Fill(0xcc);
+        }
+        ReusedBlock = true;
+        _takenOver = b;
+    }
+
+    /// <summary>The block's description in the header, for a later Hotwire.</summary>
+    private void DescribeBlock(SharedRegion h, ulong dataSize, ulong codeBase, ulong total, ulong bootArea, ulong bootSize, int fd)
+    {
+        h.WriteU64(L.BlockDataSize, dataSize);
+        h.WriteU64(L.BlockCodeBase, codeBase);
+        h.WriteU64(L.BlockTotal, total);
+        h.WriteU64(L.BlockBootArea, bootArea);
+        h.WriteU64(L.BlockBootSize, bootSize);
+        h.WriteU64(L.MemfdInTarget, (ulong)fd);
+        var regions = _plan!.Regions.Values.ToList();
+        if (regions.Count > L.RegionMax)
+        {
+            return;   // not described: never reused
+        }
+        foreach ((StubRegion r, int i) in regions.Select((r, i) => (r, i)))
+        {
+            r.TableEntry = (ulong)(L.RegionTable + i * L.RegionEntrySize);
+            h.WriteU64(r.TableEntry, r.ModuleStart);
+            h.WriteU64(r.TableEntry + 8, r.TargetAddress);
+            h.WriteU64(r.TableEntry + 16, r.Size);
+            h.WriteU64(r.TableEntry + 24, r.MemfdOffset);
+            h.WriteU64(r.TableEntry + 32, r.Used);
+        }
+        h.WriteU64(L.RegionCount, (ulong)regions.Count);
+        h.WriteU64(L.BlockVersion, L.BlockLayoutVersion);
+    }
+
+    /// <summary>A region's high-water mark, written before code is placed below it (a later Hotwire poisons up to it).</summary>
+    private void MarkUsed(StubRegion r, ulong used)
+    {
+        if (r.TableEntry != 0)
+        {
+            Shared.WriteU64(r.TableEntry + 32, Math.Max(used, Shared.ReadU64(r.TableEntry + 32)));
+        }
+    }
+}
