@@ -106,6 +106,38 @@ public class BlockReuseTests(ITestOutputHelper output)
         Assert.Equal(0, target.Process.ExitCode);
     }
 
+    [Fact]
+    public void A_failed_attach_leaves_nothing_behind_and_the_next_one_works()
+    {
+        // With no fd left under its soft RLIMIT_NOFILE, the bootstrap's memfd_create fails (EMFILE): it
+        // undoes its steps, and Hotwire unmaps the bootstrap block once the thread has left it.
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Waiters));
+        var open = Directory.GetFiles($"/proc/{target.Pid}/fd").Select(f => int.Parse(Path.GetFileName(f))).ToHashSet();
+        Prlimit(target.Pid, $"{Enumerable.Range(0, 1024).First(fd => !open.Contains(fd))}");   // the lowest free fd is over the limit
+        string maps = File.ReadAllText($"/proc/{target.Pid}/maps");
+        HotwireException e = Assert.ThrowsAny<HotwireException>(() => Session.Attach(target.Pid));
+        output.WriteLine(e.Message);
+        Assert.Contains("Too many open files; the target was left as it was", e.Message);
+        Assert.Equal(maps, File.ReadAllText($"/proc/{target.Pid}/maps"));
+        Prlimit(target.Pid, "1024");
+        using (Session session = Session.Attach(target.Pid))
+        {
+            session.Register(new CountingOps(["f"]));
+            session.Detach();
+        }
+        Dictionary<string, long> counts = KillTests.Counts(target);
+        output.WriteLine(string.Join(", ", counts.Select(kv => $"{kv.Key} {kv.Value}")));
+        Assert.Equal(0, counts["eintr"]);
+        target.WriteLine("quit");
+    }
+
+    private static void Prlimit(int pid, string nofile)
+    {
+        using var p = System.Diagnostics.Process.Start("prlimit", ["--pid", pid.ToString(), $"--nofile={nofile}:"])!;
+        p.WaitForExit();
+        Assert.Equal(0, p.ExitCode);
+    }
+
     internal static long Kb(string status, string field) => long.Parse(ProcStatus.Field(status, field)!.Split(' ')[0]);
 
     /// <summary>What Hotwire has in a process: its mappings (memfd and bootstrap area), fds, and the process's memory.</summary>

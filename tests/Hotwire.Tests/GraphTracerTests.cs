@@ -337,6 +337,18 @@ public class GraphTracerTests
         Assert.Equal("fib", roots.Single().Children.Single().Name);
     }
 
+    [Theory]
+    [InlineData()]
+    [InlineData("-N", "lib_square")]
+    public void Launch_mode_traces_the_libraries_a_program_links_from_their_constructors_on(params string[] filter)
+    {
+        // uselib has no sites of its own; libflav.so's constructor calls lib_add before main runs.
+        Recording r = Record(Flavour.SharedLibrary, [.. filter, "--", "once"]);
+        Assert.Equal("12\n", r.Stdout);
+        string expected = filter.Length == 0 ? "lib_init{lib_add},lib_poly{lib_square,lib_add}" : "lib_init{lib_add},lib_poly{lib_add}";
+        Assert.Equal(expected, string.Join(",", r.Roots(MainTid(r))));
+    }
+
     [Fact]
     public void The_depth_filter_follows_only_the_outermost_frames()
     {

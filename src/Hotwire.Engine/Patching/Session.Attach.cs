@@ -206,6 +206,57 @@ public sealed unsafe partial class Session
         }
     }
 
+    /// <summary>The bootstrap reported a failed step; it undid the steps before it.</summary>
+    private sealed class BootstrapFailedException(int errno, string message) : HotwireException(message)
+    {
+        public int Errno { get; } = errno;
+    }
+
+    /// <summary>
+    /// Unmaps a failed bootstrap's block, so that a failed attach leaves nothing behind: the
+    /// thread that ran it is stopped once it has jumped back to its own code (it is a few
+    /// instructions from there when the failure is reported) and made to call munmap.
+    /// </summary>
+    private void RemoveBootstrapBlock(BootstrapBlock.Layout boot, ulong syscallInsn)
+    {
+        PtraceThread.Shared.Invoke(() =>
+        {
+            for (int attempt = 0; attempt < 1000; attempt++)
+            {
+                Tracee t;
+                try
+                {
+                    t = Tracee.Seize(Pid, _bootTid);
+                }
+                catch (HotwireException)
+                {
+                    return;   // the thread is gone: the next attach finds the block unused and the same addresses taken
+                }
+                try
+                {
+                    t.Interrupt();
+                    ulong pc = t.GetRegs().rip;
+                    if (pc < boot.Base || pc >= boot.Base + boot.Size)
+                    {
+                        var caller = new RemoteCaller(t, syscallInsn);
+                        caller.Syscall(N.munmap, boot.Base, boot.Size);
+                        caller.Restore();
+                        return;
+                    }
+                }
+                catch (TargetExitedException)
+                {
+                    return;
+                }
+                finally
+                {
+                    t.Detach();
+                }
+                Thread.Sleep(1);
+            }
+        });
+    }
+
     /// <summary>The address Hotwire chose was taken meanwhile (EEXIST); the target was left as it was.</summary>
     private sealed class AddressTakenException(string message) : HotwireException(message);
 
@@ -260,7 +311,22 @@ public sealed unsafe partial class Session
         }
 
         HoldAndHandOver(tracee, interrupt, syscallInsn, boot, map: true);
-        (int fd, int tid) = WaitForBootstrap(boot, bootRegions.Count, out ulong[] placed);
+        int fd, tid;
+        ulong[] placed;
+        try
+        {
+            (fd, tid) = WaitForBootstrap(boot, bootRegions.Count, out placed);
+        }
+        catch (BootstrapFailedException failed)
+        {
+            // The bootstrap undid its own steps; its block goes too, once the thread has left it.
+            RemoveBootstrapBlock(boot, syscallInsn);
+            if (failed.Errno == 17)
+            {
+                throw new AddressTakenException(failed.Message);   // EEXIST: chosen again from fresh maps
+            }
+            throw;
+        }
         for (int i = 0; i < modules.Count; i++)
         {
             regions[modules[i]].TargetAddress = placed[i];
@@ -302,9 +368,17 @@ public sealed unsafe partial class Session
             tracee.Detach();
             throw;
         }
-        HoldAndHandOver(tracee, interrupt: true, RemoteCaller.FindSyscallInstruction(Pid, _memory), boot, map: false);
-        (_, int tid) = WaitForBootstrap(boot, 0, out _);
-        AgentTid = tid;
+        try
+        {
+            HoldAndHandOver(tracee, interrupt: true, RemoteCaller.FindSyscallInstruction(Pid, _memory), boot, map: false);
+            (_, int tid) = WaitForBootstrap(boot, 0, out _);
+            AgentTid = tid;
+        }
+        catch (BootstrapFailedException)
+        {
+            Shared.WriteU64(L.AgentState, 2);   // no agent started: the block stays one a later Hotwire can take over
+            throw;
+        }
     }
 
     // Stops the thread (unless launch mode holds it already), maps the bootstrap block with one
@@ -391,7 +465,7 @@ public sealed unsafe partial class Session
             if (status < 0)
             {
                 _memory.TryRead(boot.Step, word);
-                throw new HotwireException(
+                throw new BootstrapFailedException((int)-status,
                     $"setting Hotwire up inside pid {Pid} failed (step {BitConverter.ToInt64(word)}): {Libc.StrError((int)-status)}; the target was left as it was");
             }
             if (clock.ElapsedMilliseconds > 10_000)

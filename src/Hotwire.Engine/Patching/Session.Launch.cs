@@ -34,10 +34,13 @@ public sealed unsafe partial class Session
         Session? session = null;
         try
         {
+            // The libraries the program links are traced too, their constructors included: the
+            // dynamic linker maps them before it runs any of their code.
+            PtraceThread.Shared.Invoke(() => RunUntilLibrariesMapped(pid, tracee));
             ProcessImage image = ProcessImage.Load(pid);
             if (!image.AllSites.Any())
             {
-                throw new HotwireException($"{program} has no patch sites: {SiteDiscovery.HowToAddSites}");
+                throw new HotwireException($"{program} has no patch sites, nor has any library it links: {SiteDiscovery.HowToAddSites}");
             }
             var execMappings = ProcMaps.Read(pid).Where(m => m.IsExecutable).ToList();
             session = new Session(pid, image, launched: true, ProcessMemory.Open(pid, writable: true), execMappings);
@@ -94,17 +97,84 @@ public sealed unsafe partial class Session
         _whenLoaded.Clear();
     }
 
-    private static ulong AuxEntry(int pid)
+    private static ulong AuxEntry(int pid) => Aux(pid, 9) ?? throw new HotwireException($"pid {pid} has no entry point in its auxiliary vector"); // AT_ENTRY
+
+    private static ulong? Aux(int pid, ulong type)
     {
         byte[] auxv = File.ReadAllBytes($"/proc/{pid}/auxv");
         for (int i = 0; i + 16 <= auxv.Length; i += 16)
         {
-            if (BitConverter.ToUInt64(auxv, i) == 9) // AT_ENTRY
+            if (BitConverter.ToUInt64(auxv, i) == type)
             {
                 return BitConverter.ToUInt64(auxv, i + 8);
             }
         }
-        throw new HotwireException($"pid {pid} has no entry point in its auxiliary vector");
+        return null;
+    }
+
+    /// <summary>
+    /// Runs a program stopped at exec until the dynamic linker has mapped every library it links,
+    /// before it relocates them or runs any constructor: the debugger rendezvous (what gdb uses),
+    /// an int3 on <c>_dl_debug_state</c>, which the linker calls with <c>r_debug.r_state</c> =
+    /// RT_ADD before it loads them and RT_CONSISTENT once they are mapped. A static program (no
+    /// interpreter) or a linker without the symbols stays at exec.
+    /// </summary>
+    private static void RunUntilLibrariesMapped(int pid, Tracee tracee)
+    {
+        const int RT_CONSISTENT = 0, RStateOffset = 24;   // struct r_debug { int r_version; link_map *r_map; ElfW(Addr) r_brk; r_state; ... }
+        if (Aux(pid, 7) is not ulong interpreterBase || interpreterBase == 0) // AT_BASE
+        {
+            return;
+        }
+        MemoryMapping ld = ProcMaps.Read(pid).FirstOrDefault(m => m.Start == interpreterBase && m.Offset == 0);
+        if (ld.Path is null || !ld.IsFileBacked)
+        {
+            return;
+        }
+        IReadOnlyList<Elf.ElfSymbol> symbols = Elf.ElfFile.Load(ld.Path).ReadSymbols(dynamic: true);
+        Elf.ElfSymbol state = symbols.FirstOrDefault(s => s.Name == "_dl_debug_state" && s.Value != 0);
+        Elf.ElfSymbol rDebug = symbols.FirstOrDefault(s => s.Name == "_r_debug" && s.Value != 0);
+        if (state.Name is null || rDebug.Name is null)
+        {
+            return;
+        }
+        ulong brk = interpreterBase + state.Value;
+        using ProcessMemory memory = ProcessMemory.Open(pid, writable: true);
+        Span<byte> saved = stackalloc byte[1];
+        Span<byte> word = stackalloc byte[4];
+        if (!memory.TryRead(brk, saved))
+        {
+            return;
+        }
+        byte original = saved[0];
+        for (int hit = 0; hit < 16; hit++)
+        {
+            if (hit > 0)
+            {
+                tracee.SingleStep();   // past the breakpointed instruction, run as it is
+            }
+            memory.Write(brk, [0xcc]);
+            try
+            {
+                tracee.ContinueUntilTrap();
+            }
+            finally
+            {
+                memory.Write(brk, [original]);
+            }
+            user_regs_struct regs = tracee.GetRegs();
+            if (regs.rip != brk + 1)
+            {
+                throw new HotwireException($"pid {pid} stopped at 0x{regs.rip:x} instead of the dynamic linker's rendezvous");
+            }
+            regs.rip = brk;
+            tracee.SetRegs(regs);
+            memory.TryRead(interpreterBase + rDebug.Value + RStateOffset, word);
+            if (memory.TryRead(interpreterBase + rDebug.Value + RStateOffset, word) && BitConverter.ToInt32(word) == RT_CONSISTENT)
+            {
+                return;
+            }
+        }
     }
 
     private static string ResolveProgram(string program)
