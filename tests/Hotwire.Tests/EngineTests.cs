@@ -222,14 +222,17 @@ public class EngineTests(ITestOutputHelper output)
     }
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void Attach_and_detach_never_make_a_blocked_call_fail_with_EINTR(bool noRewind)
+    [InlineData(false, false)]
+    [InlineData(false, true)]
+    [InlineData(true, true)]
+    public void Attach_and_detach_never_make_a_blocked_call_fail_with_EINTR(bool noRewind, bool stopEveryThread)
     {
-        // Every session stops the main thread (injection) and every thread (the sled of f is
-        // converted): each waiter is kicked out of its call twice per session.
+        // Every session stops the main thread (injection); converting the sled of f stops every
+        // thread that is not blocked in a system call, and, with the test-only switch, every
+        // thread: each waiter is then kicked out of its call twice per session.
         using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Waiters));
         TestSwitches.NoSyscallRewind = noRewind;
+        TestSwitches.StopEveryThread = stopEveryThread;
         try
         {
             for (int i = 0; i < (noRewind ? 2 : 20); i++)
@@ -242,6 +245,7 @@ public class EngineTests(ITestOutputHelper output)
         finally
         {
             TestSwitches.NoSyscallRewind = false;
+            TestSwitches.StopEveryThread = false;
         }
         Thread.Sleep(50);
         Dictionary<string, long> counts = KillTests.Counts(target);

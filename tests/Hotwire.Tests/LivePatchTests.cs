@@ -28,6 +28,43 @@ public class LivePatchTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_patch_whose_library_is_unloaded_is_listed_as_unloaded_and_the_reloaded_library_can_be_patched_again()
+    {
+        // dlclose takes the patched code away; a later dlopen brings it back unpatched. Every
+        // command must go on working and say what is true.
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.DlOpener));
+        string Ask(string command)
+        {
+            target.WriteLine(command);
+            return target.ReadLine(TimeSpan.FromSeconds(10)) ?? "(no answer)";
+        }
+        string fix = TargetBuilder.Patch("polyfix");
+        Assert.Equal("loaded", Ask("load"));
+        Assert.Equal("12", Ask("call"));
+        CliResult applied = Patch(target.Pid, fix);
+        Assert.True(applied.ExitCode == 0, applied.Stderr);
+        Assert.Equal("1003", Ask("call"));
+        Assert.Equal("unloaded", Ask("unload"));
+
+        CliResult list = Patch(target.Pid, "--list");
+        Assert.True(list.ExitCode == 0, list.Stderr);
+        Assert.Matches(@"\b1\s+unloaded\s", list.Stdout);
+        Assert.Equal("loaded", Ask("load"));
+        Assert.Equal("12", Ask("call"));                          // the new copy runs its own code
+        Assert.Matches(@"\b1\s+unloaded\s", Patch(target.Pid, "--list").Stdout);
+
+        CliResult again = Patch(target.Pid, fix);
+        Assert.True(again.ExitCode == 0, again.Stderr);
+        Assert.Equal("1003", Ask("call"));
+        CliResult count = HotwireCli.Run("count", "--pid", target.Pid.ToString(), "-F", "lib_*", "--duration", "0.2");
+        Assert.True(count.ExitCode == 0, count.Stderr);
+        CliResult reverted = Patch(target.Pid, "--revert");
+        Assert.True(reverted.ExitCode == 0, reverted.Stderr);
+        Assert.Equal("12", Ask("call"));
+        Assert.Matches(@"\b2\s+reverted\s", Patch(target.Pid, "--list").Stdout);
+    }
+
+    [Fact]
     public void The_seed_case_as_a_user_runs_it_the_old_body_never_runs_after_patch_returns()
     {
         using var target = new SeedTarget(Flavour.SeedNop5, threads: 4);

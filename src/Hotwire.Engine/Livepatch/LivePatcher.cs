@@ -54,7 +54,7 @@ public sealed class PatchRecord
 
     public ulong Span { get; set; }
 
-    /// <summary>active, reverted, or superseded (by a --replace).</summary>
+    /// <summary>active, reverted, superseded (by a --replace), or unloaded (its library was, with dlclose).</summary>
     public string State { get; set; } = "active";
 
     public List<PatchedFunction> Functions { get; set; } = [];
@@ -160,7 +160,25 @@ public sealed class LivePatcher
         }
         address = map.Start;
         PatchRegistryData data = JsonSerializer.Deserialize(json, RegistryJson.Default.PatchRegistryData) ?? throw new HotwireException($"pid {pid}'s live-patch record is damaged");
-        return Reconcile(pid, data, memory);
+        return Settle(Reconcile(pid, data, memory), memory);
+    }
+
+    /// <summary>
+    /// An active patch whose functions no longer hold its jump is one whose library was unloaded
+    /// (dlclose, a server's module unload): its code went, or came back unpatched at a new load.
+    /// Such a patch is recorded as unloaded; it is not reapplied to the new copy.
+    /// </summary>
+    public static PatchRegistryData Settle(PatchRegistryData data, IMemoryReader memory)
+    {
+        var first = new byte[1];
+        // In place: its jmp, or a jmp/call to a trampoline (traced meanwhile), or an int3 (a batch
+        // under way). Gone: unmapped, or plain code again (the NOPs of a fresh load).
+        bool InPlace(PatchedFunction f) => memory.TryRead(f.Site, first) && first[0] is 0xe9 or 0xe8 or 0xcc;
+        foreach (PatchRecord p in data.Patches.Where(p => p.State == "active" && !p.Functions.Any(InPlace)))
+        {
+            p.State = "unloaded";
+        }
+        return data;
     }
 
     /// <summary>
@@ -282,7 +300,8 @@ public sealed class LivePatcher
         }
         foreach (PatchRecord p in data.Patches.Where(p => p.State == "active").OrderBy(p => p.Id))
         {
-            foreach (PatchedFunction f in p.Functions)
+            // A function of a patch that spans libraries may have gone with one of them (Settle).
+            foreach (PatchedFunction f in p.Functions.Where(f => session.SitesByFunction[f.Name].Any(s => s.Address == f.Site)))
             {
                 patcher.Stack(f.Name).Add((p.Id, f.Target));
             }

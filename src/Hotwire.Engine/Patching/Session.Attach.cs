@@ -685,12 +685,13 @@ public sealed unsafe partial class Session
     {
         Array.Sort(sleds);
         List<MemoryMapping> maps = ProcMaps.Read(Pid);
+        (_sledsNow, _mapsNow) = (sleds, maps);
         PtraceThread.Shared.Invoke(() =>
         {
             foreach (string task in Directory.EnumerateDirectories($"/proc/{Pid}/task"))
             {
                 int tid = int.Parse(Path.GetFileName(task));
-                if (tid == AgentTid)
+                if (tid == AgentTid || LeftAlone(task))
                 {
                     continue;
                 }
@@ -731,6 +732,23 @@ public sealed unsafe partial class Session
             }
         });
     }
+
+    // A thread blocked in a system call (its PC on a syscall instruction, not in a sled) with no
+    // signal frame saved inside a sled, still blocked in the same call once that was checked,
+    // needs no stop: stops are what let a Hotwire killed meanwhile make its call fail with EINTR.
+    private bool LeftAlone(string task)
+    {
+        if (TestSwitches.StopEveryThread || BlockedAt(task) is not { } blocked || InsideSled(_sledsNow!, blocked.Pc) is not null)
+        {
+            return false;
+        }
+        bool framesInSleds = !_skipSignalFrameSleds
+            && SignalFrames.Find(_memory, blocked.Sp, _mapsNow!).Any(f => InsideSled(_sledsNow!, f.Rip) is not null);
+        return !framesInSleds && BlockedAt(task) == blocked;
+    }
+
+    private ulong[]? _sledsNow;
+    private List<MemoryMapping>? _mapsNow;
 
     // A handler that interrupted a thread inside a sled returns there (a GC's stop-the-world
     // handler parks threads exactly so): its saved PC moves past the sled like a current PC. A

@@ -128,8 +128,9 @@ public sealed unsafe partial class Session
     /// <summary>
     /// Nothing can be running through the block's code: no SIGTRAP of its handler in flight, and
     /// no thread's PC, or PC saved in a signal frame (a handler that interrupted a trampoline), in
-    /// its code. Each thread is stopped for a few microseconds, as when NOP sleds are converted.
-    /// Its agent has exited and its sites are restored, so no thread can enter it anew.
+    /// its code. A thread blocked in a system call is read from /proc; any other is stopped for a
+    /// few microseconds. Its agent has exited and its sites are restored, so no thread can enter
+    /// it anew.
     /// </summary>
     private string? Busy(EarlierBlock b)
     {
@@ -140,12 +141,28 @@ public sealed unsafe partial class Session
         var ranges = b.CodeRanges.ToList();
         bool Inside(ulong pc) => ranges.Any(r => pc >= r.Start && pc < r.End);
         List<MemoryMapping> maps = ProcMaps.Read(Pid);
+        bool Runs(ulong pc, ulong sp) => Inside(pc) || SignalFrames.Find(_memory, sp, maps).Any(f => Inside(f.Rip));
         string? busy = null;
-        PtraceThread.Shared.Invoke(() =>
+        foreach (string task in Directory.EnumerateDirectories($"/proc/{Pid}/task"))
         {
-            foreach (string task in Directory.EnumerateDirectories($"/proc/{Pid}/task"))
+            int tid = int.Parse(Path.GetFileName(task));
+            // A thread blocked in a system call is looked at without stopping it (a stop is what
+            // makes some calls fail with EINTR if Hotwire dies meanwhile): its registers as
+            // /proc shows them, valid if it is still blocked in the same call afterwards.
+            if (!TestSwitches.StopEveryThread && BlockedAt(task) is { } blocked)
             {
-                int tid = int.Parse(Path.GetFileName(task));
+                bool inside = Runs(blocked.Pc, blocked.Sp);
+                if (BlockedAt(task) == blocked)
+                {
+                    if (inside)
+                    {
+                        return $"thread {tid} is inside its code";
+                    }
+                    continue;
+                }
+            }
+            PtraceThread.Shared.Invoke(() =>
+            {
                 Tracee t;
                 try
                 {
@@ -153,16 +170,15 @@ public sealed unsafe partial class Session
                 }
                 catch (HotwireException)
                 {
-                    continue; // exited meanwhile
+                    return; // exited meanwhile
                 }
                 try
                 {
                     t.Interrupt();
                     user_regs_struct regs = t.GetRegs();
-                    if (Inside(regs.rip) || SignalFrames.Find(_memory, regs.rsp, maps).Any(f => Inside(f.Rip)))
+                    if (Runs(regs.rip, regs.rsp))
                     {
                         busy = $"thread {tid} is inside its code";
-                        return;
                     }
                 }
                 catch (TargetExitedException)
@@ -172,8 +188,12 @@ public sealed unsafe partial class Session
                 {
                     t.Detach();
                 }
+            });
+            if (busy is not null)
+            {
+                return busy;
             }
-        });
+        }
         if (busy is null && b.ShadowMap != 0)
         {
             // Checked after the threads: none is inside the entry routine now, so none can push a frame.
@@ -184,6 +204,25 @@ public sealed unsafe partial class Session
             }
         }
         return busy;
+    }
+
+    // (sp, pc, and the context switches so far) of a thread blocked in a system call; null if it runs.
+    internal static (ulong Sp, ulong Pc, string Switches)? BlockedAt(string task)
+    {
+        try
+        {
+            string[] f = File.ReadAllText(Path.Combine(task, "syscall")).Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            if (f.Length != 9 || f[0] == "-1")
+            {
+                return null;   // "running", or blocked outside a system call
+            }
+            string switches = ProcStatus.Field(Path.Combine(task, "status"), "voluntary_ctxt_switches") ?? "";
+            return (Convert.ToUInt64(f[7], 16), Convert.ToUInt64(f[8], 16), switches);
+        }
+        catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException)
+        {
+            return null;
+        }
     }
 
     /// <summary>After a takeover, the earlier graph tracer's shadow stacks (checked empty) go.</summary>

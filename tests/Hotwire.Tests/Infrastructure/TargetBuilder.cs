@@ -76,6 +76,9 @@ public enum Flavour
     /// <summary>patchserver.c: the multithreaded TCP server the live-patch tests fix.</summary>
     PatchServer,
 
+    /// <summary>dlopener.c: loads and unloads libflav.so (beside it) with dlopen/dlclose on command.</summary>
+    DlOpener,
+
     /// <summary>patches/*.c built as live patches (gcc -shared -fPIC); Get returns seedfix.so, the others are beside it.</summary>
     Patches,
 }
@@ -101,7 +104,7 @@ public static class TargetBuilder
     private const string Nop5Flags = "-O2 -pg -mfentry -mnop-mcount -mrecord-mcount -fno-pie";
     private const string SledFlags = "-O2 -fpatchable-function-entry=5";
 
-    private static readonly string[] PatchSources = ["seedfix", "serverfix", "serverfix2", "napfix", "bad_undefined", "bad_tls", "bad_ctor", "nothing"];
+    private static readonly string[] PatchSources = ["seedfix", "serverfix", "serverfix2", "napfix", "bad_undefined", "bad_tls", "bad_ctor", "nothing", "polyfix"];
 
     /// <summary>A built live patch, by the name of its source in tests/targets/patches/.</summary>
     public static string Patch(string name) => Path.Combine(Path.GetDirectoryName(Get(Flavour.Patches))!, name + ".so");
@@ -140,6 +143,8 @@ public static class TargetBuilder
             Flavour.Execer => new Recipe(["execer.c"], [$"gcc {SledFlags} -pthread {{src}}/execer.c -o {{out}}/prog"], "prog"),
             Flavour.Waiters => new Recipe(["waiters.c"], [$"gcc {SledFlags} -pthread {{src}}/waiters.c -o {{out}}/prog"], "prog"),
             Flavour.SigSled => new Recipe(["sigsled.c"], [$"gcc {SledFlags} -pthread {{src}}/sigsled.c -o {{out}}/prog"], "prog"),
+            Flavour.DlOpener => new Recipe(["libflav.c", "dlopener.c"],
+                [$"gcc {SledFlags} -fPIC -shared {{src}}/libflav.c -o {{out}}/libflav.so", "gcc -O2 {src}/dlopener.c -o {out}/prog"], "prog"),
             Flavour.Parked => new Recipe(["parked.c"], [$"gcc {SledFlags} -pthread {{src}}/parked.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });
