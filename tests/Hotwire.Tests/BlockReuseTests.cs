@@ -106,6 +106,40 @@ public class BlockReuseTests(ITestOutputHelper output)
         Assert.Equal(0, target.Process.ExitCode);
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_block_a_forked_child_still_runs_through_is_not_taken_over(bool noCheck)
+    {
+        // The child is forked while f is traced: its copy of f jumps into the block's trampoline
+        // after the parent's session has restored the parent's f. Poisoning that code kills it.
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Forker));
+        using (Session first = Session.Attach(target.Pid))
+        {
+            first.Register(new CountingOps(["f"]));
+            target.WriteLine("fork");
+            Assert.StartsWith("forked ", target.ReadLine(TimeSpan.FromSeconds(10)));
+            first.Detach();
+        }
+        TestSwitches.NoReuseQuiescenceCheck = noCheck;
+        try
+        {
+            using Session second = Session.Attach(target.Pid);
+            Assert.Equal(noCheck, second.ReusedBlock);
+            if (!noCheck)
+            {
+                Assert.Contains("(forked from pid", second.NotReusedBecause);
+            }
+            second.Detach();
+        }
+        finally
+        {
+            TestSwitches.NoReuseQuiescenceCheck = false;
+        }
+        target.WriteLine("wait");
+        Assert.Equal(noCheck ? "child killed by signal 5" : "child exited 0", target.ReadLine(TimeSpan.FromSeconds(10)));
+    }
+
     [Fact]
     public void A_failed_attach_leaves_nothing_behind_and_the_next_one_works()
     {

@@ -82,7 +82,7 @@ public sealed unsafe partial class Session
         string? why = null;
         foreach (EarlierBlock b in blocks)
         {
-            why = Unfit(b, dataNeeded, modules, regionSize, maps) ?? (TestSwitches.NoReuseQuiescenceCheck ? null : Busy(b));
+            why = Unfit(b, dataNeeded, modules, regionSize, maps) ?? (TestSwitches.NoReuseQuiescenceCheck ? null : Busy(b, maps));
             if (why is null)
             {
                 return b;
@@ -126,14 +126,21 @@ public sealed unsafe partial class Session
     }
 
     /// <summary>
-    /// Nothing can be running through the block's code: no SIGTRAP of its handler in flight, and
+    /// Nothing can be running through the block's code: no other process maps it (a child forked
+    /// while it was in use keeps the patched code it copied), no SIGTRAP of its handler in flight, and
     /// no thread's PC, or PC saved in a signal frame (a handler that interrupted a trampoline), in
     /// its code. A thread blocked in a system call is read from /proc; any other is stopped for a
     /// few microseconds. Its agent has exited and its sites are restored, so no thread can enter
     /// it anew.
     /// </summary>
-    private string? Busy(EarlierBlock b)
+    private string? Busy(EarlierBlock b, List<MemoryMapping> targetMaps)
     {
+        if (OtherProcessMapping(targetMaps.First(m => m.Start == b.DataBase).Inode) is int other)
+        {
+            // A child forked while it was in use may still run its trampolines (its copy of the
+            // code was never restored): rewriting them would kill it.
+            return $"process {other} (forked from pid {Pid}) maps it too";
+        }
         if (!NoSigtrapInFlight())
         {
             return "a SIGTRAP is pending in the process";
@@ -204,6 +211,31 @@ public sealed unsafe partial class Session
             }
         }
         return busy;
+    }
+
+    // Another process whose maps hold the memfd with this inode (a fork of the target's), if any.
+    private int? OtherProcessMapping(ulong inode)
+    {
+        foreach (string dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out int pid) || pid == Pid)
+            {
+                continue;
+            }
+            try
+            {
+                string maps = File.ReadAllText(Path.Combine(dir, "maps"));
+                int at = maps.IndexOf("/memfd:hotwire (deleted)", StringComparison.Ordinal);
+                if (at >= 0 && ProcMaps.Parse(maps).Any(m => m.Inode == inode && m.Path.StartsWith("/memfd:hotwire (deleted)", StringComparison.Ordinal)))
+                {
+                    return pid;
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+            }
+        }
+        return null;
     }
 
     // (sp, pc, and the context switches so far) of a thread blocked in a system call; null if it runs.

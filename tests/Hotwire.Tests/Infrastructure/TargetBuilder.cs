@@ -76,6 +76,9 @@ public enum Flavour
     /// <summary>patchserver.c: the multithreaded TCP server the live-patch tests fix.</summary>
     PatchServer,
 
+    /// <summary>forker.c: forks, on command, a child that keeps calling f.</summary>
+    Forker,
+
     /// <summary>dlopener.c: loads and unloads libflav.so (beside it) with dlopen/dlclose on command.</summary>
     DlOpener,
 
@@ -145,6 +148,7 @@ public static class TargetBuilder
             Flavour.SigSled => new Recipe(["sigsled.c"], [$"gcc {SledFlags} -pthread {{src}}/sigsled.c -o {{out}}/prog"], "prog"),
             Flavour.DlOpener => new Recipe(["libflav.c", "dlopener.c"],
                 [$"gcc {SledFlags} -fPIC -shared {{src}}/libflav.c -o {{out}}/libflav.so", "gcc -O2 {src}/dlopener.c -o {out}/prog"], "prog"),
+            Flavour.Forker => new Recipe(["forker.c"], [$"gcc {SledFlags} -pthread {{src}}/forker.c -o {{out}}/prog"], "prog"),
             Flavour.Parked => new Recipe(["parked.c"], [$"gcc {SledFlags} -pthread {{src}}/parked.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });
