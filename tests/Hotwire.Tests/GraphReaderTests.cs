@@ -62,6 +62,78 @@ public sealed class GraphReaderTests : IDisposable
         Assert.Equal(1, graph.UnmatchedExits);
     }
 
+    [Fact]
+    public void A_loss_mark_leaves_out_the_frames_open_across_it_and_hangs_later_calls_under_lost_callers()
+    {
+        const int Main = 0, Pa = 1, Pb = 2, Leaf = 3, Qb = 4, Qa = 5;
+        // main -> pa -> pb -> leaf; then 5 events lost (pb, pa return; qa is entered); qb -> leaf
+        // under the unknown qa; an exit of qa whose entry was lost; main returns; 2 more events lost after the end.
+        var info = new TraceInfo
+        {
+            Tracer = Tracers.FunctionGraph,
+            Clock = new ClockInfo { EndTsc = 1000 },
+            Threads = [new ThreadInfo { Tid = 1, Lost = 5 + 2 }],
+            Sites = [.. new[] { "main", "pa", "pb", "leaf", "qb", "qa" }.Select((f, i) => new SiteInfo { Index = i, Function = f })],
+        };
+        var calls = new CallCollector();
+        var tree = new CallTree();
+        var report = new ReportBuilder(info);
+        var graph = new CallGraph(info, null, new Tee(calls, tree, report));
+        graph.Feed(1, [Entry(10, Main, 0), Entry(20, Pa, 1), Entry(30, Pb, 2), Entry(40, Leaf, 3), Exit(50, Leaf, 3),
+            Lost(Entry(100, Qb, 2), 5), Entry(110, Leaf, 3), Exit(120, Leaf, 3), Exit(130, Qb, 2), Exit(140, Qa, 1), Exit(200, Main, 0),
+            Entry(300, Main, 0)]);
+        graph.Finish();
+
+        Assert.Equal(
+            [(Leaf, 40UL, 50UL, FrameEnd.Returned), (Pb, 30UL, 100UL, FrameEnd.Lost), (Leaf, 110UL, 120UL, FrameEnd.Returned), (Qb, 100UL, 130UL, FrameEnd.Returned),
+             (Pa, 20UL, 200UL, FrameEnd.Lost), (Main, 10UL, 200UL, FrameEnd.Lost), (Main, 300UL, 1000UL, FrameEnd.Lost)],
+            calls.Calls.Select(c => (c.Site, c.Start, c.End, c.How)));
+        Assert.Equal(4, graph.Straddling);      // main, pa, pb across the first loss; main again across the last
+        Assert.Equal(1, graph.CallerLost);      // qb
+        Assert.Equal(2, graph.LossMarks);
+        Assert.Equal(1, graph.UnmatchedExits);  // qa's
+        Assert.Equal(0, graph.Unwound + graph.Unfinished);
+
+        // report: the complete calls only.
+        Assert.Equal([("leaf", 2L, 20L), ("qb", 1L, 30L)], report.Rows().Select(row => (row.Function, row.Calls, row.TotalNs)).Order());
+
+        // call paths: leaf under main -> pa -> pb (main, pa and pb themselves counted nowhere); qb under [lost events], not under pa.
+        var names = new SiteNames(info);
+        CallTree shown = tree.WithoutEmptyPaths();
+        var paths = Enumerable.Range(1, shown.Count - 1).ToDictionary(n => string.Join(";", shown.Path(n).Select(names.Function)), n => (shown.Calls(n), shown.TotalTicks(n)));
+        Assert.Equal(new Dictionary<string, (long, ulong)>
+        {
+            ["main"] = (0, 0), ["main;pa"] = (0, 0), ["main;pa;pb"] = (0, 0), ["main;pa;pb;leaf"] = (1, 10),
+            ["[lost events]"] = (1, 30), ["[lost events];qb"] = (1, 30), ["[lost events];qb;leaf"] = (1, 10),
+        }, paths);
+        Assert.Equal(30UL, shown.TotalTicks(CallTree.Root));                // measured outermost calls: qb's
+        Assert.Equal(10UL + 30, shown.InclusiveTicks()[CallTree.Root]);     // what a flame graph is as wide as
+    }
+
+    [Fact]
+    public void Replay_marks_where_events_were_lost_and_gives_no_duration_to_the_calls_across_it()
+    {
+        var r = new Recording();
+        r.Entry(App, 1000, "main", 0);
+        r.Entry(App, 1100, "work", 1);
+        r.Entry(App, 1500, "leaf", 2);
+        r.Exit(App, 1600, "leaf", 2);
+        r.Exit(App, 1700, "work", 1);
+        r.Exit(App, 2000, "main", 0);
+        r.LoseBefore(App, 1500, 3);
+        string dir = r.Write(this);
+        CliResult replay = HotwireCli.Run("replay", "-d", dir);
+        Assert.True(replay.ExitCode == 0, replay.Stderr);
+        Assert.Equal(["main() {", "  work() {", "/* lost 3 events: the calls open here are left out */", "    leaf();", "  } /* work lost */", "} /* main lost */"],
+            ThreadLines(replay, "app-101").Select(FunctionColumn));
+        Assert.Contains(" |   0.100 us    |      leaf();", replay.Stdout);
+        Assert.Contains(" |               |  } /* main lost */", replay.Stdout);
+        Assert.Contains("# 2 calls were left out: their thread lost events while they ran (1 places)", replay.Stdout);
+        CliResult report = HotwireCli.Run("report", "-d", dir, "--format", "csv");
+        Assert.Equal(["100,100,1,100,100,100,leaf,/usr/bin/app"], report.Lines.Skip(1));
+        Assert.Contains("2 calls were left out", report.Stderr);
+    }
+
     // ---- replay
 
     [Fact]
@@ -412,6 +484,17 @@ public sealed class GraphReaderTests : IDisposable
 
     private static RawEvent Exit(ulong tsc, int site, int depth) => new(tsc, 0, site, [], (ulong)depth * 4 + RawEvent.Exit);
 
+    /// <summary>The event with a loss mark: <paramref name="events"/> of its thread were lost just before it.</summary>
+    private static RawEvent Lost(RawEvent e, ulong events) => e with { Info = e.Info | events << 32 };
+
+    /// <summary>Several sinks fed by one reconstruction.</summary>
+    private sealed class Tee(params IFrameSink[] sinks) : IFrameSink
+    {
+        public void Enter(ThreadFrames thread, int level) => Array.ForEach(sinks, s => s.Enter(thread, level));
+
+        public void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value) => Array.ForEach(sinks, s => s.Exit(thread, level, exitTsc, end, value));
+    }
+
     private static string[] ThreadLines(CliResult replay, string task)
         => replay.Lines.Where(l => !l.StartsWith('#') && l[..16].Trim() == task).ToArray();
 
@@ -558,9 +641,15 @@ public sealed class GraphReaderTests : IDisposable
             list.Add((e.Tsc, e));
         }
 
+        private readonly Dictionary<(int Tid, ulong Tsc), ulong> _losses = [];
+
+        /// <summary>The thread's event at <paramref name="tsc"/> says that <paramref name="events"/> were lost just before it.</summary>
+        public void LoseBefore(int tid, ulong tsc, ulong events) => _losses[(tid, tsc)] = events;
+
         /// <summary>Events in each thread's order: by time, entries before exits of the same instant only where they were added so.</summary>
         public Dictionary<int, List<RawEvent>> Ordered()
-            => _pending.ToDictionary(kv => kv.Key, kv => kv.Value.Select((x, i) => (x, i)).OrderBy(p => p.x.Tsc).ThenBy(p => p.x.Event.IsExit ? 0 : 1).ThenBy(p => p.i).Select(p => p.x.Event).ToList());
+            => _pending.ToDictionary(kv => kv.Key, kv => kv.Value.Select((x, i) => (x, i)).OrderBy(p => p.x.Tsc).ThenBy(p => p.x.Event.IsExit ? 0 : 1).ThenBy(p => p.i)
+                .Select(p => _losses.TryGetValue((kv.Key, p.x.Tsc), out ulong lost) ? p.x.Event with { Info = p.x.Event.Info | lost << 32 } : p.x.Event).ToList());
 
         public TraceInfo Info(string tracer = Tracers.FunctionGraph, bool retval = false)
         {
@@ -576,8 +665,8 @@ public sealed class GraphReaderTests : IDisposable
                 Clock = new ClockInfo { StartTsc = 0, StartNs = 0, EndTsc = EndTsc, EndNs = (long)EndTsc },
                 Threads =
                 [
-                    new ThreadInfo { Tid = App, Pid = 1000, Name = "app", Events = Ordered().GetValueOrDefault(App)?.Count ?? 0 },
-                    new ThreadInfo { Tid = Worker, Pid = 1000, Name = "worker", Events = Ordered().GetValueOrDefault(Worker)?.Count ?? 0 },
+                    new ThreadInfo { Tid = App, Pid = 1000, Name = "app", Events = Ordered().GetValueOrDefault(App)?.Count ?? 0, Lost = LostIn(App) },
+                    new ThreadInfo { Tid = Worker, Pid = 1000, Name = "worker", Events = Ordered().GetValueOrDefault(Worker)?.Count ?? 0, Lost = LostIn(Worker) },
                 ],
             };
             for (int i = 0; i < Functions.Count; i++)
@@ -587,6 +676,8 @@ public sealed class GraphReaderTests : IDisposable
             info.Modules.Add(new ModuleInfo { Path = "/usr/bin/app", Start = 0x1000, End = 0x2000 });
             return info;
         }
+
+        private ulong LostIn(int tid) => _losses.Where(l => l.Key.Tid == tid).Aggregate(0UL, (n, l) => n + l.Value);
 
         public string WriteInfoOnly(GraphReaderTests test, TraceInfo info)
         {

@@ -317,6 +317,90 @@ public class GraphTracerTests
     }
 
     [Fact]
+    public void With_heavy_loss_readers_show_complete_calls_only_on_paths_the_program_takes_and_say_what_they_left_out()
+    {
+        // 4K buffers hold 64 events: most of the 2.8 M events are lost, at hundreds of places.
+        Recording r = Record(Flavour.Graph, "--buffer-size", "4K", "--", "lossy", "200000");
+        Assert.Equal(Untraced(Flavour.Graph, "lossy", "200000"), r.Stdout);
+        Assert.True(r.Info.TotalLost > 100_000, $"only {r.Info.TotalLost} events lost: the test does not exercise loss");
+        List<RawEvent> events = r.Events[MainTid(r)];
+        Assert.Contains(events, e => e.LostBefore > 0);
+        Assert.InRange(events.Aggregate(0UL, (n, e) => n + e.LostBefore), 1UL, r.Info.TotalLost); // the rest after its last event
+
+        // The complete calls: entry and exit both recorded with no loss mark between them.
+        var ticks = new Dictionary<string, ulong>();
+        var calls = new Dictionary<string, long>();
+        var open = new List<RawEvent>();
+        foreach (RawEvent e in events)
+        {
+            if (e.LostBefore > 0)
+            {
+                open.Clear();
+            }
+            if (!e.IsExit)
+            {
+                open.Add(e);
+            }
+            else if (open.Count > 0 && open[^1].Depth == e.Depth && open[^1].Site == e.Site)
+            {
+                string name = r.Name(e);
+                ticks[name] = ticks.GetValueOrDefault(name) + (Math.Max(e.Tsc, open[^1].Tsc) - open[^1].Tsc);
+                calls[name] = calls.GetValueOrDefault(name) + 1;
+                open.RemoveAt(open.Count - 1);
+            }
+        }
+        var time = new Hotwire.Output.TraceTime(r.Info.Clock);
+        CliResult report = HotwireCli.Run("report", "-d", r.Dir, "--format", "csv");
+        Assert.True(report.ExitCode == 0, report.Stderr);
+        var rows = report.Lines.Skip(1).Select(l => l.Split(',')).ToDictionary(f => f[6], f => (TotalNs: long.Parse(f[0]), Calls: long.Parse(f[2])));
+        Assert.Equal(calls.Keys.Order(), rows.Keys.Order());
+        foreach ((string fn, (long totalNs, long n)) in rows)
+        {
+            Assert.Equal(calls[fn], n);
+            Assert.Equal(time.DurationNs(ticks[fn]), totalNs);
+        }
+
+        // Every call path, in the tree the graph and flame graph readers draw and in the folded stacks.
+        string[][] allowed = [["main", "north"], ["main", "south"], ["north", "north2"], ["north2", "leaf"], ["south", "south2"], ["south2", "leaf"]];
+        void CheckPath(IReadOnlyList<string> path)
+        {
+            int from = path[0] == Hotwire.Output.SiteNames.LostCallersName ? 1 : 0;
+            Assert.True(from == 1 || path[0] == "main", $"a path begins with {path[0]}: {string.Join(";", path)}");
+            for (int i = from + 1; i < path.Count; i++)
+            {
+                Assert.True(allowed.Any(edge => edge[0] == path[i - 1] && edge[1] == path[i]), $"a path the program cannot take: {string.Join(";", path)}");
+            }
+        }
+        var tree = new Hotwire.Output.CallTree();
+        Hotwire.Output.CallGraph graph = Hotwire.Output.CallGraph.Read(r.Dir, r.Info, null, tree);
+        var names = new Hotwire.Output.SiteNames(r.Info);
+        for (int node = 1; node < tree.Count; node++)
+        {
+            CheckPath(tree.Path(node).Select(names.Function).ToList());
+        }
+        CliResult folded = HotwireCli.Run("dump", "--flame-graph", "-d", r.Dir);
+        Assert.True(folded.ExitCode == 0, folded.Stderr);
+        Assert.All(folded.Lines, l => CheckPath(l[..l.LastIndexOf(' ')].Split(';')));
+
+        // Each reader says how many calls it left out, and why.
+        Assert.True(graph.Straddling > 0 && graph.CallerLost > 0, $"{graph.Straddling} calls straddle a loss, {graph.CallerLost} lost their callers");
+        string leftOut = $"{graph.Straddling} calls were left out: their thread lost events while they ran";
+        Assert.Contains(leftOut, report.Stderr);
+        Assert.Contains(leftOut, folded.Stderr);
+        CliResult graphText = HotwireCli.Run("graph", "-d", r.Dir);
+        Assert.Contains(leftOut, graphText.Stderr);
+        Assert.Contains($"{graph.CallerLost} calls made after lost events, whose callers are not known, are shown under [lost events]", graphText.Stderr);
+        Assert.Contains(") [lost events]\n", graphText.Stdout);
+        CliResult replay = HotwireCli.Run("replay", "-d", r.Dir);
+        Assert.Contains($"# {leftOut}", replay.Stdout);
+        Assert.Contains(" events: the calls open here are left out */", replay.Stdout);
+        CliResult chrome = HotwireCli.Run("dump", "--chrome", "-d", r.Dir);
+        Assert.Contains(leftOut, chrome.Stderr);
+        using var json = System.Text.Json.JsonDocument.Parse(chrome.Stdout);
+        Assert.Equal(rows.Values.Sum(v => v.Calls), json.RootElement.GetProperty("traceEvents").EnumerateArray().Count(e => e.GetProperty("ph").GetString() == "X"));
+    }
+
+    [Fact]
     public void The_time_filter_keeps_long_calls_and_their_callers_only()
     {
         Recording all = Record(Flavour.Graph, "fib", "20");

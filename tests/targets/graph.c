@@ -16,6 +16,9 @@
 //   graph sigstress N  a 20 µs interval timer whose handler calls in_signal() interrupts main's N
 //                      calls of leaf(i): most signals land inside a tracer's own code
 //   graph tree         two threads each call a(i) -> b -> c (i = 0..2); main then calls leaf(9)
+//   graph lossy N      N times: north(i) -> north2 -> leaf, then south(i) -> south2 -> leaf (two
+//                      callers at each depth, so a reader that guesses callers after lost events
+//                      invents paths such as north -> south2)
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -78,6 +81,11 @@ __attribute__((noipa, optimize("optimize-sibling-calls"))) long tail(long x) { r
 __attribute__((noipa)) long c(long x) { return leaf(x); }
 __attribute__((noipa)) long b(long x) { return c(x + 1); }
 __attribute__((noipa)) long a(long x) { return b(x + 1); }
+__attribute__((noipa)) long north2(long x) { return leaf(x); }
+__attribute__((noipa)) long north(long x) { return north2(x + 1); }
+__attribute__((noipa)) long south2(long x) { return leaf(x) + leaf(x + 1); }
+__attribute__((noipa)) long south(long x) { return south2(x + 2); }
+
 __attribute__((noipa)) void *worker(void *arg)
 {
     for (long i = 0; i < 3; i++)
@@ -136,6 +144,11 @@ int main(int argc, char **argv)
         fflush(stdout);
         while (getchar() != EOF)
             ;
+    } else if (strcmp(mode, "lossy") == 0) {
+        long total = 0;
+        for (long i = 0; i < n; i++)
+            total += north(i) + south(i);
+        printf("lossy %ld\n", total);
     } else if (strcmp(mode, "fork") == 0) {
         long r = forker();
         if (r == 4) // the child: leaf(2) * 2

@@ -70,9 +70,10 @@ public static class DumpCommand
             return ExitCode.Success;
         }
 
-        var tree = new CallTree();
-        CallGraph built = CallGraph.Read(dir, info, tids, tree);
+        var read = new CallTree();
+        CallGraph built = CallGraph.Read(dir, info, tids, read);
         ReaderOptions.RequireCalls(dir, built.Calls, tids);
+        CallTree tree = read.WithoutEmptyPaths();
         var names = new SiteNames(info);
         var time = new TraceTime(info.Clock);
         using var w = new StreamWriter(ReaderOptions.OpenOutput(svg ?? output), new UTF8Encoding(false), 1 << 16);
@@ -86,13 +87,13 @@ public static class DumpCommand
             FlameGraph.WriteSvg(w, tree, names, time, $"Flame Graph: {program} (pid {info.Pid}, {threads})");
         }
         w.Flush();
-        Finish(dir, info, tids, built);
+        Finish(dir, info, tids, built, callPaths: true);
         return ExitCode.Success;
     }
 
-    private static void Finish(string dir, TraceInfo info, IReadOnlySet<int>? tids, CallGraph graph)
+    private static void Finish(string dir, TraceInfo info, IReadOnlySet<int>? tids, CallGraph graph, bool callPaths = false)
     {
         ReaderOptions.WarnTruncated(dir, graph.TruncatedAt);
-        ReaderOptions.WarnGaps(info, tids, graph);
+        ReaderOptions.WarnGaps(info, tids, graph, callPaths);
     }
 }

@@ -26,10 +26,11 @@ public static class GraphCommand
         (string dir, TraceInfo info, IReadOnlySet<int>? tids) = options.Open(result);
         CallGraph.RequireGraph(dir, info, "hotwire graph");
         ReaderOptions.RequireEvents(dir, info);
-        var tree = new CallTree();
-        CallGraph graph = CallGraph.Read(dir, info, tids, tree);
+        var built = new CallTree();
+        CallGraph graph = CallGraph.Read(dir, info, tids, built);
         ReaderOptions.WarnTruncated(dir, graph.TruncatedAt);
         ReaderOptions.RequireCalls(dir, graph.Calls, tids);
+        CallTree tree = built.WithoutEmptyPaths();
 
         var names = new SiteNames(info);
         string about = tids is null
@@ -50,7 +51,7 @@ public static class GraphCommand
         }
         using var w = new StreamWriter(ReaderOptions.StandardOutput(), bufferSize: 1 << 16);
         CallGraphWriter.Write(w, tree, rootName, names, new TraceTime(info.Clock), backtraces, about);
-        ReaderOptions.WarnGaps(info, tids, graph);
+        ReaderOptions.WarnGaps(info, tids, graph, callPaths: true);
         return ExitCode.Success;
     }
 

@@ -72,14 +72,18 @@ internal sealed class ReaderOptions
     }
 
     /// <summary>
-    /// One warning line for the gaps that make figures lower bounds (lost events, repaired calls), so
-    /// that machine-readable output stays clean.
+    /// One warning line for the gaps that make figures lower bounds (lost events, repaired calls),
+    /// and the calls left out because events were lost while they ran (with
+    /// <paramref name="callPaths"/>, also those shown under [lost events]), so that
+    /// machine-readable output stays clean.
     /// </summary>
-    public static void WarnGaps(TraceInfo info, IReadOnlySet<int>? tids, CallGraph? graph)
+    public static void WarnGaps(TraceInfo info, IReadOnlySet<int>? tids, CallGraph? graph, bool callPaths = false)
     {
-        var notes = ReaderNotes.Recording(info, tids).Where(n => n.StartsWith("lost", StringComparison.Ordinal) || n.Contains("not recorded", StringComparison.Ordinal)).ToList();
+        var notes = ReaderNotes.Recording(info, tids).Where(n => n.StartsWith("lost", StringComparison.Ordinal) || n.Contains("not recorded", StringComparison.Ordinal)
+            || n.StartsWith("recorded by an older", StringComparison.Ordinal)).ToList();
         if (graph is not null)
         {
+            notes.AddRange(ReaderNotes.LeftOut(graph, callPaths));
             notes.AddRange(ReaderNotes.Reconstruction(graph).Where(n => n.Contains("entry is not in the recording", StringComparison.Ordinal)));
         }
         if (notes.Count > 0)

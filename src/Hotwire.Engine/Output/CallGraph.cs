@@ -18,6 +18,12 @@ public enum FrameEnd : byte
 
     /// <summary>Still running when the recording ended: closed at the recording's end time.</summary>
     Unfinished,
+
+    /// <summary>
+    /// Open while its thread lost events (a full buffer): how long it ran and what it called then
+    /// are not known. Readers leave it out of times, counts and call paths, and count it.
+    /// </summary>
+    Lost,
 }
 
 /// <summary>An open call on a thread's reconstructed stack.</summary>
@@ -43,6 +49,15 @@ public struct Frame
 
     /// <summary>Free for the sink (a call-tree node, for instance).</summary>
     public int Node;
+
+    /// <summary>Its thread lost events while it was open: it will end as <see cref="FrameEnd.Lost"/>.</summary>
+    public bool Straddles;
+
+    /// <summary>
+    /// Entered after its thread lost events, under a caller that is not known (the frame below it,
+    /// if any, straddles the loss): call-path views must not attach it under that frame.
+    /// </summary>
+    public bool CallerLost;
 }
 
 /// <summary>One thread's reconstructed stack and what reconstruction found on it.</summary>
@@ -72,6 +87,17 @@ public sealed class ThreadFrames
 
     /// <summary>Exits whose entry was never seen (lost because a buffer was full): skipped.</summary>
     public long UnmatchedExits { get; internal set; }
+
+    /// <summary>Calls open while the thread lost events: ended as <see cref="FrameEnd.Lost"/>.</summary>
+    public long Straddling { get; internal set; }
+
+    /// <summary>Calls entered after a loss under callers that are not known (<see cref="Frame.CallerLost"/>).</summary>
+    public long CallerLost { get; internal set; }
+
+    /// <summary>Places in the thread's events where events were lost, and how many were.</summary>
+    public long LossMarks { get; internal set; }
+
+    public ulong LostEvents { get; internal set; }
 
     /// <summary>Free for the sink's per-thread state.</summary>
     public object? SinkState { get; set; }
@@ -105,6 +131,14 @@ public interface IFrameSink
     void ChunkDone(ThreadFrames thread)
     {
     }
+
+    /// <summary>
+    /// <paramref name="thread"/> lost <paramref name="events"/> events before <paramref name="tsc"/>:
+    /// every frame open now straddles the loss (<see cref="Frame.Straddles"/>) and will end as lost.
+    /// </summary>
+    void Lost(ThreadFrames thread, ulong tsc, ulong events)
+    {
+    }
 }
 
 /// <summary>
@@ -114,6 +148,13 @@ public interface IFrameSink
 /// unwound); an entry at depth d closes the open frames at d or deeper (unwound, at the entry's
 /// time: longjmp, an exception, or lost exits); an exit with no open frame to match (its entry was
 /// lost) is skipped and counted; frames still open at the end close at the recording's end.
+/// <para>
+/// Where the recording marks that a thread lost events (format 3), the thread's stack is unknown
+/// from there: every open frame straddles the loss and ends as <see cref="FrameEnd.Lost"/>; a
+/// frame entered afterwards whose traced caller is one of those (or was never seen) has
+/// <see cref="Frame.CallerLost"/>. Events lost after a thread's last event (its lost count in
+/// info.json exceeds its marks) make the frames open at the end lost rather than unfinished.
+/// </para>
 /// </summary>
 public sealed class CallGraph
 {
@@ -121,12 +162,21 @@ public sealed class CallGraph
     private readonly IReadOnlySet<int>? _tids;
     private readonly IFrameSink _sink;
     private readonly ulong _endTsc;
+    private readonly Dictionary<int, ulong>? _lostByThread;
 
     public CallGraph(TraceInfo info, IReadOnlySet<int>? tids, IFrameSink sink)
     {
         _tids = tids;
         _sink = sink;
         _endTsc = info.Clock.EndTsc;
+        if (info.MarksLoss)
+        {
+            _lostByThread = [];
+            foreach (ThreadInfo t in info.Threads)
+            {
+                _lostByThread[t.Tid] = _lostByThread.GetValueOrDefault(t.Tid) + t.Lost;
+            }
+        }
     }
 
     public IReadOnlyCollection<ThreadFrames> Threads => _threads.Values;
@@ -138,6 +188,14 @@ public sealed class CallGraph
     public long Unfinished => _threads.Values.Sum(t => t.Unfinished);
 
     public long UnmatchedExits => _threads.Values.Sum(t => t.UnmatchedExits);
+
+    /// <summary>Calls left out because their thread lost events while they ran.</summary>
+    public long Straddling => _threads.Values.Sum(t => t.Straddling);
+
+    /// <summary>Calls whose callers are not known: entered after a loss.</summary>
+    public long CallerLost => _threads.Values.Sum(t => t.CallerLost);
+
+    public long LossMarks => _threads.Values.Sum(t => t.LossMarks);
 
     /// <summary>Where events.bin was cut short, if it was (set by <see cref="Read"/>).</summary>
     public long? TruncatedAt { get; private set; }
@@ -238,6 +296,10 @@ public sealed class CallGraph
         }
         foreach (ref readonly RawEvent e in events)
         {
+            if (e.LostBefore > 0)
+            {
+                MarkLoss(thread, e.Tsc, e.LostBefore);
+            }
             if (e.Kind == RawEvent.Entry)
             {
                 Enter(thread, in e);
@@ -258,11 +320,27 @@ public sealed class CallGraph
         foreach (ThreadFrames thread in _threads.Values)
         {
             ulong end = Math.Max(_endTsc, thread.LastTsc);
+            // Lost after the thread's last event: no event carries the mark, info.json's count does.
+            if (_lostByThread is not null && _lostByThread.GetValueOrDefault(thread.Tid) is ulong lost && lost > thread.LostEvents)
+            {
+                MarkLoss(thread, end, lost - thread.LostEvents);
+            }
             while (thread.Count > 0)
             {
                 Close(thread, end, FrameEnd.Unfinished, 0);
             }
         }
+    }
+
+    private void MarkLoss(ThreadFrames thread, ulong tsc, ulong lost)
+    {
+        for (int i = 0; i < thread.Count; i++)
+        {
+            thread[i].Straddles = true;
+        }
+        thread.LossMarks++;
+        thread.LostEvents += lost;
+        _sink.Lost(thread, tsc, lost);
     }
 
     private void Enter(ThreadFrames thread, in RawEvent e)
@@ -272,6 +350,8 @@ public sealed class CallGraph
         {
             Close(thread, e.Tsc, FrameEnd.Unwound, 0);
         }
+        // Below a frame that straddles a loss, or below nothing seen since one, the caller is not known.
+        bool callerLost = depth > 0 && (thread.Count > 0 ? thread[thread.Count - 1].Straddles : thread.LossMarks > 0);
         ref Frame f = ref thread.Push();
         f.Site = e.Site;
         f.Depth = depth;
@@ -281,6 +361,9 @@ public sealed class CallGraph
         f.Caller = e.Caller;
         f.Args = e.Args;
         f.Node = 0;
+        f.Straddles = false;
+        f.CallerLost = callerLost;
+        thread.CallerLost += callerLost ? 1 : 0;
         thread.Calls++;
         _sink.Enter(thread, thread.Count - 1);
     }
@@ -311,13 +394,21 @@ public sealed class CallGraph
         int level = thread.Count - 1;
         ref Frame f = ref thread[level];
         ulong exit = Math.Max(tsc, f.EntryTsc);
-        if (level > 0)
+        if (f.Straddles)
+        {
+            end = FrameEnd.Lost;
+        }
+        if (level > 0 && end != FrameEnd.Lost)
         {
             ref Frame parent = ref thread[level - 1];
             parent.ChildTicks += exit - f.EntryTsc;
             parent.Children++;
         }
-        if (end == FrameEnd.Unwound)
+        if (end == FrameEnd.Lost)
+        {
+            thread.Straddling++;
+        }
+        else if (end == FrameEnd.Unwound)
         {
             thread.Unwound++;
         }
@@ -367,7 +458,12 @@ public sealed class SiteNames
 
     public SiteInfo? this[int site] => (uint)site < (uint)_sites.Length ? _sites[site] : null;
 
-    public string Function(int site) => this[site]?.Function ?? $"site#{site}";
+    /// <summary>The pseudo-site of call-path views under which calls whose callers were lost hang.</summary>
+    public const int LostCallers = -2;
+
+    public const string LostCallersName = "[lost events]";
+
+    public string Function(int site) => this[site]?.Function ?? (site == LostCallers ? LostCallersName : $"site#{site}");
 
     public string Module(int site) => this[site]?.Module ?? "";
 
@@ -395,6 +491,10 @@ public static class ReaderNotes
         {
             yield return $"lost {info.LostNoBuffer} events of threads beyond the buffer limit";
         }
+        if (!info.MarksLoss && info.Threads.Any(t => t.Lost > 0 && (tids is null || tids.Contains(t.Tid))))
+        {
+            yield return $"recorded by an older Hotwire (format version {info.Version}), which did not mark where events were lost: calls around a loss may show wrong times and callers";
+        }
         if (info.ShadowOverflow > 0)
         {
             yield return $"{info.ShadowOverflow} calls were not recorded: nested deeper than the shadow stack holds";
@@ -406,6 +506,22 @@ public static class ReaderNotes
         if (info.TimeFilterNs > 0)
         {
             yield return $"recorded with --time-filter {info.TimeFilterNs} ns: shorter calls are not shown";
+        }
+    }
+
+    /// <summary>
+    /// The calls a reader left out because events were lost while they ran, and (for call-path
+    /// views: graph, flame graphs) those shown under [lost events] because their callers are not known.
+    /// </summary>
+    public static IEnumerable<string> LeftOut(CallGraph graph, bool callPaths)
+    {
+        if (graph.Straddling > 0)
+        {
+            yield return $"{graph.Straddling} calls were left out: their thread lost events while they ran ({graph.LossMarks} places), so their times and callees are not known";
+        }
+        if (callPaths && graph.CallerLost > 0)
+        {
+            yield return $"{graph.CallerLost} calls made after lost events, whose callers are not known, are shown under {SiteNames.LostCallersName}";
         }
     }
 

@@ -12,6 +12,12 @@ public sealed record Backtrace(IReadOnlyList<int> Sites, long Hits, ulong Ticks)
 /// graphs are drawn from it): a node per distinct path from the root, with its calls and the sum of
 /// their durations and of their callees' durations, in TSC ticks. Node 0 is the root: the program,
 /// whose children are the outermost traced calls of every thread.
+/// <para>
+/// Calls that straddle lost events count nowhere (a caller may so show fewer calls and less time
+/// than its callees); calls whose callers were lost hang under a root child named
+/// <see cref="SiteNames.LostCallersName"/> (site <see cref="SiteNames.LostCallers"/>), never under
+/// a frame they may not have been called from.
+/// </para>
 /// </summary>
 public sealed class CallTree : IFrameSink
 {
@@ -29,6 +35,7 @@ public sealed class CallTree : IFrameSink
     private long[] _calls = new long[256];
     private ulong[] _total = new ulong[256];
     private ulong[] _childTicks = new ulong[256];
+    private int _lostCallers;
 
     public CallTree()
     {
@@ -111,21 +118,111 @@ public sealed class CallTree : IFrameSink
     public void Enter(ThreadFrames thread, int level)
     {
         ref Frame f = ref thread[level];
-        f.Node = Child(level > 0 ? thread[level - 1].Node : Root, f.Site);
+        if (f.CallerLost)
+        {
+            if (_lostCallers == 0)
+            {
+                _lostCallers = Child(Root, SiteNames.LostCallers);
+            }
+            _calls[_lostCallers]++;
+        }
+        f.Node = Child(f.CallerLost ? _lostCallers : level > 0 ? thread[level - 1].Node : Root, f.Site);
         _calls[f.Node]++;
     }
 
     public void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value)
     {
         ref Frame f = ref thread[level];
+        if (end == FrameEnd.Lost)
+        {
+            _calls[f.Node]--;
+            if (f.CallerLost)
+            {
+                _calls[_lostCallers]--;
+            }
+            return;
+        }
         ulong ticks = exitTsc - f.EntryTsc;
         _total[f.Node] += ticks;
         _childTicks[f.Node] += f.ChildTicks;
-        if (level == 0)
+        if (f.CallerLost)
+        {
+            _total[_lostCallers] += ticks;
+            _childTicks[_lostCallers] += ticks;
+        }
+        if (level == 0 || f.CallerLost)
         {
             _total[Root] += ticks;
             _childTicks[Root] += ticks;
         }
+    }
+
+    /// <summary>
+    /// Self time plus the widths of the callees: what a flame graph draws (as flamegraph.pl sums
+    /// folded stacks). It is the total time, except above calls whose callers straddled a loss.
+    /// </summary>
+    public ulong[] InclusiveTicks()
+    {
+        var ticks = new ulong[Count];
+        for (int n = Count - 1; n >= Root; n--)   // callees come after their callers
+        {
+            ticks[n] += SelfTicks(n);
+            if (n > Root)
+            {
+                ticks[_parent[n]] += ticks[n];
+            }
+        }
+        return ticks;
+    }
+
+    /// <summary>
+    /// The same tree without the paths on which no call remains (every call on them straddled lost
+    /// events and was left out).
+    /// </summary>
+    public CallTree WithoutEmptyPaths()
+    {
+        var calls = new long[Count];
+        for (int n = Count - 1; n > Root; n--)
+        {
+            calls[n] += _calls[n];
+            calls[_parent[n]] += calls[n];
+        }
+        var kept = new CallTree();
+        kept._calls[Root] = _calls[Root];
+        kept._total[Root] = _total[Root];
+        kept._childTicks[Root] = _childTicks[Root];
+        var pending = new Stack<(int From, int Into)>();
+        pending.Push((Root, Root));
+        while (pending.TryPop(out var at))
+        {
+            var children = new List<int>();
+            for (int c = _firstChild[at.From]; c != 0; c = _nextSibling[c])
+            {
+                if (calls[c] > 0)
+                {
+                    children.Add(c);
+                }
+            }
+            // Children in their order; each one's subtree after it (a stack pops the last first).
+            var made = children.Select(c => (c, kept.Copy(this, c, kept.Child(at.Into, _site[c])))).ToList();
+            for (int i = made.Count - 1; i >= 0; i--)
+            {
+                pending.Push(made[i]);
+            }
+        }
+        return kept;
+    }
+
+    private int Copy(CallTree source, int from, int into)
+    {
+        _calls[into] += source._calls[from];
+        _total[into] += source._total[from];
+        _childTicks[into] += source._childTicks[from];
+        if (source._site[from] == SiteNames.LostCallers)
+        {
+            _lostCallers = into;
+        }
+        return into;
     }
 
     /// <summary>

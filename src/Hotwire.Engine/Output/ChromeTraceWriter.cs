@@ -61,6 +61,10 @@ public sealed class ChromeTraceWriter : IFrameSink
 
     public void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value)
     {
+        if (end == FrameEnd.Lost)
+        {
+            return; // neither its duration nor its place in the stack is known
+        }
         ref Frame f = ref thread[level];
         thread.SinkState ??= _info.Threads.Find(t => t.Tid == thread.Tid) is { Pid: not 0 } known ? known.Pid : _info.Pid;
         long entryNs = _time.Ns(f.EntryTsc);
@@ -116,6 +120,7 @@ public sealed class ChromeTraceWriter : IFrameSink
         _json.WriteNumber("unwound", graph.Unwound);
         _json.WriteNumber("unfinished", graph.Unfinished);
         _json.WriteNumber("unmatchedExits", graph.UnmatchedExits);
+        _json.WriteNumber("leftOutLost", graph.Straddling);
         _json.WriteEndObject();
         _json.WriteEndObject();
         _json.Flush();

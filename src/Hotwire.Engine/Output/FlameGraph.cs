@@ -64,9 +64,10 @@ public static class FlameGraph
     /// </summary>
     public static void WriteSvg(TextWriter output, CallTree tree, SiteNames names, TraceTime time, string title)
     {
-        ulong rootTicks = Math.Max(tree.TotalTicks(CallTree.Root), 1);
+        ulong[] widths = tree.InclusiveTicks();
+        ulong rootTicks = Math.Max(widths[CallTree.Root], 1);
         double scale = (ImageWidth - 2 * Pad) / rootTicks;
-        int depth = Height(tree, CallTree.Root, scale);
+        int depth = Height(tree, widths, CallTree.Root, scale);
         double imageHeight = TopPad + BottomPad + depth * FrameHeight;
 
         var settings = new XmlWriterSettings { Indent = false, NewLineChars = "\n", OmitXmlDeclaration = false };
@@ -113,7 +114,7 @@ public static class FlameGraph
 
         x.WriteStartElement("g", SvgNs);
         x.WriteAttributeString("id", "frames");
-        var frame = new FrameWriter(x, tree, names, time, scale, imageHeight - BottomPad, rootTicks);
+        var frame = new FrameWriter(x, tree, widths, names, time, scale, imageHeight - BottomPad, rootTicks);
         frame.Write(CallTree.Root, 0, Pad);
         x.WriteEndElement();
 
@@ -122,14 +123,14 @@ public static class FlameGraph
     }
 
     /// <summary>Rows needed: frames narrower than the minimum width (and so their callees) are not drawn.</summary>
-    private static int Height(CallTree tree, int node, double scale)
+    private static int Height(CallTree tree, ulong[] widths, int node, double scale)
     {
         int height = 0;
         foreach (int child in tree.Children(node))
         {
-            if (tree.TotalTicks(child) * scale >= MinWidth)
+            if (widths[child] * scale >= MinWidth)
             {
-                height = Math.Max(height, Height(tree, child, scale));
+                height = Math.Max(height, Height(tree, widths, child, scale));
             }
         }
         return height + 1;
@@ -223,19 +224,20 @@ public static class FlameGraph
         return string.Create(CultureInfo.InvariantCulture, $"rgb({r},{g},{b})");
     }
 
-    private sealed class FrameWriter(XmlWriter x, CallTree tree, SiteNames names, TraceTime time, double scale, double bottom, ulong rootTicks)
+    // A frame is as wide as the stacks it holds (its inclusive ticks); its hover shows its measured total.
+    private sealed class FrameWriter(XmlWriter x, CallTree tree, ulong[] widths, SiteNames names, TraceTime time, double scale, double bottom, ulong rootTicks)
     {
         public void Write(int node, int level, double left)
         {
             ulong ticks = tree.TotalTicks(node);
-            double width = ticks * scale;
+            double width = widths[node] * scale;
             string name = Clean(node == CallTree.Root ? "all" : names.Function(tree.Site(node)));
             double top = bottom - (level + 1) * FrameHeight;
             long calls = tree.Calls(node);
             string figures = node == CallTree.Root
                 ? $"{name} ({TimeUnits.Format(time.DurationNs(ticks)).Trim()}, 100%)"
                 : string.Create(CultureInfo.InvariantCulture,
-                    $"{name} ({calls} call{(calls == 1 ? "" : "s")}, total {TimeUnits.Format(time.DurationNs(ticks)).Trim()}, self {TimeUnits.Format(time.DurationNs(tree.SelfTicks(node))).Trim()}, {100.0 * ticks / rootTicks:0.##}%)");
+                    $"{name} ({calls} call{(calls == 1 ? "" : "s")}, total {TimeUnits.Format(time.DurationNs(ticks)).Trim()}, self {TimeUnits.Format(time.DurationNs(tree.SelfTicks(node))).Trim()}, {100.0 * widths[node] / rootTicks:0.##}%)");
 
             x.WriteStartElement("g", SvgNs);
             x.WriteAttributeString("class", "f");
@@ -256,7 +258,7 @@ public static class FlameGraph
             double at = left;
             foreach (int child in children)
             {
-                double childWidth = tree.TotalTicks(child) * scale;
+                double childWidth = widths[child] * scale;
                 if (childWidth >= MinWidth)
                 {
                     Write(child, level + 1, at);

@@ -27,6 +27,12 @@ public static class FunctionTraceWriter
     {
         var b = new StringBuilder(96);
         string task = l.Task.Length > 16 ? l.Task[..16] : l.Task;
+        if (l.LostBefore > 0)
+        {
+            // Where the thread's buffer was full, as ftrace's "CPU:N [LOST M EVENTS]".
+            b.Append(task.PadLeft(16)).Append('-').Append(l.Tid.ToString(CultureInfo.InvariantCulture).PadRight(7))
+                .Append(" [LOST ").Append(l.LostBefore.ToString(CultureInfo.InvariantCulture)).Append(" EVENTS]\n");
+        }
         b.Append(task.PadLeft(16)).Append('-').Append(l.Tid.ToString(CultureInfo.InvariantCulture).PadRight(7)).Append(' ');
         b.Append(Seconds(l.TimestampNs).PadLeft(16)).Append(": ").Append(l.Function);
         if (l.Args.Length > 0)
@@ -69,6 +75,10 @@ public static class FunctionTraceWriter
             w.WriteString("function", l.Function);
             w.WriteString("module", l.Module);
             w.WriteString("caller", l.Caller);
+            if (l.LostBefore > 0)
+            {
+                w.WriteNumber("lostBefore", l.LostBefore);
+            }
             if (l.Args.Length > 0)
             {
                 w.WriteStartArray("args");

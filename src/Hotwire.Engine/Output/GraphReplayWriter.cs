@@ -64,6 +64,9 @@ public sealed class GraphReplayWriter : IFrameSink
         Open,
         Close,
         Leaf,
+
+        /// <summary>The thread lost events here (Value: how many).</summary>
+        Lost,
     }
 
     /// <summary>Prints the header: what was recorded and what was lost.</summary>
@@ -113,11 +116,12 @@ public sealed class GraphReplayWriter : IFrameSink
             j.WriteNumber("unwound", graph.Unwound);
             j.WriteNumber("unfinished", graph.Unfinished);
             j.WriteNumber("unmatchedExits", graph.UnmatchedExits);
+            j.WriteNumber("leftOutLost", graph.Straddling);
             j.WriteEndObject();
             j.Flush();
             return;
         }
-        List<string> notes = ReaderNotes.Reconstruction(graph).ToList();
+        List<string> notes = ReaderNotes.LeftOut(graph, callPaths: false).Concat(ReaderNotes.Reconstruction(graph)).ToList();
         if (notes.Count > 0)
         {
             _text!.Write("#\n");
@@ -161,6 +165,17 @@ public sealed class GraphReplayWriter : IFrameSink
         {
             t.Queue.Enqueue(new Line { Kind = LineKind.Close, Tsc = exitTsc, Site = f.Site, Depth = f.Depth, Ticks = ticks, End = end, Value = value });
         }
+    }
+
+    public void Lost(ThreadFrames thread, ulong tsc, ulong events)
+    {
+        Lines t = LinesOf(thread);
+        if (t.HasPending)
+        {
+            t.Queue.Enqueue(t.Pending with { Kind = LineKind.Open }); // it straddles the loss: it will close as lost
+            t.HasPending = false;
+        }
+        t.Queue.Enqueue(new Line { Kind = LineKind.Lost, Tsc = tsc, Value = events });
     }
 
     public void ChunkDone(ThreadFrames thread)
@@ -243,7 +258,12 @@ public sealed class GraphReplayWriter : IFrameSink
         w.Write(' ');
         w.Write(t.Label);
         w.Write(" | ");
-        if (l.Kind == LineKind.Open)
+        if (l.Kind == LineKind.Lost)
+        {
+            w.Write($"              |  /* lost {l.Value} events: the calls open here are left out */\n");
+            return;
+        }
+        if (l.Kind == LineKind.Open || l.End == FrameEnd.Lost)
         {
             w.Write("              |  ");
         }
@@ -265,6 +285,7 @@ public sealed class GraphReplayWriter : IFrameSink
                 w.Write(';');
                 w.Write(l.End switch
                 {
+                    FrameEnd.Lost => " /* lost */",
                     FrameEnd.Unwound => " /* unwound */",
                     FrameEnd.Unfinished => " /* unfinished */",
                     _ => _info.Retval ? $" /* = {KernelRetval(l.Value)} */" : "",
@@ -275,6 +296,7 @@ public sealed class GraphReplayWriter : IFrameSink
                 w.Write('}');
                 w.Write(l.End switch
                 {
+                    FrameEnd.Lost => $" /* {name} lost */",
                     FrameEnd.Unwound => $" /* {name} unwound */",
                     FrameEnd.Unfinished => $" /* {name} unfinished */",
                     _ => _info.Retval ? $" /* {name} = {KernelRetval(l.Value)} */" : "",
@@ -288,10 +310,15 @@ public sealed class GraphReplayWriter : IFrameSink
     {
         TextWriter w = _text!;
         w.Write(' ');
-        w.Write(l.Kind == LineKind.Open ? "          " : TimeUnits.Format(_time.DurationNs(l.Ticks)));
+        w.Write(l.Kind is LineKind.Open or LineKind.Lost || l.End == FrameEnd.Lost ? "          " : TimeUnits.Format(_time.DurationNs(l.Ticks)));
         w.Write(" [");
         w.Write(t.Tid.ToString(CultureInfo.InvariantCulture).PadLeft(6));
         w.Write("] | ");
+        if (l.Kind == LineKind.Lost)
+        {
+            w.Write($"/* lost {l.Value} events: the calls open here are left out */\n");
+            return;
+        }
         Indent(w, l.Depth);
         string name = _names.Function(l.Site);
         switch (l.Kind)
@@ -308,6 +335,7 @@ public sealed class GraphReplayWriter : IFrameSink
                 }
                 w.Write(l.End switch
                 {
+                    FrameEnd.Lost => "; /* lost */\n",
                     FrameEnd.Unwound => "; /* unwound */\n",
                     FrameEnd.Unfinished => "; /* unfinished */\n",
                     _ => ";\n",
@@ -321,6 +349,7 @@ public sealed class GraphReplayWriter : IFrameSink
                 }
                 w.Write(l.End switch
                 {
+                    FrameEnd.Lost => $" /* {name} (lost) */\n",
                     FrameEnd.Unwound => $" /* {name} (unwound) */\n",
                     FrameEnd.Unfinished => $" /* {name} (unfinished) */\n",
                     _ => $" /* {name} */\n",
@@ -332,6 +361,18 @@ public sealed class GraphReplayWriter : IFrameSink
     private void WriteJson(Lines t, in Line l)
     {
         Utf8JsonWriter j = _json!;
+        if (l.Kind == LineKind.Lost)
+        {
+            j.WriteStartObject();
+            j.WriteString("type", "lost");
+            j.WriteString("task", t.Name);
+            j.WriteNumber("tid", t.Tid);
+            j.WriteNumber("pid", t.Pid);
+            j.WriteNumber("timestampNs", _time.Ns(l.Tsc));
+            j.WriteNumber("events", l.Value);
+            j.WriteEndObject();
+            return;
+        }
         if (l.Kind != LineKind.Close)
         {
             JsonEvent(j, t, "entry", l.Tsc, l.Site, l.Depth);
@@ -350,8 +391,11 @@ public sealed class GraphReplayWriter : IFrameSink
         if (l.Kind != LineKind.Open)
         {
             JsonEvent(j, t, "exit", l.Kind == LineKind.Leaf ? l.Tsc + l.Ticks : l.Tsc, l.Site, l.Depth);
-            j.WriteNumber("durationNs", _time.DurationNs(l.Ticks));
-            j.WriteString("end", l.End switch { FrameEnd.Unwound => "unwound", FrameEnd.Unfinished => "unfinished", _ => "returned" });
+            if (l.End != FrameEnd.Lost)
+            {
+                j.WriteNumber("durationNs", _time.DurationNs(l.Ticks));
+            }
+            j.WriteString("end", l.End switch { FrameEnd.Unwound => "unwound", FrameEnd.Unfinished => "unfinished", FrameEnd.Lost => "lost", _ => "returned" });
             if (l.End == FrameEnd.Returned && _info.Retval)
             {
                 j.WriteNumber("retval", (long)l.Value);

@@ -41,6 +41,10 @@ public static class RawDumpWriter
                     RawEvent.Unwound => "[unwnd]",
                     _ => $"[kind{e.Kind}]",
                 };
+                if (e.LostBefore > 0)
+                {
+                    line.Append("[lost ").Append(e.LostBefore.ToString(CultureInfo.InvariantCulture)).Append(" before] ");
+                }
                 line.Append(kind).Append(' ').Append(names.Function(e.Site))
                     .Append("(0x").Append((names[e.Site]?.Address ?? 0).ToString("x", CultureInfo.InvariantCulture)).Append(')');
                 if (graph)

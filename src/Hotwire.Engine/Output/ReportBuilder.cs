@@ -14,7 +14,7 @@ public sealed record ReportRow(string Function, string Module, long Calls, long 
 /// uftrace report's flat profile, built while calls stream past: per site (arrays indexed by the
 /// site, nothing allocated per call) the calls and the sum, minimum and maximum of their durations
 /// and self times, in TSC ticks until the end. A recursive function's nested calls each count
-/// toward its total, as in uftrace.
+/// toward its total, as in uftrace. Calls that straddle lost events are left out.
 /// </summary>
 public sealed class ReportBuilder : IFrameSink
 {
@@ -43,6 +43,10 @@ public sealed class ReportBuilder : IFrameSink
 
     public void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value)
     {
+        if (end == FrameEnd.Lost)
+        {
+            return; // its time is not known: figures are of measured calls only
+        }
         ref Frame f = ref thread[level];
         int site = f.Site;
         if ((uint)site >= (uint)_calls.Length)

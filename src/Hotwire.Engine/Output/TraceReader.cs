@@ -2,8 +2,8 @@ using Hotwire.Tracing;
 
 namespace Hotwire.Output;
 
-/// <summary>A decoded event, ready to print.</summary>
-public readonly record struct TraceLine(int Tid, int Pid, string Task, long TimestampNs, string Function, string Module, string Caller, ulong[] Args);
+/// <summary>A decoded event, ready to print; <paramref name="LostBefore"/>: events its thread lost just before it.</summary>
+public readonly record struct TraceLine(int Tid, int Pid, string Task, long TimestampNs, string Function, string Module, string Caller, ulong[] Args, uint LostBefore = 0);
 
 /// <summary>
 /// Turns a recording into time-ordered lines: per-thread streams merged by timestamp, sites and
@@ -129,7 +129,8 @@ public sealed class TraceReader
             site?.Function ?? $"site#{e.Site}",
             site?.Module ?? "",
             FunctionAt(e.Caller),
-            e.Args);
+            e.Args,
+            e.LostBefore);
     }
 
     /// <summary>The name of the function containing <paramref name="address"/> (ftrace prints the parent without offset).</summary>

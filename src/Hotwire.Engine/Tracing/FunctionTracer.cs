@@ -15,6 +15,7 @@ public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThread
     public const int Overflow = 24; // u64, calls the graph tracer could not follow: the shadow stack was full
     public const int CachedTail = 32; // u64, the thread's last look at Tail: Tail's line is read only when the ring seems full
     public const int Busy = 40;     // u8, the thread is writing an event: a signal handler's traced call meanwhile is dropped (counted lost)
+    public const int LostReported = 48; // u64, written by the thread only: Lost as of its last event (an event written while Lost differs carries the difference)
     public const int Tail = 64;     // u64, written by Hotwire only (own cache line)
 
     /// <summary>Events carry an info word after the site (the graph tracer's kind and depth).</summary>
@@ -146,6 +147,40 @@ public abstract class RingTracer : Ops
         a.Label(ref ok);
     }
 
+    /// <summary>
+    /// Before an event is published: if events were dropped since the thread's last one (Lost moved
+    /// past LostReported), jump to <paramref name="mark"/>. One compare on the line Head is on.
+    /// Leaves Lost in <paramref name="lost"/>.
+    /// </summary>
+    private protected static void EmitLossCheck(Assembler a, AssemblerRegister64 buffer, AssemblerRegister64 lost, Label mark)
+    {
+        a.mov(lost, __qword_ptr[buffer + TraceBufferOptions.Lost]);
+        a.cmp(lost, __qword_ptr[buffer + TraceBufferOptions.LostReported]);
+        a.jne(mark);
+    }
+
+    /// <summary>
+    /// Out of line, after <see cref="EmitLossCheck"/>: puts the number of events dropped just
+    /// before this one (at most 2^32 − 1) in the high half of <paramref name="field"/> (the event's
+    /// site or info word), catches LostReported up, and goes back to <paramref name="publish"/>.
+    /// A signal handler that drops an event between the check and the store leaves Lost ahead:
+    /// the thread's next event reports it.
+    /// </summary>
+    private protected static void EmitLossMark(Assembler a, Label mark, AssemblerRegister64 buffer, AssemblerMemoryOperand field,
+        AssemblerRegister64 lost, AssemblerRegister64 scratch, Label publish)
+    {
+        a.Label(ref mark);
+        a.mov(scratch, lost);
+        a.sub(lost, __qword_ptr[buffer + TraceBufferOptions.LostReported]);
+        a.mov(__qword_ptr[buffer + TraceBufferOptions.LostReported], scratch);
+        a.mov(scratch, 0xFFFF_FFFFUL);
+        a.cmp(lost, scratch);
+        a.cmova(lost, scratch);
+        a.shl(lost, 32);
+        a.or(field, lost);
+        a.jmp(publish);
+    }
+
     /// <summary>Whatever else the tracer needs, once, after the buffers exist.</summary>
     private protected virtual void PrepareMore(Session session) { }
 
@@ -163,7 +198,7 @@ public abstract class RingTracer : Ops
     {
         Interlocked.CompareExchange(ref Session.Shared.At<uint>(_tableOffset + (ulong)tid * 4), 0, (uint)index + 1);
         ulong b = BufferOffset(index);
-        foreach (int field in new[] { TraceBufferOptions.Head, TraceBufferOptions.Tail, TraceBufferOptions.CachedTail, TraceBufferOptions.Lost, TraceBufferOptions.Overflow })
+        foreach (int field in new[] { TraceBufferOptions.Head, TraceBufferOptions.Tail, TraceBufferOptions.CachedTail, TraceBufferOptions.Lost, TraceBufferOptions.LostReported, TraceBufferOptions.Overflow })
         {
             Session.Shared.WriteU64(b + (ulong)field, 0);
         }
@@ -259,7 +294,7 @@ public sealed class FunctionTracer : RingTracer
         long capacity = Buffers.Capacity;
         int data = TraceBufferOptions.HeaderBytes;
         Label ready = a.CreateLabel(), slow = a.CreateLabel(), full = a.CreateLabel(), nested = a.CreateLabel(), noBuffer = a.CreateLabel(), done = a.CreateLabel(),
-            claimed = a.CreateLabel();
+            claimed = a.CreateLabel(), mark = a.CreateLabel(), publish = a.CreateLabel();
 
         a.push(rax);
         a.push(rdx);
@@ -303,9 +338,13 @@ public sealed class FunctionTracer : RingTracer
                 default: a.mov(__qword_ptr[rcx + at], r9); break;
             }
         }
+        EmitLossCheck(a, r11, rax, mark);
+        a.Label(ref publish);
         a.inc(__qword_ptr[r11 + TraceBufferOptions.Head]); // publish: x86 keeps our stores in order
         a.mov(__byte_ptr[r11 + TraceBufferOptions.Busy], (byte)0);
         a.jmp(done);
+
+        EmitLossMark(a, mark, r11, __qword_ptr[rcx + data + 16], rax, rdx, publish); // the site's high half
 
         a.Label(ref full);
         a.mov(__byte_ptr[r11 + TraceBufferOptions.Busy], (byte)0);

@@ -387,7 +387,8 @@ public sealed class GraphTracer : RingTracer
         Label claim = a.CreateLabel(), ready = a.CreateLabel(), owned = a.CreateLabel(), reown = a.CreateLabel(),
             discard = a.CreateLabel(), push = a.CreateLabel(), overflow = a.CreateLabel(), unbusy = a.CreateLabel(),
             restore = a.CreateLabel(), nested = a.CreateLabel(), noRecord = a.CreateLabel(), noSink = a.CreateLabel(),
-            claimed = a.CreateLabel(), full = a.CreateLabel(), noEvent = a.CreateLabel(), farOrStale = a.CreateLabel(), drop = a.CreateLabel();
+            claimed = a.CreateLabel(), full = a.CreateLabel(), noEvent = a.CreateLabel(), farOrStale = a.CreateLabel(), drop = a.CreateLabel(),
+            mark = a.CreateLabel(), publish = a.CreateLabel();
 
         a.push(rax);
         a.push(rdx);
@@ -503,6 +504,8 @@ public sealed class GraphTracer : RingTracer
                 }
                 a.mov(__qword_ptr[rdx + to], rcx);
             }
+            EmitLossCheck(a, rsi, rax, mark);
+            a.Label(ref publish);
             a.inc(__qword_ptr[rsi + TraceBufferOptions.Head]);   // publish
         }
         a.Label(ref unbusy);
@@ -520,6 +523,7 @@ public sealed class GraphTracer : RingTracer
             a.Label(ref full);
             a.inc(__qword_ptr[rsi + TraceBufferOptions.Lost]);
             a.jmp(unbusy);
+            EmitLossMark(a, mark, rsi, __qword_ptr[rdx + TraceBufferOptions.HeaderBytes + 24], rax, rcx, publish); // info's high half
         }
         a.Label(ref overflow);                          // shadow stack full: count, do not follow this call
         a.mov(rsi, __qword_ptr[r11 + HSink]);
@@ -647,7 +651,7 @@ public sealed class GraphTracer : RingTracer
             nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(),
             keepMax = a.CreateLabel(), keepMin = a.CreateLabel(), ticksOk = a.CreateLabel(), selfOk = a.CreateLabel(),
             buryAbove = a.CreateLabel(), buried = a.CreateLabel(), graves = a.CreateLabel(), grave = a.CreateLabel(),
-            nextGraves = a.CreateLabel(), inGrave = a.CreateLabel(), nowhere = a.CreateLabel();
+            nextGraves = a.CreateLabel(), inGrave = a.CreateLabel(), nowhere = a.CreateLabel(), mark = a.CreateLabel(), publish = a.CreateLabel();
 
         a.lea(rsi, __[rsp - 8]);                        // the slot the function returned through
         a.push(rax);                                    // below the caller's rsp: its frame has no live data there
@@ -706,6 +710,8 @@ public sealed class GraphTracer : RingTracer
             {
                 a.mov(__qword_ptr[rdx + data + 32 + 8 * i], 0);
             }
+            EmitLossCheck(a, rsi, rax, mark);
+            a.Label(ref publish);
             a.inc(__qword_ptr[rsi + TraceBufferOptions.Head]);
         }
         else
@@ -750,6 +756,7 @@ public sealed class GraphTracer : RingTracer
             a.Label(ref full);
             a.inc(__qword_ptr[rsi + TraceBufferOptions.Lost]);
             a.jmp(unbusy);
+            EmitLossMark(a, mark, rsi, __qword_ptr[rdx + TraceBufferOptions.HeaderBytes + 24], rax, r9, publish); // info's high half
         }
 
         // Not in the thread's own record: a fork child returning through a frame its parent

@@ -245,6 +245,7 @@ public sealed class Recorder : IDisposable
     // ---- the time filter (uftrace's -t): an entry is held back until its call proves long enough,
     // or until a callee does (then its callers are written first, in order, with their own times).
     private readonly Dictionary<int, List<(RawEvent Event, bool Written)>> _pending = [];
+    private readonly Dictionary<int, ulong> _carriedLoss = [];
     private double _tscPerNs;
 
     private int DrainFiltered(int tid, ulong buffer, ulong tail, int count)
@@ -263,10 +264,23 @@ public sealed class Recorder : IDisposable
         int size = _tracer.Buffers.EventBytes;
         int args = _tracer.Buffers.Args;
         var kept = new List<RawEvent>();
+        // Loss marks move to the first event kept after them; the held-back entries before a loss
+        // straddle it and are never written (written late, they would seem to follow the loss).
+        var marks = new List<(int At, ulong Lost)>();
+        if (_carriedLoss.Remove(tid, out ulong carried))
+        {
+            marks.Add((0, carried));
+        }
         for (long k = 0; k < count; k++)
         {
             long slot = (long)((tail + (ulong)k) & (ulong)(capacity - 1));
             RawEvent e = RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), args, info: true);
+            if (e.LostBefore > 0)
+            {
+                marks.Add((kept.Count, e.LostBefore));
+                stack.Clear();
+                e = e with { Info = (uint)e.Info };
+            }
             // Frames at this depth or deeper are gone (their exits will not come): forget them.
             while (stack.Count > 0 && stack[^1].Event.Depth >= e.Depth && !(e.IsExit && stack[^1].Event.Depth == e.Depth))
             {
@@ -299,6 +313,19 @@ public sealed class Recorder : IDisposable
                     kept.Add(entry);
                 }
                 kept.Add(e);
+            }
+        }
+        foreach (var group in marks.GroupBy(m => m.At))
+        {
+            ulong lost = group.Aggregate(0UL, (n, m) => n + m.Lost);
+            if (group.Key < kept.Count)
+            {
+                RawEvent e = kept[group.Key];
+                kept[group.Key] = e with { Info = (uint)e.Info | (Math.Min(lost + e.LostBefore, uint.MaxValue) << 32) };
+            }
+            else
+            {
+                _carriedLoss[tid] = lost;
             }
         }
         if (kept.Count > 0)

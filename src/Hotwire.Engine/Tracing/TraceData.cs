@@ -4,14 +4,18 @@ using System.Text.Json.Serialization;
 namespace Hotwire.Tracing;
 
 /// <summary>
-/// <c>hotwire.data/</c>, format version 1 (docs/data-format.md): <c>info.json</c> holds everything
+/// <c>hotwire.data/</c>, format version 3 (docs/data-format.md): <c>info.json</c> holds everything
 /// replay needs once the target is gone (sites, modules and their symbols, threads, clock
 /// calibration, lost counts); <c>events.bin</c> holds chunks of raw events as the threads wrote them.
 /// </summary>
 public sealed class TraceInfo
 {
     public const string FormatName = "hotwire.data";
-    public const int CurrentVersion = 2;
+    /// <summary>3: events carry the count of events their thread lost just before them (docs/data-format.md).</summary>
+    public const int CurrentVersion = 3;
+
+    /// <summary>The first version whose events say where their thread lost events.</summary>
+    public const int LossMarksVersion = 3;
 
     public string Format { get; set; } = FormatName;
 
@@ -62,6 +66,10 @@ public sealed class TraceInfo
 
     [JsonIgnore]
     public ulong TotalLost => Threads.Aggregate(LostNoBuffer, (n, t) => n + t.Lost);
+
+    /// <summary>Events carry loss marks: a reader knows where in each thread events were lost.</summary>
+    [JsonIgnore]
+    public bool MarksLoss => Version >= LossMarksVersion;
 }
 
 /// <summary>The tracers a recording can come from.</summary>
@@ -358,7 +366,9 @@ public static class TraceData
 /// <summary>
 /// One event as the trampoline wrote it. Function tracer: {tsc, caller, site, args…}. Graph
 /// tracer: {tsc, value, site, info, args…} where value is the caller's return address at an entry
-/// and the return value (rax, with --retval) at an exit, and info = depth × 4 + kind.
+/// and the return value (rax, with --retval) at an exit, and info = depth × 4 + kind. From format
+/// version 3 the high half of info (function tracer: of the site word, kept here in
+/// <see cref="Info"/>) counts the thread's events dropped just before this one.
 /// </summary>
 public readonly record struct RawEvent(ulong Tsc, ulong Caller, int Site, ulong[] Args, ulong Info = 0)
 {
@@ -370,7 +380,13 @@ public readonly record struct RawEvent(ulong Tsc, ulong Caller, int Site, ulong[
 
     public int Kind => (int)(Info & 3);
 
-    public int Depth => (int)(Info >> 2);
+    public int Depth => (int)((uint)Info >> 2);
+
+    /// <summary>Events of this thread dropped (its buffer was full) after its previous event and before this one.</summary>
+    public uint LostBefore => (uint)(Info >> 32);
+
+    /// <summary>The high half of a function-tracer event's site word: the loss mark.</summary>
+    internal static ulong LossOfSiteWord(ulong site) => site & 0xFFFF_FFFF_0000_0000;
 
     public bool IsExit => Kind != Entry;
 
@@ -385,7 +401,8 @@ public readonly record struct RawEvent(ulong Tsc, ulong Caller, int Site, ulong[
         {
             values[i] = BitConverter.ToUInt64(e[(argsAt + 8 * i)..]);
         }
-        return new RawEvent(BitConverter.ToUInt64(e), BitConverter.ToUInt64(e[8..]), (int)BitConverter.ToUInt64(e[16..]), values, info ? BitConverter.ToUInt64(e[24..]) : 0);
+        ulong site = BitConverter.ToUInt64(e[16..]);
+        return new RawEvent(BitConverter.ToUInt64(e), BitConverter.ToUInt64(e[8..]), (int)site, values, info ? BitConverter.ToUInt64(e[24..]) : LossOfSiteWord(site));
     }
 }
 
@@ -460,7 +477,7 @@ public static class EventPacking
                 values[f] = previous[f];
             }
             var argValues = args == 0 ? [] : values[fixedFields..].ToArray();
-            into.Add(new RawEvent(values[0], values[1], (int)values[2], argValues, info ? values[3] : 0));
+            into.Add(new RawEvent(values[0], values[1], (int)values[2], argValues, info ? values[3] : RawEvent.LossOfSiteWord(values[2])));
             end = at;
         }
         return end;
