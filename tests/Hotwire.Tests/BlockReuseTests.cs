@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Hotwire.Patching;
 using Hotwire.Procfs;
 using Hotwire.Tests.Infrastructure;
@@ -111,16 +112,19 @@ public class BlockReuseTests(ITestOutputHelper output)
     [InlineData(true)]
     public void A_block_a_forked_child_still_runs_through_is_not_taken_over(bool noCheck)
     {
-        // The child is forked while f is traced: its copy of f jumps into the block's trampoline
-        // after the parent's session has restored the parent's f. Poisoning that code kills it.
+        // The child is forked while f is traced; then Hotwire is SIGKILLed: the dead-man switch
+        // restores the parent, but the child's copy of f still jumps into the block's trampoline
+        // (a detach would have restored it too). Poisoning that code kills the child.
         using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Forker));
-        using (Session first = Session.Attach(target.Pid))
+        using (Process counting = HotwireCli.Start("count", "--pid", target.Pid.ToString(), "-F", "f"))
         {
-            first.Register(new CountingOps(["f"]));
+            Assert.Contains("counting", counting.StandardError.ReadLine());
             target.WriteLine("fork");
             Assert.StartsWith("forked ", target.ReadLine(TimeSpan.FromSeconds(10)));
-            first.Detach();
+            counting.Kill();
+            counting.WaitForExit();
         }
+        EarlierAgents.WaitUntilGone(target.Pid, refuseLive: false);
         TestSwitches.NoReuseQuiescenceCheck = noCheck;
         try
         {

@@ -44,6 +44,20 @@ public class CountCommandTests
     }
 
     [Fact]
+    public void Recording_every_function_of_the_50000_function_program_with_six_arguments_fits()
+    {
+        // Trampolines with six arguments are the largest the function tracer makes: every site
+        // gets one, in the region near its module (it once ran out of room near 3,500 sites).
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Many), "idle");
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-many-{Guid.NewGuid():N}");
+        CliResult result = HotwireCli.Run("record", "--pid", target.Pid.ToString(), "-F", "*", "--args", "6", "--duration", "0.5", "-o", dir);
+        Assert.True(result.ExitCode == 0, result.Stderr);
+        Assert.Matches(@"recording 5000\d functions", result.Stderr);   // f0..f49999, main, spin
+        AssertAllSitesOriginal(target.Pid);
+        Directory.Delete(dir, recursive: true);
+    }
+
+    [Fact]
     public void SIGKILL_of_hotwire_with_10000_sites_enabled_leaves_the_target_running_with_original_code()
     {
         using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Many));

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using System.Text.RegularExpressions;
 using Hotwire.Patching;
 using Hotwire.Procfs;
 using Hotwire.Tests.Infrastructure;
@@ -54,6 +55,54 @@ public class RecordReplayTests
         Assert.Equal(child.Tid, child.Pid); // the child's main thread: its own process
         Assert.Equal([4UL, 5UL], events[parent.Tid].Select(e => e.Args[0]));
         Assert.Equal([2UL, 3UL], events[child.Tid].Select(e => e.Args[0]));
+    }
+
+    [Fact]
+    public void A_child_that_outlives_the_launched_program_is_recorded_until_it_exits()
+    {
+        // calls orphan: main forks and exits at once; the child calls d(0..299), one a millisecond.
+        string dir = TempDir();
+        CliResult rec = HotwireCli.Run("record", "--args", "1", "-F", "d", "-o", dir, "--", TargetBuilder.Get(Flavour.Calls), "orphan", "300");
+        Assert.True(rec.ExitCode == 0, rec.Stderr);
+        Assert.Contains("recording the 1 process forked from it until they exit", rec.Stderr);
+        TraceInfo info = TraceData.ReadInfo(dir);
+        ThreadInfo child = info.Threads.Single(t => t.Tid != info.Pid);
+        Assert.Equal(0UL, info.TotalLost);
+        Assert.Equal(Enumerable.Range(0, 300).Select(i => (ulong)i), TraceData.ReadEvents(dir, info)[child.Tid].Select(e => e.Args[0]));
+    }
+
+    [Fact]
+    public void A_child_still_running_when_the_recording_stops_gets_its_code_back_and_is_named()
+    {
+        // The child calls d for 20 s; the recording stops after 1: the child's copy of the code,
+        // made while d was traced, is restored, and it runs on to the end.
+        string dir = TempDir();
+        string prog = TargetBuilder.Get(Flavour.Calls);
+        // Started, not run: the child holds Hotwire's output pipes open until it exits.
+        using Process hotwire = HotwireCli.Start("record", "-F", "d", "-o", dir, "--duration", "1", "--", prog, "orphan", "20000");
+        Assert.True(hotwire.WaitForExit(60_000), "hotwire did not stop after its --duration");
+        Assert.Equal(0, hotwire.ExitCode);
+        string stderr = "";
+        while (hotwire.StandardError.ReadLine() is { } line)
+        {
+            stderr += line + "\n";
+            if (line.Contains("still ran traced code", StringComparison.Ordinal))
+            {
+                break;
+            }
+        }
+        Match restored = Regex.Match(stderr, @"1 process forked from pid \d+ still ran traced code: restored \((\d+)\)");
+        Assert.True(restored.Success, stderr);
+        int child = int.Parse(restored.Groups[1].Value);
+        try
+        {
+            KillTests.AssertTextEqualsFile(child, prog, "the child after the recording");
+            Assert.True(Directory.Exists($"/proc/{child}"), "the child died");
+        }
+        finally
+        {
+            Hotwire.Interop.Ptrace.kill(child, 9);
+        }
     }
 
     [Fact]

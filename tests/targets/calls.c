@@ -5,6 +5,8 @@
 //   calls burst N   main calls leaf(i) for i = 0..N-1 and exits.
 //   calls fork      main calls a(1), forks; the child calls d(2), d(3) and exits; the parent calls
 //                   d(4), waits for the child, calls d(5).
+//   calls orphan MS main calls a(1), forks and exits; the child outlives it: it calls d(i) for
+//                   i = 0, 1, ... every millisecond for MS milliseconds, then exits.
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +43,18 @@ int main(int argc, char **argv)
         long n = atol(argv[2]);
         for (long i = 0; i < n; i++)
             leaf(i);
+        return 0;
+    }
+    if (argc > 2 && strcmp(argv[1], "orphan") == 0) {
+        long ms = atol(argv[2]);
+        a(1);
+        if (fork() == 0) {
+            usleep(50 * 1000);   // the parent is gone by now
+            for (long i = 0; i < ms; i++) {
+                d(i);
+                usleep(1000);
+            }
+        }
         return 0;
     }
     if (argc > 1 && strcmp(argv[1], "fork") == 0) {

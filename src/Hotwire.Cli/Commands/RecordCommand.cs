@@ -125,6 +125,16 @@ public static class RecordCommand
                 }
                 stop.Token.WaitHandle.WaitOne(50);
             }
+            // Processes forked from it that outlive it are recorded until they exit too.
+            if ((exitStatus is not null || targetGone) && recorder!.Healthy && !stop.IsCancellationRequested
+                && session.ForkedProcesses() is { Count: > 0 } forks)
+            {
+                Console.Error.WriteLine($"hotwire: pid {session.Pid} ended; recording the {Plural(forks.Count, "process", "processes")} forked from it until they exit ({string.Join(", ", forks)}); Ctrl-C to stop");
+                while (!stop.IsCancellationRequested && recorder.Healthy && session.ForkedProcesses().Count > 0)
+                {
+                    stop.Token.WaitHandle.WaitOne(100);
+                }
+            }
             // Order matters: the target's code first, then our data.
             if (exitStatus is null && !targetGone && !execed)
             {
@@ -144,6 +154,10 @@ public static class RecordCommand
         }
         session.Dispose();
         printer?.Flush();
+        if (session.RestoredForks.Count > 0)
+        {
+            Console.Error.WriteLine($"hotwire: {Plural(session.RestoredForks.Count, "process", "processes")} forked from pid {session.Pid} still ran traced code: restored ({string.Join(", ", session.RestoredForks)}); their later calls are not recorded");
+        }
 
         string ending = exitStatus is int e ? $"; the program exited with status {e}"
             : targetGone ? $"; pid {session.Pid} exited during the recording"
@@ -209,6 +223,8 @@ public static class RecordCommand
         }
         return set;
     }
+
+    private static string Plural(int n, string one, string many) => $"{n} {(n == 1 ? one : many)}";
 }
 
 /// <summary>Prints events as the recorder drains them, in the replay format.</summary>

@@ -125,7 +125,10 @@ public sealed unsafe partial class Session
         ulong heap = stack + L.AgentStackSize;
         ulong dataNeeded = Align(heap + (64UL << 20) + (ulong)n * (64 + options.ExtraSharedBytesPerSite) + options.ExtraSharedBytes, 2UL << 20);
         var modules = Image.Modules.Where(m => m.Sites.Count > 0).ToList();
-        static ulong RegionSize(LoadedModule m) => Align(64 * 1024 + (ulong)m.Sites.Count * 256, 4096); // room for two or three trampolines per site
+        // Room for about three trampolines per site (a function-tracer trampoline with --args 6 is
+        // about 350 bytes): `record -F '*'` and a live patch or tracer change on every function.
+        // Sparse memfd: untouched pages cost nothing.
+        static ulong RegionSize(LoadedModule m) => Align(64 * 1024 + (ulong)m.Sites.Count * 1024, 4096);
 
         // An earlier Hotwire's block is taken over when nothing can run through it any more; a
         // new one is made roomy (sparse: untouched pages cost nothing) so that the next session's
@@ -180,7 +183,10 @@ public sealed unsafe partial class Session
         WriteSiteTable();
         WaitForAgent();
         ReleaseEarlierShadowStacks();
+        _blockInode = ProcMaps.Read(Pid).First(m => m.Start == DataBase).Inode;
     }
+
+    private ulong _blockInode;
 
     private void BootstrapStopped(Tracee stopped, SessionOptions options) => Bootstrap(-1, options, stopped);
 

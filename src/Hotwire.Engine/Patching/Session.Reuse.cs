@@ -214,28 +214,33 @@ public sealed unsafe partial class Session
     }
 
     // Another process whose maps hold the memfd with this inode (a fork of the target's), if any.
-    private int? OtherProcessMapping(ulong inode)
+    private int? OtherProcessMapping(ulong inode) => ProcessesMapping(inode).Cast<int?>().FirstOrDefault();
+
+    // The processes other than the target whose maps hold Hotwire's memfd with this inode.
+    private IEnumerable<int> ProcessesMapping(ulong inode)
     {
         foreach (string dir in Directory.EnumerateDirectories("/proc"))
         {
-            if (!int.TryParse(Path.GetFileName(dir), out int pid) || pid == Pid)
+            if (!int.TryParse(Path.GetFileName(dir), out int pid) || pid == Pid || pid == Environment.ProcessId)   // Hotwire maps it too
             {
                 continue;
             }
+            bool maps;
             try
             {
-                string maps = File.ReadAllText(Path.Combine(dir, "maps"));
-                int at = maps.IndexOf("/memfd:hotwire (deleted)", StringComparison.Ordinal);
-                if (at >= 0 && ProcMaps.Parse(maps).Any(m => m.Inode == inode && m.Path.StartsWith("/memfd:hotwire (deleted)", StringComparison.Ordinal)))
-                {
-                    return pid;
-                }
+                string text = File.ReadAllText(Path.Combine(dir, "maps"));
+                maps = text.Contains("/memfd:hotwire (deleted)", StringComparison.Ordinal)
+                    && ProcMaps.Parse(text).Any(m => m.Inode == inode && m.Path.StartsWith("/memfd:hotwire (deleted)", StringComparison.Ordinal));
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
+                maps = false;
+            }
+            if (maps)
+            {
+                yield return pid;
             }
         }
-        return null;
     }
 
     // (sp, pc, and the context switches so far) of a thread blocked in a system call; null if it runs.

@@ -1027,7 +1027,8 @@ public sealed unsafe partial class Session : IDisposable
         {
             if (_exited || !IsAlive() || Execed())
             {
-                return; // nothing left to restore: the code went with the process or its old program
+                RestoredForks = RestoreForkedProcesses();
+                return; // nothing else left to restore: the code went with the process or its old program
             }
             // Live patches stay: take every other ops off in one batch; then the agent's restore
             // (which goes back to each site's base: its NOP, or a live patch's jmp) finds nothing to do.
@@ -1048,6 +1049,7 @@ public sealed unsafe partial class Session : IDisposable
             {
                 Shared.WriteU64(L.Pinned, 0);
             }
+            RestoredForks = RestoreForkedProcesses();
             // The handler goes only when no trap of ours can still arrive; otherwise it stays (as
             // after the dead-man switch): it re-executes stale traps and passes the rest on.
             Shared.WriteU64(L.ExitRestoresSigaction, NoSigtrapInFlight() ? 1UL : 0UL);

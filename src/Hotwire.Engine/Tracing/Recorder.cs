@@ -138,7 +138,9 @@ public sealed class Recorder : IDisposable
     {
         foreach ((int index, int tid) in _bufferTid.ToList())
         {
-            if (Directory.Exists($"/proc/{_session.Pid}/task/{tid}"))
+            // /proc/TID, not /proc/PID/task/TID: a forked child's threads are not the target's,
+            // and outlive it (their buffers were once released under them at the target's exit).
+            if (Directory.Exists($"/proc/{tid}/task/{tid}"))
             {
                 continue;
             }
