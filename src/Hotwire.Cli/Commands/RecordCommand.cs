@@ -38,7 +38,7 @@ public static class RecordCommand
     private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, TimeSpan? duration, string dir, bool force, string? tidList,
         string tracerName, bool retval, int? depth, string? timeFilter)
     {
-        using var stop = new StopSignals();
+        using StopSignals stop = StopSignals.Claim();
         if (tracerName is not (Tracers.Function or Tracers.FunctionGraph or Tracers.Profile))
         {
             throw new UsageException($"--tracer takes function, function_graph or profile, not '{tracerName}'");
