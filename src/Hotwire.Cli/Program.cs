@@ -3,7 +3,7 @@ using Hotwire.Cli;
 using Hotwire.Cli.Commands;
 
 // First, before anything else can take time: from here on Ctrl-C and SIGTERM get Hotwire's own
-// handling (a message and exit status 130), never the default action that ends a process mid-word.
+// handling (a message and exit status 130), not the default action that ends it without a word.
 StopSignals.Install();
 
 Command record = RecordCommand.Create(live: false);
