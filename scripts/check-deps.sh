@@ -6,6 +6,9 @@ need_tests=${1:-}
 missing=()
 command -v dotnet >/dev/null || { echo "hotwire: the .NET SDK (dotnet) is not on PATH; install .NET 10 SDK" >&2; exit 1; }
 command -v gcc >/dev/null || missing+=(gcc)
+# The native (NativeAOT) build of hotwire links with clang and zlib, as .NET's docs ask.
+command -v clang >/dev/null || missing+=(clang)
+[ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
 if [ "$need_tests" = "--tests" ]; then
   command -v g++ >/dev/null || missing+=(g++)
   command -v objdump >/dev/null || missing+=(binutils)
@@ -18,7 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >&2 \
       || { echo "hotwire: could not install ${missing[*]}; install them and retry" >&2; exit 1; }
   else
-    echo "hotwire: missing ${missing[*]}; install them (e.g. sudo apt-get install ${missing[*]})" >&2
+    echo "hotwire: missing ${missing[*]} (clang and zlib1g-dev: to build hotwire as one native executable); install them (e.g. sudo apt-get install ${missing[*]})" >&2
     exit 1
   fi
 fi

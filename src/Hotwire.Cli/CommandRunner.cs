@@ -17,7 +17,7 @@ public enum ExitCode
 /// <summary>Runs the command line and turns every anticipated error into one line on stderr.</summary>
 public static class CommandRunner
 {
-    public static int Run(RootCommand root, string[] args)
+    public static int Run(RootCommand root, string[] args, IReadOnlySet<Command> handlesSignals)
     {
         try
         {
@@ -35,6 +35,10 @@ public static class CommandRunner
                     Console.Error.WriteLine($"hotwire: {error.Message.TrimEnd('.')}; see {help}");
                 }
                 return (int)ExitCode.UsageError;
+            }
+            if (!handlesSignals.Contains(parsed.CommandResult.Command) && !StopSignals.Release())
+            {
+                throw new InterruptedException("interrupted before it began: nothing was done");
             }
             return parsed.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
         }

@@ -85,7 +85,7 @@ public class BadInputTests
         using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
         // Run hotwire as an unprivileged user against a root-owned process.
         var psi = new ProcessStartInfo("setpriv") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (string a in new[] { "--reuid=65534", "--regid=65534", "--clear-groups", "dotnet", Path.Combine(AppContext.BaseDirectory, "hotwire.dll"), "ls", "--pid", target.Pid.ToString() })
+        foreach (string a in new[] { "--reuid=65534", "--regid=65534", "--clear-groups", HotwireCli.ExecutablePath, "ls", "--pid", target.Pid.ToString() })
         {
             psi.ArgumentList.Add(a);
         }

@@ -181,12 +181,56 @@ public class CliHonestyTests
         Assert.False(Directory.Exists(dir));
     }
 
+    // Main registers the handlers first (the kernel shows them in SigCgt); a signal from then on, while
+    // the command line is still being read, is Hotwire's to answer. The pause before attach only keeps
+    // attach from overtaking the signal on a loaded machine.
+    [Theory]
+    [InlineData(2)]  // SIGINT
+    [InlineData(15)] // SIGTERM
+    public async Task A_signal_as_soon_as_hotwire_has_started_gets_its_own_message_and_status(int signal)
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
+        string dir = TempDir();
+        using Process hotwire = HotwireCli.Start(new Dictionary<string, string> { ["HOTWIRE_TEST_PAUSE_BEFORE_ATTACH_MS"] = "60000" },
+            "record", "-o", dir, "--pid", target.Pid.ToString());
+        Task<string> stdout = hotwire.StandardOutput.ReadToEndAsync();
+        Task<string> stderr = hotwire.StandardError.ReadToEndAsync();
+        var clock = Stopwatch.StartNew();
+        while (!Catches(hotwire.Id, signal))
+        {
+            Assert.False(hotwire.HasExited, "hotwire exited before it handled signals");
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(20), "hotwire never registered its signal handlers");
+            Thread.Yield();
+        }
+        Assert.Equal(0, Kill(hotwire.Id, signal));
+        Assert.True(hotwire.WaitForExit(TimeSpan.FromSeconds(20)), "hotwire did not stop on the signal");
+        string[] lines = (await stderr).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal(130, hotwire.ExitCode); // death by SIGTERM would be 143; by SIGINT, 130 without a message
+        Assert.Equal($"hotwire: interrupted before attaching: pid {target.Pid} was not touched", lines[^1]);
+        Assert.All(lines[..^1], l => Assert.StartsWith("hotwire: test: pausing", l));
+        Assert.Equal("", await stdout);
+        AssertUntouched(target.Pid);
+        Assert.False(Directory.Exists(dir));
+    }
+
+    private static bool Catches(int pid, int signal)
+    {
+        string? caught;
+        try
+        {
+            caught = File.ReadLines($"/proc/{pid}/status").FirstOrDefault(l => l.StartsWith("SigCgt:", StringComparison.Ordinal));
+        }
+        catch (IOException)
+        {
+            return false; // gone: the caller says so
+        }
+        return caught is not null && (Convert.ToUInt64(caught["SigCgt:".Length..].Trim(), 16) & (1UL << (signal - 1))) != 0;
+    }
+
     // The test-only pause gives the signal a window before attach that does not depend on timing.
     private static (int Exit, string Stderr) SignalWhilePausedBeforeAttach(int signal, string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet", [HotwireCli.DllPath, .. args]) { RedirectStandardError = true, RedirectStandardOutput = true };
-        psi.Environment["HOTWIRE_TEST_PAUSE_BEFORE_ATTACH_MS"] = "60000";
-        using Process hotwire = Process.Start(psi)!;
+        using Process hotwire = HotwireCli.Start(new Dictionary<string, string> { ["HOTWIRE_TEST_PAUSE_BEFORE_ATTACH_MS"] = "60000" }, args);
         Task<string> stdout = hotwire.StandardOutput.ReadToEndAsync();
         string? first = hotwire.StandardError.ReadLine();
         Assert.True(first is not null && first.StartsWith("hotwire: test: pausing", StringComparison.Ordinal), first);

@@ -61,12 +61,7 @@ public class CountCommandTests
     public void SIGKILL_of_hotwire_with_10000_sites_enabled_leaves_the_target_running_with_original_code()
     {
         using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Many));
-        var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "hotwire.dll"), "count", "--pid", target.Pid.ToString(), "-F", "f1????"])
-        {
-            RedirectStandardError = true,
-            RedirectStandardOutput = true,
-        };
-        using Process hotwire = Process.Start(psi)!;
+        using Process hotwire = HotwireCli.Start("count", "--pid", target.Pid.ToString(), "-F", "f1????");
         string? line = hotwire.StandardError.ReadLine();
         Assert.Equal($"hotwire: counting calls of 10000 functions in pid {target.Pid}; Ctrl-C to stop", line);
         Assert.NotEqual(OriginalSiteCount(target.Pid), ProcessImage.Load(target.Pid).AllSites.Count());
@@ -115,8 +110,8 @@ public class CountCommandTests
     public void Count_without_ptrace_permission_names_what_is_missing()
     {
         using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Nop5));
-        var psi = new ProcessStartInfo("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "dotnet",
-            Path.Combine(AppContext.BaseDirectory, "hotwire.dll"), "count", "--pid", target.Pid.ToString()])
+        var psi = new ProcessStartInfo("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups",
+            HotwireCli.ExecutablePath, "count", "--pid", target.Pid.ToString()])
         { RedirectStandardError = true, RedirectStandardOutput = true };
         using Process p = Process.Start(psi)!;
         string stderr = p.StandardError.ReadToEnd();

@@ -412,12 +412,7 @@ public class LivePatchTests(ITestOutputHelper output)
         using var target = new SeedTarget(Flavour.SeedNop5, threads: 2);
         target.Go();
         Assert.Equal(0, Patch(target.Pid, TargetBuilder.Patch("seedfix")).ExitCode);
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (string a in new[] { HotwireCli.DllPath, "count", "-F", "f", "--pid", target.Pid.ToString() })
-        {
-            psi.ArgumentList.Add(a);
-        }
-        using Process counting = Process.Start(psi)!;
+        using Process counting = HotwireCli.Start("count", "-F", "f", "--pid", target.Pid.ToString());
         string? line = counting.StandardError.ReadLine();               // "counting ..." once the sites are live
         Assert.NotNull(line);
         Thread.Sleep(200);

@@ -276,9 +276,7 @@ public class RecordReplayTests
         using var target = new SeedTarget(Flavour.SeedSled, threads: 2, pauseIterations: 20_000);
         target.Go();
         string dir = TempDir();
-        var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "hotwire.dll"), "record", "--pid", target.Pid.ToString(), "-o", dir])
-        { RedirectStandardError = true, RedirectStandardOutput = true };
-        using Process hotwire = Process.Start(psi)!;
+        using Process hotwire = HotwireCli.Start("record", "--pid", target.Pid.ToString(), "-o", dir);
         Assert.StartsWith("hotwire: recording", hotwire.StandardError.ReadLine());
         Thread.Sleep(300);
         Assert.Equal(0, Kill(hotwire.Id, 2)); // SIGINT, as Ctrl-C

@@ -26,7 +26,7 @@ public static class CountCommand
 
     private static ExitCode Run(TargetOptions target, ParseResult result, TimeSpan? duration, int top)
     {
-        using var stop = new StopSignals();
+        using StopSignals stop = StopSignals.Claim();
         if (top < 0)
         {
             throw new UsageException($"--top takes a number of functions, or 0 for all, not {top}");

@@ -94,7 +94,7 @@ public static class PatchCommand
         Report(threads);
         if (timeout is TimeSpan limit)
         {
-            using var stop = new StopSignals();
+            using StopSignals stop = StopSignals.Claim();
             long started = Environment.TickCount64;
             long deadline = limit == Timeout.InfiniteTimeSpan ? long.MaxValue : started + (long)limit.TotalMilliseconds;
             long nextReport = started + 5000;

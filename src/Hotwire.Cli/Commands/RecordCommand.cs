@@ -38,7 +38,7 @@ public static class RecordCommand
     private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, TimeSpan? duration, string dir, bool force, string? tidList,
         string tracerName, bool retval, int? depth, string? timeFilter)
     {
-        using var stop = new StopSignals();
+        using StopSignals stop = StopSignals.Claim();
         if (tracerName is not (Tracers.Function or Tracers.FunctionGraph or Tracers.Profile))
         {
             throw new UsageException($"--tracer takes function, function_graph or profile, not '{tracerName}'");
@@ -94,7 +94,9 @@ public static class RecordCommand
         bool targetGone = false, execed = false;
         try
         {
-            Console.Error.WriteLine($"hotwire: recording {sites.Count} functions in pid {session.Pid} to {dir}; Ctrl-C to stop");
+            // With --pid, how long the target was held: one thread, stopped for the attach only.
+            string stopped = session.Launched ? "" : $" (attach stopped one thread for {session.LongestStop.TotalMilliseconds:F2} ms)";
+            Console.Error.WriteLine($"hotwire: recording {sites.Count} functions in pid {session.Pid} to {dir}{stopped}; Ctrl-C to stop");
             if (duration is TimeSpan limit)
             {
                 stop.CancelAfter(limit);

@@ -149,6 +149,13 @@ public sealed class ModuleInfo
 
 public sealed record SymbolInfo(ulong Start, ulong Size, string Name);
 
+/// <summary>Source-generated JSON for info.json: no reflection, so it works in the native (trimmed) build.</summary>
+[JsonSourceGenerationOptions(PropertyNamingPolicy = JsonKnownNamingPolicy.CamelCase)]
+[JsonSerializable(typeof(TraceInfo))]
+internal sealed partial class TraceInfoJson : JsonSerializerContext
+{
+}
+
 /// <summary>Reads and writes a data directory.</summary>
 public static class TraceData
 {
@@ -157,12 +164,10 @@ public static class TraceData
     public const uint ChunkMagic = 0x56455748; // "HWEV": raw events (version 1)
     public const uint PackedChunkMagic = 0x32455748; // "HWE2": delta + varint packed events (version 2)
 
-    private static readonly JsonSerializerOptions s_json = new() { WriteIndented = false, PropertyNamingPolicy = JsonNamingPolicy.CamelCase };
-
     public static void WriteInfo(string dir, TraceInfo info)
     {
         string temp = Path.Combine(dir, InfoFile + ".tmp");
-        File.WriteAllText(temp, JsonSerializer.Serialize(info, s_json));
+        File.WriteAllText(temp, JsonSerializer.Serialize(info, TraceInfoJson.Default.TraceInfo));
         File.Move(temp, Path.Combine(dir, InfoFile), overwrite: true);
     }
 
@@ -180,7 +185,7 @@ public static class TraceData
         TraceInfo? info;
         try
         {
-            info = JsonSerializer.Deserialize<TraceInfo>(File.ReadAllText(path), s_json);
+            info = JsonSerializer.Deserialize(File.ReadAllText(path), TraceInfoJson.Default.TraceInfo);
         }
         catch (JsonException e)
         {
