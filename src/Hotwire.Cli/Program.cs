@@ -7,6 +7,8 @@ var root = new RootCommand("Hotwire: trace and live-patch the functions of runni
     LsCommand.Create(),
     DemoCommand.Create(),
     CountCommand.Create(),
+    TopCommand.Create(),
+    MetricsCommand.Create(),
     RecordCommand.Create(live: false),
     RecordCommand.Create(live: true),
     ReplayCommand.Create(),

@@ -1,3 +1,4 @@
+using Hotwire.Agent;
 using Hotwire.Interop;
 using Hotwire.Patching;
 using Iced.Intel;
@@ -53,9 +54,16 @@ public sealed class GraphTracer : RingTracer
     /// <summary>An entry older than this far above a new frame is on another stack (a signal stack), not stale.</summary>
     internal const long SameStackWindow = 1 << 20;
 
-    // Profile row cell per (thread, function): calls, total ticks, self ticks, max ticks, ~min ticks.
-    internal const int CellShift = 6;
-    internal const int CCalls = 0, CTotal = 8, CSelf = 16, CMax = 24, CMinInv = 32;
+    // Profile row cell per (thread, function): calls, total ticks, self ticks, max ticks, ~min ticks,
+    // then a histogram of the calls' durations: u32 counts of log2 buckets, bucket k holding the
+    // calls of 2^k to 2^(k+1) − 1 ticks (bucket 0 also 0 ticks, the last one everything longer).
+    // u32 counts wrap after 4 G calls of one function in one bucket of one thread: a reader that
+    // looks more often than that (ProfileMonitor, every second) takes differences modulo 2^32.
+    internal const int CellShift = 8;
+    internal const int CCalls = 0, CTotal = 8, CSelf = 16, CMax = 24, CMinInv = 32, CHistogram = 64;
+
+    /// <summary>Duration buckets per (thread, function) cell: log2 of the call's TSC ticks, 0 to 47 (2^47 ticks is over 10 hours).</summary>
+    public const int HistogramBuckets = ((1 << CellShift) - CHistogram) / 4;
 
     private readonly Dictionary<int, int> _local = [];
     private ulong _private;         // target address of the private mapping
@@ -741,6 +749,13 @@ public sealed class GraphTracer : RingTracer
             a.jbe(keepMin);
             a.mov(__qword_ptr[rsi + CMinInv], rdx);
             a.Label(ref keepMin);
+            a.mov(rdx, rax);                            // histogram: bucket log2(ticks), one increment
+            a.or(rdx, 1);
+            a.bsr(rdx, rdx);
+            a.mov(r8d, HistogramBuckets - 1);
+            a.cmp(edx, r8d);
+            a.cmova(edx, r8d);
+            a.inc(__dword_ptr[rsi + rdx * 4 + CHistogram]);
             a.test(rcx, rcx);
             a.jz(unbusy);
             a.add(__qword_ptr[rdi - (1 << EntryShift) + EChild], rax);   // the parent's time in callees
@@ -871,6 +886,50 @@ public sealed class GraphTracer : RingTracer
         }
         return result;
     }
+
+    /// <summary>Profile rows claimed so far: one per thread that made a traced call (0 for function_graph).</summary>
+    public int ProfileRows => Options.Mode == GraphMode.Profile ? BuffersInUse : 0;
+
+    /// <summary>Traced functions: the columns of every profile row.</summary>
+    public int ProfileFunctions => _local.Count;
+
+    /// <summary>The site index of each profile column.</summary>
+    public int[] ProfileSites()
+    {
+        var sites = new int[_local.Count];
+        foreach ((int site, int local) in _local)
+        {
+            sites[local] = site;
+        }
+        return sites;
+    }
+
+    /// <summary>The thread a profile row belongs to (0 for a moment after the thread claimed it).</summary>
+    public int ProfileTid(int row) => (int)Session.Shared.ReadU32(BufferOffset(row) + TraceBufferOptions.Tid);
+
+    /// <summary>Calls so far of one function in one row: a cheap look before reading the whole cell.</summary>
+    public ulong ProfileCalls(int row, int function) => Session.Shared.ReadU64(CellOffset(row, function) + CCalls);
+
+    /// <summary>
+    /// Copies one cell while its thread may be writing it: each field is read once, so fields may
+    /// be a call apart (the calls of a call still returning are counted once it has returned).
+    /// </summary>
+    public void ReadProfileCell(int row, int function, ref ProfileCell cell)
+    {
+        ulong at = CellOffset(row, function);
+        SharedRegion shared = Session.Shared;
+        cell.Calls = shared.ReadU64(at + CCalls);
+        cell.TotalTicks = shared.ReadU64(at + CTotal);
+        cell.SelfTicks = shared.ReadU64(at + CSelf);
+        cell.MaxTicks = shared.ReadU64(at + CMax);
+        cell.MinTicks = ~shared.ReadU64(at + CMinInv);
+        for (int k = 0; k < HistogramBuckets; k++)
+        {
+            cell.Buckets[k] = shared.ReadU32(at + CHistogram + (ulong)k * 4);
+        }
+    }
+
+    private ulong CellOffset(int row, int function) => _rowsOffset + (ulong)row * RowStride + ((ulong)function << CellShift);
 
     /// <summary>Calls not recorded because a signal handler interrupted Hotwire's own code, or a buffer was full.</summary>
     public ulong Lost
