@@ -103,9 +103,9 @@ public sealed class ProfileExporter : IDisposable
         {
             return new ProfileExporter(targets, ticksPerSecond);
         }
-        catch (HttpListenerException e)
+        catch (InvalidOperationException e) when (e.InnerException is HttpListenerException listen)
         {
-            throw new HotwireException($"--prometheus: cannot listen on {targets.PrometheusHost}:{targets.PrometheusPort}: {e.Message}");
+            throw new HotwireException($"--prometheus: cannot listen on {targets.PrometheusHost}:{targets.PrometheusPort}: {listen.Message}");
         }
     }
 

@@ -58,7 +58,8 @@ public sealed record ProfileSample(double Seconds, IReadOnlyList<FunctionDelta> 
 public sealed class ProfileMonitor
 {
     private readonly GraphTracer _tracer;
-    private readonly FunctionTotals[] _functions;
+    private readonly int[] _columns;            // profile columns of the traced functions
+    private readonly FunctionTotals[] _functions;   // in the same order
     private readonly Dictionary<(int Row, int Function), ProfileCell> _last = [];
     private readonly Dictionary<int, int> _tids = [];   // row → tid, once known
     private long _lastSampleNs;
@@ -70,8 +71,11 @@ public sealed class ProfileMonitor
             throw new ArgumentException("the monitor reads the profile tracer's cells", nameof(tracer));
         }
         _tracer = tracer;
+        // The rows have a column per site of the process; only the traced ones are ever written.
         var byIndex = sites.ToDictionary(s => s.Index);
-        _functions = [.. tracer.ProfileSites().Select(i => new FunctionTotals(byIndex[i]))];
+        int[] columnSites = tracer.ProfileSites();
+        _columns = [.. Enumerable.Range(0, columnSites.Length).Where(c => byIndex.ContainsKey(columnSites[c]))];
+        _functions = [.. _columns.Select(c => new FunctionTotals(byIndex[columnSites[c]]))];
         TicksPerSecond = ticksPerSecond;
         _lastSampleNs = TscClock.MonotonicNs();
     }
@@ -119,11 +123,11 @@ public sealed class ProfileMonitor
             for (int f = 0; f < _functions.Length; f++)
             {
                 _last.TryGetValue((row, f), out ProfileCell before);
-                if (_tracer.ProfileCalls(row, f) == before.Calls)
+                if (_tracer.ProfileCalls(row, _columns[f]) == before.Calls)
                 {
                     continue;
                 }
-                _tracer.ReadProfileCell(row, f, ref cell);
+                _tracer.ReadProfileCell(row, _columns[f], ref cell);
                 if (!changed.TryGetValue(f, out FunctionDelta? delta))
                 {
                     delta = new FunctionDelta(_functions[f], 0, 0, 0, new ulong[GraphTracer.HistogramBuckets]);
