@@ -657,7 +657,7 @@ public sealed class GraphTracer : RingTracer
         Label search = a.CreateLabel(), found = a.CreateLabel(), slow = a.CreateLabel(), back = a.CreateLabel(),
             unbusy = a.CreateLabel(), full = a.CreateLabel(), records = a.CreateLabel(), entries = a.CreateLabel(),
             nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(),
-            keepMax = a.CreateLabel(), keepMin = a.CreateLabel(), ticksOk = a.CreateLabel(), selfOk = a.CreateLabel(),
+            keepMax = a.CreateLabel(), keepMin = a.CreateLabel(), histogram = a.CreateLabel(), ticksOk = a.CreateLabel(), selfOk = a.CreateLabel(),
             buryAbove = a.CreateLabel(), buried = a.CreateLabel(), graves = a.CreateLabel(), grave = a.CreateLabel(),
             nextGraves = a.CreateLabel(), inGrave = a.CreateLabel(), nowhere = a.CreateLabel(), mark = a.CreateLabel(), publish = a.CreateLabel();
 
@@ -749,16 +749,18 @@ public sealed class GraphTracer : RingTracer
             a.jbe(keepMin);
             a.mov(__qword_ptr[rsi + CMinInv], rdx);
             a.Label(ref keepMin);
-            a.mov(rdx, rax);                            // histogram: bucket log2(ticks), one increment
-            a.or(rdx, 1);
-            a.bsr(rdx, rdx);
-            a.mov(r8d, HistogramBuckets - 1);
-            a.cmp(edx, r8d);
-            a.cmova(edx, r8d);
-            a.inc(__dword_ptr[rsi + rdx * 4 + CHistogram]);
+            a.mov(r9, rax);                             // histogram: bucket log2(ticks), counted last (below)
             a.test(rcx, rcx);
-            a.jz(unbusy);
+            a.jz(histogram);
             a.add(__qword_ptr[rdi - (1 << EntryShift) + EChild], rax);   // the parent's time in callees
+            // The bucket is chosen by predicted branches, not by an address computed from the TSC
+            // read: a store to such an address holds up the loads after it until rdtsc completes
+            // (about 6 ns a call here). One increment: a signal handler cannot split it.
+            a.Label(ref histogram);
+            a.mov(__byte_ptr[r11 + HBusy], (byte)0);
+            a.pop(rdx);
+            a.pop(rax);
+            EmitBucketIncrement(a, 0, HistogramBuckets - 1);
         }
         a.Label(ref unbusy);
         a.mov(__byte_ptr[r11 + HBusy], (byte)0);
@@ -849,6 +851,32 @@ public sealed class GraphTracer : RingTracer
         a.Label(ref nowhere);
         a.ud2();                                        // no record of this frame anywhere (docs/graph.md)
         return Assemble(a, at);
+    }
+
+    /// <summary>Binary search of r9 (ticks) over buckets lo..hi, then inc that bucket of the cell at rsi and jmp r10.</summary>
+    private static void EmitBucketIncrement(Assembler a, int lo, int hi)
+    {
+        if (lo == hi)
+        {
+            a.inc(__dword_ptr[rsi + CHistogram + 4 * lo]);
+            a.jmp(r10);
+            return;
+        }
+        int mid = (lo + hi + 1) / 2;                    // bucket k holds 2^k .. 2^(k+1) - 1 ticks
+        Label upper = a.CreateLabel();
+        if (mid < 31)
+        {
+            a.cmp(r9, 1 << mid);
+        }
+        else
+        {
+            a.mov(r8, 1UL << mid);
+            a.cmp(r9, r8);
+        }
+        a.jae(upper);
+        EmitBucketIncrement(a, lo, mid - 1);
+        a.Label(ref upper);
+        EmitBucketIncrement(a, mid, hi);
     }
 
     /// <summary>The profile: per thread and function, calls and times (ns). Read while the session is attached.</summary>
