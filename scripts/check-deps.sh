@@ -14,6 +14,8 @@ if [ "$need_tests" = "--tests" ]; then
   command -v objdump >/dev/null || missing+=(binutils)
   command -v setpriv >/dev/null || missing+=(util-linux)
   command -v spin >/dev/null || missing+=(spin)   # the SPIN model checker: verify/run, ModelCheckTests
+  command -v prometheus >/dev/null || missing+=(prometheus)   # a real Prometheus server scrapes hotwire metrics: MetricsTests
+  command -v tmux >/dev/null || missing+=(tmux)               # a real terminal for hotwire top: TopCommandTests
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -9,11 +9,15 @@ StopSignals.Install();
 Command record = RecordCommand.Create(live: false);
 Command live = RecordCommand.Create(live: true);
 Command count = CountCommand.Create();
+Command top = TopCommand.Create();
+Command metrics = MetricsCommand.Create();
 var root = new RootCommand("Hotwire: trace and live-patch the functions of running x86-64 Linux processes.")
 {
     LsCommand.Create(),
     DemoCommand.Create(),
     count,
+    top,
+    metrics,
     record,
     live,
     ReplayCommand.Create(),
@@ -24,4 +28,4 @@ var root = new RootCommand("Hotwire: trace and live-patch the functions of runni
 };
 // These claim the signals (StopSignals.Claim) and check for one before they attach; every other
 // command lets a signal end it, as a C tool would.
-return CommandRunner.Run(root, args, handlesSignals: new HashSet<Command> { record, live, count });
+return CommandRunner.Run(root, args, handlesSignals: new HashSet<Command> { record, live, count, top, metrics });

@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Globalization;
+using Hotwire.Cli.Metrics;
 using Hotwire.Output;
 using Hotwire.Patching;
 using Hotwire.Tracing;
@@ -12,6 +13,7 @@ public static class RecordCommand
     public static Command Create(bool live)
     {
         var target = new TargetOptions();
+        var metrics = new MetricsOptions();
         var args = new Option<int>("--args") { Description = "Record the first N integer arguments of each call (0-6)", DefaultValueFactory = _ => 0 };
         var bufferSize = new Option<string>("--buffer-size") { Description = "Ring buffer per thread, a power of two (e.g. 64K, 1M, 16M)", DefaultValueFactory = _ => "4M" };
         var duration = OptionValues.Seconds("--duration", "Stop after this long", "-d");
@@ -26,16 +28,17 @@ public static class RecordCommand
             ? new Command("live", "Trace function calls and print them as they happen (also recorded to -o)")
             : new Command("record", "Record every call of the chosen functions to a data directory (hotwire replay reads it)");
         target.AddTo(command);
+        metrics.AddTo(command);
         foreach (Option o in new Option[] { args, bufferSize, duration, output, force, tids, tracerName, retval, depth, timeFilter })
         {
             command.Options.Add(o);
         }
-        command.SetAction(r => (int)Run(target, r, live, r.GetValue(args), r.GetValue(bufferSize)!, r.GetValue(duration), r.GetValue(output)!, r.GetValue(force), r.GetValue(tids),
+        command.SetAction(r => (int)Run(target, metrics, r, live, r.GetValue(args), r.GetValue(bufferSize)!, r.GetValue(duration), r.GetValue(output)!, r.GetValue(force), r.GetValue(tids),
             r.GetValue(tracerName)!, r.GetValue(retval), r.GetValue(depth), r.GetValue(timeFilter)));
         return command;
     }
 
-    private static ExitCode Run(TargetOptions target, ParseResult result, bool live, int args, string bufferSize, TimeSpan? duration, string dir, bool force, string? tidList,
+    private static ExitCode Run(TargetOptions target, MetricsOptions metricsOptions, ParseResult result, bool live, int args, string bufferSize, TimeSpan? duration, string dir, bool force, string? tidList,
         string tracerName, bool retval, int? depth, string? timeFilter)
     {
         using StopSignals stop = StopSignals.Claim();
@@ -72,6 +75,11 @@ public static class RecordCommand
         {
             throw new HotwireException($"{dir} already holds a recording; remove it, choose another -o, or pass --force");
         }
+        MetricsTargets metrics = metricsOptions.Parse(result);
+        if (metrics.Any && tracerName != Tracers.Profile)
+        {
+            throw new UsageException("--prometheus and --otlp export the profiler's per-function figures: record with --tracer profile (or use hotwire top or hotwire metrics)");
+        }
         var graphOptions = new GraphOptions(tracerName == Tracers.Profile ? GraphMode.Profile : GraphMode.Events, depth ?? 0, retval);
 
         RingTracer tracer = graph
@@ -80,16 +88,33 @@ public static class RecordCommand
         Recorder? recorder = null;
         LivePrinter? printer = live ? new LivePrinter() : null;
         IReadOnlyList<SiteRecord> sites = [];
+        double ticksPerSecond = metrics.Any ? ProfileMonitor.MeasureTicksPerSecond() : 0;
+        ProfileExporter? exporter = metrics.Any ? ProfileExporter.Start(metrics, ticksPerSecond) : null;
+        ProfileMonitor? monitor = null;
         // Tracing starts before the program's first instruction at launch, right after attach otherwise.
         (ulong shared, ulong perSite) = graph ? GraphTracer.SharedBytes(buffers, graphOptions) : (TraceBufferOptions.SharedBytes(buffers), 0);
-        Session session = target.Open(result, tracer, stop, shared, extraSharedBytesPerSite: perSite, beforeRun: s =>
+        Session session;
+        try
         {
-            recorder = new Recorder(s, tracer, dir, printer is null ? null : printer.Print, tids) { TimeFilterNs = timeFilterNs };
-            sites = s.Register(tracer);
-            recorder.NoteTracedSites(sites);
-            printer?.Start(s, sites);
-            recorder.Start();
-        });
+            session = target.Open(result, tracer, stop, shared, extraSharedBytesPerSite: perSite, beforeRun: s =>
+            {
+                recorder = new Recorder(s, tracer, dir, printer is null ? null : printer.Print, tids) { TimeFilterNs = timeFilterNs };
+                sites = s.Register(tracer);
+                if (exporter is not null)
+                {
+                    monitor = new ProfileMonitor((GraphTracer)tracer, sites, ticksPerSecond);
+                    exporter.SetProcess(ProcessName(s.Pid), s.Pid);
+                }
+                recorder.NoteTracedSites(sites);
+                printer?.Start(s, sites);
+                recorder.Start();
+            });
+        }
+        catch
+        {
+            exporter?.Dispose();
+            throw;
+        }
         int? exitStatus = null;
         bool targetGone = false, execed = false;
         try
@@ -97,6 +122,11 @@ public static class RecordCommand
             // With --pid, how long the target was held: one thread, stopped for the attach only.
             string stopped = session.Launched ? "" : $" (attach stopped one thread for {session.LongestStop.TotalMilliseconds:F2} ms)";
             Console.Error.WriteLine($"hotwire: recording {sites.Count} functions in pid {session.Pid} to {dir}{stopped}; Ctrl-C to stop");
+            if (exporter is not null)
+            {
+                Console.Error.WriteLine($"hotwire: {metrics.Describe()}");
+            }
+            long nextSample = Environment.TickCount64 + 1000;
             if (duration is TimeSpan limit)
             {
                 stop.CancelAfter(limit);
@@ -126,6 +156,11 @@ public static class RecordCommand
                     break;
                 }
                 stop.Token.WaitHandle.WaitOne(50);
+                if (monitor is not null && Environment.TickCount64 >= nextSample)
+                {
+                    exporter!.Update(monitor.Sample(), monitor.Functions);
+                    nextSample += 1000;
+                }
             }
             // Processes forked from it that outlive it are recorded until they exit too.
             if ((exitStatus is not null || targetGone) && recorder!.Healthy && !stop.IsCancellationRequested
@@ -142,9 +177,14 @@ public static class RecordCommand
             {
                 session.Unregister(tracer);
             }
+            if (monitor is not null)
+            {
+                exporter!.Update(monitor.Sample(), monitor.Functions);   // the last calls, before the cells go with the detach
+            }
         }
         catch
         {
+            exporter?.Dispose();
             recorder?.Dispose();
             session.Dispose();
             throw;
@@ -160,6 +200,8 @@ public static class RecordCommand
         {
             Console.Error.WriteLine($"hotwire: {Plural(session.RestoredForks.Count, "process", "processes")} forked from pid {session.Pid} still ran traced code: restored ({string.Join(", ", session.RestoredForks)}); their later calls are not recorded");
         }
+        bool flushed = exporter?.Flush() ?? true;
+        exporter?.Dispose();
 
         string ending = exitStatus is int e ? $"; the program exited with status {e}"
             : targetGone ? $"; pid {session.Pid} exited during the recording"
@@ -180,6 +222,10 @@ public static class RecordCommand
         {
             Console.Error.WriteLine($"hotwire: hotwire report -d {dir} shows the profile");
         }
+        if (!flushed)
+        {
+            Console.Error.WriteLine($"hotwire: the last metrics could not be pushed to {metrics.Otlp} (is the collector running?)");
+        }
         if (summary.WriteError is { } error)
         {
             Console.Error.WriteLine($"hotwire: writing {dir} failed ({error}): tracing was stopped; the {summary.BytesWritten} bytes written before are kept");
@@ -191,6 +237,18 @@ public static class RecordCommand
             return ExitCode.Failure;
         }
         return ExitCode.Success;
+    }
+
+    private static string ProcessName(int pid)
+    {
+        try
+        {
+            return File.ReadAllText($"/proc/{pid}/comm").Trim();
+        }
+        catch (IOException)
+        {
+            return $"pid-{pid}";
+        }
     }
 
     public static int ParseSize(string text)

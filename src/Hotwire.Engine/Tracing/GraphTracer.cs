@@ -1,3 +1,4 @@
+using Hotwire.Agent;
 using Hotwire.Interop;
 using Hotwire.Patching;
 using Iced.Intel;
@@ -53,9 +54,16 @@ public sealed class GraphTracer : RingTracer
     /// <summary>An entry older than this far above a new frame is on another stack (a signal stack), not stale.</summary>
     internal const long SameStackWindow = 1 << 20;
 
-    // Profile row cell per (thread, function): calls, total ticks, self ticks, max ticks, ~min ticks.
-    internal const int CellShift = 6;
-    internal const int CCalls = 0, CTotal = 8, CSelf = 16, CMax = 24, CMinInv = 32;
+    // Profile row cell per (thread, function): calls, total ticks, self ticks, max ticks, ~min ticks,
+    // then a histogram of the calls' durations: u32 counts of log2 buckets, bucket k holding the
+    // calls of 2^k to 2^(k+1) − 1 ticks (bucket 0 also 0 ticks, the last one everything longer).
+    // u32 counts wrap after 4 G calls of one function in one bucket of one thread: a reader that
+    // looks more often than that (ProfileMonitor, every second) takes differences modulo 2^32.
+    internal const int CellShift = 8;
+    internal const int CCalls = 0, CTotal = 8, CSelf = 16, CMax = 24, CMinInv = 32, CHistogram = 64;
+
+    /// <summary>Duration buckets per (thread, function) cell: log2 of the call's TSC ticks, 0 to 47 (2^47 ticks is over 10 hours).</summary>
+    public const int HistogramBuckets = ((1 << CellShift) - CHistogram) / 4;
 
     private readonly Dictionary<int, int> _local = [];
     private ulong _private;         // target address of the private mapping
@@ -649,7 +657,7 @@ public sealed class GraphTracer : RingTracer
         Label search = a.CreateLabel(), found = a.CreateLabel(), slow = a.CreateLabel(), back = a.CreateLabel(),
             unbusy = a.CreateLabel(), full = a.CreateLabel(), records = a.CreateLabel(), entries = a.CreateLabel(),
             nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(),
-            keepMax = a.CreateLabel(), keepMin = a.CreateLabel(), ticksOk = a.CreateLabel(), selfOk = a.CreateLabel(),
+            keepMax = a.CreateLabel(), keepMin = a.CreateLabel(), histogram = a.CreateLabel(), ticksOk = a.CreateLabel(), selfOk = a.CreateLabel(),
             buryAbove = a.CreateLabel(), buried = a.CreateLabel(), graves = a.CreateLabel(), grave = a.CreateLabel(),
             nextGraves = a.CreateLabel(), inGrave = a.CreateLabel(), nowhere = a.CreateLabel(), mark = a.CreateLabel(), publish = a.CreateLabel();
 
@@ -741,9 +749,18 @@ public sealed class GraphTracer : RingTracer
             a.jbe(keepMin);
             a.mov(__qword_ptr[rsi + CMinInv], rdx);
             a.Label(ref keepMin);
+            a.mov(r9, rax);                             // histogram: bucket log2(ticks), counted last (below)
             a.test(rcx, rcx);
-            a.jz(unbusy);
+            a.jz(histogram);
             a.add(__qword_ptr[rdi - (1 << EntryShift) + EChild], rax);   // the parent's time in callees
+            // The bucket is chosen by predicted branches, not by an address computed from the TSC
+            // read: a store to such an address holds up the loads after it until rdtsc completes
+            // (about 6 ns a call here). One increment: a signal handler cannot split it.
+            a.Label(ref histogram);
+            a.mov(__byte_ptr[r11 + HBusy], (byte)0);
+            a.pop(rdx);
+            a.pop(rax);
+            EmitBucketIncrement(a, 0, HistogramBuckets - 1);
         }
         a.Label(ref unbusy);
         a.mov(__byte_ptr[r11 + HBusy], (byte)0);
@@ -836,6 +853,32 @@ public sealed class GraphTracer : RingTracer
         return Assemble(a, at);
     }
 
+    /// <summary>Binary search of r9 (ticks) over buckets lo..hi, then inc that bucket of the cell at rsi and jmp r10.</summary>
+    private static void EmitBucketIncrement(Assembler a, int lo, int hi)
+    {
+        if (lo == hi)
+        {
+            a.inc(__dword_ptr[rsi + CHistogram + 4 * lo]);
+            a.jmp(r10);
+            return;
+        }
+        int mid = (lo + hi + 1) / 2;                    // bucket k holds 2^k .. 2^(k+1) - 1 ticks
+        Label upper = a.CreateLabel();
+        if (mid < 31)
+        {
+            a.cmp(r9, 1 << mid);
+        }
+        else
+        {
+            a.mov(r8, 1UL << mid);
+            a.cmp(r9, r8);
+        }
+        a.jae(upper);
+        EmitBucketIncrement(a, lo, mid - 1);
+        a.Label(ref upper);
+        EmitBucketIncrement(a, mid, hi);
+    }
+
     /// <summary>The profile: per thread and function, calls and times (ns). Read while the session is attached.</summary>
     public List<ProfileEntry> ReadProfile(ClockCalibration clock)
     {
@@ -871,6 +914,50 @@ public sealed class GraphTracer : RingTracer
         }
         return result;
     }
+
+    /// <summary>Profile rows claimed so far: one per thread that made a traced call (0 for function_graph).</summary>
+    public int ProfileRows => Options.Mode == GraphMode.Profile ? BuffersInUse : 0;
+
+    /// <summary>Traced functions: the columns of every profile row.</summary>
+    public int ProfileFunctions => _local.Count;
+
+    /// <summary>The site index of each profile column.</summary>
+    public int[] ProfileSites()
+    {
+        var sites = new int[_local.Count];
+        foreach ((int site, int local) in _local)
+        {
+            sites[local] = site;
+        }
+        return sites;
+    }
+
+    /// <summary>The thread a profile row belongs to (0 for a moment after the thread claimed it).</summary>
+    public int ProfileTid(int row) => (int)Session.Shared.ReadU32(BufferOffset(row) + TraceBufferOptions.Tid);
+
+    /// <summary>Calls so far of one function in one row: a cheap look before reading the whole cell.</summary>
+    public ulong ProfileCalls(int row, int function) => Session.Shared.ReadU64(CellOffset(row, function) + CCalls);
+
+    /// <summary>
+    /// Copies one cell while its thread may be writing it: each field is read once, so fields may
+    /// be a call apart (the calls of a call still returning are counted once it has returned).
+    /// </summary>
+    public void ReadProfileCell(int row, int function, ref ProfileCell cell)
+    {
+        ulong at = CellOffset(row, function);
+        SharedRegion shared = Session.Shared;
+        cell.Calls = shared.ReadU64(at + CCalls);
+        cell.TotalTicks = shared.ReadU64(at + CTotal);
+        cell.SelfTicks = shared.ReadU64(at + CSelf);
+        cell.MaxTicks = shared.ReadU64(at + CMax);
+        cell.MinTicks = ~shared.ReadU64(at + CMinInv);
+        for (int k = 0; k < HistogramBuckets; k++)
+        {
+            cell.Buckets[k] = shared.ReadU32(at + CHistogram + (ulong)k * 4);
+        }
+    }
+
+    private ulong CellOffset(int row, int function) => _rowsOffset + (ulong)row * RowStride + ((ulong)function << CellShift);
 
     /// <summary>Calls not recorded because a signal handler interrupted Hotwire's own code, or a buffer was full.</summary>
     public ulong Lost
