@@ -31,6 +31,11 @@ public class KillTests(ITestOutputHelper output)
             using (Process recording = HotwireCli.Start(env, "record", "--pid", target.Pid.ToString(), "-F", "f", "-o", $"{dir}-{i}"))
             {
                 string? line = recording.StandardError.ReadLine();          // "recording ..." once the sites are live
+                while (line is not null && !line.Contains("recording", StringComparison.Ordinal))
+                {
+                    output.WriteLine($"kill {i + 1}: {line}");                  // a note, e.g. that a new block was made
+                    line = recording.StandardError.ReadLine();
+                }
                 Assert.True(line?.Contains("recording", StringComparison.Ordinal), line);
                 Thread.Sleep(300);                                           // the buffers fill (several MB resident)
                 recording.Kill();

@@ -83,6 +83,10 @@ public static class PatchCommand
         }
 
         using Session session = Session.Attach(pid);
+        if (session.NotReusedBecause is { } why)
+        {
+            Console.Error.WriteLine($"hotwire: pid {pid} keeps an earlier Hotwire block that could not be reused ({why}): this session adds another");
+        }
         LivePatcher patcher = LivePatcher.Open(session);
         PatchResult result = patch is null ? patcher.Revert() : patcher.Apply(patch, mapping, replace);
         string verb = patch is null ? "reverted" : replace ? "applied, replacing all earlier patches," : "applied";

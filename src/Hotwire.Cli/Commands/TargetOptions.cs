@@ -72,6 +72,10 @@ public sealed class TargetOptions
                 throw new InterruptedException($"interrupted before attaching: pid {p} was not touched");
             }
             Session attached = Session.Attach(p, options, image);
+            if (attached.NotReusedBecause is { } why)
+            {
+                Console.Error.WriteLine($"hotwire: pid {p} keeps an earlier Hotwire block that could not be reused ({why}): this session adds another");
+            }
             try
             {
                 if (stop.Signaled)

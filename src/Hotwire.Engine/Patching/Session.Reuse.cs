@@ -82,7 +82,7 @@ public sealed unsafe partial class Session
         string? why = null;
         foreach (EarlierBlock b in blocks)
         {
-            why = Unfit(b, dataNeeded, modules, regionSize, maps) ?? (TestSwitches.NoReuseQuiescenceCheck ? null : Busy(b, maps));
+            why = Unfit(b, dataNeeded, modules, regionSize, maps) ?? (TestSwitches.NoReuseQuiescenceCheck ? null : BusyAfterAWhile(b, maps));
             if (why is null)
             {
                 return b;
@@ -123,6 +123,19 @@ public sealed unsafe partial class Session
             return "it holds another version's agent";
         }
         return null;
+    }
+
+    // A thread found inside the code is usually on its way out (the tail of a trap the dead-man
+    // switch's restore caused, on a loaded machine): looked at again for 200 ms before giving up.
+    private string? BusyAfterAWhile(EarlierBlock b, List<MemoryMapping> maps)
+    {
+        string? why = Busy(b, maps);
+        for (int attempt = 0; attempt < 10 && why is not null && why.EndsWith("is inside its code", StringComparison.Ordinal); attempt++)
+        {
+            Thread.Sleep(20);
+            why = Busy(b, maps);
+        }
+        return why;
     }
 
     /// <summary>
