@@ -62,6 +62,57 @@ public sealed class GraphReaderTests : IDisposable
         Assert.Equal(1, graph.UnmatchedExits);
     }
 
+    /// <summary>Entries and exits with their stack slots (format 4): sites 0 main, 1 outer/run, 2 jump1/resume, 3 jump2/coroutine, 4 after/leaf.</summary>
+    private static RawEvent In(ulong tsc, int site, int depth, ulong slot) => new(tsc, 0, site, [], (ulong)depth * 4, slot);
+
+    private static RawEvent Out(ulong tsc, int site, int depth, ulong slot) => new(tsc, 0, site, [], (ulong)depth * 4 + RawEvent.Exit, slot);
+
+    /// <summary>Calls as (site, caller's site, start, end, how they ended), in the order they ended.</summary>
+    private sealed class TreeCollector : IFrameSink
+    {
+        private readonly Dictionary<int, int> _callerSite = [];
+
+        public List<(int Site, int Caller, ulong Start, ulong End, FrameEnd How)> Calls { get; } = [];
+
+        public void Enter(ThreadFrames thread, int frame)
+            => _callerSite[frame] = thread.Parent(frame) is int p and >= 0 ? thread[p].Site : -1;
+
+        public void Exit(ThreadFrames thread, int frame, ulong exitTsc, FrameEnd end, ulong value)
+            => Calls.Add((thread[frame].Site, _callerSite[frame], thread[frame].EntryTsc, exitTsc, end));
+    }
+
+    [Fact]
+    public void Frames_an_entry_lands_above_are_gone_when_a_frame_below_them_returns()
+    {
+        // longjmp from jump2 back into outer, which then calls after at a new slot (850, above
+        // jump1's 800): gone or a stack above them? outer's return (below them) says gone.
+        var sink = new TreeCollector();
+        var graph = new CallGraph(new TraceInfo { Tracer = Tracers.FunctionGraph, Clock = new ClockInfo { EndTsc = 100 } }, null, sink);
+        graph.Feed(1, [In(10, 0, 0, 1000), In(20, 1, 1, 900), In(30, 2, 2, 800), In(40, 3, 3, 700), In(50, 4, 2, 850)]);
+        Assert.Empty(sink.Calls);   // held back: not known yet
+        graph.Feed(1, [Out(60, 4, 2, 850), Out(70, 1, 1, 900), Out(80, 0, 0, 1000)]);
+        graph.Finish();
+        Assert.Equal([(3, 2, 40UL, 50UL, FrameEnd.Unwound), (2, 1, 30UL, 50UL, FrameEnd.Unwound), (4, 1, 50UL, 60UL, FrameEnd.Returned),
+            (1, 0, 20UL, 70UL, FrameEnd.Returned), (0, -1, 10UL, 80UL, FrameEnd.Returned)], sink.Calls);
+        Assert.Equal(0, graph.Switches);
+    }
+
+    [Fact]
+    public void Frames_an_entry_lands_above_are_suspended_when_one_of_them_returns_later()
+    {
+        // A coroutine stack inside main's frame (slots 950..940, above run's and resume's): resume
+        // returns after the coroutine yields, so they were alive; the coroutine is resume's callee.
+        var sink = new TreeCollector();
+        var graph = new CallGraph(new TraceInfo { Tracer = Tracers.FunctionGraph, Clock = new ClockInfo { EndTsc = 200 } }, null, sink);
+        graph.Feed(1, [In(10, 0, 0, 1000), In(20, 1, 1, 900), In(30, 2, 2, 800), In(40, 3, 1, 950), In(45, 4, 2, 940), Out(46, 4, 2, 940)]);
+        graph.Feed(1, [Out(50, 2, 2, 800), In(60, 2, 2, 800), Out(70, 3, 1, 950), Out(80, 2, 3, 800), Out(90, 1, 1, 900), Out(100, 0, 0, 1000)]);
+        graph.Finish();
+        Assert.Equal([(4, 3, 45UL, 46UL, FrameEnd.Returned), (2, 1, 30UL, 50UL, FrameEnd.Returned), (3, 2, 40UL, 70UL, FrameEnd.Returned),
+            (2, 1, 60UL, 80UL, FrameEnd.Returned), (1, 0, 20UL, 90UL, FrameEnd.Returned), (0, -1, 10UL, 100UL, FrameEnd.Returned)], sink.Calls);
+        Assert.Equal(0, graph.Unwound);
+        Assert.Equal(4, graph.Switches);  // to the coroutine, back, into it again, back when it ends
+    }
+
     [Fact]
     public void A_loss_mark_leaves_out_the_frames_open_across_it_and_hangs_later_calls_under_lost_callers()
     {
@@ -490,9 +541,9 @@ public sealed class GraphReaderTests : IDisposable
     /// <summary>Several sinks fed by one reconstruction.</summary>
     private sealed class Tee(params IFrameSink[] sinks) : IFrameSink
     {
-        public void Enter(ThreadFrames thread, int level) => Array.ForEach(sinks, s => s.Enter(thread, level));
+        public void Enter(ThreadFrames thread, int frame) => Array.ForEach(sinks, s => s.Enter(thread, frame));
 
-        public void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value) => Array.ForEach(sinks, s => s.Exit(thread, level, exitTsc, end, value));
+        public void Exit(ThreadFrames thread, int frame, ulong exitTsc, FrameEnd end, ulong value) => Array.ForEach(sinks, s => s.Exit(thread, frame, exitTsc, end, value));
     }
 
     private static string[] ThreadLines(CliResult replay, string task)
@@ -580,12 +631,12 @@ public sealed class GraphReaderTests : IDisposable
     {
         public List<(int Tid, int Site, ulong Start, ulong End, FrameEnd How)> Calls { get; } = [];
 
-        public void Enter(ThreadFrames thread, int level)
+        public void Enter(ThreadFrames thread, int frame)
         {
         }
 
-        public void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value)
-            => Calls.Add((thread.Tid, thread[level].Site, thread[level].EntryTsc, exitTsc, end));
+        public void Exit(ThreadFrames thread, int frame, ulong exitTsc, FrameEnd end, ulong value)
+            => Calls.Add((thread.Tid, thread[frame].Site, thread[frame].EntryTsc, exitTsc, end));
     }
 
     /// <summary>A recording made by hand: sites, per-thread events, and the calls they stand for.</summary>
@@ -659,7 +710,7 @@ public sealed class GraphReaderTests : IDisposable
                 Pid = 1000,
                 Command = "/usr/bin/app --serve",
                 Started = new DateTime(2026, 11, 25, 0, 0, 0, DateTimeKind.Utc),
-                EventBytes = tracer == Tracers.Function ? 24 : 32,
+                EventBytes = tracer == Tracers.Function ? 24 : 40,
                 Retval = retval,
                 // One tick per ns, so that durations in the output are the ticks above.
                 Clock = new ClockInfo { StartTsc = 0, StartNs = 0, EndTsc = EndTsc, EndNs = (long)EndTsc },
@@ -692,7 +743,7 @@ public sealed class GraphReaderTests : IDisposable
             string dir = test.NewDir();
             TraceInfo info = Info(tracer, retval);
             bool graph = tracer != Tracers.Function;
-            int size = graph ? 32 : 24;
+            int size = graph ? 40 : 24;
             Dictionary<int, List<RawEvent>> ordered = Ordered();
             var chunks = new List<(int Tid, List<RawEvent> Events)>();
             foreach ((int tid, List<RawEvent> events) in ordered.OrderBy(kv => workerFirst ? -kv.Key : kv.Key))
@@ -717,9 +768,10 @@ public sealed class GraphReaderTests : IDisposable
                     if (graph)
                     {
                         BitConverter.TryWriteBytes(raw.AsSpan(i * size + 24), e.Info);
+                        BitConverter.TryWriteBytes(raw.AsSpan(i * size + 32), e.Slot);
                     }
                 }
-                byte[] packed = new byte[EventPacking.MaxPackedBytes(events.Count, 0, graph)];
+                byte[] packed = new byte[EventPacking.MaxPackedBytes(events.Count, 0, graph ? 5 : 3)];
                 int length = EventPacking.Pack(raw, events.Count, size, 0, new ulong[8], packed);
                 byte[] header = new byte[16];
                 BitConverter.TryWriteBytes(header.AsSpan(0), TraceData.PackedChunkMagic);

@@ -26,12 +26,12 @@ public enum FrameEnd : byte
     Lost,
 }
 
-/// <summary>An open call on a thread's reconstructed stack.</summary>
+/// <summary>An open call of a thread's reconstructed calls.</summary>
 public struct Frame
 {
     public int Site;
 
-    /// <summary>The depth the tracer recorded (0 = the thread's outermost traced frame).</summary>
+    /// <summary>Its depth in the call tree (0 = no traced caller): its caller's depth + 1.</summary>
     public int Depth;
 
     public ulong EntryTsc;
@@ -58,23 +58,56 @@ public struct Frame
     /// if any, straddles the loss): call-path views must not attach it under that frame.
     /// </summary>
     public bool CallerLost;
+
+    /// <summary>Where its return address was (format 4; 0 in older recordings): which stack, which frame.</summary>
+    public ulong Slot;
+
+    /// <summary>The depth the tracer recorded.</summary>
+    internal int TracerDepth;
+
+    /// <summary>Its caller (the frame running on the thread when it was entered), or −1; see <see cref="ThreadFrames.Parent"/>.</summary>
+    internal int Parent;
+
+    /// <summary>Its caller ended first (a coroutine's first frame outlives the call that started it).</summary>
+    internal bool ParentGone;
+
+    /// <summary>Its stack was suspended at least once while it was open (another stack ran meanwhile).</summary>
+    public bool WasSuspended;
 }
 
-/// <summary>One thread's reconstructed stack and what reconstruction found on it.</summary>
+/// <summary>
+/// One thread's open calls and what reconstruction found on them. Calls run on one or more machine
+/// stacks (coroutines, <c>swapcontext</c>, alternate signal stacks): each stack keeps its frames
+/// in order, one stack is running, the others are suspended. A frame is named by a handle, valid
+/// while it is open.
+/// </summary>
 public sealed class ThreadFrames
 {
-    private Frame[] _stack = new Frame[64];
+    private Frame[] _frames = new Frame[64];
+    private readonly Stack<int> _free = new();
+    private int _used;
 
     internal ThreadFrames(int tid) => Tid = tid;
 
     public int Tid { get; }
 
-    /// <summary>Open frames: <c>this[0]</c> is the outermost, <c>this[Count - 1]</c> the innermost.</summary>
+    /// <summary>Open frames, on every stack.</summary>
     public int Count { get; private set; }
 
-    public ref Frame this[int level] => ref _stack[level];
+    /// <summary>The frame of handle <paramref name="frame"/> (as given to <see cref="IFrameSink"/>).</summary>
+    public ref Frame this[int frame] => ref _frames[frame];
 
-    /// <summary>Events of this thread seen so far, and the timestamp of the last one.</summary>
+    /// <summary>
+    /// The handle of the caller of <paramref name="frame"/> (the frame running when it was entered),
+    /// or −1 for an outermost call. Valid in <see cref="IFrameSink.Enter"/>: a caller may end before
+    /// a callee that runs on another stack.
+    /// </summary>
+    public int Parent(int frame) => _frames[frame].Parent;
+
+    /// <summary>The frame had no traced caller when it was entered.</summary>
+    public bool IsOutermost(int frame) => _frames[frame].Parent < 0;
+
+    /// <summary>Events of this thread reconstructed so far, and the timestamp of the last one.</summary>
     public long Events { get; internal set; }
 
     public ulong LastTsc { get; internal set; }
@@ -99,33 +132,67 @@ public sealed class ThreadFrames
 
     public ulong LostEvents { get; internal set; }
 
+    /// <summary>Switches between machine stacks (a coroutine resumed or suspended).</summary>
+    public long Switches { get; internal set; }
+
     /// <summary>Free for the sink's per-thread state.</summary>
     public object? SinkState { get; set; }
 
-    internal ref Frame Push()
+    /// <summary>The stack running now (frames outermost first), and the suspended ones.</summary>
+    internal List<int> Running = [];
+
+    internal readonly List<List<int>> Suspended = [];
+
+    /// <summary>Events held back until what they mean is known (see <see cref="CallGraph"/>), from <see cref="BacklogAt"/>.</summary>
+    internal readonly List<RawEvent> Backlog = [];
+
+    internal int BacklogAt;
+
+    /// <summary>How far the backlog was searched for the decision its first event waits for.</summary>
+    internal int ScannedTo;
+
+    internal int New()
     {
-        if (Count == _stack.Length)
+        int handle;
+        if (_free.Count > 0)
         {
-            Array.Resize(ref _stack, _stack.Length * 2);
+            handle = _free.Pop();
         }
-        return ref _stack[Count++];
+        else
+        {
+            if (_used == _frames.Length)
+            {
+                Array.Resize(ref _frames, _frames.Length * 2);
+            }
+            handle = _used++;
+        }
+        Count++;
+        return handle;
     }
 
-    internal void Pop() => _stack[--Count].Args = null!;
+    internal void Free(int frame)
+    {
+        _frames[frame].Args = null!;
+        _free.Push(frame);
+        Count--;
+    }
+
+    /// <summary>Every open frame.</summary>
+    internal IEnumerable<int> All() => Running.Concat(Suspended.SelectMany(s => s));
 }
 
 /// <summary>What a reader does with calls as reconstruction finds them, in each thread's order.</summary>
 public interface IFrameSink
 {
-    /// <summary>A call began: <c>thread[level]</c> (the innermost frame); its traced caller, if any, is <c>thread[level - 1]</c>.</summary>
-    void Enter(ThreadFrames thread, int level);
+    /// <summary>A call began: <c>thread[frame]</c>; its traced caller, if any, is <c>thread[thread.Parent(frame)]</c>.</summary>
+    void Enter(ThreadFrames thread, int frame);
 
     /// <summary>
-    /// A call ended: <c>thread[level]</c> is the innermost frame, popped after this returns.
-    /// <paramref name="exitTsc"/> is never before its entry; <paramref name="value"/> is the
-    /// return value when <paramref name="end"/> is <see cref="FrameEnd.Returned"/>.
+    /// A call ended: <c>thread[frame]</c>, freed after this returns (its callees on the same stack
+    /// have ended before it). <paramref name="exitTsc"/> is never before its entry;
+    /// <paramref name="value"/> is the return value when <paramref name="end"/> is <see cref="FrameEnd.Returned"/>.
     /// </summary>
-    void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value);
+    void Exit(ThreadFrames thread, int frame, ulong exitTsc, FrameEnd end, ulong value);
 
     /// <summary>A chunk of <paramref name="thread"/>'s events has been fed.</summary>
     void ChunkDone(ThreadFrames thread)
@@ -139,15 +206,36 @@ public interface IFrameSink
     void Lost(ThreadFrames thread, ulong tsc, ulong events)
     {
     }
+
+    /// <summary>
+    /// At <paramref name="tsc"/> the thread left the stack whose innermost frame is
+    /// <paramref name="suspended"/> (−1: none) for the one whose innermost frame is
+    /// <paramref name="resumed"/> (−1: a new stack): both stay open.
+    /// </summary>
+    void Switch(ThreadFrames thread, ulong tsc, int suspended, int resumed)
+    {
+    }
 }
 
 /// <summary>
 /// Rebuilds the calls of a function_graph recording from its entry and exit events, per thread,
-/// streaming: memory holds only the open frames. Robust to what real recordings contain: an exit
-/// closes the open frame at its depth with its site (frames above it were left without returning:
-/// unwound); an entry at depth d closes the open frames at d or deeper (unwound, at the entry's
-/// time: longjmp, an exception, or lost exits); an exit with no open frame to match (its entry was
-/// lost) is skipped and counted; frames still open at the end close at the recording's end.
+/// streaming: memory holds the open frames (and, while a decision waits for later events, at most
+/// <see cref="Lookahead"/> events). Robust to what real recordings contain.
+/// <para>
+/// Each event names its frame's stack slot (format 4): a frame is nested under the frame that was
+/// running on the thread when it was entered; frames are kept per machine stack, and an exit ends
+/// the frame with its slot, on whichever stack it is (a coroutine's frames are suspended while
+/// another stack runs, not ended). Frames newer than it on its own stack were left without
+/// returning (unwound: longjmp, an exception, a lost exit). An entry above frames of the running
+/// stack (by address) means either that they are gone (longjmp) or that a new stack lies above
+/// them (a coroutine stack inside a caller's frame): an entry at one of their slots, or the exit
+/// of a frame below them, says gone; an exit of one of them says alive. Until one of those comes
+/// (at most <see cref="Lookahead"/> events; none by the end: gone) the thread's events wait.
+/// Recordings without slots (format 3 and older) are rebuilt by depth: an entry at depth d
+/// closes the open frames at d or deeper (unwound), an exit closes the frame at its depth.
+/// An exit with no open frame to match (its entry was lost) is skipped and counted; frames still
+/// open at the end close at the recording's end.
+/// </para>
 /// <para>
 /// Where the recording marks that a thread lost events (format 3), the thread's stack is unknown
 /// from there: every open frame straddles the loss and ends as <see cref="FrameEnd.Lost"/>; a
@@ -158,6 +246,12 @@ public interface IFrameSink
 /// </summary>
 public sealed class CallGraph
 {
+    /// <summary>Frames whose slots are this close are on the same machine stack (as the tracer judges, docs/graph.md).</summary>
+    public const ulong SameStackWindow = 1 << 20;
+
+    /// <summary>Events a thread may hold back while it is not known whether frames are gone or suspended.</summary>
+    public const int Lookahead = 1 << 16;
+
     private readonly Dictionary<int, ThreadFrames> _threads = [];
     private readonly IReadOnlySet<int>? _tids;
     private readonly IFrameSink _sink;
@@ -196,6 +290,9 @@ public sealed class CallGraph
     public long CallerLost => _threads.Values.Sum(t => t.CallerLost);
 
     public long LossMarks => _threads.Values.Sum(t => t.LossMarks);
+
+    /// <summary>Switches between machine stacks (coroutines).</summary>
+    public long Switches => _threads.Values.Sum(t => t.Switches);
 
     /// <summary>Where events.bin was cut short, if it was (set by <see cref="Read"/>).</summary>
     public long? TruncatedAt { get; private set; }
@@ -294,23 +391,22 @@ public sealed class CallGraph
         {
             _threads[tid] = thread = new ThreadFrames(tid);
         }
-        foreach (ref readonly RawEvent e in events)
+        int i = 0;
+        if (thread.Backlog.Count == 0)
         {
-            if (e.LostBefore > 0)
+            while (i < events.Length && Process(thread, in events[i], Fate.Unknown))
             {
-                MarkLoss(thread, e.Tsc, e.LostBefore);
-            }
-            if (e.Kind == RawEvent.Entry)
-            {
-                Enter(thread, in e);
-            }
-            else
-            {
-                Exit(thread, in e);
+                i++;
             }
         }
-        thread.Events += events.Length;
-        thread.LastTsc = events[^1].Tsc;
+        if (i < events.Length)
+        {
+            foreach (ref readonly RawEvent e in events[i..])
+            {
+                thread.Backlog.Add(e);
+            }
+            Drain(thread, final: false);
+        }
         _sink.ChunkDone(thread);
     }
 
@@ -319,6 +415,7 @@ public sealed class CallGraph
     {
         foreach (ThreadFrames thread in _threads.Values)
         {
+            Drain(thread, final: true);
             ulong end = Math.Max(_endTsc, thread.LastTsc);
             // Lost after the thread's last event: no event carries the mark, info.json's count does.
             if (_lostByThread is not null && _lostByThread.GetValueOrDefault(thread.Tid) is ulong lost && lost > thread.LostEvents)
@@ -327,80 +424,384 @@ public sealed class CallGraph
             }
             while (thread.Count > 0)
             {
-                Close(thread, end, FrameEnd.Unfinished, 0);
+                // Newest first, whatever its stack: callees end before their callers.
+                List<int> newest = thread.Running;
+                foreach (List<int> s in thread.Suspended)
+                {
+                    if (s.Count > 0 && (newest.Count == 0 || thread[s[^1]].EntryTsc > thread[newest[^1]].EntryTsc))
+                    {
+                        newest = s;
+                    }
+                }
+                Close(thread, newest, end, FrameEnd.Unfinished, 0);
             }
         }
     }
 
+    /// <summary>What later events say of frames an entry found itself above: gone, or alive on another stack.</summary>
+    private enum Fate
+    {
+        Unknown,
+        Gone,
+        Alive,
+    }
+
+    private enum Placement
+    {
+        /// <summary>Called by the running stack's innermost frame, on that stack.</summary>
+        Push,
+
+        /// <summary>On a suspended stack (resumed where no traced frame returned), called by its innermost frame.</summary>
+        Resume,
+
+        /// <summary>The first frame of a stack not seen before; called by the running stack's innermost frame.</summary>
+        NewStack,
+
+        /// <summary>The running stack's frames above the new one are gone (longjmp, an exception): they end, unwound.</summary>
+        Unwind,
+
+        /// <summary>Above frames of the running stack that may be gone or alive: later events tell.</summary>
+        Ambiguous,
+    }
+
+    /// <summary>
+    /// Processes the held-back events of <paramref name="thread"/> while their meaning is known; with
+    /// <paramref name="final"/> (no more events will come) or a full lookahead, frames still in
+    /// doubt are taken as gone.
+    /// </summary>
+    private void Drain(ThreadFrames thread, bool final)
+    {
+        List<RawEvent> backlog = thread.Backlog;
+        while (thread.BacklogAt < backlog.Count)
+        {
+            RawEvent e = backlog[thread.BacklogAt];
+            if (!Process(thread, in e, Fate.Unknown))
+            {
+                Fate fate = Scan(thread, in e);
+                if (fate == Fate.Unknown)
+                {
+                    if (!final && backlog.Count - thread.BacklogAt < Lookahead)
+                    {
+                        break;
+                    }
+                    fate = Fate.Gone;
+                }
+                Process(thread, in e, fate);
+                thread.ScannedTo = 0;
+            }
+            thread.BacklogAt++;
+        }
+        if (thread.BacklogAt == backlog.Count)
+        {
+            backlog.Clear();
+            thread.BacklogAt = 0;
+            thread.ScannedTo = 0;
+        }
+        else if (thread.BacklogAt >= 4096)
+        {
+            backlog.RemoveRange(0, thread.BacklogAt);
+            thread.ScannedTo = Math.Max(thread.ScannedTo - thread.BacklogAt, 0);
+            thread.BacklogAt = 0;
+        }
+    }
+
+    /// <summary>
+    /// For the ambiguous entry <paramref name="entry"/> at the head of the backlog: the first later
+    /// event that decides whether the running stack's frames above it are gone or alive.
+    /// </summary>
+    private static Fate Scan(ThreadFrames thread, in RawEvent entry)
+    {
+        (_, int keep) = Place(thread, in entry);
+        List<int> running = thread.Running;
+        List<RawEvent> backlog = thread.Backlog;
+        for (int i = Math.Max(thread.ScannedTo, thread.BacklogAt + 1); i < backlog.Count; i++)
+        {
+            RawEvent e = backlog[i];
+            for (int level = 0; level < running.Count && e.Slot != 0; level++)
+            {
+                if (thread[running[level]].Slot != e.Slot)
+                {
+                    continue;
+                }
+                if (level >= keep)
+                {
+                    // One of them returns: it was alive, on a stack the new frame is not on.
+                    // Something enters at its slot: its return address was overwritten.
+                    return e.Kind == RawEvent.Entry ? Fate.Gone : Fate.Alive;
+                }
+                if (e.Kind != RawEvent.Entry)
+                {
+                    return Fate.Gone; // a frame below them returns: those above it on its stack are gone
+                }
+            }
+        }
+        thread.ScannedTo = backlog.Count;
+        return Fate.Unknown;
+    }
+
+    /// <summary>Reconstructs one event; false (and nothing done) when it needs a <paramref name="fate"/> it was not given.</summary>
+    private bool Process(ThreadFrames thread, in RawEvent e, Fate fate)
+    {
+        if (e.Kind == RawEvent.Entry && e.Slot != 0 && fate == Fate.Unknown && Place(thread, in e).How == Placement.Ambiguous)
+        {
+            return false;
+        }
+        if (e.LostBefore > 0)
+        {
+            MarkLoss(thread, e.Tsc, e.LostBefore);
+        }
+        if (e.Kind == RawEvent.Entry)
+        {
+            if (e.Slot == 0)
+            {
+                EnterByDepth(thread, in e);
+            }
+            else
+            {
+                Enter(thread, in e, fate);
+            }
+        }
+        else if (e.Slot == 0)
+        {
+            ExitByDepth(thread, in e);
+        }
+        else
+        {
+            Exit(thread, in e);
+        }
+        thread.Events++;
+        thread.LastTsc = e.Tsc;
+        return true;
+    }
+
     private void MarkLoss(ThreadFrames thread, ulong tsc, ulong lost)
     {
-        for (int i = 0; i < thread.Count; i++)
+        foreach (int frame in thread.All())
         {
-            thread[i].Straddles = true;
+            thread[frame].Straddles = true;
         }
         thread.LossMarks++;
         thread.LostEvents += lost;
         _sink.Lost(thread, tsc, lost);
     }
 
-    private void Enter(ThreadFrames thread, in RawEvent e)
+    /// <summary>Where an entry goes (see <see cref="Placement"/>); for Resume the suspended stack's index, else the running stack's frames that stay.</summary>
+    private static (Placement How, int Index) Place(ThreadFrames thread, in RawEvent e)
     {
-        int depth = e.Depth;
-        while (thread.Count > 0 && thread[thread.Count - 1].Depth >= depth)
+        ulong slot = e.Slot;
+        List<int> running = thread.Running;
+        ulong top = running.Count > 0 ? thread[running[^1]].Slot : 0;
+        if (running.Count > 0 && ((slot < top && top - slot < SameStackWindow) || (slot == top && e.Depth > thread[running[^1]].TracerDepth)))
         {
-            Close(thread, e.Tsc, FrameEnd.Unwound, 0);
+            return (Placement.Push, running.Count);  // the common case; or a tail call (same slot, pushed above by the tracer)
         }
+        int below = running.Count - 1;                // the running stack's frame closest above the slot
+        while (below >= 0 && thread[running[below]].Slot <= slot)
+        {
+            below--;
+        }
+        ulong closest = below >= 0 && thread[running[below]].Slot - slot < SameStackWindow ? thread[running[below]].Slot : ulong.MaxValue;
+        int resume = -1;
+        for (int k = 0; k < thread.Suspended.Count; k++)
+        {
+            List<int> s = thread.Suspended[k];
+            ulong suspended = s.Count > 0 ? thread[s[^1]].Slot : 0;
+            if (suspended > slot && suspended - slot < SameStackWindow && suspended < closest)
+            {
+                resume = k;
+                closest = suspended;
+            }
+        }
+        if (resume >= 0)
+        {
+            return (Placement.Resume, resume);
+        }
+        if (running.Count == 0 || (slot > top ? slot - top : top - slot) >= SameStackWindow)
+        {
+            return (Placement.NewStack, 0);
+        }
+        for (int level = below + 1; level < running.Count; level++)
+        {
+            if (thread[running[level]].Slot == slot)
+            {
+                return (Placement.Unwind, below + 1);   // its return address was overwritten: gone
+            }
+        }
+        return (Placement.Ambiguous, below + 1);
+    }
+
+    private void Enter(ThreadFrames thread, in RawEvent e, Fate fate)
+    {
+        (Placement how, int index) = Place(thread, in e);
+        if (how == Placement.Ambiguous)
+        {
+            how = fate == Fate.Alive ? Placement.NewStack : Placement.Unwind;
+        }
+        switch (how)
+        {
+            case Placement.Resume:
+                SwitchTo(thread, thread.Suspended[index], e.Tsc);
+                break;
+            case Placement.NewStack:
+                int caller = thread.Running.Count > 0 ? thread.Running[^1] : -1;
+                SwitchTo(thread, [], e.Tsc);
+                Push(thread, in e, caller);
+                return;
+            case Placement.Unwind:
+                while (thread.Running.Count > index)
+                {
+                    Close(thread, thread.Running, e.Tsc, FrameEnd.Unwound, 0);
+                }
+                break;
+        }
+        Push(thread, in e, thread.Running.Count > 0 ? thread.Running[^1] : -1);
+    }
+
+    private void EnterByDepth(ThreadFrames thread, in RawEvent e)
+    {
+        List<int> running = thread.Running;
+        while (running.Count > 0 && thread[running[^1]].TracerDepth >= e.Depth)
+        {
+            Close(thread, running, e.Tsc, FrameEnd.Unwound, 0);
+        }
+        Push(thread, in e, running.Count > 0 ? running[^1] : -1);
+    }
+
+    private void Push(ThreadFrames thread, in RawEvent e, int caller)
+    {
         // Below a frame that straddles a loss, or below nothing seen since one, the caller is not known.
-        bool callerLost = depth > 0 && (thread.Count > 0 ? thread[thread.Count - 1].Straddles : thread.LossMarks > 0);
-        ref Frame f = ref thread.Push();
-        f.Site = e.Site;
-        f.Depth = depth;
-        f.EntryTsc = e.Tsc;
-        f.ChildTicks = 0;
-        f.Children = 0;
-        f.Caller = e.Caller;
-        f.Args = e.Args;
-        f.Node = 0;
-        f.Straddles = false;
-        f.CallerLost = callerLost;
+        bool callerLost = caller >= 0 ? thread[caller].Straddles : e.Depth > 0 && thread.LossMarks > 0;
+        int handle = thread.New();
+        thread[handle] = new Frame
+        {
+            Site = e.Site,
+            // Without slots (or a caller) the tracer's depth, as before; else one below the caller.
+            Depth = caller < 0 || e.Slot == 0 ? e.Depth : thread[caller].Depth + 1,
+            EntryTsc = e.Tsc,
+            Caller = e.Caller,
+            Args = e.Args,
+            CallerLost = callerLost,
+            Slot = e.Slot,
+            TracerDepth = e.Depth,
+            Parent = caller,
+        };
+        thread.Running.Add(handle);
         thread.CallerLost += callerLost ? 1 : 0;
         thread.Calls++;
-        _sink.Enter(thread, thread.Count - 1);
+        _sink.Enter(thread, handle);
+    }
+
+    /// <summary>The thread leaves the running stack (kept, suspended, unless empty) for <paramref name="stack"/>.</summary>
+    private void SwitchTo(ThreadFrames thread, List<int> stack, ulong tsc)
+    {
+        thread.Suspended.Remove(stack);
+        int suspended = -1;
+        if (thread.Running.Count > 0)
+        {
+            suspended = thread.Running[^1];
+            thread.Suspended.Add(thread.Running);
+            foreach (int frame in thread.Running)
+            {
+                thread[frame].WasSuspended = true;
+            }
+        }
+        thread.Running = stack;
+        if (suspended >= 0 || stack.Count > 0)
+        {
+            thread.Switches++;
+            _sink.Switch(thread, tsc, suspended, stack.Count > 0 ? stack[^1] : -1);
+        }
     }
 
     private void Exit(ThreadFrames thread, in RawEvent e)
     {
-        int depth = e.Depth;
-        // Depths increase up the stack (an entry closes everything at its depth or deeper).
-        int match = thread.Count - 1;
-        while (match >= 0 && thread[match].Depth > depth)
+        List<int> stack = thread.Running;
+        int match = Find(thread, stack, in e);
+        for (int k = 0; k < thread.Suspended.Count && match < 0; k++)
         {
-            match--;
+            match = Find(thread, thread.Suspended[k], in e);
+            if (match >= 0)
+            {
+                stack = thread.Suspended[k];
+                SwitchTo(thread, stack, e.Tsc);   // a suspended frame returns: its stack was resumed
+            }
         }
-        if (match < 0 || thread[match].Depth != depth || thread[match].Site != e.Site)
+        if (match < 0)
         {
             thread.UnmatchedExits++;
             return;
         }
-        while (thread.Count - 1 > match)
+        while (stack.Count - 1 > match)
         {
-            Close(thread, e.Tsc, FrameEnd.Unwound, 0);
+            Close(thread, stack, e.Tsc, FrameEnd.Unwound, 0);
         }
-        Close(thread, e.Tsc, e.Kind == RawEvent.Unwound ? FrameEnd.Unwound : FrameEnd.Returned, e.Value);
+        Close(thread, stack, e.Tsc, e.Kind == RawEvent.Unwound ? FrameEnd.Unwound : FrameEnd.Returned, e.Value);
     }
 
-    private void Close(ThreadFrames thread, ulong tsc, FrameEnd end, ulong value)
+    /// <summary>The innermost frame of <paramref name="stack"/> with the exit's slot and site, or −1.</summary>
+    private static int Find(ThreadFrames thread, List<int> stack, in RawEvent e)
     {
-        int level = thread.Count - 1;
-        ref Frame f = ref thread[level];
+        for (int level = stack.Count - 1; level >= 0; level--)
+        {
+            ref Frame f = ref thread[stack[level]];
+            if (f.Slot == e.Slot && f.Site == e.Site)
+            {
+                return level;
+            }
+        }
+        return -1;
+    }
+
+    private void ExitByDepth(ThreadFrames thread, in RawEvent e)
+    {
+        List<int> running = thread.Running;
+        int depth = e.Depth;
+        // Depths increase up the stack (an entry closes everything at its depth or deeper).
+        int match = running.Count - 1;
+        while (match >= 0 && thread[running[match]].TracerDepth > depth)
+        {
+            match--;
+        }
+        if (match < 0 || thread[running[match]].TracerDepth != depth || thread[running[match]].Site != e.Site)
+        {
+            thread.UnmatchedExits++;
+            return;
+        }
+        while (running.Count - 1 > match)
+        {
+            Close(thread, running, e.Tsc, FrameEnd.Unwound, 0);
+        }
+        Close(thread, running, e.Tsc, e.Kind == RawEvent.Unwound ? FrameEnd.Unwound : FrameEnd.Returned, e.Value);
+    }
+
+    /// <summary>Ends the innermost frame of <paramref name="stack"/>.</summary>
+    private void Close(ThreadFrames thread, List<int> stack, ulong tsc, FrameEnd end, ulong value)
+    {
+        int handle = stack[^1];
+        ref Frame f = ref thread[handle];
         ulong exit = Math.Max(tsc, f.EntryTsc);
         if (f.Straddles)
         {
             end = FrameEnd.Lost;
         }
-        if (level > 0 && end != FrameEnd.Lost)
+        // A callee still open on another stack (a coroutine this call started): the time it ran
+        // until now is time in callees; the rest of it is not this call's.
+        for (int k = 0; k <= thread.Suspended.Count && thread.Suspended.Count > 0; k++)
         {
-            ref Frame parent = ref thread[level - 1];
+            List<int> other = k < thread.Suspended.Count ? thread.Suspended[k] : thread.Running;
+            if (other != stack && other.Count > 0 && thread[other[0]].Parent == handle && !thread[other[0]].ParentGone)
+            {
+                ref Frame callee = ref thread[other[0]];
+                callee.ParentGone = true;
+                if (end != FrameEnd.Lost && !callee.Straddles)
+                {
+                    f.ChildTicks += exit - Math.Min(exit, callee.EntryTsc);
+                }
+            }
+        }
+        if (f.Parent >= 0 && !f.ParentGone && end != FrameEnd.Lost)
+        {
+            ref Frame parent = ref thread[f.Parent];
             parent.ChildTicks += exit - f.EntryTsc;
             parent.Children++;
         }
@@ -416,8 +817,9 @@ public sealed class CallGraph
         {
             thread.Unfinished++;
         }
-        _sink.Exit(thread, level, exit, end, value);
-        thread.Pop();
+        _sink.Exit(thread, handle, exit, end, value);
+        stack.RemoveAt(stack.Count - 1);
+        thread.Free(handle);
     }
 }
 

@@ -115,9 +115,9 @@ public sealed class CallTree : IFrameSink
 
     private static long Key(int parent, int site) => ((long)parent << 32) | (uint)site;
 
-    public void Enter(ThreadFrames thread, int level)
+    public void Enter(ThreadFrames thread, int frame)
     {
-        ref Frame f = ref thread[level];
+        ref Frame f = ref thread[frame];
         if (f.CallerLost)
         {
             if (_lostCallers == 0)
@@ -126,13 +126,14 @@ public sealed class CallTree : IFrameSink
             }
             _calls[_lostCallers]++;
         }
-        f.Node = Child(f.CallerLost ? _lostCallers : level > 0 ? thread[level - 1].Node : Root, f.Site);
+        int caller = thread.Parent(frame);
+        f.Node = Child(f.CallerLost ? _lostCallers : caller >= 0 ? thread[caller].Node : Root, f.Site);
         _calls[f.Node]++;
     }
 
-    public void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value)
+    public void Exit(ThreadFrames thread, int frame, ulong exitTsc, FrameEnd end, ulong value)
     {
-        ref Frame f = ref thread[level];
+        ref Frame f = ref thread[frame];
         if (end == FrameEnd.Lost)
         {
             _calls[f.Node]--;
@@ -150,7 +151,7 @@ public sealed class CallTree : IFrameSink
             _total[_lostCallers] += ticks;
             _childTicks[_lostCallers] += ticks;
         }
-        if (level == 0 || f.CallerLost)
+        if (thread.IsOutermost(frame) || f.CallerLost)
         {
             _total[Root] += ticks;
             _childTicks[Root] += ticks;

@@ -55,17 +55,17 @@ public sealed class ChromeTraceWriter : IFrameSink
         }
     }
 
-    public void Enter(ThreadFrames thread, int level)
+    public void Enter(ThreadFrames thread, int frame)
     {
     }
 
-    public void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value)
+    public void Exit(ThreadFrames thread, int frame, ulong exitTsc, FrameEnd end, ulong value)
     {
         if (end == FrameEnd.Lost)
         {
             return; // neither its duration nor its place in the stack is known
         }
-        ref Frame f = ref thread[level];
+        ref Frame f = ref thread[frame];
         thread.SinkState ??= _info.Threads.Find(t => t.Tid == thread.Tid) is { Pid: not 0 } known ? known.Pid : _info.Pid;
         long entryNs = _time.Ns(f.EntryTsc);
         long exitNs = _time.Ns(exitTsc);

@@ -67,6 +67,12 @@ public sealed class GraphReplayWriter : IFrameSink
 
         /// <summary>The thread lost events here (Value: how many).</summary>
         Lost,
+
+        /// <summary>
+        /// The thread switched stacks: the frame of Site was suspended (−1: none), the frame of
+        /// Value resumed (−1: a new stack); Depth is where the lines that follow are.
+        /// </summary>
+        Switch,
     }
 
     /// <summary>Prints the header: what was recorded and what was lost.</summary>
@@ -116,6 +122,7 @@ public sealed class GraphReplayWriter : IFrameSink
             j.WriteNumber("unwound", graph.Unwound);
             j.WriteNumber("unfinished", graph.Unfinished);
             j.WriteNumber("unmatchedExits", graph.UnmatchedExits);
+            j.WriteNumber("stackSwitches", graph.Switches);
             j.WriteNumber("leftOutLost", graph.Straddling);
             j.WriteEndObject();
             j.Flush();
@@ -132,14 +139,14 @@ public sealed class GraphReplayWriter : IFrameSink
         }
     }
 
-    public void Enter(ThreadFrames thread, int level)
+    public void Enter(ThreadFrames thread, int frame)
     {
         Lines t = LinesOf(thread);
         if (t.HasPending)
         {
             t.Queue.Enqueue(t.Pending with { Kind = LineKind.Open });
         }
-        ref Frame f = ref thread[level];
+        ref Frame f = ref thread[frame];
         var entry = new Line { Tsc = f.EntryTsc, Site = f.Site, Depth = f.Depth, Args = f.Args, Caller = f.Caller };
         if (_format == GraphReplayFormat.Json)
         {
@@ -150,10 +157,10 @@ public sealed class GraphReplayWriter : IFrameSink
         t.HasPending = true;
     }
 
-    public void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value)
+    public void Exit(ThreadFrames thread, int frame, ulong exitTsc, FrameEnd end, ulong value)
     {
         Lines t = LinesOf(thread);
-        ref Frame f = ref thread[level];
+        ref Frame f = ref thread[frame];
         ulong ticks = exitTsc - f.EntryTsc;
         if (t.HasPending)
         {
@@ -163,7 +170,7 @@ public sealed class GraphReplayWriter : IFrameSink
         }
         else
         {
-            t.Queue.Enqueue(new Line { Kind = LineKind.Close, Tsc = exitTsc, Site = f.Site, Depth = f.Depth, Ticks = ticks, End = end, Value = value });
+            t.Queue.Enqueue(new Line { Kind = LineKind.Close, Tsc = exitTsc, Site = f.Site, Depth = f.Depth, Ticks = ticks, End = end, Value = value, Named = f.WasSuspended });
         }
     }
 
@@ -176,6 +183,33 @@ public sealed class GraphReplayWriter : IFrameSink
             t.HasPending = false;
         }
         t.Queue.Enqueue(new Line { Kind = LineKind.Lost, Tsc = tsc, Value = events });
+    }
+
+    public void Switch(ThreadFrames thread, ulong tsc, int suspended, int resumed)
+    {
+        Lines t = LinesOf(thread);
+        if (t.HasPending)
+        {
+            t.Queue.Enqueue(t.Pending with { Kind = LineKind.Open }); // it stays open on the stack left
+            t.HasPending = false;
+        }
+        int depth = resumed >= 0 ? thread[resumed].Depth + 1 : suspended >= 0 ? thread[suspended].Depth + 1 : 0;
+        t.Queue.Enqueue(new Line
+        {
+            Kind = LineKind.Switch,
+            Tsc = tsc,
+            Site = suspended >= 0 ? thread[suspended].Site : -1,
+            Value = resumed >= 0 ? (ulong)thread[resumed].Site : ulong.MaxValue,
+            Depth = depth,
+        });
+    }
+
+    /// <summary>What a switch line says: <c>/* stack switch: a suspended, b resumed */</c>.</summary>
+    private string SwitchText(in Line l)
+    {
+        string suspended = l.Site >= 0 ? $"{_names.Function(l.Site)} suspended" : "";
+        string resumed = l.Value != ulong.MaxValue ? $"{_names.Function((int)l.Value)} resumed" : "a new stack begins";
+        return $"/* stack switch: {suspended}{(suspended.Length > 0 ? ", " : "")}{resumed} */";
     }
 
     public void ChunkDone(ThreadFrames thread)
@@ -263,6 +297,14 @@ public sealed class GraphReplayWriter : IFrameSink
             w.Write($"              |  /* lost {l.Value} events: the calls open here are left out */\n");
             return;
         }
+        if (l.Kind == LineKind.Switch)
+        {
+            w.Write("              |  ");
+            Indent(w, l.Depth);
+            w.Write(SwitchText(in l));
+            w.Write('\n');
+            return;
+        }
         if (l.Kind == LineKind.Open || l.End == FrameEnd.Lost)
         {
             w.Write("              |  ");
@@ -299,7 +341,7 @@ public sealed class GraphReplayWriter : IFrameSink
                     FrameEnd.Lost => $" /* {name} lost */",
                     FrameEnd.Unwound => $" /* {name} unwound */",
                     FrameEnd.Unfinished => $" /* {name} unfinished */",
-                    _ => _info.Retval ? $" /* {name} = {KernelRetval(l.Value)} */" : "",
+                    _ => _info.Retval ? $" /* {name} = {KernelRetval(l.Value)} */" : l.Named ? $" /* {name} */" : "",
                 });
                 w.Write('\n');
                 break;
@@ -310,13 +352,20 @@ public sealed class GraphReplayWriter : IFrameSink
     {
         TextWriter w = _text!;
         w.Write(' ');
-        w.Write(l.Kind is LineKind.Open or LineKind.Lost || l.End == FrameEnd.Lost ? "          " : TimeUnits.Format(_time.DurationNs(l.Ticks)));
+        w.Write(l.Kind is LineKind.Open or LineKind.Lost or LineKind.Switch || l.End == FrameEnd.Lost ? "          " : TimeUnits.Format(_time.DurationNs(l.Ticks)));
         w.Write(" [");
         w.Write(t.Tid.ToString(CultureInfo.InvariantCulture).PadLeft(6));
         w.Write("] | ");
         if (l.Kind == LineKind.Lost)
         {
             w.Write($"/* lost {l.Value} events: the calls open here are left out */\n");
+            return;
+        }
+        if (l.Kind == LineKind.Switch)
+        {
+            Indent(w, l.Depth);
+            w.Write(SwitchText(in l));
+            w.Write('\n');
             return;
         }
         Indent(w, l.Depth);
@@ -370,6 +419,25 @@ public sealed class GraphReplayWriter : IFrameSink
             j.WriteNumber("pid", t.Pid);
             j.WriteNumber("timestampNs", _time.Ns(l.Tsc));
             j.WriteNumber("events", l.Value);
+            j.WriteEndObject();
+            return;
+        }
+        if (l.Kind == LineKind.Switch)
+        {
+            j.WriteStartObject();
+            j.WriteString("type", "switch");
+            j.WriteString("task", t.Name);
+            j.WriteNumber("tid", t.Tid);
+            j.WriteNumber("pid", t.Pid);
+            j.WriteNumber("timestampNs", _time.Ns(l.Tsc));
+            if (l.Site >= 0)
+            {
+                j.WriteString("suspended", _names.Function(l.Site));
+            }
+            if (l.Value != ulong.MaxValue)
+            {
+                j.WriteString("resumed", _names.Function((int)l.Value));
+            }
             j.WriteEndObject();
             return;
         }
@@ -502,6 +570,9 @@ public sealed class GraphReplayWriter : IFrameSink
         public int Depth;
         public LineKind Kind;
         public FrameEnd End;
+
+        /// <summary>A close far from its open (another stack ran between): named, as uftrace's tails.</summary>
+        public bool Named;
     }
 
     /// <summary>A thread's lines not printed yet, and its entry that may still turn out to be a leaf.</summary>

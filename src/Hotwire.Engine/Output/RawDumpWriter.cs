@@ -50,6 +50,10 @@ public static class RawDumpWriter
                 if (graph)
                 {
                     line.Append(" depth: ").Append(e.Depth.ToString(CultureInfo.InvariantCulture));
+                    if (e.Slot != 0)
+                    {
+                        line.Append(" slot: 0x").Append(e.Slot.ToString("x", CultureInfo.InvariantCulture));
+                    }
                 }
                 if (!graph || e.Kind == RawEvent.Entry)
                 {

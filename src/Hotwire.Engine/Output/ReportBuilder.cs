@@ -37,17 +37,17 @@ public sealed class ReportBuilder : IFrameSink
         Array.Fill(_min, ulong.MaxValue);
     }
 
-    public void Enter(ThreadFrames thread, int level)
+    public void Enter(ThreadFrames thread, int frame)
     {
     }
 
-    public void Exit(ThreadFrames thread, int level, ulong exitTsc, FrameEnd end, ulong value)
+    public void Exit(ThreadFrames thread, int frame, ulong exitTsc, FrameEnd end, ulong value)
     {
         if (end == FrameEnd.Lost)
         {
             return; // its time is not known: figures are of measured calls only
         }
-        ref Frame f = ref thread[level];
+        ref Frame f = ref thread[frame];
         int site = f.Site;
         if ((uint)site >= (uint)_calls.Length)
         {

@@ -21,7 +21,10 @@ public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThread
     /// <summary>Events carry an info word after the site (the graph tracer's kind and depth).</summary>
     public bool Info { get; init; }
 
-    public int EventBytes => (Info ? 32 : 24) + 8 * Args;
+    public int EventBytes => (Info ? GraphTracer.GraphFixedBytes : 24) + 8 * Args;
+
+    /// <summary>The u64 fields of an event before its arguments (<see cref="TraceInfo.FixedFields"/>).</summary>
+    public int FixedFields => Info ? GraphTracer.GraphFixedBytes / 8 : 3;
 
     /// <summary>Events a buffer holds: a power of two, so the ring index is a mask.</summary>
     public long Capacity => 1L << (int)Math.Floor(Math.Log2((BufferBytes - HeaderBytes) / (double)EventBytes));

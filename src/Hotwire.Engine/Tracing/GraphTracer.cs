@@ -42,14 +42,19 @@ public sealed class GraphTracer : RingTracer
     internal const int EntryShift = 6;
     internal const int ERet = 0, ESlot = 8, ETsc = 16, ESite = 24, EChild = 32;
 
-    // The graveyard: the last 4 KiB of a record, a ring of the (slot, return address) of the entries
-    // most recently dropped as gone. A frame judged gone by its address may be alive on another
-    // stack (a coroutine's, swapcontext): when it returns, the handler finds it there.
+    // The graveyard: the last 16 KiB of a record, a ring of copies of the entries most recently
+    // dropped as gone, with their depth (EDepth). A frame judged gone by its address may be alive
+    // on another stack (a coroutine's, swapcontext): when it returns, the handler finds it there
+    // and records its exit as for any other frame.
     internal const int GraveEntries = 256;
-    internal const int GraveOffset = (1 << RecordShift) - GraveEntries * 16;
+    internal const int EDepth = 40;
+    internal const int GraveOffset = (1 << RecordShift) - (GraveEntries << EntryShift);
 
     /// <summary>Frames a thread's shadow stack holds; deeper calls are counted as overflow and not followed.</summary>
     public const int Capacity = (GraveOffset >> EntryShift) - 1;
+
+    /// <summary>Bytes of a function_graph event before its arguments: tsc, value, site, info, slot.</summary>
+    internal const int GraphFixedBytes = 40;
 
     /// <summary>An entry older than this far above a new frame is on another stack (a signal stack), not stale.</summary>
     internal const long SameStackWindow = 1 << 20;
@@ -370,18 +375,24 @@ public sealed class GraphTracer : RingTracer
         a.add(record, scratch);
     }
 
-    /// <summary>Puts the (slot, return address) of <paramref name="entry"/> in <paramref name="record"/>'s graveyard ring.</summary>
+    /// <summary>Copies <paramref name="entry"/> of <paramref name="record"/> (and its depth) into the record's graveyard ring.</summary>
     private static void EmitBury(Assembler a, AssemblerRegister64 record, AssemblerRegister64 entry, AssemblerRegister64 t1, AssemblerRegister64 t2)
     {
         a.mov(t1, __qword_ptr[record + HGrave]);
         a.inc(__qword_ptr[record + HGrave]);
         a.and(t1, GraveEntries - 1);
-        a.shl(t1, 4);
+        a.shl(t1, EntryShift);
         a.add(t1, record);
-        a.mov(t2, __qword_ptr[entry + ESlot]);
-        a.mov(__qword_ptr[t1 + GraveOffset], t2);
-        a.mov(t2, __qword_ptr[entry + ERet]);
-        a.mov(__qword_ptr[t1 + GraveOffset + 8], t2);
+        foreach (int field in (int[])[ERet, ESlot, ETsc, ESite, EChild])
+        {
+            a.mov(t2, __qword_ptr[entry + field]);
+            a.mov(__qword_ptr[t1 + GraveOffset + field], t2);
+        }
+        a.mov(t2, entry);
+        a.sub(t2, record);
+        a.shr(t2, EntryShift);
+        a.dec(t2);                                      // entry i (from 1) is at depth i - 1
+        a.mov(__qword_ptr[t1 + GraveOffset + EDepth], t2);
     }
 
     // At entry: [rsp] = back to the trampoline, [rsp+8] = back to the function (site + 5),
@@ -498,9 +509,11 @@ public sealed class GraphTracer : RingTracer
             a.dec(rcx);
             a.shl(rcx, 2);                                       // depth × 4 + entry (0)
             a.mov(__qword_ptr[rdx + data + 24], rcx);
+            a.mov(rcx, __qword_ptr[rdi + ESlot]);
+            a.mov(__qword_ptr[rdx + data + 32], rcx);            // the slot: which stack, which frame
             for (int i = 0; i < Buffers.Args; i++)
             {
-                int to = data + 32 + 8 * i;
+                int to = data + GraphFixedBytes + 8 * i;
                 switch (i)
                 {
                     case 0: a.mov(rcx, __qword_ptr[rsp]); break;        // saved rdi
@@ -653,17 +666,14 @@ public sealed class GraphTracer : RingTracer
     private byte[] EmitReturnHandler(ulong at)
     {
         var a = new Assembler(64);
-        bool events = Options.Mode == GraphMode.Events;
         Label search = a.CreateLabel(), found = a.CreateLabel(), slow = a.CreateLabel(), back = a.CreateLabel(),
-            unbusy = a.CreateLabel(), full = a.CreateLabel(), records = a.CreateLabel(), entries = a.CreateLabel(),
-            nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(),
-            keepMax = a.CreateLabel(), keepMin = a.CreateLabel(), histogram = a.CreateLabel(), ticksOk = a.CreateLabel(), selfOk = a.CreateLabel(),
+            records = a.CreateLabel(), entries = a.CreateLabel(), nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(),
             buryAbove = a.CreateLabel(), buried = a.CreateLabel(), graves = a.CreateLabel(), grave = a.CreateLabel(),
-            nextGraves = a.CreateLabel(), inGrave = a.CreateLabel(), nowhere = a.CreateLabel(), mark = a.CreateLabel(), publish = a.CreateLabel();
+            nextGraves = a.CreateLabel(), inGrave = a.CreateLabel(), nowhere = a.CreateLabel();
 
         a.lea(rsi, __[rsp - 8]);                        // the slot the function returned through
         a.push(rax);                                    // below the caller's rsp: its frame has no live data there
-        a.push(rdx);
+        a.push(rdx);                                    // (from here on the slot is rsp + 8)
         EmitFindRecord(a, slow);
         a.mov(rcx, __qword_ptr[r11 + HDepth]);
         a.Label(ref search);                            // from the top: ours, or newer entries whose frames are gone
@@ -684,97 +694,11 @@ public sealed class GraphTracer : RingTracer
         a.dec(rcx);
         a.mov(__qword_ptr[r11 + HDepth], rcx);          // popped (with any newer, dead entries)
         a.mov(r10, __qword_ptr[rdi + ERet]);
-        a.cmp(__byte_ptr[r11 + HBusy], 0);
-        a.jne(back);                                    // we interrupted our own code: return, record nothing
-        a.mov(__byte_ptr[r11 + HBusy], (byte)1);
-        a.rdtsc();
-        a.shl(rdx, 32);
-        a.or(rax, rdx);
-        a.mov(rsi, __qword_ptr[r11 + HSink]);
-        a.test(rsi, rsi);
-        a.jz(unbusy);
-        if (events)
-        {
-            int data = TraceBufferOptions.HeaderBytes;
-            EmitReserve(a, rsi, rdx, r9, full);
-            a.and(edx, (int)(Buffers.Capacity - 1));
-            a.imul(rdx, rdx, Buffers.EventBytes);
-            a.add(rdx, rsi);
-            a.mov(__qword_ptr[rdx + data], rax);
-            if (Options.Retval)
-            {
-                a.mov(r8, __qword_ptr[rsp + 8]);        // the saved rax
-                a.mov(__qword_ptr[rdx + data + 8], r8);
-            }
-            else
-            {
-                a.mov(__qword_ptr[rdx + data + 8], 0);
-            }
-            a.mov(rax, __qword_ptr[rdi + ESite]);
-            a.mov(__qword_ptr[rdx + data + 16], rax);
-            a.lea(rax, __[rcx * 4 + RawEvent.Exit]);
-            a.mov(__qword_ptr[rdx + data + 24], rax);
-            for (int i = 0; i < Buffers.Args; i++)
-            {
-                a.mov(__qword_ptr[rdx + data + 32 + 8 * i], 0);
-            }
-            EmitLossCheck(a, rsi, rax, mark);
-            a.Label(ref publish);
-            a.inc(__qword_ptr[rsi + TraceBufferOptions.Head]);
-        }
-        else
-        {
-            a.sub(rax, __qword_ptr[rdi + ETsc]);        // rax = this call's ticks
-            a.jns(ticksOk);                             // the TSCs of two cores can disagree by a little:
-            a.xor(eax, eax);                            // a call that moved between them lasted ~0, not 2^64
-            a.Label(ref ticksOk);
-            a.mov(rdx, __qword_ptr[rdi + ESite]);
-            a.shl(rdx, CellShift);
-            a.add(rsi, rdx);                            // the cell of (thread, function)
-            a.inc(__qword_ptr[rsi + CCalls]);
-            a.add(__qword_ptr[rsi + CTotal], rax);
-            a.mov(rdx, rax);
-            a.sub(rdx, __qword_ptr[rdi + EChild]);
-            a.jns(selfOk);
-            a.xor(edx, edx);
-            a.Label(ref selfOk);
-            a.add(__qword_ptr[rsi + CSelf], rdx);
-            a.cmp(rax, __qword_ptr[rsi + CMax]);
-            a.jbe(keepMax);
-            a.mov(__qword_ptr[rsi + CMax], rax);
-            a.Label(ref keepMax);
-            a.mov(rdx, rax);
-            a.not(rdx);
-            a.cmp(rdx, __qword_ptr[rsi + CMinInv]);
-            a.jbe(keepMin);
-            a.mov(__qword_ptr[rsi + CMinInv], rdx);
-            a.Label(ref keepMin);
-            a.mov(r9, rax);                             // histogram: bucket log2(ticks), counted last (below)
-            a.test(rcx, rcx);
-            a.jz(histogram);
-            a.add(__qword_ptr[rdi - (1 << EntryShift) + EChild], rax);   // the parent's time in callees
-            // The bucket is chosen by predicted branches, not by an address computed from the TSC
-            // read: a store to such an address holds up the loads after it until rdtsc completes
-            // (about 6 ns a call here). One increment: a signal handler cannot split it.
-            a.Label(ref histogram);
-            a.mov(__byte_ptr[r11 + HBusy], (byte)0);
-            a.pop(rdx);
-            a.pop(rax);
-            EmitBucketIncrement(a, 0, HistogramBuckets - 1);
-        }
-        a.Label(ref unbusy);
-        a.mov(__byte_ptr[r11 + HBusy], (byte)0);
+        EmitRecordExit(a, back, parentBelow: true);
         a.Label(ref back);
         a.pop(rdx);
         a.pop(rax);
         a.jmp(r10);
-        if (events)
-        {
-            a.Label(ref full);
-            a.inc(__qword_ptr[rsi + TraceBufferOptions.Lost]);
-            a.jmp(unbusy);
-            EmitLossMark(a, mark, rsi, __qword_ptr[rdx + TraceBufferOptions.HeaderBytes + 24], rax, r9, publish); // info's high half
-        }
 
         // Not in the thread's own record: a fork child returning through a frame its parent
         // entered (its copy of the parent thread's record has it), or a record reset under it.
@@ -816,7 +740,7 @@ public sealed class GraphTracer : RingTracer
         a.jmp(back);
 
         // In no shadow stack: a frame dropped as gone that was alive on another stack. The
-        // graveyards, newest first; the entry found is used up.
+        // graveyards, newest first; the entry found is used up, and its exit recorded.
         a.Label(ref lost);
         if (TestSwitches.NoGraveyard)
         {
@@ -835,9 +759,9 @@ public sealed class GraphTracer : RingTracer
         a.dec(r8);
         a.mov(r9, r8);
         a.and(r9, GraveEntries - 1);
-        a.shl(r9, 4);
+        a.shl(r9, EntryShift);
         a.add(r9, rdi);
-        a.cmp(__qword_ptr[r9 + GraveOffset], rsi);
+        a.cmp(__qword_ptr[r9 + GraveOffset + ESlot], rsi);
         a.je(inGrave);
         a.dec(rcx);
         a.jmp(grave);
@@ -845,8 +769,12 @@ public sealed class GraphTracer : RingTracer
         a.dec(r11);
         a.jmp(graves);
         a.Label(ref inGrave);
-        a.mov(r10, __qword_ptr[r9 + GraveOffset + 8]);
-        a.mov(__qword_ptr[r9 + GraveOffset], 0);
+        a.lea(rdi, __[r9 + GraveOffset]);
+        a.mov(r10, __qword_ptr[rdi + ERet]);
+        a.mov(__qword_ptr[rdi + ESlot], 0);
+        a.mov(rcx, __qword_ptr[rdi + EDepth]);
+        EmitFindRecord(a, back);                        // recorded in the returning thread's buffer
+        EmitRecordExit(a, back, parentBelow: false);
         a.jmp(back);
         a.Label(ref nowhere);
         a.ud2();                                        // no record of this frame anywhere (docs/graph.md)
@@ -877,6 +805,114 @@ public sealed class GraphTracer : RingTracer
         EmitBucketIncrement(a, lo, mid - 1);
         a.Label(ref upper);
         EmitBucketIncrement(a, mid, hi);
+    }
+
+    /// <summary>
+    /// The return handler's record of an exit: r11 = the thread's record, rdi = the popped entry
+    /// (or its copy in a graveyard), rcx = its depth, r10 = the real return address (kept), the
+    /// slot at rsp + 8. Writes the exit event (profile: adds the call to its cell and, with
+    /// <paramref name="parentBelow"/>, its time to the entry below's callee time), then jumps to
+    /// <paramref name="back"/>.
+    /// </summary>
+    private void EmitRecordExit(Assembler a, Label back, bool parentBelow)
+    {
+        bool events = Options.Mode == GraphMode.Events;
+        Label unbusy = a.CreateLabel(), full = a.CreateLabel(), mark = a.CreateLabel(), publish = a.CreateLabel(),
+            keepMax = a.CreateLabel(), keepMin = a.CreateLabel(), ticksOk = a.CreateLabel(), selfOk = a.CreateLabel(), histogram = a.CreateLabel();
+        a.cmp(__byte_ptr[r11 + HBusy], 0);
+        a.jne(back);                                    // we interrupted our own code: return, record nothing
+        a.mov(__byte_ptr[r11 + HBusy], (byte)1);
+        a.rdtsc();
+        a.shl(rdx, 32);
+        a.or(rax, rdx);
+        a.mov(rsi, __qword_ptr[r11 + HSink]);
+        a.test(rsi, rsi);
+        a.jz(unbusy);
+        if (events)
+        {
+            int data = TraceBufferOptions.HeaderBytes;
+            EmitReserve(a, rsi, rdx, r9, full);
+            a.and(edx, (int)(Buffers.Capacity - 1));
+            a.imul(rdx, rdx, Buffers.EventBytes);
+            a.add(rdx, rsi);
+            a.mov(__qword_ptr[rdx + data], rax);
+            if (Options.Retval)
+            {
+                a.mov(r8, __qword_ptr[rsp + 8]);        // the saved rax
+                a.mov(__qword_ptr[rdx + data + 8], r8);
+            }
+            else
+            {
+                a.mov(__qword_ptr[rdx + data + 8], 0);
+            }
+            a.mov(rax, __qword_ptr[rdi + ESite]);
+            a.mov(__qword_ptr[rdx + data + 16], rax);
+            a.lea(rax, __[rcx * 4 + RawEvent.Exit]);
+            a.mov(__qword_ptr[rdx + data + 24], rax);
+            a.lea(rax, __[rsp + 8]);                    // the slot
+            a.mov(__qword_ptr[rdx + data + 32], rax);
+            for (int i = 0; i < Buffers.Args; i++)
+            {
+                a.mov(__qword_ptr[rdx + data + GraphFixedBytes + 8 * i], 0);
+            }
+            EmitLossCheck(a, rsi, rax, mark);
+            a.Label(ref publish);
+            a.inc(__qword_ptr[rsi + TraceBufferOptions.Head]);
+        }
+        else
+        {
+            a.sub(rax, __qword_ptr[rdi + ETsc]);        // rax = this call's ticks
+            a.jns(ticksOk);                             // the TSCs of two cores can disagree by a little:
+            a.xor(eax, eax);                            // a call that moved between them lasted ~0, not 2^64
+            a.Label(ref ticksOk);
+            a.mov(rdx, __qword_ptr[rdi + ESite]);
+            a.shl(rdx, CellShift);
+            a.add(rsi, rdx);                            // the cell of (thread, function)
+            a.inc(__qword_ptr[rsi + CCalls]);
+            a.add(__qword_ptr[rsi + CTotal], rax);
+            a.mov(rdx, rax);
+            a.sub(rdx, __qword_ptr[rdi + EChild]);
+            a.jns(selfOk);
+            a.xor(edx, edx);
+            a.Label(ref selfOk);
+            a.add(__qword_ptr[rsi + CSelf], rdx);
+            a.cmp(rax, __qword_ptr[rsi + CMax]);
+            a.jbe(keepMax);
+            a.mov(__qword_ptr[rsi + CMax], rax);
+            a.Label(ref keepMax);
+            a.mov(rdx, rax);
+            a.not(rdx);
+            a.cmp(rdx, __qword_ptr[rsi + CMinInv]);
+            a.jbe(keepMin);
+            a.mov(__qword_ptr[rsi + CMinInv], rdx);
+            a.Label(ref keepMin);
+            a.mov(r9, rax);                             // histogram: bucket log2(ticks), counted last (below)
+            if (parentBelow)
+            {
+                a.test(rcx, rcx);
+                a.jz(histogram);
+                a.add(__qword_ptr[rdi - (1 << EntryShift) + EChild], rax);   // the parent's time in callees
+            }
+            // The bucket is chosen by predicted branches, not by an address computed from the TSC
+            // read: a store to such an address holds up the loads after it until rdtsc completes
+            // (about 6 ns a call here). One increment: a signal handler cannot split it. It ends
+            // as `back` does: registers popped, jmp r10.
+            a.Label(ref histogram);
+            a.mov(__byte_ptr[r11 + HBusy], (byte)0);
+            a.pop(rdx);
+            a.pop(rax);
+            EmitBucketIncrement(a, 0, HistogramBuckets - 1);
+        }
+        a.Label(ref unbusy);
+        a.mov(__byte_ptr[r11 + HBusy], (byte)0);
+        a.jmp(back);
+        if (events)
+        {
+            a.Label(ref full);
+            a.inc(__qword_ptr[rsi + TraceBufferOptions.Lost]);
+            a.jmp(unbusy);
+            EmitLossMark(a, mark, rsi, __qword_ptr[rdx + TraceBufferOptions.HeaderBytes + 24], rax, r9, publish); // info's high half
+        }
     }
 
     /// <summary>The profile: per thread and function, calls and times (ns). Read while the session is attached.</summary>

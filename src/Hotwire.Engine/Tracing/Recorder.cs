@@ -204,7 +204,7 @@ public sealed class Recorder : IDisposable
             long first = (long)(tail & (ulong)(capacity - 1));
             long run = Math.Min(count, capacity - first);
             ulong data = buffer + TraceBufferOptions.HeaderBytes;
-            int need = EventPacking.MaxPackedBytes(count, _tracer.Buffers.Args, _tracer.Buffers.Info);
+            int need = EventPacking.MaxPackedBytes(count, _tracer.Buffers.Args, _tracer.Buffers.FixedFields);
             need += (count / ChunkEvents + 2) * 16;
             if (_packed.Length < need)
             {
@@ -234,7 +234,7 @@ public sealed class Recorder : IDisposable
                 for (long k = 0; k < count; k++)
                 {
                     long slot = (long)((tail + (ulong)k) & (ulong)(capacity - 1));
-                    _live(tid, RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), _tracer.Buffers.Args, _tracer.Buffers.Info));
+                    _live(tid, RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), _tracer.Buffers.Args, _tracer.Buffers.FixedFields));
                 }
             }
             Events += count;
@@ -276,7 +276,7 @@ public sealed class Recorder : IDisposable
         for (long k = 0; k < count; k++)
         {
             long slot = (long)((tail + (ulong)k) & (ulong)(capacity - 1));
-            RawEvent e = RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), args, info: true);
+            RawEvent e = RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), args, _tracer.Buffers.FixedFields);
             if (e.LostBefore > 0)
             {
                 marks.Add((kept.Count, e.LostBefore));
@@ -341,12 +341,13 @@ public sealed class Recorder : IDisposable
                 BitConverter.TryWriteBytes(at[8..], e.Caller);
                 BitConverter.TryWriteBytes(at[16..], (ulong)e.Site);
                 BitConverter.TryWriteBytes(at[24..], e.Info);
+                BitConverter.TryWriteBytes(at[32..], e.Slot);
                 for (int a = 0; a < args; a++)
                 {
-                    BitConverter.TryWriteBytes(at[(32 + 8 * a)..], e.Args[a]);
+                    BitConverter.TryWriteBytes(at[(GraphTracer.GraphFixedBytes + 8 * a)..], e.Args[a]);
                 }
             }
-            int need = EventPacking.MaxPackedBytes(kept.Count, args, true) + (kept.Count / ChunkEvents + 2) * 16;
+            int need = EventPacking.MaxPackedBytes(kept.Count, args, _tracer.Buffers.FixedFields) + (kept.Count / ChunkEvents + 2) * 16;
             if (_packed.Length < need)
             {
                 _packed = new byte[Math.Max(need, _packed.Length * 2)];

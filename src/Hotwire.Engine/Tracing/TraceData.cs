@@ -4,18 +4,24 @@ using System.Text.Json.Serialization;
 namespace Hotwire.Tracing;
 
 /// <summary>
-/// <c>hotwire.data/</c>, format version 3 (docs/data-format.md): <c>info.json</c> holds everything
+/// <c>hotwire.data/</c>, format version 4 (docs/data-format.md): <c>info.json</c> holds everything
 /// replay needs once the target is gone (sites, modules and their symbols, threads, clock
 /// calibration, lost counts); <c>events.bin</c> holds chunks of raw events as the threads wrote them.
 /// </summary>
 public sealed class TraceInfo
 {
     public const string FormatName = "hotwire.data";
-    /// <summary>3: events carry the count of events their thread lost just before them (docs/data-format.md).</summary>
-    public const int CurrentVersion = 3;
+    /// <summary>
+    /// 3: events carry the count of events their thread lost just before them; 4: function_graph
+    /// events carry the stack slot of their frame (docs/data-format.md).
+    /// </summary>
+    public const int CurrentVersion = 4;
 
     /// <summary>The first version whose events say where their thread lost events.</summary>
     public const int LossMarksVersion = 3;
+
+    /// <summary>The first version whose function_graph events carry their frame's stack slot.</summary>
+    public const int SlotsVersion = 4;
 
     public string Format { get; set; } = FormatName;
 
@@ -36,6 +42,14 @@ public sealed class TraceInfo
     /// <summary>Events carry an info field (kind and depth) after the site: the function_graph tracer.</summary>
     [JsonIgnore]
     public bool HasInfo => Tracer == Tracers.FunctionGraph;
+
+    /// <summary>function_graph events carry the stack slot of their frame after the info field (format 4).</summary>
+    [JsonIgnore]
+    public bool HasSlots => HasInfo && Version >= SlotsVersion;
+
+    /// <summary>The u64 fields of an event before its arguments: 3 (function), 4 (function_graph before format 4), 5.</summary>
+    [JsonIgnore]
+    public int FixedFields => HasSlots ? 5 : HasInfo ? 4 : 3;
 
     /// <summary>Stack depth limit the graph tracer recorded with (0: none), and the time filter in ns.</summary>
     public int MaxDepth { get; set; }
@@ -297,13 +311,13 @@ public static class TraceData
         stream.ReadExactly(buffer.AsSpan(0, length));
         if (packed)
         {
-            EventPacking.Unpack(buffer.AsSpan(0, length), chunk.Count, info.Args, into, info.HasInfo);
+            EventPacking.Unpack(buffer.AsSpan(0, length), chunk.Count, info.Args, into, info.FixedFields);
         }
         else
         {
             for (int i = 0; i < chunk.Count; i++)
             {
-                into.Add(RawEvent.Decode(buffer.AsSpan(i * size, size), info.Args, info.HasInfo));
+                into.Add(RawEvent.Decode(buffer.AsSpan(i * size, size), info.Args, info.FixedFields));
             }
         }
     }
@@ -345,7 +359,7 @@ public static class TraceData
             int read = stream.ReadAtLeast(buffer.AsSpan(0, (int)length), (int)length, throwOnEndOfStream: false);
             if (packed)
             {
-                int used = EventPacking.Unpack(buffer.AsSpan(0, read), count, info.Args, chunk, info.HasInfo);
+                int used = EventPacking.Unpack(buffer.AsSpan(0, read), count, info.Args, chunk, info.FixedFields);
                 if (read == length && used != size)
                 {
                     throw new HotwireException($"{path} is damaged at byte {offset} (a packed chunk does not decode)");
@@ -355,7 +369,7 @@ public static class TraceData
             {
                 for (int i = 0; i < read / size; i++)
                 {
-                    chunk.Add(RawEvent.Decode(buffer.AsSpan(i * size, size), info.Args, info.HasInfo));
+                    chunk.Add(RawEvent.Decode(buffer.AsSpan(i * size, size), info.Args, info.FixedFields));
                 }
             }
             onChunk(tid, chunk);
@@ -375,7 +389,7 @@ public static class TraceData
 /// version 3 the high half of info (function tracer: of the site word, kept here in
 /// <see cref="Info"/>) counts the thread's events dropped just before this one.
 /// </summary>
-public readonly record struct RawEvent(ulong Tsc, ulong Caller, int Site, ulong[] Args, ulong Info = 0)
+public readonly record struct RawEvent(ulong Tsc, ulong Caller, int Site, ulong[] Args, ulong Info = 0, ulong Slot = 0)
 {
     public const int Entry = 0;
     public const int Exit = 1;
@@ -398,16 +412,19 @@ public readonly record struct RawEvent(ulong Tsc, ulong Caller, int Site, ulong[
     /// <summary>The return value of an exit event.</summary>
     public ulong Value => Caller;
 
-    public static RawEvent Decode(ReadOnlySpan<byte> e, int args, bool info = false)
+    /// <summary>Decodes one event of <paramref name="fixedFields"/> fields (3: function, 4 or 5: function_graph, see <see cref="TraceInfo.FixedFields"/>) and its arguments.</summary>
+    public static RawEvent Decode(ReadOnlySpan<byte> e, int args, int fixedFields = 3)
     {
-        int argsAt = info ? 32 : 24;
+        bool info = fixedFields > 3;
+        int argsAt = 8 * fixedFields;
         var values = args == 0 ? [] : new ulong[args];
         for (int i = 0; i < args; i++)
         {
             values[i] = BitConverter.ToUInt64(e[(argsAt + 8 * i)..]);
         }
         ulong site = BitConverter.ToUInt64(e[16..]);
-        return new RawEvent(BitConverter.ToUInt64(e), BitConverter.ToUInt64(e[8..]), (int)site, values, info ? BitConverter.ToUInt64(e[24..]) : LossOfSiteWord(site));
+        return new RawEvent(BitConverter.ToUInt64(e), BitConverter.ToUInt64(e[8..]), (int)site, values, info ? BitConverter.ToUInt64(e[24..]) : LossOfSiteWord(site),
+            fixedFields > 4 ? BitConverter.ToUInt64(e[32..]) : 0);
     }
 }
 
@@ -446,12 +463,12 @@ public static class EventPacking
     }
 
     /// <summary>The most bytes <see cref="Pack"/> can write for <paramref name="count"/> events.</summary>
-    public static int MaxPackedBytes(int count, int args, bool info = false) => count * (3 + args + (info ? 1 : 0)) * 10;
+    public static int MaxPackedBytes(int count, int args, int fixedFields = 3) => count * (fixedFields + args) * 10;
 
     /// <summary>Decodes up to <paramref name="count"/> events; returns the bytes consumed by complete events.</summary>
-    public static int Unpack(ReadOnlySpan<byte> packed, int count, int args, List<RawEvent> into, bool info = false)
+    public static int Unpack(ReadOnlySpan<byte> packed, int count, int args, List<RawEvent> into, int fixedFields = 3)
     {
-        int fixedFields = info ? 4 : 3;
+        bool info = fixedFields > 3;
         int fields = fixedFields + args;
         Span<ulong> previous = stackalloc ulong[fields];
         Span<ulong> values = stackalloc ulong[fields];
@@ -482,7 +499,8 @@ public static class EventPacking
                 values[f] = previous[f];
             }
             var argValues = args == 0 ? [] : values[fixedFields..].ToArray();
-            into.Add(new RawEvent(values[0], values[1], (int)values[2], argValues, info ? values[3] : RawEvent.LossOfSiteWord(values[2])));
+            into.Add(new RawEvent(values[0], values[1], (int)values[2], argValues, info ? values[3] : RawEvent.LossOfSiteWord(values[2]),
+                fixedFields > 4 ? values[4] : 0));
             end = at;
         }
         return end;
