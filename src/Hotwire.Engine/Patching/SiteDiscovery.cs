@@ -40,7 +40,8 @@ public static class SiteDiscovery
 
     public static ModuleSites Scan(ElfFile elf)
     {
-        var recorded = new SortedSet<ulong>();
+        // A list sorted once rather than a SortedSet: 50,000 sites would be 50,000 tree nodes for the GC.
+        var recorded = new List<ulong>();
         foreach (string sectionName in (ReadOnlySpan<string>)["__mcount_loc", "__patchable_function_entries"])
         {
             foreach (ElfSection section in elf.Sections)
@@ -50,6 +51,7 @@ public static class SiteDiscovery
                 {
                     continue;
                 }
+                recorded.EnsureCapacity(recorded.Count + elf.SectionData(section).Length / 8); // its size as far as the file holds it
                 for (ulong off = 0; off + 8 <= section.Size; off += 8)
                 {
                     if (elf.TryReadLoadedWord(section.Address + off, out ulong site) && site != 0)
@@ -60,13 +62,21 @@ public static class SiteDiscovery
             }
         }
 
-        var functions = FunctionSymbols(elf, out bool fromSymtab);
+        recorded.Sort();
+
+        Dictionary<ulong, ElfSymbol> functions = FunctionSymbols(elf, out bool fromSymtab);
         var sites = new List<PatchSite>(recorded.Count);
         int unsupported = 0;
         Span<byte> bytes = stackalloc byte[8];
         Span<byte> before = stackalloc byte[4];
+        ulong previous = 0; // no site is at 0 (skipped above)
         foreach (ulong address in recorded)
         {
+            if (address == previous)
+            {
+                continue; // recorded twice (in both sections, or in two sections of one name)
+            }
+            previous = address;
             if (!elf.TryReadVirtual(address, bytes[..6]))
             {
                 unsupported++;
@@ -75,13 +85,13 @@ public static class SiteDiscovery
             SiteKind kind = SiteKinds.Classify(bytes[..6]);
             bool afterEndbr = address >= 4 && elf.TryReadVirtual(address - 4, before) && before.SequenceEqual(Endbr64);
             string? name = null;
-            if (functions.TryGetValue(address, out string? exact))
+            if (functions.TryGetValue(address, out ElfSymbol exact))
             {
-                name = exact;
+                name = DisplayName(exact);
             }
-            else if (afterEndbr && functions.TryGetValue(address - 4, out string? withEndbr))
+            else if (afterEndbr && functions.TryGetValue(address - 4, out ElfSymbol withEndbr))
             {
-                name = withEndbr;
+                name = DisplayName(withEndbr);
             }
             if (kind == SiteKind.Unknown || (name is null && functions.Count > 0 && fromSymtab))
             {
@@ -103,8 +113,8 @@ public static class SiteDiscovery
         return new ModuleSites(elf.Name, sites, fromSymtab, unsupported);
     }
 
-    /// <summary>Start address → demangled name, from .symtab, else .dynsym. Global names win over local aliases.</summary>
-    private static Dictionary<ulong, string> FunctionSymbols(ElfFile elf, out bool fromSymtab)
+    /// <summary>Start address → function symbol, from .symtab, else .dynsym. Global names win over local aliases.</summary>
+    private static Dictionary<ulong, ElfSymbol> FunctionSymbols(ElfFile elf, out bool fromSymtab)
     {
         IReadOnlyList<ElfSymbol> symbols = elf.ReadSymbols(dynamic: false);
         fromSymtab = symbols.Count > 0;
@@ -112,7 +122,7 @@ public static class SiteDiscovery
         {
             symbols = elf.ReadSymbols(dynamic: true);
         }
-        var best = new Dictionary<ulong, ElfSymbol>();
+        var best = new Dictionary<ulong, ElfSymbol>(symbols.Count);
         foreach (ElfSymbol s in symbols)
         {
             if ((s.Type != ElfFile.STT_FUNC && s.Type != ElfFile.STT_GNU_IFUNC) || s.SectionIndex == 0 || s.Name.Length == 0)
@@ -124,12 +134,7 @@ public static class SiteDiscovery
                 best[s.Value] = s;
             }
         }
-        var names = new Dictionary<ulong, string>(best.Count);
-        foreach ((ulong address, ElfSymbol s) in best)
-        {
-            names[address] = CxxAbi.Demangle(StripVersion(s.Name));
-        }
-        return names;
+        return best;
 
         static int Rank(ElfSymbol s) => s.Binding switch
         {
@@ -138,6 +143,9 @@ public static class SiteDiscovery
             _ => 2,
         };
     }
+
+    // Demangled when a site takes the name: symbols without a site cost nothing, and no second table is built.
+    private static string DisplayName(ElfSymbol function) => CxxAbi.Demangle(StripVersion(function.Name));
 
     private static string StripVersion(string name)
     {
