@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 using System.Text;
 
 namespace Hotwire.Elf;
@@ -208,13 +209,15 @@ public sealed class ElfFile
     }
 
     /// <summary>The file bytes of a section; empty for NOBITS or a section that lies outside the file.</summary>
-    public ReadOnlySpan<byte> SectionData(ElfSection section)
+    public ReadOnlySpan<byte> SectionData(ElfSection section) => SectionMemory(section).Span;
+
+    private ReadOnlyMemory<byte> SectionMemory(ElfSection section)
     {
         if (section.Type == SHT_NOBITS || !Fits(_data.Span, section.Offset, section.Size))
         {
             return default;
         }
-        return _data.Span.Slice((int)section.Offset, (int)section.Size);
+        return _data.Slice((int)section.Offset, (int)section.Size);
     }
 
     /// <summary>Reads bytes at a link-time virtual address from the file image of its PT_LOAD segment.</summary>
@@ -267,28 +270,30 @@ public sealed class ElfFile
         ? _dynsym ??= ParseSymbols(dynamic: true)
         : _symtab ??= ParseSymbols(dynamic: false);
 
-    private List<ElfSymbol> ParseSymbols(bool dynamic)
+    /// <summary>
+    /// <c>.symtab</c> (or <c>.dynsym</c> with <paramref name="dynamic"/>) read in place, each name only when asked
+    /// for: for a caller that needs the names of some symbols only (<see cref="ReadSymbols"/> decodes them all).
+    /// </summary>
+    public ElfSymbolTable SymbolTable(bool dynamic)
     {
         ElfSection? table = FindSection(dynamic ? ".dynsym" : ".symtab");
         if (table is not { } tab || tab.Type != (dynamic ? SHT_DYNSYM : SHT_SYMTAB) || tab.Link >= Sections.Count)
         {
-            return [];
+            return new ElfSymbolTable(default, default);
         }
-        ReadOnlySpan<byte> syms = SectionData(tab);
-        ReadOnlySpan<byte> strings = SectionData(Sections[(int)tab.Link]);
-        var result = new List<ElfSymbol>(syms.Length / 24);
-        var names = new Dictionary<uint, string>();
-        for (int off = 24; off + 24 <= syms.Length; off += 24)
+        return new ElfSymbolTable(SectionMemory(tab), SectionMemory(Sections[(int)tab.Link]));
+    }
+
+    private List<ElfSymbol> ParseSymbols(bool dynamic)
+    {
+        ElfSymbolTable table = SymbolTable(dynamic);
+        var result = new List<ElfSymbol>(table.Count);
+        var names = new Dictionary<uint, string>(table.Count); // names shared by several symbols are decoded once
+        for (int i = 0; i < table.Count; i++)
         {
-            ReadOnlySpan<byte> s = syms.Slice(off, 24);
-            uint nameOffset = U32(s, 0);
-            if (!names.TryGetValue(nameOffset, out string? symName))
-            {
-                symName = CString(strings, nameOffset);
-                names[nameOffset] = symName;
-            }
-            byte info = s[4];
-            result.Add(new ElfSymbol(symName, U64(s, 8), U64(s, 16), (byte)(info & 0xf), (byte)(info >> 4), U16(s, 6)));
+            ref string? name = ref CollectionsMarshal.GetValueRefOrAddDefault(names, table.NameOffset(i), out _); // one lookup, not two
+            name ??= table.Name(i);
+            result.Add(new ElfSymbol(name, table.Value(i), table.Size(i), table.Type(i), table.Binding(i), table.SectionIndex(i)));
         }
         return result;
     }
@@ -428,7 +433,7 @@ public sealed class ElfFile
     private static bool Fits(ReadOnlySpan<byte> d, ulong offset, ulong size)
         => offset <= (ulong)d.Length && size <= (ulong)d.Length - offset;
 
-    private static string CString(ReadOnlySpan<byte> table, uint offset)
+    internal static string CString(ReadOnlySpan<byte> table, uint offset)
     {
         if (offset >= table.Length)
         {
@@ -453,9 +458,9 @@ public sealed class ElfFile
         _ => $"machine type {machine}",
     };
 
-    private static ushort U16(ReadOnlySpan<byte> d, int o) => BinaryPrimitives.ReadUInt16LittleEndian(d[o..]);
+    internal static ushort U16(ReadOnlySpan<byte> d, int o) => BinaryPrimitives.ReadUInt16LittleEndian(d[o..]);
 
-    private static uint U32(ReadOnlySpan<byte> d, int o) => BinaryPrimitives.ReadUInt32LittleEndian(d[o..]);
+    internal static uint U32(ReadOnlySpan<byte> d, int o) => BinaryPrimitives.ReadUInt32LittleEndian(d[o..]);
 
-    private static ulong U64(ReadOnlySpan<byte> d, int o) => BinaryPrimitives.ReadUInt64LittleEndian(d[o..]);
+    internal static ulong U64(ReadOnlySpan<byte> d, int o) => BinaryPrimitives.ReadUInt64LittleEndian(d[o..]);
 }
