@@ -30,7 +30,7 @@ public static class LsCommand
 
     public static ExitCode Run(int? pid, string[] operands, bool showAddresses)
     {
-        List<PatchSite> sites;
+        IReadOnlyList<PatchSite> sites;
         IEnumerable<string> globs;
         Dictionary<ulong, byte[]>? live = null;
         if (pid is int p)
@@ -67,7 +67,7 @@ public static class LsCommand
                 throw new HotwireException($"{file} is an object file; give the linked program or shared library");
             }
             ModuleSites moduleSites = SiteDiscovery.Scan(elf);
-            sites = moduleSites.Sites.ToList();
+            sites = moduleSites.Sites;
             if (sites.Count == 0)
             {
                 throw new HotwireException($"{file} has no patch sites: {SiteDiscovery.HowToAddSites}");
@@ -79,17 +79,29 @@ public static class LsCommand
         }
 
         List<PatchSite> selected = new FunctionFilter(globs).Select(sites);
-        var output = new StringBuilder(selected.Count * 32);
+        // Encoded as it is written, through one 64 KiB buffer, as nm's stdio does: the listing of
+        // 50,000 functions is never held whole (as chars, a string, then bytes, all for the GC).
+        using var output = new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(encoderShouldEmitUTF8Identifier: false), 1 << 16);
+        string module = "", moduleName = "";
         foreach (PatchSite s in selected)
         {
             if (showAddresses)
             {
-                output.Append(s.Address.ToString("x16")).Append(' ').Append(Label(s, live).PadRight(8)).Append(' ');
+                output.Write(s.Address.ToString("x16"));
+                output.Write(' ');
+                output.Write(Label(s, live).PadRight(8));
+                output.Write(' ');
             }
-            output.Append(s.Function).Append(" [").Append(s.ModuleName).Append("]\n");
+            if (!ReferenceEquals(s.Module, module))
+            {
+                // ModuleName makes a new string on each call; the sites of a module share its path.
+                (module, moduleName) = (s.Module, s.ModuleName);
+            }
+            output.Write(s.Function);
+            output.Write(" [");
+            output.Write(moduleName);
+            output.Write("]\n");
         }
-        using Stream stdout = Console.OpenStandardOutput();
-        stdout.Write(Encoding.UTF8.GetBytes(output.ToString()));
         return ExitCode.Success;
     }
 

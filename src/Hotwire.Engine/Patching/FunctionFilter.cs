@@ -55,10 +55,17 @@ public sealed class FunctionFilter
     /// </summary>
     public List<PatchSite> Select(IReadOnlyCollection<PatchSite> sites, IReadOnlySet<string>? functionNames = null)
     {
-        IReadOnlySet<string> names = functionNames ?? new HashSet<string>(sites.Select(s => s.Function), StringComparer.Ordinal);
+        if (IsEmpty)
+        {
+            return [.. sites]; // `hotwire ls` with no globs: no name set to build, no name to look up
+        }
+        IReadOnlySet<string>? names = functionNames; // built when a plain name needs it
         foreach (Term t in _include.Concat(_exclude))
         {
-            if (t.IsPlainName ? !names.Contains(t.Function) : !sites.Any(t.Matches))
+            bool matchesSome = t.IsPlainName
+                ? (names ??= new HashSet<string>(sites.Select(s => s.Function), StringComparer.Ordinal)).Contains(t.Function)
+                : sites.Any(t.Matches);
+            if (!matchesSome)
             {
                 throw new HotwireException(NoMatchMessage(t.Raw, sites));
             }

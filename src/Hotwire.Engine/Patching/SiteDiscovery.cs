@@ -40,7 +40,8 @@ public static class SiteDiscovery
 
     public static ModuleSites Scan(ElfFile elf)
     {
-        var recorded = new SortedSet<ulong>();
+        // A list sorted once rather than a SortedSet: 50,000 sites would be 50,000 tree nodes for the GC.
+        var recorded = new List<ulong>();
         foreach (string sectionName in (ReadOnlySpan<string>)["__mcount_loc", "__patchable_function_entries"])
         {
             foreach (ElfSection section in elf.Sections)
@@ -50,6 +51,7 @@ public static class SiteDiscovery
                 {
                     continue;
                 }
+                recorded.EnsureCapacity(recorded.Count + elf.SectionData(section).Length / 8); // its size as far as the file holds it
                 for (ulong off = 0; off + 8 <= section.Size; off += 8)
                 {
                     if (elf.TryReadLoadedWord(section.Address + off, out ulong site) && site != 0)
@@ -60,13 +62,21 @@ public static class SiteDiscovery
             }
         }
 
-        var functions = FunctionSymbols(elf, out bool fromSymtab);
+        recorded.Sort();
+
+        var functions = FunctionNames.Of(elf, out bool fromSymtab);
         var sites = new List<PatchSite>(recorded.Count);
         int unsupported = 0;
         Span<byte> bytes = stackalloc byte[8];
         Span<byte> before = stackalloc byte[4];
+        ulong previous = 0; // no site is at 0 (skipped above)
         foreach (ulong address in recorded)
         {
+            if (address == previous)
+            {
+                continue; // recorded twice (in both sections, or in two sections of one name)
+            }
+            previous = address;
             if (!elf.TryReadVirtual(address, bytes[..6]))
             {
                 unsupported++;
@@ -74,15 +84,7 @@ public static class SiteDiscovery
             }
             SiteKind kind = SiteKinds.Classify(bytes[..6]);
             bool afterEndbr = address >= 4 && elf.TryReadVirtual(address - 4, before) && before.SequenceEqual(Endbr64);
-            string? name = null;
-            if (functions.TryGetValue(address, out string? exact))
-            {
-                name = exact;
-            }
-            else if (afterEndbr && functions.TryGetValue(address - 4, out string? withEndbr))
-            {
-                name = withEndbr;
-            }
+            string? name = functions.At(address) ?? (afterEndbr ? functions.At(address - 4) : null);
             if (kind == SiteKind.Unknown || (name is null && functions.Count > 0 && fromSymtab))
             {
                 // With a full symbol table, a recorded address that starts no function is a prefix
@@ -103,35 +105,83 @@ public static class SiteDiscovery
         return new ModuleSites(elf.Name, sites, fromSymtab, unsupported);
     }
 
-    /// <summary>Start address → demangled name, from .symtab, else .dynsym. Global names win over local aliases.</summary>
-    private static Dictionary<ulong, string> FunctionSymbols(ElfFile elf, out bool fromSymtab)
+    /// <summary>
+    /// The function symbols by start address, from .symtab, else .dynsym; where several start at one
+    /// address, global names win over local aliases (and among equals, the first in the table).
+    /// </summary>
+    /// <remarks>
+    /// Sorted arrays searched in the sites' ascending order, not a dictionary: the linker writes global
+    /// symbols in its hash table's order, so a dictionary's entries were visited at random, a cache miss
+    /// per site on 50,000 functions. A name is decoded and demangled only when a site takes it, in address
+    /// order, so the strings that `hotwire ls` then prints lie in memory in the order it prints them.
+    /// </remarks>
+    private sealed class FunctionNames
     {
-        IReadOnlyList<ElfSymbol> symbols = elf.ReadSymbols(dynamic: false);
-        fromSymtab = symbols.Count > 0;
-        if (!fromSymtab)
-        {
-            symbols = elf.ReadSymbols(dynamic: true);
-        }
-        var best = new Dictionary<ulong, ElfSymbol>();
-        foreach (ElfSymbol s in symbols)
-        {
-            if ((s.Type != ElfFile.STT_FUNC && s.Type != ElfFile.STT_GNU_IFUNC) || s.SectionIndex == 0 || s.Name.Length == 0)
-            {
-                continue;
-            }
-            if (!best.TryGetValue(s.Value, out ElfSymbol current) || Rank(s) < Rank(current))
-            {
-                best[s.Value] = s;
-            }
-        }
-        var names = new Dictionary<ulong, string>(best.Count);
-        foreach ((ulong address, ElfSymbol s) in best)
-        {
-            names[address] = CxxAbi.Demangle(StripVersion(s.Name));
-        }
-        return names;
+        private readonly ElfSymbolTable _table;
+        private readonly ulong[] _starts; // ascending, each address once
+        private readonly int[] _symbols;  // the symbol (index in _table) that names each start
+        private readonly int _count;
 
-        static int Rank(ElfSymbol s) => s.Binding switch
+        private FunctionNames(ElfSymbolTable table, ulong[] starts, int[] symbols, int count)
+        {
+            _table = table;
+            _starts = starts;
+            _symbols = symbols;
+            _count = count;
+        }
+
+        public int Count => _count;
+
+        public static FunctionNames Of(ElfFile elf, out bool fromSymtab)
+        {
+            ElfSymbolTable table = elf.SymbolTable(dynamic: false);
+            fromSymtab = table.Count > 0;
+            if (!fromSymtab)
+            {
+                table = elf.SymbolTable(dynamic: true);
+            }
+            var starts = new ulong[table.Count];
+            var symbols = new int[table.Count];
+            int n = 0;
+            for (int i = 0; i < table.Count; i++)
+            {
+                byte type = table.Type(i);
+                if ((type == ElfFile.STT_FUNC || type == ElfFile.STT_GNU_IFUNC) && table.SectionIndex(i) != 0 && table.HasName(i))
+                {
+                    (starts[n], symbols[n]) = (table.Value(i), i);
+                    n++;
+                }
+            }
+            Array.Sort(starts, symbols, 0, n);
+
+            // Aliases are now side by side (in no particular order: the sort is not stable): keep the best of each run.
+            int count = 0;
+            for (int i = 0; i < n;)
+            {
+                int best = symbols[i];
+                int next = i + 1;
+                for (; next < n && starts[next] == starts[i]; next++)
+                {
+                    if ((Rank(table, symbols[next]), symbols[next]).CompareTo((Rank(table, best), best)) < 0)
+                    {
+                        best = symbols[next];
+                    }
+                }
+                (starts[count], symbols[count]) = (starts[i], best);
+                count++;
+                i = next;
+            }
+            return new FunctionNames(table, starts, symbols, count);
+        }
+
+        /// <summary>The demangled name of the function that starts at <paramref name="address"/>, or null.</summary>
+        public string? At(ulong address)
+        {
+            int i = Array.BinarySearch(_starts, 0, _count, address);
+            return i >= 0 ? CxxAbi.Demangle(StripVersion(_table.Name(_symbols[i]))) : null;
+        }
+
+        private static int Rank(ElfSymbolTable table, int symbol) => table.Binding(symbol) switch
         {
             ElfFile.STB_GLOBAL => 0,
             ElfFile.STB_WEAK => 1,
