@@ -154,7 +154,10 @@ public sealed unsafe partial class Session
             // code was never restored): rewriting them would kill it.
             return $"process {other} (forked from pid {Pid}) maps it too";
         }
-        if (!NoSigtrapInFlight())
+        // A detach put the old disposition back only after two clean checks 20 ms apart: then one
+        // look suffices. After the dead-man switch (its handler left installed) both are made.
+        bool detachedCleanly = BitConverter.ToUInt64(b.Header, L.ExitRestoresSigaction) == 1 && BitConverter.ToUInt64(b.Header, L.DeadManFired) == 0;
+        if (detachedCleanly ? SigtrapPendingAnywhere() : !NoSigtrapInFlight())
         {
             return "a SIGTRAP is pending in the process";
         }
@@ -274,6 +277,9 @@ public sealed unsafe partial class Session
             return null;
         }
     }
+
+    private bool SigtrapPendingAnywhere() => Directory.Exists($"/proc/{Pid}/task")
+        && Directory.EnumerateDirectories($"/proc/{Pid}/task").Any(task => ProcStatus.SignalPending(Path.Combine(task, "status"), Ptrace.SIGTRAP));
 
     /// <summary>After a takeover, the earlier graph tracer's shadow stacks (checked empty) go.</summary>
     private void ReleaseEarlierShadowStacks()
