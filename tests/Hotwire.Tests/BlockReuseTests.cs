@@ -80,21 +80,7 @@ public class BlockReuseTests(ITestOutputHelper output)
             Assert.InRange(pc, region.TargetAddress, region.TargetAddress + region.Size - 1);
             first.Detach();
         }
-        TestSwitches.NoReuseQuiescenceCheck = noCheck;
-        try
-        {
-            using Session second = Session.Attach(target.Pid);
-            Assert.Equal(noCheck, second.ReusedBlock);
-            if (!noCheck)
-            {
-                Assert.Contains("is inside its code", second.NotReusedBecause);
-            }
-            second.Detach();
-        }
-        finally
-        {
-            TestSwitches.NoReuseQuiescenceCheck = false;
-        }
+        AttachAgain(target.Pid, noCheck, "is inside its code");
         target.WriteLine("release");
         string? calls = target.ReadLine(TimeSpan.FromSeconds(10));
         target.Process.WaitForExit(10_000);
@@ -125,14 +111,22 @@ public class BlockReuseTests(ITestOutputHelper output)
             counting.WaitForExit();
         }
         EarlierAgents.WaitUntilGone(target.Pid, refuseLive: false);
+        AttachAgain(target.Pid, noCheck, "(forked from pid");
+        target.WriteLine("wait");
+        Assert.Equal(noCheck ? "child killed by signal 5" : "child exited 0", target.ReadLine(TimeSpan.FromSeconds(10)));
+    }
+
+    // A second session, with the takeover check on (it must refuse, for this reason) or off.
+    private static void AttachAgain(int pid, bool noCheck, string refusal)
+    {
         TestSwitches.NoReuseQuiescenceCheck = noCheck;
         try
         {
-            using Session second = Session.Attach(target.Pid);
+            using Session second = Session.Attach(pid);
             Assert.Equal(noCheck, second.ReusedBlock);
             if (!noCheck)
             {
-                Assert.Contains("(forked from pid", second.NotReusedBecause);
+                Assert.Contains(refusal, second.NotReusedBecause);
             }
             second.Detach();
         }
@@ -140,8 +134,6 @@ public class BlockReuseTests(ITestOutputHelper output)
         {
             TestSwitches.NoReuseQuiescenceCheck = false;
         }
-        target.WriteLine("wait");
-        Assert.Equal(noCheck ? "child killed by signal 5" : "child exited 0", target.ReadLine(TimeSpan.FromSeconds(10)));
     }
 
     [Fact]

@@ -41,6 +41,38 @@ public sealed class Tracee
         return new Tracee(pid, tid) { _attached = true };
     }
 
+    /// <summary>
+    /// Runs <paramref name="work"/> with thread <paramref name="tid"/> seized and stopped, then lets
+    /// it go (Detach rewinds an interrupted call). False if the thread could not be seized or
+    /// exited meanwhile. Call on the ptrace thread.
+    /// </summary>
+    public static bool WhileStopped(int pid, int tid, Action<Tracee> work)
+    {
+        Tracee t;
+        try
+        {
+            t = Seize(pid, tid);
+        }
+        catch (HotwireException)
+        {
+            return false; // exited meanwhile
+        }
+        try
+        {
+            t.Interrupt();
+            work(t);
+            return true;
+        }
+        catch (TargetExitedException)
+        {
+            return false;
+        }
+        finally
+        {
+            t.Detach();
+        }
+    }
+
     /// <summary>Stops the thread (PTRACE_INTERRUPT) and waits until it is in a ptrace stop.</summary>
     public void Interrupt()
     {

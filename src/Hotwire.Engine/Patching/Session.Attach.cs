@@ -701,18 +701,8 @@ public sealed unsafe partial class Session
                 {
                     continue;
                 }
-                Tracee t;
-                try
+                Tracee.WhileStopped(Pid, tid, t =>
                 {
-                    t = Tracee.Seize(Pid, tid);
-                }
-                catch (HotwireException)
-                {
-                    continue; // exited meanwhile
-                }
-                try
-                {
-                    t.Interrupt();
                     user_regs_struct regs = t.GetRegs();
                     if (InsideSled(sleds, regs.rip) is ulong sled)
                     {
@@ -727,14 +717,7 @@ public sealed unsafe partial class Session
                     {
                         MoveSignalFramesOutOfSleds(sleds, regs.rsp, maps);
                     }
-                }
-                catch (TargetExitedException)
-                {
-                }
-                finally
-                {
-                    t.Detach();
-                }
+                });
             }
         });
     }

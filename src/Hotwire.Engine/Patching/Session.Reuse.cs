@@ -184,34 +184,14 @@ public sealed unsafe partial class Session
                     continue;
                 }
             }
-            PtraceThread.Shared.Invoke(() =>
+            PtraceThread.Shared.Invoke(() => Tracee.WhileStopped(Pid, tid, t =>
             {
-                Tracee t;
-                try
+                user_regs_struct regs = t.GetRegs();
+                if (Runs(regs.rip, regs.rsp))
                 {
-                    t = Tracee.Seize(Pid, tid);
+                    busy = $"thread {tid} is inside its code";
                 }
-                catch (HotwireException)
-                {
-                    return; // exited meanwhile
-                }
-                try
-                {
-                    t.Interrupt();
-                    user_regs_struct regs = t.GetRegs();
-                    if (Runs(regs.rip, regs.rsp))
-                    {
-                        busy = $"thread {tid} is inside its code";
-                    }
-                }
-                catch (TargetExitedException)
-                {
-                }
-                finally
-                {
-                    t.Detach();
-                }
-            });
+            }));
             if (busy is not null)
             {
                 return busy;
