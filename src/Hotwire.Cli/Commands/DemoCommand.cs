@@ -28,16 +28,24 @@ public static class DemoCommand
 
     public static ExitCode Run()
     {
+        // Piped or redirected: plain text, lines not wrapped at 80 columns.
+        IAnsiConsole console = Console.IsOutputRedirected
+            ? AnsiConsole.Create(new AnsiConsoleSettings { Ansi = AnsiSupport.No, ColorSystem = ColorSystemSupport.NoColors, Interactive = InteractionSupport.No })
+            : AnsiConsole.Console;
+        if (Console.IsOutputRedirected)
+        {
+            console.Profile.Width = 1000;
+        }
         string program = BuildDemo();
         int pid = StartDemo(program, out string readyFile);
         try
         {
-            AnsiConsole.MarkupLine($"[bold]1.[/] The demo service runs as pid [bold]{pid}[/]: 3 worker threads answering requests (handle_request → parse_request, lookup_user → checksum, fib).");
+            console.MarkupLine($"[bold]1.[/] The demo service runs as pid [bold]{pid}[/]: 3 worker threads answering requests (handle_request → parse_request, lookup_user → checksum, fib).");
             var buffers = new TraceBufferOptions();
             var clock = Stopwatch.StartNew();
             using Session session = Session.Attach(pid, new SessionOptions { ExtraSharedBytes = TraceBufferOptions.SharedBytes(buffers) });
             double attachMs = clock.Elapsed.TotalMilliseconds;
-            AnsiConsole.MarkupLine($"[bold]2.[/] Attached in {attachMs:F0} ms: one thread was paused for {session.LongestStop.TotalMilliseconds:F1} ms, the others never stopped.");
+            console.MarkupLine($"[bold]2.[/] Attached in {attachMs:F0} ms: one thread was paused for {session.LongestStop.TotalMilliseconds:F1} ms, the others never stopped.");
 
             var tracer = new FunctionTracer(buffers, ["*:mod:demo"], ["main"]);
             string dir = Path.Combine(Path.GetTempPath(), $"hotwire-demo-{Environment.ProcessId}");
@@ -78,7 +86,7 @@ public static class DemoCommand
             });
             ulong before = Handled(session);
             recorder.Start();
-            AnsiConsole.MarkupLine($"[bold]3.[/] Tracing {sites.Count} functions for 2 seconds; the first calls, as they happen:");
+            console.MarkupLine($"[bold]3.[/] Tracing {sites.Count} functions for 2 seconds; the first calls, as they happen:");
             Thread.Sleep(2000);
             session.Unregister(tracer);
             RecordSummary summary = recorder.Finish(program);
@@ -86,17 +94,17 @@ public static class DemoCommand
             session.Detach();
             foreach (string l in live)
             {
-                AnsiConsole.WriteLine(l);
+                console.WriteLine(l);
             }
-            AnsiConsole.MarkupLine($"   … {summary.Events:N0} calls recorded in {summary.Elapsed.TotalSeconds:F1} s, {summary.Lost} lost.");
+            console.MarkupLine($"   … {summary.Events:N0} calls recorded in {summary.Elapsed.TotalSeconds:F1} s, {summary.Lost} lost.");
             var table = new Table().AddColumns("function", "calls", "per request");
             foreach ((string f, long n) in counts.OrderByDescending(kv => kv.Value))
             {
                 table.AddRow(Markup.Escape(f), n.ToString("N0"), handledDuring > 0 ? ((double)n / handledDuring).ToString("F1") : "-");
             }
-            AnsiConsole.Write(table);
-            AnsiConsole.MarkupLine($"[bold]4.[/] Detached: every function has its original bytes back, and the service answered {handledDuring:N0} requests meanwhile without a restart.");
-            AnsiConsole.MarkupLine($"Next: [bold]hotwire record --pid {pid}[/] then [bold]hotwire replay[/] on your own program (compile it with -fpatchable-function-entry=5).");
+            console.Write(table);
+            console.MarkupLine($"[bold]4.[/] Detached: every function has its original bytes back, and the service answered {handledDuring:N0} requests meanwhile without a restart.");
+            console.MarkupLine($"Next: [bold]hotwire record --pid {pid}[/] then [bold]hotwire replay[/] on your own program (compile it with -fpatchable-function-entry=5).");
             Directory.Delete(dir, recursive: true);
             return ExitCode.Success;
         }
