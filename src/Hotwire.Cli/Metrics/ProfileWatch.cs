@@ -130,6 +130,10 @@ public sealed class ProfileWatch
             : _gone ? $"pid {Pid} exited"
             : _execed ? $"pid {Pid} executed a new program, which ended the profile (Hotwire does not follow exec yet: attach to it again)"
             : $"pid {Pid} runs on with its original code";
+        if (_session.RestoredForks.Count > 0)
+        {
+            ending += $"; {_session.RestoredForks.Count} forked from it still ran traced code: restored ({string.Join(", ", _session.RestoredForks)})";
+        }
         return (last, ending, flushed);
     }
 

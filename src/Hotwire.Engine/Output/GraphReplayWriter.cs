@@ -412,24 +412,14 @@ public sealed class GraphReplayWriter : IFrameSink
         Utf8JsonWriter j = _json!;
         if (l.Kind == LineKind.Lost)
         {
-            j.WriteStartObject();
-            j.WriteString("type", "lost");
-            j.WriteString("task", t.Name);
-            j.WriteNumber("tid", t.Tid);
-            j.WriteNumber("pid", t.Pid);
-            j.WriteNumber("timestampNs", _time.Ns(l.Tsc));
+            JsonStart(j, t, "lost", l.Tsc);
             j.WriteNumber("events", l.Value);
             j.WriteEndObject();
             return;
         }
         if (l.Kind == LineKind.Switch)
         {
-            j.WriteStartObject();
-            j.WriteString("type", "switch");
-            j.WriteString("task", t.Name);
-            j.WriteNumber("tid", t.Tid);
-            j.WriteNumber("pid", t.Pid);
-            j.WriteNumber("timestampNs", _time.Ns(l.Tsc));
+            JsonStart(j, t, "switch", l.Tsc);
             if (l.Site >= 0)
             {
                 j.WriteString("suspended", _names.Function(l.Site));
@@ -472,7 +462,8 @@ public sealed class GraphReplayWriter : IFrameSink
         }
     }
 
-    private void JsonEvent(Utf8JsonWriter j, Lines t, string type, ulong tsc, int site, int depth)
+    // Opens an event object with the fields every event has: type, task, tid, pid, timestamp.
+    private void JsonStart(Utf8JsonWriter j, Lines t, string type, ulong tsc)
     {
         j.WriteStartObject();
         j.WriteString("type", type);
@@ -480,6 +471,11 @@ public sealed class GraphReplayWriter : IFrameSink
         j.WriteNumber("tid", t.Tid);
         j.WriteNumber("pid", t.Pid);
         j.WriteNumber("timestampNs", _time.Ns(tsc));
+    }
+
+    private void JsonEvent(Utf8JsonWriter j, Lines t, string type, ulong tsc, int site, int depth)
+    {
+        JsonStart(j, t, type, tsc);
         j.WriteString("function", _names.Function(site));
         j.WriteString("module", _names.Module(site));
         j.WriteNumber("depth", depth);
