@@ -91,9 +91,11 @@ public class KillTests(ITestOutputHelper output)
         {
             string[] command = commands[trial % commands.Length];
             string[] args = [.. command, "--pid", target.Pid.ToString()];
+            // Up to 400 MB per recording: each is removed after its trial.
+            string recording = Path.Combine(Path.GetTempPath(), $"hotwire-killattach-{Guid.NewGuid():N}");
             if (command[0] is "record" or "live")
             {
-                args = [.. args, "-o", Path.Combine(Path.GetTempPath(), $"hotwire-killattach-{Guid.NewGuid():N}")];
+                args = [.. args, "-o", recording];
             }
             int delay = random.Next(0, 1500);
             using (Process hotwire = HotwireCli.Start(args))
@@ -117,6 +119,10 @@ public class KillTests(ITestOutputHelper output)
             lastCalls = counts["f"];
             Assert.True(counts["eintr"] == 0, $"trial {trial}: {counts["eintr"]} EINTR");
             AssertTextEqualsFile(target.Pid, exe, $"trial {trial} ({string.Join(' ', command)}, killed after {delay} ms)");
+            if (Directory.Exists(recording))
+            {
+                Directory.Delete(recording, recursive: true);
+            }
             output.WriteLine($"trial {trial}: {string.Join(' ', command)} killed after {delay} ms: target fine");
         }
         CliResult after = HotwireCli.Run("count", "--pid", target.Pid.ToString(), "-F", "f", "--duration", "0.2");
