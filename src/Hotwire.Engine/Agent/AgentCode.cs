@@ -503,11 +503,14 @@ public static class AgentCode
     {
         Label loop = a.CreateLabel(), next = a.CreateLabel(), built = a.CreateLabel(), haveEmu = a.CreateLabel();
         a.Label(ref restoreAll);
+        EmitRestoreRendezvous(a);
         a.mov(r13, __qword_ptr[rbx + L.RestoreList]);
+        a.mov(rsi, __qword_ptr[rbx + L.SiteTable]);
+        a.mov(rsi, __qword_ptr[rsi - 8]);            // the table's count
         a.xor(r14d, r14d);
         a.xor(edx, edx);
         a.Label(ref loop);
-        a.cmp(rdx, __qword_ptr[rbx + L.SiteCount]);
+        a.cmp(rdx, rsi);
         a.jae(built);
         a.mov(rdi, rdx);
         a.imul(rdi, rdi, L.SiteEntrySize);
@@ -547,7 +550,7 @@ public static class AgentCode
         a.jmp(loop);
         a.Label(ref built);
         a.mov(r15, __qword_ptr[rbx + L.AllRangeList]);
-        a.mov(rbp, __qword_ptr[rbx + L.AllRangeCount]);
+        a.mov(rbp, __qword_ptr[r15 - 8]);            // the list's count
         a.mov(__qword_ptr[rbx + L.PauseAfterPhase1], 0);
         a.jmp(runBatch); // tail call: its ret returns to our caller
     }
@@ -565,7 +568,7 @@ public static class AgentCode
     {
         Label search = a.CreateLabel(), goLeft = a.CreateLabel(), found = a.CreateLabel(), chain = a.CreateLabel();
         Label stale = a.CreateLabel(), skip = a.CreateLabel(), doCall = a.CreateLabel(), doJmp = a.CreateLabel(), emulated = a.CreateLabel();
-        Label notIgnored = a.CreateLabel(), jmpOld = a.CreateLabel();
+        Label notIgnored = a.CreateLabel(), jmpOld = a.CreateLabel(), rendezvous = a.CreateLabel();
 
         a.Label(ref handler);
         a.push(rdi);
@@ -573,9 +576,11 @@ public static class AgentCode
         a.mov(r9, hdr);
         a.mov(r8, __qword_ptr[rdx + L.UcontextRip]);
         a.dec(r8);                                   // ip of the int3
+        a.cmp(r8, __qword_ptr[r9 + L.RBrkAddr]);
+        a.je(rendezvous);
         a.mov(r10, __qword_ptr[r9 + L.SiteTable]);
         a.xor(ecx, ecx);                             // lo
-        a.mov(r11, __qword_ptr[r9 + L.SiteCount]);   // hi
+        a.mov(r11, __qword_ptr[r10 - 8]);            // hi: the table's count
         a.Label(ref search);
         a.cmp(rcx, r11);
         a.jae(chain);
@@ -666,5 +671,100 @@ public static class AgentCode
         a.ret();
         a.Label(ref jmpOld);
         a.jmp(rax);
+
+        EmitRendezvous(a, ref rendezvous, stale);
+    }
+
+    /// <summary>
+    /// A thread at the dynamic linker's rendezvous (r8 = its address, r9 = header, rdx = ucontext,
+    /// rdi and rsi pushed): tell Hotwire (ModSeq, a shared futex) and wait until it has dealt with
+    /// this hit (ModAck), so that a library's functions are traced before dlopen returns. Never
+    /// for long: not once the dead-man switch fired or the agent is gone, and at most 2 s. Then
+    /// run the instruction the int3 replaced (as a NOP or endbr64: skip it; a ret: return).
+    /// </summary>
+    private static void EmitRendezvous(Assembler a, ref Label rendezvous, Label stale)
+    {
+        const int FUTEX_WAIT = 0, FUTEX_WAKE = 1, Waits = 40; // × WaitTimeout (50 ms)
+        Label wait = a.CreateLabel(), done = a.CreateLabel(), timedOut = a.CreateLabel(), ret = a.CreateLabel(), emulated = a.CreateLabel();
+        a.Label(ref rendezvous);
+        a.movzx(eax, __byte_ptr[r8]);
+        a.cmp(al, 0xcc);
+        a.jne(stale);                                // restored meanwhile: run the original instruction
+        a.push(rdx);
+        a.mov(eax, 1);
+        a.@lock.xadd(__dword_ptr[r9 + L.ModSeq], eax);
+        a.inc(eax);
+        a.push(rax);                                 // [rsp] = this hit's number
+        a.push(Waits);                               // [rsp] = waits left
+        a.lea(rdi, __[r9 + L.ModSeq]);
+        a.mov(esi, FUTEX_WAKE);
+        a.mov(edx, int.MaxValue);
+        Syscall(a, N.futex);
+        a.Label(ref wait);
+        a.mov(edx, __dword_ptr[r9 + L.ModAck]);
+        a.mov(eax, edx);
+        a.sub(eax, __dword_ptr[rsp + 8]);
+        a.jns(done);                                 // ack - hit >= 0 (wrapping)
+        a.cmp(__qword_ptr[r9 + L.DeadManFired], 0);
+        a.jne(done);
+        a.cmp(__qword_ptr[r9 + L.AgentState], 1);
+        a.jne(done);
+        a.dec(__qword_ptr[rsp]);
+        a.js(timedOut);
+        a.lea(rdi, __[r9 + L.ModAck]);
+        a.mov(esi, FUTEX_WAIT);                      // shared: Hotwire wakes it from its own mapping
+        a.lea(r10, __[r9 + L.WaitTimeout]);
+        Syscall(a, N.futex);
+        a.jmp(wait);
+        a.Label(ref timedOut);
+        a.@lock.inc(__qword_ptr[r9 + L.ModWaitsTimedOut]);
+        a.Label(ref done);
+        a.add(rsp, 16);
+        a.pop(rdx);
+        a.mov(rax, __qword_ptr[r9 + L.RBrkResume]);
+        a.test(rax, rax);
+        a.jz(ret);
+        a.mov(__qword_ptr[rdx + L.UcontextRip], rax);
+        a.jmp(emulated);
+        a.Label(ref ret);
+        a.mov(rcx, __qword_ptr[rdx + L.UcontextRsp]);
+        a.mov(rax, __qword_ptr[rcx]);
+        a.mov(__qword_ptr[rdx + L.UcontextRip], rax);
+        a.add(rcx, 8);
+        a.mov(__qword_ptr[rdx + L.UcontextRsp], rcx);
+        a.Label(ref emulated);
+        a.pop(rsi);
+        a.pop(rdi);
+        a.ret();
+    }
+
+    /// <summary>
+    /// Byte 0 of the rendezvous back (restore, detach, the dead-man switch): one byte store, as the
+    /// last step of the protocol; a thread that already trapped there finds no int3 and re-executes.
+    /// </summary>
+    private static void EmitRestoreRendezvous(Assembler a)
+    {
+        Label skip = a.CreateLabel();
+        a.mov(rdi, __qword_ptr[rbx + L.RBrkAddr]);
+        a.test(rdi, rdi);
+        a.jz(skip);
+        a.cmp(__byte_ptr[rdi], 0xcc);
+        a.jne(skip);
+        a.and(rdi, -4096);
+        a.mov(esi, 4096);
+        a.mov(edx, ProtRwx);
+        Syscall(a, N.mprotect);
+        a.test(rax, rax);
+        a.js(skip);
+        a.mov(rdi, __qword_ptr[rbx + L.RBrkAddr]);
+        a.movzx(eax, __byte_ptr[rbx + L.RBrkOriginal]);
+        a.mov(__byte_ptr[rdi], al);
+        Sync(a);
+        a.mov(rdi, __qword_ptr[rbx + L.RBrkAddr]);
+        a.and(rdi, -4096);
+        a.mov(esi, 4096);
+        a.mov(rdx, __qword_ptr[rbx + L.RBrkProt]);
+        Syscall(a, N.mprotect);
+        a.Label(ref skip);
     }
 }

@@ -23,13 +23,14 @@ public static class AgentLayout
     public const int TrapsChained = 0x48;
     public const int Int3Mode = 0x50;        // 0 emulate, 1 skip (test-only: the pre-2019 bug)
     public const int SiteCount = 0x58;
-    public const int SiteTable = 0x60;       // pointers are target addresses
+    public const int SiteTable = 0x60;       // pointers are target addresses; a table's entry count is the u64 before it
+                                             // (one store switches table and count: the table grows with dlopen)
     public const int BatchList = 0x68;
     public const int RangeList = 0x70;
     public const int AgentState = 0x78;      // 0 starting, 1 running, 2 exited
     public const int OldSigaction = 0x80;    // struct kernel_sigaction (32 bytes): the handler we chain to
     public const int AllRangeCount = 0xa0;
-    public const int AllRangeList = 0xa8;
+    public const int AllRangeList = 0xa8;    // its count is also the u64 before the list
     public const int ExitRestoresSigaction = 0xb0;
     public const int AgentTid = 0xb8;
     public const int RestoreList = 0xc0;
@@ -60,6 +61,16 @@ public static class AgentLayout
     public const int ShadowMap = 0x1b0;      // a graph tracer's shadow stacks (private mapping): address, size, first record
     public const int ShadowMapSize = 0x1b8;
     public const int ShadowRecords = 0x1c0;
+    // The dynamic linker's debugger rendezvous (_dl_debug_state, r_debug.r_brk), which it calls
+    // around every dlopen/dlclose: an int3 there makes the SIGTRAP handler tell Hotwire and wait
+    // (bounded) until Hotwire has traced the new libraries, before the call returns.
+    public const int RBrkAddr = 0x1c8;       // address holding the int3; 0: not hooked
+    public const int RBrkResume = 0x1d0;     // where a thread continues (past its first instruction); 0: that instruction is ret
+    public const int RBrkOriginal = 0x1d8;   // u8: its byte 0
+    public const int RBrkProt = 0x1e0;       // the page's protection, put back after restoring byte 0
+    public const int ModSeq = 0x1e8;         // u32: rendezvous hits; Hotwire futex-waits on it
+    public const int ModAck = 0x1ec;         // u32: the last hit Hotwire has dealt with; the hitting thread futex-waits on it
+    public const int ModWaitsTimedOut = 0x1f0; // hits whose thread stopped waiting for Hotwire (2 s)
     public const int NewSigaction = 0x200;   // 32 bytes
     public const int DefaultSigaction = 0x220;
     public const int WaitTimeout = 0x240;    // struct timespec
@@ -74,7 +85,7 @@ public static class AgentLayout
     public const int RegionEntrySize = 40;
     public const int RegionMax = 32;
     public const int HeaderSize = 0x1000;
-    public const ulong BlockLayoutVersion = 2;
+    public const ulong BlockLayoutVersion = 3;
 
     // ---- commands ----
     public const int CmdBatch = 1;

@@ -43,6 +43,12 @@ public abstract class Ops
     /// </summary>
     public List<PatchSite> SelectSites(IReadOnlyCollection<PatchSite> sites) => BuildFilter().Select(sites);
 
+    /// <summary>
+    /// True when sites of libraries loaded after registration may join it (its filters decide):
+    /// its per-site state is sized for <see cref="Session.SiteIdCapacity"/> numbers, not the sites of the moment.
+    /// </summary>
+    internal virtual bool TakesLateSites => true;
+
     /// <summary>Called once when the ops is registered, before any site calls it.</summary>
     internal virtual void Prepare(Session session, IReadOnlyList<SiteRecord> sites) { }
 
@@ -93,7 +99,7 @@ public sealed class CountingOps : Ops
         {
             return;
         }
-        ulong n = (ulong)session.Sites.Count;
+        ulong n = (ulong)session.SiteIdCapacity;
         _sharedOffset = session.AllocateData(n * 8, 64);
         try
         {
@@ -117,7 +123,7 @@ public sealed class CountingOps : Ops
         ? _session!.DataAddress(_sharedOffset + (ulong)site.Index * 8)
         : _session!.DataAddress(_rowsOffset + (ulong)site.Index * 8) - RowStride;
 
-    private ulong RowStride => Stride((ulong)_session!.Sites.Count);
+    private ulong RowStride => Stride((ulong)_session!.SiteIdCapacity);
 
     // Rows never share a cache line: two threads counting the same function must not contend.
     private static ulong Stride(ulong sites) => (sites * 8 + 63) & ~63UL;

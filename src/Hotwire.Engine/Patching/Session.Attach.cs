@@ -45,6 +45,7 @@ public sealed unsafe partial class Session
             // Live patches an earlier Hotwire left are this session's too: tracing composes with
             // them, detach and the dead-man switch keep them.
             Livepatch.LivePatcher.Open(session);
+            session.StartFollowingLibraries();
         }
         catch
         {
@@ -115,20 +116,16 @@ public sealed unsafe partial class Session
         // ---- plan the memfd: [data | main code | a trampoline region per module] ----
         var sites = Image.AllSites.OrderBy(s => s.Address).ToList();
         int n = sites.Count;
-        ulong siteTable = L.HeaderSize;
+        ulong siteTable = L.HeaderSize + 64;    // its count in the u64 before it
         ulong batchList = Align(siteTable + (ulong)n * L.SiteEntrySize, 4096);
         ulong restoreList = Align(batchList + (ulong)n * L.BatchEntrySize, 4096);
         _rangeCapacity = 65536;
         ulong rangeList = Align(restoreList + (ulong)n * L.BatchEntrySize, 4096);
-        ulong allRanges = Align(rangeList + (ulong)_rangeCapacity * L.RangeEntrySize, 4096);
+        ulong allRanges = Align(rangeList + (ulong)_rangeCapacity * L.RangeEntrySize, 4096) + 64;  // its count before it
         ulong stack = Align(allRanges + (ulong)_rangeCapacity * L.RangeEntrySize, 4096);
         ulong heap = stack + L.AgentStackSize;
         ulong dataNeeded = Align(heap + (64UL << 20) + (ulong)n * (64 + options.ExtraSharedBytesPerSite) + options.ExtraSharedBytes, 2UL << 20);
         var modules = Image.Modules.Where(m => m.Sites.Count > 0).ToList();
-        // Room for about three trampolines per site (a function-tracer trampoline with --args 6 is
-        // about 350 bytes): `record -F '*'` and a live patch or tracer change on every function.
-        // Sparse memfd: untouched pages cost nothing.
-        static ulong RegionSize(LoadedModule m) => Align(64 * 1024 + (ulong)m.Sites.Count * 1024, 4096);
 
         // An earlier Hotwire's block is taken over when nothing can run through it any more; a
         // new one is made roomy (sparse: untouched pages cost nothing) so that the next session's
@@ -147,7 +144,11 @@ public sealed unsafe partial class Session
             regions[m] = new StubRegion(m.Start, 0, memfdNext, RegionSize(m));
             memfdNext += RegionSize(m);
         }
-        ulong total = earlier?.Total ?? memfdNext;
+        // Then room for the trampolines of libraries loaded later (Session.Modules.cs).
+        ulong total = earlier?.Total ?? memfdNext + LateRegionSpace;
+        _lateNext = earlier is null ? memfdNext : earlier.Regions.Select(r => r.MemfdOffset + r.Size).Append(dataSize + MainCodeSize).Max();
+        _initialSiteCount = n;
+        _listCapacity = n;
         _heapNext = heap;
         _heapEnd = dataSize;
         _batchListOffset = batchList;
@@ -590,16 +591,18 @@ public sealed unsafe partial class Session
         SharedRegion h = Shared;
         foreach (SiteRecord s in Sites)
         {
-            ulong e = _plan!.SiteTable + (ulong)s.Index * L.SiteEntrySize;
+            ulong e = _plan!.SiteTable + (ulong)s.Slot * L.SiteEntrySize;
             h.WriteU64(e + L.SiteAddress, s.Address);
             h.WriteU64(e + L.SiteOriginal, s.Original);
             h.WriteU64(e + L.SiteCurrent, s.Current);
             h.At<byte>(e + L.SiteLen) = (byte)s.Length;
         }
         int all = WriteRanges(Sites, _plan!.AllRanges, _rangeCapacity);
+        h.WriteU64(_plan.AllRanges - 8, (ulong)all);
         h.WriteU64(L.AllRangeList, DataAddress(_plan.AllRanges));
         h.WriteU64(L.AllRangeCount, (ulong)all);
         h.WriteU64(L.SiteCount, (ulong)Sites.Count);
+        h.WriteU64(_plan.SiteTable - 8, (ulong)Sites.Count);   // the agent reads the count here: last
     }
 
     private void WaitForAgent()

@@ -71,7 +71,7 @@ public sealed partial class Session
                 using ProcessMemory memory = ProcessMemory.Open(pid, writable: true);
                 Span<byte> now = stackalloc byte[16];
                 Span<byte> rest = stackalloc byte[16];
-                foreach (SiteRecord s in Sites)
+                foreach (SiteRecord s in Sites.Where(s => !s.Gone))
                 {
                     ulong resting = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
                     BitConverter.TryWriteBytes(rest, resting);
@@ -80,6 +80,12 @@ public sealed partial class Session
                         memory.Write(s.Address, rest[..s.Length]);
                         changed = true;
                     }
+                }
+                ulong brk = Shared.ReadU64(L.RBrkAddr);
+                if (brk != 0 && memory.TryRead(brk, now[..1]) && now[0] == 0xcc)
+                {
+                    memory.Write(brk, [(byte)Shared.ReadU64(L.RBrkOriginal)]);
+                    changed = true;
                 }
             }
             catch (DirectoryNotFoundException)

@@ -63,6 +63,15 @@ public sealed unsafe partial class Session
             throw;
         }
         PtraceThread.Shared.Invoke(tracee.Detach);
+        try
+        {
+            session.StartFollowingLibraries();
+        }
+        catch
+        {
+            session.Dispose();
+            throw;
+        }
         return session;
     }
 

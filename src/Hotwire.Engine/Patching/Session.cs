@@ -45,7 +45,7 @@ public sealed unsafe partial class Session : IDisposable
     private HashSet<string>? _functionNames;
     private readonly Dictionary<Ops, int> _opsIds = [];
     private ulong _siteTableOffset;
-    private readonly List<MemoryMapping> _execMappings;
+    private List<MemoryMapping> _execMappings;
     private readonly ProcessMemory _memory;
     private bool _skipSignalFrameSleds;
     private ulong _heapNext;
@@ -65,7 +65,7 @@ public sealed unsafe partial class Session : IDisposable
 
     public int Pid { get; }
 
-    public ProcessImage Image { get; }
+    public ProcessImage Image { get; private set; }
 
     /// <summary>True when Hotwire started the process stopped at exec (no thread has run its code).</summary>
     public bool Launched { get; }
@@ -162,6 +162,14 @@ public sealed unsafe partial class Session : IDisposable
 
     public ulong AllocateData(ulong size, ulong align)
     {
+        lock (_gate)
+        {
+            return AllocateDataLocked(size, align);
+        }
+    }
+
+    private ulong AllocateDataLocked(ulong size, ulong align)
+    {
         ulong at = (_heapNext + align - 1) & ~(align - 1);
         if (at + size > _heapEnd)
         {
@@ -178,7 +186,15 @@ public sealed unsafe partial class Session : IDisposable
     /// </summary>
     internal ulong PlaceCode(Func<ulong, byte[]> assemble)
     {
-        foreach (StubRegion region in Sites.Select(s => s.Region).Distinct())
+        lock (_gate)
+        {
+            return PlaceCodeLocked(assemble);
+        }
+    }
+
+    private ulong PlaceCodeLocked(Func<ulong, byte[]> assemble)
+    {
+        foreach (StubRegion region in Sites.Where(s => !s.Gone).Select(s => s.Region).Distinct())
         {
             ulong at = region.TargetAddress + region.Used;
             byte[] code = assemble(at);
@@ -215,6 +231,14 @@ public sealed unsafe partial class Session : IDisposable
     /// patch replacing another never lets the original body run). Returns each added ops' sites.
     /// </summary>
     public Dictionary<Ops, IReadOnlyList<SiteRecord>> Change(IReadOnlyList<Ops> remove, IReadOnlyList<Ops> add)
+    {
+        lock (_gate)
+        {
+            return ChangeLocked(remove, add);
+        }
+    }
+
+    private Dictionary<Ops, IReadOnlyList<SiteRecord>> ChangeLocked(IReadOnlyList<Ops> remove, IReadOnlyList<Ops> add)
     {
         ThrowIfDetached();
         foreach (Ops ops in add)
@@ -290,6 +314,14 @@ public sealed unsafe partial class Session : IDisposable
     /// </summary>
     internal IReadOnlyList<SiteRecord> Adopt(Ops ops, IReadOnlyList<SiteRecord> sites)
     {
+        lock (_gate)
+        {
+            return AdoptLocked(ops, sites);
+        }
+    }
+
+    private IReadOnlyList<SiteRecord> AdoptLocked(Ops ops, IReadOnlyList<SiteRecord> sites)
+    {
         List<SiteRecord> chosen = [.. sites];
         _chosen[ops] = chosen;
         AssignId(ops);
@@ -328,6 +360,14 @@ public sealed unsafe partial class Session : IDisposable
     /// <param name="beforeBatch">called with the sites whose base (what detach and the dead-man
     /// switch restore) changes, before any byte changes: a live patch records its intent there.</param>
     internal void SetSites(Ops ops, IReadOnlyCollection<SiteRecord> sites, Action<IReadOnlyList<BaseChange>>? beforeBatch = null)
+    {
+        lock (_gate)
+        {
+            SetSitesLocked(ops, sites, beforeBatch);
+        }
+    }
+
+    private void SetSitesLocked(Ops ops, IReadOnlyCollection<SiteRecord> sites, Action<IReadOnlyList<BaseChange>>? beforeBatch)
     {
         ThrowIfDetached();
         if (sites.FirstOrDefault(s => s.Ops.Any(o => o != ops && o.Redirects)) is { } taken)
@@ -450,7 +490,7 @@ public sealed unsafe partial class Session : IDisposable
         }
     }
 
-    private ulong SiteEntry(SiteRecord s) => _siteTableOffset + (ulong)s.Index * L.SiteEntrySize;
+    private ulong SiteEntry(SiteRecord s) => _siteTableOffset + (ulong)s.Slot * L.SiteEntrySize;
 
     /// <summary>
     /// What a site goes back to on detach or when Hotwire dies: its original NOP, or the newest
@@ -722,7 +762,7 @@ public sealed unsafe partial class Session : IDisposable
     {
         for (int i = 1; i < entries.Count; i++)
         {
-            if (entries[i - 1].Site.Index > entries[i].Site.Index)
+            if (entries[i - 1].Site.Slot > entries[i].Site.Slot)
             {
                 return false;
             }
@@ -734,6 +774,7 @@ public sealed unsafe partial class Session : IDisposable
     private int _rangeCapacity;
 
     private ulong _baseListOffset;
+    private int _baseListCapacity;
 
     private void RunBatch(List<BatchEntry> entries, IReadOnlyList<BaseChange> bases)
     {
@@ -741,23 +782,24 @@ public sealed unsafe partial class Session : IDisposable
         {
             return;
         }
-        if (bases.Count > 0 && _baseListOffset == 0)
+        if (bases.Count > _baseListCapacity)
         {
-            _baseListOffset = AllocateData((ulong)Sites.Count * L.BaseEntrySize, 8);
+            _baseListCapacity = Sites.Count;
+            _baseListOffset = AllocateData((ulong)_baseListCapacity * L.BaseEntrySize, 8);
         }
         for (int i = 0; i < bases.Count; i++)
         {
             ulong e = _baseListOffset + (ulong)(i * L.BaseEntrySize);
-            Shared.WriteU32(e + L.BaseSiteIndex, (uint)bases[i].Site.Index);
+            Shared.WriteU32(e + L.BaseSiteIndex, (uint)bases[i].Site.Slot);
             Shared.WriteU64(e + L.BaseBytes, bases[i].After);
             Shared.WriteU64(e + L.BaseEmu, bases[i].Emu);
         }
         Shared.WriteU64(L.BaseList, bases.Count > 0 ? DataAddress(_baseListOffset) : 0);
         Shared.WriteU64(L.BaseCount, (ulong)bases.Count);
-        // Site indices follow addresses: sorting by index sorts by address (usually it already is).
+        // Table slots follow addresses: sorting by slot sorts by address (usually it already is).
         if (!IsSortedByIndex(entries))
         {
-            entries.Sort(static (x, y) => x.Site.Index.CompareTo(y.Site.Index));
+            entries.Sort(static (x, y) => x.Site.Slot.CompareTo(y.Site.Slot));
         }
         // The agent reads the list after our FUTEX_WAKE (a system call: a full barrier), so plain stores do.
         Span<BatchSlot> slots = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, BatchSlot>(
@@ -766,7 +808,7 @@ public sealed unsafe partial class Session : IDisposable
         for (int i = 0; i < entries.Count; i++)
         {
             BatchEntry e = entries[i];
-            slots[i] = new BatchSlot { SiteIndex = (uint)e.Site.Index, Expected = e.Site.Current, New = e.New, Emu = e.Emu };
+            slots[i] = new BatchSlot { SiteIndex = (uint)e.Site.Slot, Expected = e.Site.Current, New = e.New, Emu = e.Emu };
             touched[i] = e.Site;
         }
         int ranges = WriteRanges(touched, _rangeListOffset, _rangeCapacity);
@@ -775,7 +817,7 @@ public sealed unsafe partial class Session : IDisposable
 
         // A NOP sled is five instructions: a thread may sit between them. In a running process,
         // pause after the int3s are in and move any such thread past the sled (DESIGN.md §2).
-        ulong[] sleds = Launched ? [] : entries.Where(e => e.Site.Site.Kind == SiteKind.NopSled && !e.Site.Converted)
+        ulong[] sleds = Launched ? [] : entries.Where(e => e.Site.Site.Kind == SiteKind.NopSled && !e.Site.Converted && !e.Site.Fresh)
             .Select(e => e.Site.Address).ToArray();
         Shared.WriteU64(L.PauseAfterPhase1, sleds.Length > 0 ? 1UL : 0UL);
         Send(L.CmdBatch);
@@ -901,6 +943,14 @@ public sealed unsafe partial class Session : IDisposable
     /// <summary>Posts a command to the agent thread and waits until it is done.</summary>
     private void Send(int command)
     {
+        lock (_gate)
+        {
+            SendLocked(command);
+        }
+    }
+
+    private void SendLocked(int command)
+    {
         uint seq = Shared.ReadU32(L.CmdSeq) + 1;
         Shared.WriteU32(L.Cmd, (uint)command);
         Shared.WriteU32(L.CmdSeq, seq);
@@ -949,6 +999,14 @@ public sealed unsafe partial class Session : IDisposable
     /// writable for the moment of the store.
     /// </summary>
     internal void StoreWord(ulong address, ulong value)
+    {
+        lock (_gate)
+        {
+            StoreWordLocked(address, value);
+        }
+    }
+
+    private void StoreWordLocked(ulong address, ulong value)
     {
         if ((address & 7) != 0)
         {
@@ -1001,6 +1059,14 @@ public sealed unsafe partial class Session : IDisposable
     /// <summary>Makes the agent run one system call in the target and returns its raw result.</summary>
     internal long AgentSyscall(long number, params ulong[] args)
     {
+        lock (_gate)
+        {
+            return AgentSyscallLocked(number, args);
+        }
+    }
+
+    private long AgentSyscallLocked(long number, params ulong[] args)
+    {
         Shared.WriteU64(L.SyscallNr, (ulong)number);
         for (int i = 0; i < 6; i++)
         {
@@ -1018,6 +1084,15 @@ public sealed unsafe partial class Session : IDisposable
     /// Hotwire's memory stays mapped: a thread preempted inside a trampoline may still return through it.
     /// </summary>
     public void Detach()
+    {
+        StopFollowingLibraries();
+        lock (_gate)
+        {
+            DetachLocked();
+        }
+    }
+
+    private void DetachLocked()
     {
         if (_detached)
         {
@@ -1038,7 +1113,7 @@ public sealed unsafe partial class Session : IDisposable
                 Change(transient, []);
             }
             Send(L.CmdRestoreAll);
-            foreach (SiteRecord s in Sites)
+            foreach (SiteRecord s in Sites.Where(s => !s.Gone))
             {
                 s.Current = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
                 s.Ops.Clear();

@@ -6,6 +6,7 @@ public sealed class SiteRecord
     internal SiteRecord(int index, PatchSite site, StubRegion region)
     {
         Index = index;
+        Slot = index;
         Site = site;
         Region = region;
         Length = site.Kind == SiteKind.FentryCallIndirect ? 6 : 5;
@@ -13,7 +14,17 @@ public sealed class SiteRecord
         Current = Original;
     }
 
+    /// <summary>The site's number in the session, for good: events and per-site counters use it.</summary>
     public int Index { get; }
+
+    /// <summary>Its entry in the agent's site table (sorted by address): changes when libraries come and go.</summary>
+    internal int Slot { get; set; }
+
+    /// <summary>Its library was unloaded: the record stays for the events that name it, the site is no more.</summary>
+    public bool Gone { get; internal set; }
+
+    /// <summary>In a library loaded after attach that has not run yet: no thread can be inside its NOP sled.</summary>
+    internal bool Fresh { get; set; }
 
     public PatchSite Site { get; }
 

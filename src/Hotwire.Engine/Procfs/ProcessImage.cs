@@ -57,14 +57,24 @@ public sealed class ProcessImage
 
     public IEnumerable<PatchSite> AllSites => Modules.SelectMany(m => m.Sites);
 
-    public static ProcessImage Load(int pid)
+    public static ProcessImage Load(int pid) => Load(pid, null);
+
+    /// <summary>
+    /// The modules mapped now; those of <paramref name="previous"/> still mapped at the same place
+    /// are kept as they are (not read again): after a dlopen only the new library is parsed.
+    /// </summary>
+    public static ProcessImage Load(int pid, ProcessImage? previous)
     {
         if (pid <= 0)
         {
             throw new HotwireException($"invalid pid {pid}: give the positive process id of a running program");
         }
         List<MemoryMapping> maps = ProcMaps.Read(pid);
-        CheckMainProgram(pid);
+        if (previous is null)
+        {
+            CheckMainProgram(pid);
+        }
+        var known = previous?.Modules.ToDictionary(m => (m.Path, m.Start)) ?? [];
 
         var modules = new List<LoadedModule>();
         foreach (IGrouping<(string, ulong), MemoryMapping> file in maps
@@ -76,6 +86,11 @@ public sealed class ProcessImage
                 continue;
             }
             MemoryMapping first = file.MinBy(m => m.Start);
+            if (known.TryGetValue((first.Path, first.Start), out LoadedModule? same))
+            {
+                modules.Add(same);
+                continue;
+            }
             ElfFile? elf = TryOpenModule(pid, first);
             if (elf is null || !elf.TryComputeBias(first.Start, first.Offset, out ulong bias))
             {

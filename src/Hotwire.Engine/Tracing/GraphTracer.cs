@@ -320,6 +320,9 @@ public sealed class GraphTracer : RingTracer
 
     internal override int ParameterCount => 1;
 
+    // The profiler's cells are laid out for the sites of the moment it starts.
+    internal override bool TakesLateSites => Options.Mode != GraphMode.Profile;
+
     internal override ulong Parameter(SiteRecord site, int index) => Options.Mode == GraphMode.Profile ? (ulong)_local[site.Index] : (ulong)site.Index;
 
     /// <summary>In the trampoline: r11 = the site, then the shared entry routine (kept out of line: it is long).</summary>

@@ -79,6 +79,9 @@ public enum Flavour
     /// <summary>forker.c: forks, on command, a child that keeps calling f.</summary>
     Forker,
 
+    /// <summary>dlthreads.c (patch sites): dlopens libflav.so or libflav2.so on command and calls into it from 4 threads.</summary>
+    DlThreads,
+
     /// <summary>dlopener.c: loads and unloads libflav.so (beside it) with dlopen/dlclose on command.</summary>
     DlOpener,
 
@@ -151,6 +154,11 @@ public static class TargetBuilder
             Flavour.SigSled => new Recipe(["sigsled.c"], [$"gcc {SledFlags} -pthread {{src}}/sigsled.c -o {{out}}/prog"], "prog"),
             Flavour.DlOpener => new Recipe(["libflav.c", "dlopener.c"],
                 [$"gcc {SledFlags} -fPIC -shared {{src}}/libflav.c -o {{out}}/libflav.so", "gcc -O2 {src}/dlopener.c -o {out}/prog"], "prog"),
+            // libflav2.so: the same library under other names (lib2_*), for a dlclose then a dlopen at the same address.
+            Flavour.DlThreads => new Recipe(["libflav.c", "dlthreads.c"],
+                [$"gcc {SledFlags} -fPIC -shared {{src}}/libflav.c -o {{out}}/libflav.so",
+                 $"gcc {SledFlags} -fPIC -shared -Dlib_add=lib2_add -Dlib_square=lib2_square -Dlib_poly=lib2_poly -Dlib_init=lib2_init -Dlib_sink=lib2_sink {{src}}/libflav.c -o {{out}}/libflav2.so",
+                 $"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/dlthreads.c -o {{out}}/prog"], "prog"),
             Flavour.Forker => new Recipe(["forker.c"], [$"gcc {SledFlags} -pthread {{src}}/forker.c -o {{out}}/prog"], "prog"),
             Flavour.Metrics => new Recipe(["metrics.c"], [$"gcc {Nop5Flags} -pthread -c {{src}}/metrics.c -o {{out}}/metrics.o", "gcc -no-pie -pthread {out}/metrics.o -o {out}/prog"], "prog"),
             Flavour.Parked => new Recipe(["parked.c"], [$"gcc {SledFlags} -pthread {{src}}/parked.c -o {{out}}/prog"], "prog"),

@@ -1,0 +1,401 @@
+using Hotwire.Interop;
+using Hotwire.Procfs;
+using Iced.Intel;
+using L = Hotwire.Agent.AgentLayout;
+using N = Hotwire.Interop.SyscallNumbers;
+
+namespace Hotwire.Patching;
+
+/// <summary>
+/// Libraries loaded and unloaded after attach (DESIGN.md §9). The dynamic linker calls its debugger
+/// rendezvous, <c>_dl_debug_state</c> (r_debug.r_brk), around every dlopen and dlclose, with
+/// r_debug.r_state = RT_ADD or RT_DELETE before it changes the link map and RT_CONSISTENT after.
+/// Hotwire puts an int3 there, as gdb does; the agent's SIGTRAP handler tells Hotwire and makes the
+/// thread wait until Hotwire has dealt with it (bounded: 2 s, and not at all once Hotwire is gone).
+/// At RT_CONSISTENT after a dlopen the new library is mapped but not yet relocated, and none of its
+/// code, constructors included, has run: its sites join the table and the ops whose filters match
+/// them, before dlopen returns, so that every call is seen. After a dlclose its sites are forgotten
+/// (its code is already unmapped) before its addresses can be used again.
+/// </summary>
+public sealed unsafe partial class Session
+{
+    /// <summary>Memfd room (sparse) for the trampolines of libraries loaded after attach.</summary>
+    private const ulong LateRegionSpace = 1UL << 30;
+
+    /// <summary>Site numbers kept for libraries loaded after attach (per-site counters are sized for them).</summary>
+    internal const int LateSiteIds = 65536;
+
+    private const int RT_CONSISTENT = 0;
+    private const int RStateOffset = 24; // struct r_debug { int r_version; link_map *r_map; ElfW(Addr) r_brk; r_state; ... }
+
+    private readonly object _gate = new();
+    private ulong _lateNext;
+    private int _initialSiteCount;
+    private Thread? _listener;
+    private volatile bool _stopListening;
+    private ulong _rStateAddress;
+
+    /// <summary>How many site numbers this session may hand out: per-site arrays are sized for it.</summary>
+    internal int SiteIdCapacity => _initialSiteCount + LateSiteIds;
+
+    /// <summary>True when Hotwire sees the libraries the process loads and unloads (the rendezvous is hooked).</summary>
+    public bool FollowsLibraries => _listener is not null;
+
+    /// <summary>Libraries with patch sites loaded since attach, whose sites joined the session.</summary>
+    public int LibrariesLoaded { get; private set; }
+
+    /// <summary>Libraries with sites unloaded since attach.</summary>
+    public int LibrariesUnloaded { get; private set; }
+
+    /// <summary>Milliseconds from the rendezvous hit to the new library's sites traced, newest last.</summary>
+    public IReadOnlyList<double> LibraryLatencies => _latencies;
+
+    private readonly List<double> _latencies = [];
+
+    /// <summary>Called (on Hotwire's library thread) with a one-line message when following a library fails.</summary>
+    public Action<string>? Notice { get; set; }
+
+    /// <summary>Rendezvous hits whose thread stopped waiting for Hotwire (after 2 s).</summary>
+    public ulong RendezvousTimeouts => _detached ? 0 : Shared.ReadU64(L.ModWaitsTimedOut);
+
+    /// <summary>
+    /// Puts the int3 on the rendezvous and starts the thread that answers it. Without a dynamic
+    /// linker (a static program), or when something else holds the rendezvous (a debugger's
+    /// breakpoint), the session works as before on the modules it has; <see cref="FollowsLibraries"/> says which.
+    /// </summary>
+    internal void StartFollowingLibraries()
+    {
+        if (!HookRendezvous())
+        {
+            return;
+        }
+        _listener = new Thread(Listen) { IsBackground = true, Name = "hotwire-libraries" };
+        _listener.Start();
+    }
+
+    private void StopFollowingLibraries()
+    {
+        if (_listener is null)
+        {
+            return;
+        }
+        _stopListening = true;
+        Sys.FutexWake((uint*)(Shared.Pointer + L.ModSeq), int.MaxValue);
+        if (Thread.CurrentThread != _listener)
+        {
+            _listener.Join(TimeSpan.FromSeconds(5));
+        }
+    }
+
+    /// <summary>The rendezvous' address and r_debug's, from the dynamic linker's symbols; null for a static program.</summary>
+    internal static (ulong Brk, ulong RDebug)? FindRendezvous(int pid)
+    {
+        if (Aux(pid, 7) is not ulong interpreterBase || interpreterBase == 0) // AT_BASE
+        {
+            return null;
+        }
+        MemoryMapping ld = ProcMaps.Read(pid).FirstOrDefault(m => m.Start == interpreterBase && m.Offset == 0);
+        if (ld.Path is null || !ld.IsFileBacked)
+        {
+            return null;
+        }
+        IReadOnlyList<Elf.ElfSymbol> symbols = Elf.ElfFile.Load($"/proc/{pid}/root{ld.Path}").ReadSymbols(dynamic: true);
+        Elf.ElfSymbol state = symbols.FirstOrDefault(s => s.Name == "_dl_debug_state" && s.Value != 0);
+        Elf.ElfSymbol rDebug = symbols.FirstOrDefault(s => s.Name == "_r_debug" && s.Value != 0);
+        if (state.Name is null || rDebug.Name is null)
+        {
+            return null;
+        }
+        return (interpreterBase + state.Value, interpreterBase + rDebug.Value);
+    }
+
+    private bool HookRendezvous()
+    {
+        if (FindRendezvous(Pid) is not (ulong brk, ulong rDebug))
+        {
+            return false;
+        }
+        var code = new byte[16];
+        if (!_memory.TryRead(brk, code))
+        {
+            return false;
+        }
+        if (code[0] == 0xcc)
+        {
+            Notice?.Invoke($"a breakpoint is on the dynamic linker's rendezvous in pid {Pid} (a debugger?): libraries loaded from now on are not traced");
+            return false;
+        }
+        var decoder = Decoder.Create(64, code, brk);
+        Instruction first = decoder.Decode();
+        ulong resume = first.Mnemonic switch
+        {
+            Mnemonic.Ret when first.OpCount == 0 => 0,
+            Mnemonic.Endbr64 or Mnemonic.Nop => first.NextIP,
+            _ => ulong.MaxValue,
+        };
+        if (resume == ulong.MaxValue)
+        {
+            Notice?.Invoke($"the dynamic linker's rendezvous in pid {Pid} starts with {first}, which Hotwire does not emulate: libraries loaded from now on are not traced");
+            return false;
+        }
+        MemoryMapping text = ProcMaps.Read(Pid).First(m => brk >= m.Start && brk < m.End);
+        lock (_gate)
+        {
+            _rStateAddress = rDebug + RStateOffset;
+            Shared.WriteU64(L.RBrkResume, resume);
+            Shared.WriteU64(L.RBrkOriginal, code[0]);
+            Shared.WriteU64(L.RBrkProt, (ulong)Prot(text.Permissions));
+            Shared.WriteU32(L.ModAck, Shared.ReadU32(L.ModSeq));
+            Shared.WriteU64(L.RBrkAddr, brk);   // before the int3: a trap there is always recognised
+            // One byte changes; the store is of the aligned word around it, from the agent (atomic for the threads running it).
+            ulong word = brk & ~7UL;
+            Span<byte> around = stackalloc byte[8];
+            if (!_memory.TryRead(word, around))
+            {
+                return false;
+            }
+            around[(int)(brk - word)] = 0xcc;
+            StoreWord(word, BitConverter.ToUInt64(around));
+        }
+        return true;
+    }
+
+    private void Listen()
+    {
+        uint* seq = (uint*)(Shared.Pointer + L.ModSeq);
+        uint seen = Volatile.Read(ref *seq);
+        while (!_stopListening)
+        {
+            uint now = Volatile.Read(ref *seq);
+            if (now == seen)
+            {
+                Sys.FutexWait(seq, seen, 200_000_000);
+                continue;
+            }
+            long started = System.Diagnostics.Stopwatch.GetTimestamp();
+            try
+            {
+                lock (_gate)
+                {
+                    if (!_detached && !_stopListening)
+                    {
+                        FollowLibraries(started);
+                    }
+                }
+            }
+            catch (Exception e)
+            {
+                // The thread at the rendezvous must go on whatever happened here; the session keeps its other sites.
+                Notice?.Invoke($"following a library loaded or unloaded in pid {Pid} failed: {e.Message}");
+            }
+            seen = now;
+            if (_detached)
+            {
+                return;
+            }
+            Volatile.Write(ref *(uint*)(Shared.Pointer + L.ModAck), now);
+            Sys.FutexWake((uint*)(Shared.Pointer + L.ModAck), int.MaxValue);
+        }
+    }
+
+    /// <summary>At a consistent link map: the libraries that came get sites and ops, those that went lose them.</summary>
+    private void FollowLibraries(long started)
+    {
+        Span<byte> state = stackalloc byte[4];
+        if (!_memory.TryRead(_rStateAddress, state) || BitConverter.ToInt32(state) != RT_CONSISTENT)
+        {
+            return;   // RT_ADD / RT_DELETE: the link map is about to change; act once it has
+        }
+        if (TestSwitches.AckBeforeTracing)
+        {
+            Volatile.Write(ref *(uint*)(Shared.Pointer + L.ModAck), Volatile.Read(ref *(uint*)(Shared.Pointer + L.ModSeq)));
+            Sys.FutexWake((uint*)(Shared.Pointer + L.ModAck), int.MaxValue);
+        }
+        ProcessImage now = ProcessImage.Load(Pid, Image);
+        var before = new HashSet<LoadedModule>(Image.Modules);
+        var after = new HashSet<LoadedModule>(now.Modules);
+        List<LoadedModule> gone = Image.Modules.Where(m => !after.Contains(m) && m.Sites.Count > 0).ToList();
+        List<LoadedModule> came = now.Modules.Where(m => !before.Contains(m) && m.Sites.Count > 0).ToList();
+        Image = now;
+        if (gone.Count == 0 && came.Count == 0)
+        {
+            return;
+        }
+        _execMappings = ProcMaps.Read(Pid).Where(m => m.IsExecutable).ToList();
+        foreach (LoadedModule m in gone)
+        {
+            foreach (SiteRecord s in Sites.Where(s => !s.Gone && s.Address >= m.Start && s.Address < m.End))
+            {
+                s.Gone = true;
+                _byAddress.Remove(s.Address);
+                foreach (Ops o in s.Ops)
+                {
+                    _chosen.GetValueOrDefault(o)?.Remove(s);
+                }
+                s.Ops.Clear();
+            }
+            _plan!.Regions.Remove(m);
+            LibrariesUnloaded++;
+        }
+        var added = new List<SiteRecord>();
+        var records = Sites.ToList();
+        foreach (LoadedModule m in came)
+        {
+            if (records.Count + m.Sites.Count > SiteIdCapacity)
+            {
+                Notice?.Invoke($"{m.Name} loaded in pid {Pid} is not traced: the session has numbered {SiteIdCapacity} sites, its most");
+                continue;
+            }
+            StubRegion region = MapLateRegion(m);
+            foreach (PatchSite p in m.Sites.OrderBy(p => p.Address))
+            {
+                var r = new SiteRecord(records.Count, p, region) { Fresh = true };
+                records.Add(r);
+                added.Add(r);
+                _byAddress[p.Address] = r;
+            }
+            LibrariesLoaded++;
+        }
+        Sites = records;
+        _allSites = null;
+        _functionNames = null;
+        _byFunction = null;
+        RebuildSiteTable();
+        foreach (Ops o in _ops.Where(o => !o.Redirects && o.TakesLateSites))
+        {
+            FunctionFilter filter = o.BuildFilter();
+            List<SiteRecord> chosen = _chosen.TryGetValue(o, out List<SiteRecord>? c) ? c : _chosen[o] = [];
+            foreach (SiteRecord s in added.Where(s => filter.Matches(s.Site)))
+            {
+                s.Ops.Add(o);
+                chosen.Add(s);
+            }
+        }
+        try
+        {
+            Apply(added);
+        }
+        finally
+        {
+            foreach (SiteRecord s in added)
+            {
+                s.Fresh = false;
+            }
+        }
+        if (added.Count > 0)
+        {
+            _latencies.Add(System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
+        }
+    }
+
+    /// <summary>
+    /// A new site table (sorted by address, the unloaded libraries' sites left out) and the lists
+    /// sized by it, each switched by one store: the SIGTRAP handler and the dead-man switch may
+    /// read the table at any moment, and see the old one or the new one, each with its count.
+    /// </summary>
+    private void RebuildSiteTable()
+    {
+        List<SiteRecord> live = Sites.Where(s => !s.Gone).OrderBy(s => s.Address).ToList();
+        ulong oldTable = _siteTableOffset;
+        ulong table = AllocateData(64 + (ulong)live.Count * L.SiteEntrySize, 64) + 64;
+        for (int i = 0; i < live.Count; i++)
+        {
+            SiteRecord s = live[i];
+            ulong e = table + (ulong)i * L.SiteEntrySize;
+            if (s.Fresh)
+            {
+                Shared.WriteU64(e + L.SiteAddress, s.Address);
+                Shared.WriteU64(e + L.SiteOriginal, s.Original);
+                Shared.WriteU64(e + L.SiteCurrent, s.Current);
+                Shared.At<byte>(e + L.SiteLen) = (byte)s.Length;
+            }
+            else
+            {
+                // bases (a live patch's jmp) and published emulations as the agent has them
+                Shared.Bytes(oldTable + (ulong)s.Slot * L.SiteEntrySize, L.SiteEntrySize).CopyTo(Shared.Bytes(e, L.SiteEntrySize));
+            }
+            s.Slot = i;
+        }
+        Shared.WriteU64(table - 8, (ulong)live.Count);
+        // Lists the agent fills or reads up to the table's count: bigger ones first.
+        if (live.Count > _listCapacity)
+        {
+            _listCapacity = live.Count + 1024;
+            ulong restore = AllocateData((ulong)_listCapacity * L.BatchEntrySize, 64);
+            _batchListOffset = AllocateData((ulong)_listCapacity * L.BatchEntrySize, 64);
+            Shared.WriteU64(L.RestoreList, DataAddress(restore));
+            Shared.WriteU64(L.BatchList, DataAddress(_batchListOffset));
+        }
+        ulong ranges = AllocateData(64 + (ulong)_rangeCapacity * L.RangeEntrySize, 64) + 64;
+        int count = WriteRanges(live, ranges, _rangeCapacity);
+        Shared.WriteU64(ranges - 8, (ulong)count);
+        Interlocked.Exchange(ref Shared.At<ulong>(L.AllRangeList), DataAddress(ranges));
+        Interlocked.Exchange(ref Shared.At<ulong>(L.SiteTable), DataAddress(table));
+        Shared.WriteU64(L.AllRangeCount, (ulong)count);
+        Shared.WriteU64(L.SiteCount, (ulong)live.Count);
+        _siteTableOffset = table;
+    }
+
+    private int _listCapacity;
+
+    /// <summary>A trampoline region for a library loaded after attach, mapped by the agent within ±2 GiB of it.</summary>
+    private StubRegion MapLateRegion(LoadedModule m)
+    {
+        const ulong MapShared = 0x01, MapFixedNoReplace = 0x100000;
+        const long EEXIST = 17;
+        ulong size = RegionSize(m);
+        if (_lateNext + size > _plan!.Total)
+        {
+            throw new HotwireException($"no room left in Hotwire's block for the trampolines of {m.Name}");
+        }
+        List<MemoryMapping> maps = ProcMaps.Read(Pid);
+        List<ulong> candidates = TrampolineCandidates(m, size, maps.Select(x => (x.Start, x.End)).ToList());
+        ulong fd = Shared.ReadU64(L.MemfdInTarget);
+        foreach (ulong at in candidates.Take(16))
+        {
+            long r = AgentSyscall(N.mmap, at, size, (ulong)(Sys.PROT_READ | Sys.PROT_EXEC), MapShared | MapFixedNoReplace, fd, _lateNext);
+            if (r == -EEXIST || (r >= 0 && (ulong)r != at))
+            {
+                if (r >= 0)
+                {
+                    AgentSyscall(N.munmap, (ulong)r, size);   // a kernel without MAP_FIXED_NOREPLACE put it elsewhere
+                }
+                continue;
+            }
+            if (r < 0)
+            {
+                throw new HotwireException($"cannot map trampolines near {m.Name} in pid {Pid}: {Libc.StrError((int)-r)}");
+            }
+            var region = new StubRegion(m.Start, at, _lateNext, size);
+            _lateNext += size;
+            _plan.Regions[m] = region;
+            DescribeLateRegion(region);
+            return region;
+        }
+        throw new HotwireException($"no free address space within 2 GiB of {m.Name} in pid {Pid} for Hotwire's trampolines");
+    }
+
+    // In the header's region table, for a later Hotwire that takes the block over (it poisons and
+    // checks every region there); a block whose regions do not all fit is never taken over.
+    private void DescribeLateRegion(StubRegion r)
+    {
+        int count = (int)Shared.ReadU64(L.RegionCount);
+        if (count >= L.RegionMax)
+        {
+            Shared.WriteU64(L.BlockVersion, 0);
+            return;
+        }
+        r.TableEntry = (ulong)(L.RegionTable + count * L.RegionEntrySize);
+        Shared.WriteU64(r.TableEntry, r.ModuleStart);
+        Shared.WriteU64(r.TableEntry + 8, r.TargetAddress);
+        Shared.WriteU64(r.TableEntry + 16, r.Size);
+        Shared.WriteU64(r.TableEntry + 24, r.MemfdOffset);
+        Shared.WriteU64(r.TableEntry + 32, 0);
+        Shared.WriteU64(L.RegionCount, (ulong)count + 1);
+    }
+
+    // Room for about three trampolines per site (a function-tracer trampoline with --args 6 is
+    // about 350 bytes): `record -F '*'` and a live patch or tracer change on every function.
+    // Sparse memfd: untouched pages cost nothing.
+    private static ulong RegionSize(LoadedModule m) => Align(64 * 1024 + (ulong)m.Sites.Count * 1024, 4096);
+}

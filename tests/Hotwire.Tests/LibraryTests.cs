@@ -1,0 +1,86 @@
+using Hotwire.Patching;
+using Hotwire.Tests.Infrastructure;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Hotwire.Tests;
+
+/// <summary>Libraries loaded and unloaded after attach (Session.Modules.cs).</summary>
+[Collection("engine")]
+public class LibraryTests(ITestOutputHelper output)
+{
+    private static readonly TimeSpan Answer = TimeSpan.FromSeconds(20);
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_library_loaded_after_attach_is_traced_before_dlopen_returns_and_forgotten_when_unloaded(bool ackBeforeTracing)
+    {
+        // Teeth: HOTWIRE_TEST_ACK_BEFORE_TRACING lets the thread at the rendezvous go before the
+        // library's sites are traced: its constructor's call and the threads' first calls are missed.
+        TestSwitches.AckBeforeTracing = ackBeforeTracing;
+        try
+        {
+            using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.DlThreads));
+            using Session session = Session.Attach(target.Pid);
+            Assert.True(session.FollowsLibraries);
+            var counts = new CountingOps();
+            session.Register(counts);
+
+            // 4 threads call lib_poly 20,000 times each as soon as dlopen returns; the library's
+            // constructor calls lib_add once before that.
+            target.WriteLine("load libflav.so lib_poly 20000");
+            string? first = target.ReadLine(Answer);
+            Assert.StartsWith("loaded ", first);
+            output.WriteLine($"libflav.so: {first}; traced {session.LibraryLatencies.LastOrDefault():F2} ms after the rendezvous");
+            if (ackBeforeTracing)
+            {
+                Assert.True(counts.Count("lib_add") < 80_001 || counts.Count("lib_poly") < 80_000,
+                    $"every call was counted although the thread went on before tracing (lib_add {counts.Count("lib_add")})");
+                return;
+            }
+            Assert.Equal(80_000UL, counts.Count("lib_poly"));
+            Assert.Equal(80_000UL, counts.Count("lib_square"));
+            Assert.Equal(80_001UL, counts.Count("lib_add"));
+
+            // dlclose, then another library, most likely at the same address: its calls are its own,
+            // none goes to the first library's trampolines.
+            target.WriteLine("unload");
+            Assert.Equal("unloaded", target.ReadLine(Answer));
+            target.WriteLine("load libflav2.so lib2_poly 20000");
+            string? second = target.ReadLine(Answer);
+            Assert.StartsWith("loaded ", second);
+            output.WriteLine($"libflav2.so: {second} (same address: {first == second})");
+            Assert.Equal(80_000UL, counts.Count("lib2_poly"));
+            Assert.Equal(80_001UL, counts.Count("lib2_add"));
+            Assert.Equal(80_000UL, counts.Count("lib_poly"));
+            Assert.Equal(2, session.LibrariesLoaded);
+            Assert.Equal(1, session.LibrariesUnloaded);
+            Assert.Contains(session.Sites, s => s.Function == "lib_poly" && s.Gone);
+            Assert.Equal(0UL, session.RendezvousTimeouts);
+
+            ulong brk = Session.FindRendezvous(target.Pid)!.Value.Brk;
+            Assert.Equal(0xcc, ReadByte(target.Pid, brk));
+            session.Detach();
+            EngineTests.AssertOriginalBytes(target.Pid, session);
+            Assert.NotEqual(0xcc, ReadByte(target.Pid, brk));
+            // The program goes on untraced: dlclose and dlopen again after detach.
+            target.WriteLine("unload");
+            Assert.Equal("unloaded", target.ReadLine(Answer));
+            target.WriteLine("load libflav.so lib_poly 10");
+            Assert.StartsWith("loaded ", target.ReadLine(Answer));
+        }
+        finally
+        {
+            TestSwitches.AckBeforeTracing = false;
+        }
+    }
+
+    private static int ReadByte(int pid, ulong address)
+    {
+        using var memory = Hotwire.Memory.ProcessMemory.Open(pid);
+        var b = new byte[1];
+        Assert.True(memory.TryRead(address, b));
+        return b[0];
+    }
+}
