@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Hotwire.Patching;
 using Hotwire.Tests.Infrastructure;
 using Xunit;
@@ -74,6 +75,49 @@ public class LibraryTests(ITestOutputHelper output)
         {
             TestSwitches.AckBeforeTracing = false;
         }
+    }
+
+    [Theory]
+    [InlineData("function")]
+    [InlineData("function_graph")]
+    public async Task A_launched_program_has_the_libraries_it_dlopens_recorded_call_for_call(string tracer)
+    {
+        // The program loads libflav.so, whose constructor calls lib_add, and calls lib_poly from 4
+        // threads at once; unloads it; loads libflav2.so at the same address and calls lib2_poly.
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-dl-{Guid.NewGuid():N}");
+        ProcessStartInfo psi = HotwireCli.StartInfo("record", "--tracer", tracer, "-o", dir, "--", TargetBuilder.Get(Flavour.DlThreads));
+        psi.RedirectStandardInput = true;
+        using Process hotwire = Process.Start(psi)!;
+        Task<string> stdout = hotwire.StandardOutput.ReadToEndAsync();
+        Task<string> stderr = hotwire.StandardError.ReadToEndAsync();
+        hotwire.StandardInput.Write("load libflav.so lib_poly 3000\nunload\nload libflav2.so lib2_poly 2000\n");
+        hotwire.StandardInput.Close();
+        Assert.True(hotwire.WaitForExit(60_000), "hotwire record did not end with the program");
+        string errors = await stderr;
+        await stdout;
+        Assert.True(hotwire.ExitCode == 0, errors);
+        Assert.Contains(" 0 lost", errors);
+        Dictionary<string, long> calls = tracer == "function"
+            ? ReplayCounts(dir)
+            : HotwireCli.Run("report", "-d", dir, "--format", "csv").Lines.Skip(1)
+                .Select(l => l.Split(',')).ToDictionary(f => f[6], f => long.Parse(f[2]));
+        output.WriteLine(string.Join(", ", calls.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key} {kv.Value}")));
+        Assert.Equal(12_000, calls["lib_poly"]);
+        Assert.Equal(12_000, calls["lib_square"]);
+        Assert.Equal(12_001, calls["lib_add"]);
+        Assert.Equal(1, calls["lib_init"]);
+        Assert.Equal(8_000, calls["lib2_poly"]);
+        Assert.Equal(8_001, calls["lib2_add"]);
+        Directory.Delete(dir, recursive: true);
+    }
+
+    private static Dictionary<string, long> ReplayCounts(string dir)
+    {
+        CliResult replay = HotwireCli.Run("replay", "-d", dir);
+        Assert.True(replay.ExitCode == 0, replay.Stderr);
+        return replay.Lines.Where(l => !l.StartsWith('#') && l.Contains(" <-"))
+            .Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)[2])
+            .GroupBy(f => f).ToDictionary(g => g.Key, g => (long)g.Count());
     }
 
     private static int ReadByte(int pid, ulong address)

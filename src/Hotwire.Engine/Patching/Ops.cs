@@ -49,6 +49,9 @@ public abstract class Ops
     /// </summary>
     internal virtual bool TakesLateSites => true;
 
+    /// <summary>Numbers of the sites of libraries loaded after registration that joined this ops (recordings name them).</summary>
+    internal HashSet<int> LateSites { get; } = [];
+
     /// <summary>Called once when the ops is registered, before any site calls it.</summary>
     internal virtual void Prepare(Session session, IReadOnlyList<SiteRecord> sites) { }
 

@@ -48,6 +48,8 @@ public sealed unsafe partial class Session
             // Convert every sled and __fentry__ call now, while no thread can be inside one.
             session.Apply(session.Sites.Where(s => !s.Converted).ToList());
             beforeRun?.Invoke(session);
+            // From here on, dlopen is followed (an int3 on the linker's rendezvous).
+            session.StartFollowingLibraries(tracee);
             if (session._whenLoaded.Count > 0)
             {
                 session.RunToEntry(tracee);
@@ -63,15 +65,6 @@ public sealed unsafe partial class Session
             throw;
         }
         PtraceThread.Shared.Invoke(tracee.Detach);
-        try
-        {
-            session.StartFollowingLibraries();
-        }
-        catch
-        {
-            session.Dispose();
-            throw;
-        }
         return session;
     }
 
@@ -89,9 +82,13 @@ public sealed unsafe partial class Session
         }
         byte saved = original[0];
         _memory.Write(entry, [0xcc]);
+        do
+        {
+            PtraceThread.Shared.Invoke(tracee.ContinueUntilTrap);
+        }
+        while (TakeRendezvousStop(tracee));   // the linker's rendezvous on the way (a preloaded library, say)
         PtraceThread.Shared.Invoke(() =>
         {
-            tracee.ContinueUntilTrap();
             user_regs_struct regs = tracee.GetRegs();
             regs.rip = entry;
             tracee.SetRegs(regs);

@@ -1,3 +1,4 @@
+using Hotwire.Injection;
 using Hotwire.Interop;
 using Hotwire.Procfs;
 using Iced.Intel;
@@ -34,6 +35,41 @@ public sealed unsafe partial class Session
     private Thread? _listener;
     private volatile bool _stopListening;
     private ulong _rStateAddress;
+    private ulong _rBrk;
+    private ulong _rBrkResume;
+
+    /// <summary>
+    /// A launched thread still held by Hotwire stopped at the rendezvous (rip just past the int3):
+    /// what the agent's handler does, done here, then the instruction emulated as it does.
+    /// </summary>
+    private bool TakeRendezvousStop(Injection.Tracee tracee)
+    {
+        user_regs_struct regs = PtraceThread.Shared.Invoke(tracee.GetRegs);
+        if (_rBrk == 0 || regs.rip != _rBrk + 1)
+        {
+            return false;
+        }
+        lock (_gate)
+        {
+            FollowLibraries(System.Diagnostics.Stopwatch.GetTimestamp());
+        }
+        if (_rBrkResume != 0)
+        {
+            regs.rip = _rBrkResume;
+        }
+        else
+        {
+            Span<byte> ret = stackalloc byte[8];
+            if (!_memory.TryRead(regs.rsp, ret))
+            {
+                throw new HotwireException($"cannot read the stack of pid {Pid} at the dynamic linker's rendezvous");
+            }
+            regs.rip = BitConverter.ToUInt64(ret);
+            regs.rsp += 8;
+        }
+        PtraceThread.Shared.Invoke(() => tracee.SetRegs(regs));
+        return true;
+    }
 
     /// <summary>How many site numbers this session may hand out: per-site arrays are sized for it.</summary>
     internal int SiteIdCapacity => _initialSiteCount + LateSiteIds;
@@ -63,9 +99,10 @@ public sealed unsafe partial class Session
     /// linker (a static program), or when something else holds the rendezvous (a debugger's
     /// breakpoint), the session works as before on the modules it has; <see cref="FollowsLibraries"/> says which.
     /// </summary>
-    internal void StartFollowingLibraries()
+    /// <param name="stopped">a launched program's thread, still held (at the rendezvous, past which it is stepped)</param>
+    internal void StartFollowingLibraries(Injection.Tracee? stopped = null)
     {
-        if (!HookRendezvous())
+        if (!HookRendezvous(stopped))
         {
             return;
         }
@@ -90,7 +127,16 @@ public sealed unsafe partial class Session
     /// <summary>The rendezvous' address and r_debug's, from the dynamic linker's symbols; null for a static program.</summary>
     internal static (ulong Brk, ulong RDebug)? FindRendezvous(int pid)
     {
-        if (Aux(pid, 7) is not ulong interpreterBase || interpreterBase == 0) // AT_BASE
+        ulong? at;
+        try
+        {
+            at = Aux(pid, 7);   // AT_BASE
+        }
+        catch (IOException)
+        {
+            return null;        // the process is exiting
+        }
+        if (at is not ulong interpreterBase || interpreterBase == 0)
         {
             return null;
         }
@@ -109,7 +155,7 @@ public sealed unsafe partial class Session
         return (interpreterBase + state.Value, interpreterBase + rDebug.Value);
     }
 
-    private bool HookRendezvous()
+    private bool HookRendezvous(Injection.Tracee? stopped)
     {
         if (FindRendezvous(Pid) is not (ulong brk, ulong rDebug))
         {
@@ -142,11 +188,27 @@ public sealed unsafe partial class Session
         lock (_gate)
         {
             _rStateAddress = rDebug + RStateOffset;
+            _rBrk = brk;
+            _rBrkResume = resume;
             Shared.WriteU64(L.RBrkResume, resume);
             Shared.WriteU64(L.RBrkOriginal, code[0]);
             Shared.WriteU64(L.RBrkProt, (ulong)Prot(text.Permissions));
             Shared.WriteU32(L.ModAck, Shared.ReadU32(L.ModSeq));
             Shared.WriteU64(L.RBrkAddr, brk);   // before the int3: a trap there is always recognised
+            if (stopped is not null)
+            {
+                // Held by ptrace, the thread would report the trap to Hotwire, not run the handler:
+                // step it past the rendezvous first (it is held there), then write the byte.
+                PtraceThread.Shared.Invoke(() =>
+                {
+                    if (stopped.GetRegs().rip == brk)
+                    {
+                        stopped.SingleStep();
+                    }
+                });
+                _memory.Write(brk, [0xcc]);
+                return true;
+            }
             // One byte changes; the store is of the aligned word around it, from the agent (atomic for the threads running it).
             ulong word = brk & ~7UL;
             Span<byte> around = stackalloc byte[8];
@@ -269,6 +331,7 @@ public sealed unsafe partial class Session
             {
                 s.Ops.Add(o);
                 chosen.Add(s);
+                o.LateSites.Add(s.Index);
             }
         }
         try

@@ -518,7 +518,7 @@ public sealed class Recorder : IDisposable
         return info;
     }
 
-    private List<SiteInfo> SitesInfo() => _session.Sites.Where(s => s.Ops.Contains(_tracer) || _tracedSites.Contains(s.Index))
+    private List<SiteInfo> SitesInfo() => _session.Sites.Where(s => s.Ops.Contains(_tracer) || _tracedSites.Contains(s.Index) || _tracer.LateSites.Contains(s.Index))
         .Select(s => new SiteInfo { Index = s.Index, Function = s.Function, Module = s.Site.ModuleName, Address = s.Address }).ToList();
 
     private TraceInfo BuildBaseInfo(string command, ClockSample end)
