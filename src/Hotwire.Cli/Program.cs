@@ -2,6 +2,12 @@ using System.CommandLine;
 using Hotwire.Cli;
 using Hotwire.Cli.Commands;
 
+// Hotwire's own helper, started beside a tracing session (ForkGuard.cs): not a command.
+if (args.Length > 0 && args[0] == ForkGuard.Command)
+{
+    return ForkGuard.Run(args);
+}
+
 // First, before anything else can take time: from here on Ctrl-C and SIGTERM get Hotwire's own
 // handling (a message and exit status 130), not the default action that ends it without a word.
 StopSignals.Install();

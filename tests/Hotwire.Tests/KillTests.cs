@@ -130,6 +130,73 @@ public class KillTests(ITestOutputHelper output)
         target.WriteLine("quit");
     }
 
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_child_forked_while_tracing_gets_its_code_back_when_Hotwire_is_SIGKILLed(bool noGuard)
+    {
+        // The target forks a child that calls f every millisecond for 1.5 s, while f is traced. The
+        // child has no agent; Hotwire's fork guard restores it once Hotwire is gone. Teeth:
+        // HOTWIRE_TEST_NO_FORK_GUARD leaves the child with Hotwire's call in f.
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Forker));
+        string exe = File.ReadAllText($"/proc/{target.Pid}/cmdline").Split('\0')[0];
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-kill-fork-{Guid.NewGuid():N}");
+        var env = new Dictionary<string, string>();
+        if (noGuard)
+        {
+            env["HOTWIRE_TEST_NO_FORK_GUARD"] = "1";
+        }
+        int child;
+        using (Process recording = HotwireCli.Start(env, "record", "--pid", target.Pid.ToString(), "-F", "f", "-o", dir))
+        {
+            string? line = recording.StandardError.ReadLine();
+            Assert.True(line is not null && line.Contains("recording", StringComparison.Ordinal), line);
+            target.WriteLine("fork");
+            string? forked = target.ReadLine(TimeSpan.FromSeconds(10));
+            Assert.StartsWith("forked ", forked);
+            child = int.Parse(forked!.Split(' ')[1]);
+            Thread.Sleep(100);
+            Assert.ThrowsAny<Exception>(() => AssertTextEqualsFile(child, exe, "the child while traced"));
+            recording.Kill();
+            recording.WaitForExit();
+        }
+        EarlierAgents.WaitUntilGone(target.Pid, refuseLive: false);
+        AssertTextEqualsFile(target.Pid, exe, "the target after the kill");
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            while (true)
+            {
+                try
+                {
+                    AssertTextEqualsFile(child, exe, "the child after the kill");
+                    Assert.False(noGuard, "the child got its code back without the fork guard");
+                    output.WriteLine($"child {child} restored {clock.ElapsedMilliseconds} ms after the kill was seen");
+                    break;
+                }
+                catch (Xunit.Sdk.XunitException) when (clock.ElapsedMilliseconds < 800)
+                {
+                    Thread.Sleep(10);
+                }
+                catch (Xunit.Sdk.XunitException) when (noGuard)
+                {
+                    output.WriteLine($"without the guard, child {child} still runs Hotwire's call in f");
+                    break;
+                }
+            }
+            Assert.True(Directory.Exists($"/proc/{child}"), "the child died");
+            target.WriteLine("wait");
+            Assert.Equal("child exited 0", target.ReadLine(TimeSpan.FromSeconds(10)));
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+        }
+    }
+
     internal static Dictionary<string, long> Counts(TargetProcess target)
     {
         target.WriteLine("counts");
@@ -188,8 +255,9 @@ public class KillTests(ITestOutputHelper output)
         }
         EarlierAgents.WaitUntilGone(target.Pid, refuseLive: false);   // the dead-man switch ran
         // The agent's membarrier count tells what it did: int3 + sync, then either byte 0 back + sync
-        // (2), or tails + sync, heads + sync (3); then the dead-man switch's restore batch (3, even
-        // when, as after the abort, no site needs restoring).
+        // (2), or tails + sync, heads + sync (3); then the dead-man switch's restore: the dynamic
+        // linker's rendezvous byte (1), and the restore batch (3, even when, as after the abort, no
+        // site needs restoring).
         ulong syncs = AgentSyncCount(target.Pid);
         output.WriteLine($"f {Convert.ToHexString(ReadBytes(target.Pid, f, 5))}, agent syncs {syncs}");
         if (Directory.Exists(dir))
@@ -198,10 +266,10 @@ public class KillTests(ITestOutputHelper output)
         }
         if (deathFinishesBatch)
         {
-            Assert.Equal(6UL, syncs); // the tail was rewritten while the thread's saved PC was inside the sled
+            Assert.Equal(7UL, syncs); // the tail was rewritten while the thread's saved PC was inside the sled
             return;
         }
-        Assert.Equal(5UL, syncs);
+        Assert.Equal(6UL, syncs);
         Assert.Equal(sled, ReadBytes(target.Pid, f, 5));
         target.WriteLine("go");
         string? calls = target.ReadLine(TimeSpan.FromSeconds(10));

@@ -89,6 +89,7 @@ public sealed class TargetOptions
                 attached.Dispose();
                 throw;
             }
+            ForkGuard.Start(attached);
             return attached;
         }
         if (program.Length == 0)
@@ -100,7 +101,7 @@ public sealed class TargetOptions
         {
             throw new InterruptedException($"interrupted before starting {program[0]}");
         }
-        return Session.Launch(program[0], program[1..], options, beforeRun: s =>
+        Session launched = Session.Launch(program[0], program[1..], options, beforeRun: s =>
         {
             if (stop.Signaled)
             {
@@ -109,6 +110,8 @@ public sealed class TargetOptions
             ops.SelectSites(s.Image.AllSites.ToList()); // before the recording or counters are made
             beforeRun?.Invoke(s);
         });
+        ForkGuard.Start(launched);
+        return launched;
     }
 
     // Test-only: a window in which a test's SIGINT arrives before attach, deterministically.

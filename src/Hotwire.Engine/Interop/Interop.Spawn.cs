@@ -16,12 +16,29 @@ internal static unsafe partial class Spawn
     [LibraryImport("libc")]
     public static partial int posix_spawn_file_actions_addopen(void* fileActions, int fd, byte* path, int oflag, int mode);
 
+    [LibraryImport("libc")]
+    public static partial int posix_spawnattr_init(void* attr);
+
+    [LibraryImport("libc")]
+    public static partial int posix_spawnattr_destroy(void* attr);
+
+    [LibraryImport("libc")]
+    public static partial int posix_spawnattr_setflags(void* attr, short flags);
+
+    private const short POSIX_SPAWN_SETSID = 0x80;
+
     /// <summary>
     /// Starts a child with posix_spawn, so that .NET's Process class does not know it and never
     /// reaps it: only Hotwire waits for it (ptrace stops are reported through waitpid too).
     /// </summary>
-    public static int Start(string path, IReadOnlyList<string> argv, string? stdinPath, string? stdoutPath)
+    /// <param name="detached">in a session of its own (no terminal's signals), with stdin, stdout and stderr on /dev/null</param>
+    public static int Start(string path, IReadOnlyList<string> argv, string? stdinPath, string? stdoutPath, bool detached = false)
     {
+        if (detached)
+        {
+            stdinPath = "/dev/null";
+            stdoutPath = "/dev/null";
+        }
         var handles = new List<nint>();
         nint Utf8(string s)
         {
@@ -55,11 +72,22 @@ internal static unsafe partial class Spawn
                 {
                     posix_spawn_file_actions_addopen(actions, 1, (byte*)Utf8(stdoutPath), 0x41 | 0x200 /* O_WRONLY|O_CREAT|O_TRUNC */, 0x1a4);
                 }
+                if (detached)
+                {
+                    posix_spawn_file_actions_addopen(actions, 2, (byte*)Utf8("/dev/null"), 0x1 /* O_WRONLY */, 0);
+                }
+                byte* attr = stackalloc byte[512];   // posix_spawnattr_t is 336 bytes in glibc
+                posix_spawnattr_init(attr);
+                if (detached)
+                {
+                    posix_spawnattr_setflags(attr, POSIX_SPAWN_SETSID);
+                }
                 int pid;
                 fixed (nint* a = args)
                 fixed (nint* e = envp)
                 {
-                    int r = posix_spawn(&pid, (byte*)Utf8(path), actions, null, (byte**)a, (byte**)e);
+                    int r = posix_spawn(&pid, (byte*)Utf8(path), actions, attr, (byte**)a, (byte**)e);
+                    posix_spawnattr_destroy(attr);
                     if (r != 0)
                     {
                         throw new HotwireException($"cannot start {argv[0]}: {Libc.StrError(r)}");

@@ -1,10 +1,12 @@
 using Hotwire.Injection;
 using Hotwire.Memory;
+using Hotwire.Interop;
 using L = Hotwire.Agent.AgentLayout;
+using N = Hotwire.Interop.SyscallNumbers;
 
 namespace Hotwire.Patching;
 
-public sealed partial class Session
+public sealed unsafe partial class Session
 {
     /// <summary>
     /// The processes forked from the target (at any depth, orphans included) that still hold
@@ -37,6 +39,15 @@ public sealed partial class Session
     }
 
     private bool RestoreForked(int pid)
+    {
+        var sites = Sites.Where(s => !s.Gone).Select(s => new RestingSite(s.Address, s.Length, Shared.ReadU64(SiteEntry(s) + L.SiteOriginal))).ToList();
+        return RestoreForked(pid, sites, Shared.ReadU64(L.RBrkAddr), (byte)Shared.ReadU64(L.RBrkOriginal));
+    }
+
+    /// <summary>A site and the bytes it rests at (its original, or a live patch's jmp), as the block's table holds them.</summary>
+    internal readonly record struct RestingSite(ulong Address, int Length, ulong Resting);
+
+    private static bool RestoreForked(int pid, IReadOnlyList<RestingSite> sites, ulong brk, byte brkOriginal)
     {
         bool changed = false;
         PtraceThread.Shared.Invoke(() =>
@@ -71,20 +82,18 @@ public sealed partial class Session
                 using ProcessMemory memory = ProcessMemory.Open(pid, writable: true);
                 Span<byte> now = stackalloc byte[16];
                 Span<byte> rest = stackalloc byte[16];
-                foreach (SiteRecord s in Sites.Where(s => !s.Gone))
+                foreach (RestingSite s in sites)
                 {
-                    ulong resting = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
-                    BitConverter.TryWriteBytes(rest, resting);
+                    BitConverter.TryWriteBytes(rest, s.Resting);
                     if (memory.TryRead(s.Address, now[..s.Length]) && !now[..s.Length].SequenceEqual(rest[..s.Length]))
                     {
                         memory.Write(s.Address, rest[..s.Length]);
                         changed = true;
                     }
                 }
-                ulong brk = Shared.ReadU64(L.RBrkAddr);
                 if (brk != 0 && memory.TryRead(brk, now[..1]) && now[0] == 0xcc)
                 {
-                    memory.Write(brk, [(byte)Shared.ReadU64(L.RBrkOriginal)]);
+                    memory.Write(brk, [brkOriginal]);
                     changed = true;
                 }
             }
@@ -94,6 +103,10 @@ public sealed partial class Session
             }
             catch (TargetExitedException)
             {
+            }
+            catch (HotwireException)
+            {
+                // not ours to change (permission), or gone
             }
             finally
             {
@@ -105,4 +118,107 @@ public sealed partial class Session
         });
         return changed;
     }
+
+    /// <summary>
+    /// The fork guard's work (hotwire's hidden <c>__guard</c>, started beside every tracing
+    /// session): once the Hotwire that attached to <paramref name="targetPid"/> is gone, however it
+    /// ended, every process forked from the target that still maps the block gets its sites back to
+    /// their resting bytes, as detach does; the target itself is its agent's (the dead-man switch).
+    /// The sites are read from each process's own copy of the block's table. Children forked while
+    /// this runs are caught by another round. Returns the processes changed.
+    /// </summary>
+    public static IReadOnlyList<int> RestoreForksOf(int targetPid, ulong dataBase, ulong inode)
+    {
+        var restored = new List<int>();
+        for (int round = 0; round < 5; round++)
+        {
+            bool any = false;
+            foreach (int pid in ProcessesMapping(inode, targetPid).ToList())
+            {
+                if (ReadRestingSites(pid, dataBase) is { } table && RestoreForked(pid, table.Sites, table.Brk, table.BrkOriginal))
+                {
+                    restored.Add(pid);
+                    any = true;
+                }
+            }
+            if (!any)
+            {
+                break;
+            }
+        }
+        return restored.Distinct().ToList();
+    }
+
+    private static (List<RestingSite> Sites, ulong Brk, byte BrkOriginal)? ReadRestingSites(int pid, ulong dataBase)
+    {
+        try
+        {
+            using ProcessMemory memory = ProcessMemory.Open(pid);
+            var header = new byte[L.HeaderSize];
+            if (!memory.TryRead(dataBase, header) || BitConverter.ToUInt64(header, 0) != L.Magic)
+            {
+                return null;
+            }
+            ulong table = BitConverter.ToUInt64(header, L.SiteTable);
+            var word = new byte[8];
+            if (!memory.TryRead(table - 8, word))
+            {
+                return null;
+            }
+            ulong count = BitConverter.ToUInt64(word);
+            if (count > 10_000_000)
+            {
+                return null;
+            }
+            var entries = new byte[(int)count * L.SiteEntrySize];
+            if (!memory.TryRead(table, entries))
+            {
+                return null;
+            }
+            var sites = new List<RestingSite>((int)count);
+            for (int i = 0; i < (int)count; i++)
+            {
+                int e = i * L.SiteEntrySize;
+                sites.Add(new RestingSite(BitConverter.ToUInt64(entries, e + L.SiteAddress), entries[e + L.SiteLen], BitConverter.ToUInt64(entries, e + L.SiteOriginal)));
+            }
+            return (sites, BitConverter.ToUInt64(header, L.RBrkAddr), header[L.RBrkOriginal]);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or HotwireException)
+        {
+            return null;
+        }
+    }
+
+    /// <summary>
+    /// Starts the fork guard for this session: <paramref name="command"/> (hotwire's own executable
+    /// with its hidden <c>__guard</c> arguments), in a session of its own so that the terminal's
+    /// signals and a kill of Hotwire leave it running; it waits for this process to end.
+    /// </summary>
+    public static int StartGuard(string path, IReadOnlyList<string> command) => Interop.Spawn.Start(path, command, null, null, detached: true);
+
+    /// <summary>The fork guard: waits until process <paramref name="owner"/> (the Hotwire that attached) has ended, then <see cref="RestoreForksOf"/>.</summary>
+    public static IReadOnlyList<int> GuardForks(int owner, int targetPid, ulong dataBase, ulong inode)
+    {
+        int pidfd = Sys.PidfdOpen(owner);
+        if (pidfd >= 0)
+        {
+            WaitUntilEnded(pidfd);
+        }
+        return RestoreForksOf(targetPid, dataBase, inode);
+    }
+
+    private static unsafe void WaitUntilEnded(int pidfd)
+    {
+        // struct pollfd { int fd; short events; short revents; }: POLLIN once the process has exited
+        long fds = 0;
+        *(int*)&fds = pidfd;
+        *((short*)&fds + 2) = 1;
+        while (Sys.syscall(N.poll, (nint)(&fds), 1, -1, 0, 0, 0) <= 0)
+        {
+            *((short*)&fds + 3) = 0;
+        }
+    }
+
+    /// <summary>Where the block's data starts in the target, and the memfd's inode: what the fork guard needs.</summary>
+    public (ulong DataBase, ulong Inode) BlockIdentity => (DataBase, _blockInode);
 }

@@ -213,11 +213,13 @@ public sealed unsafe partial class Session
     private int? OtherProcessMapping(ulong inode) => ProcessesMapping(inode).Cast<int?>().FirstOrDefault();
 
     // The processes other than the target whose maps hold Hotwire's memfd with this inode.
-    private IEnumerable<int> ProcessesMapping(ulong inode)
+    private IEnumerable<int> ProcessesMapping(ulong inode) => ProcessesMapping(inode, Pid);
+
+    internal static IEnumerable<int> ProcessesMapping(ulong inode, int except)
     {
         foreach (string dir in Directory.EnumerateDirectories("/proc"))
         {
-            if (!int.TryParse(Path.GetFileName(dir), out int pid) || pid == Pid || pid == Environment.ProcessId)   // Hotwire maps it too
+            if (!int.TryParse(Path.GetFileName(dir), out int pid) || pid == except || pid == Environment.ProcessId)   // Hotwire maps it too
             {
                 continue;
             }
