@@ -58,6 +58,30 @@ public class RecordReplayTests
     }
 
     [Fact]
+    public void A_launch_script_that_execs_the_program_has_the_program_recorded_from_its_first_instruction()
+    {
+        // start.sh runs a command, then execs the program: the shell (no sites) is followed to the
+        // program's exec, and tracing starts there, main included. A script that never gets to a
+        // program with sites says so.
+        string dir = TempDir();
+        Directory.CreateDirectory(dir + ".scripts");
+        string script = Path.Combine(dir + ".scripts", "start.sh");
+        File.WriteAllText(script, $"#!/bin/sh\nset -e\n/bin/true\nexec {TargetBuilder.Get(Flavour.Calls)} \"$@\"\n");
+        File.SetUnixFileMode(script, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        CliResult rec = HotwireCli.Run("record", "--args", "1", "-o", dir, "--", script, "tree");
+        Assert.True(rec.ExitCode == 0, rec.Stderr);
+        CliResult replay = HotwireCli.Run("replay", "-d", dir);
+        Assert.Contains("# entries-in-buffer/entries-written: 34/34   #lost: 0   #threads: 3", replay.Stdout);
+        Assert.Contains(replay.Lines, l => l.Contains(": main(2) <-", StringComparison.Ordinal));
+
+        string plain = Path.Combine(dir + ".scripts", "plain.sh");
+        File.WriteAllText(plain, "#!/bin/sh\n/bin/true\n");
+        File.SetUnixFileMode(plain, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+        AssertError(HotwireCli.Run("record", "-o", TempDir(), "--", plain), 1, $"{plain} ended, and no program it executed had patch sites");
+        Directory.Delete(dir + ".scripts", recursive: true);
+    }
+
+    [Fact]
     public void A_child_that_outlives_the_launched_program_is_recorded_until_it_exits()
     {
         // calls orphan: main forks and exits at once; the child calls d(0..299), one a millisecond.

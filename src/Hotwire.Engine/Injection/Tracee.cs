@@ -175,6 +175,13 @@ public sealed class Tracee
         }
     }
 
+    /// <summary>Lets a thread held at an exec stop run to its next exec (signals are delivered on the way).</summary>
+    public void ContinueUntilExec()
+    {
+        Check(Ptrace.ptrace(Ptrace.PTRACE_CONT, Tid, 0, 0), "ptrace(PTRACE_CONT)");
+        WaitForExec();
+    }
+
     public bool HasPendingSignal(int signal) => _pendingSignals.Contains(signal);
 
     public unsafe user_regs_struct GetRegs()

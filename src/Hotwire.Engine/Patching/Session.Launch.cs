@@ -27,7 +27,7 @@ public sealed unsafe partial class Session
     public static Session Launch(string program, IReadOnlyList<string> args, SessionOptions? options = null, LaunchOptions? launch = null,
         Action<Session>? beforeRun = null)
     {
-        string path = ResolveProgram(program);
+        string path = ResolveProgram(program, out bool script);
         // The child stops itself, Hotwire seizes it with PTRACE_O_TRACEEXEC and lets it exec.
         int pid = Spawn.Start("/bin/sh", ["sh", "-c", "kill -STOP $$ && exec \"$0\" \"$@\"", path, .. args], launch?.StdinPath, launch?.StdoutPath);
         Tracee tracee = PtraceThread.Shared.Invoke(() => StopAtExec(pid, path));
@@ -38,6 +38,24 @@ public sealed unsafe partial class Session
             // dynamic linker maps them before it runs any of their code.
             PtraceThread.Shared.Invoke(() => RunUntilLibrariesMapped(pid, tracee));
             ProcessImage image = ProcessImage.Load(pid);
+            // A script (start.sh that execs the real program): its interpreter has no sites; follow
+            // its execs, held at each, to the first program that has, and start there.
+            while (script && !image.AllSites.Any())
+            {
+                try
+                {
+                    PtraceThread.Shared.Invoke(() =>
+                    {
+                        tracee.ContinueUntilExec();
+                        RunUntilLibrariesMapped(pid, tracee);
+                    });
+                }
+                catch (TargetExitedException)
+                {
+                    throw new HotwireException($"{program} ended, and no program it executed had patch sites: {SiteDiscovery.HowToAddSites}");
+                }
+                image = ProcessImage.Load(pid);
+            }
             if (!image.AllSites.Any())
             {
                 throw new HotwireException($"{program} has no patch sites, nor has any library it links: {SiteDiscovery.HowToAddSites}");
@@ -183,7 +201,7 @@ public sealed unsafe partial class Session
         }
     }
 
-    private static string ResolveProgram(string program)
+    private static string ResolveProgram(string program, out bool script)
     {
         string? found = program.Contains('/')
             ? program
@@ -196,8 +214,26 @@ public sealed unsafe partial class Session
         {
             throw new HotwireException($"{program}: not executable (chmod +x it)");
         }
-        Elf.ElfFile.Load(found); // a clear message for a non-ELF or non-x86-64 file, before anything starts
+        script = IsScript(found);
+        if (!script)
+        {
+            Elf.ElfFile.Load(found); // a clear message for a non-ELF or non-x86-64 file, before anything starts
+        }
         return Path.GetFullPath(found);
+    }
+
+    // "#!" first: the kernel runs it with its interpreter.
+    private static bool IsScript(string path)
+    {
+        try
+        {
+            using FileStream f = File.OpenRead(path);
+            return f.ReadByte() == '#' && f.ReadByte() == '!';
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return false;
+        }
     }
 
     private static Tracee StopAtExec(int pid, string path)
