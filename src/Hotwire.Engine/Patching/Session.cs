@@ -1159,7 +1159,7 @@ public sealed unsafe partial class Session : IDisposable
     /// True once an attached process has executed a new program: exec ends every thread but the
     /// one that calls it, the agent among them, and replaces the code Hotwire had changed.
     /// </summary>
-    public bool Execed() => !Launched && !_detached && AgentTid > 0 && !Directory.Exists($"/proc/{Pid}/task/{AgentTid}") && IsAlive();
+    public bool Execed() => (!Launched || _running) && !_detached && AgentTid > 0 && !Directory.Exists($"/proc/{Pid}/task/{AgentTid}") && IsAlive();
 
     /// <summary>False once the process is gone or a zombie.</summary>
     public bool IsAlive()

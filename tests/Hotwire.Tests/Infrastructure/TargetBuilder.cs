@@ -82,6 +82,9 @@ public enum Flavour
     /// <summary>dlthreads.c (patch sites): dlopens libflav.so or libflav2.so on command and calls into it from 4 threads.</summary>
     DlThreads,
 
+    /// <summary>prefork.c: a loopback server whose 4 forked workers fork a child per connection.</summary>
+    Prefork,
+
     /// <summary>dlopener.c: loads and unloads libflav.so (beside it) with dlopen/dlclose on command.</summary>
     DlOpener,
 
@@ -159,6 +162,7 @@ public static class TargetBuilder
                 [$"gcc {SledFlags} -fPIC -shared {{src}}/libflav.c -o {{out}}/libflav.so",
                  $"gcc {SledFlags} -fPIC -shared -Dlib_add=lib2_add -Dlib_square=lib2_square -Dlib_poly=lib2_poly -Dlib_init=lib2_init -Dlib_sink=lib2_sink {{src}}/libflav.c -o {{out}}/libflav2.so",
                  $"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/dlthreads.c -o {{out}}/prog"], "prog"),
+            Flavour.Prefork => new Recipe(["prefork.c"], [$"gcc {SledFlags} {{src}}/prefork.c -o {{out}}/prog"], "prog"),
             Flavour.Forker => new Recipe(["forker.c"], [$"gcc {SledFlags} -pthread {{src}}/forker.c -o {{out}}/prog"], "prog"),
             Flavour.Metrics => new Recipe(["metrics.c"], [$"gcc {Nop5Flags} -pthread -c {{src}}/metrics.c -o {{out}}/metrics.o", "gcc -no-pie -pthread {out}/metrics.o -o {out}/prog"], "prog"),
             Flavour.Parked => new Recipe(["parked.c"], [$"gcc {SledFlags} -pthread {{src}}/parked.c -o {{out}}/prog"], "prog"),
