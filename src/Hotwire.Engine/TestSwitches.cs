@@ -35,6 +35,9 @@ public static class TestSwitches
     /// <summary>HOTWIRE_TEST_ACK_BEFORE_TRACING=1: a thread at the dynamic linker's rendezvous is let go before a new library's sites are traced (its first calls are missed).</summary>
     public static bool AckBeforeTracing { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_ACK_BEFORE_TRACING") == "1";
 
+    /// <summary>HOTWIRE_TEST_NO_HOLDS=1: libraries loaded after attach are not held at their initialisers (their GOT slots are never hooked).</summary>
+    public static bool NoHolds { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_HOLDS") == "1";
+
     /// <summary>HOTWIRE_TEST_STOP_EVERY_THREAD=1: passes over the threads (sled conversion, block takeover) stop even those blocked in a system call.</summary>
     public static bool StopEveryThread { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_STOP_EVERY_THREAD") == "1";
 }

@@ -197,6 +197,29 @@ public class GraphTracerTests
     }
 
     [Fact]
+    public void Cxx_exceptions_in_a_library_loaded_with_dlopen_with_the_runtime_it_brings_are_caught_exactly_as_untraced()
+    {
+        // A C program dlopens a C++ library (libstdc++ and libgcc_s come with it) that throws
+        // through traced frames. Its GOT slots can only be hooked once the linker has relocated
+        // it: Hotwire holds the thread at the library's initialiser for that.
+        Recording r = Record(Flavour.DlCxx, "throw", "6");
+        Assert.Equal(Untraced(Flavour.DlCxx, "throw", "6"), r.Stdout);
+        Call main = r.Roots(MainTid(r)).Single();
+        Assert.True(main.Returned);
+        static IEnumerable<Call> All(Call c) => c.Children.SelectMany(All).Prepend(c);
+        Call[] catchers = All(main).Where(c => c.Name == "catcher(long)").ToArray();
+        Assert.True(catchers.Length == 6, main.ToString());
+        Assert.All(catchers, c => Assert.True(c.Returned));
+        Recording rethrow = Record(Flavour.DlCxx, "rethrow");
+        Assert.Equal(Untraced(Flavour.DlCxx, "rethrow"), rethrow.Stdout);
+
+        // Teeth: without the holds, the unwinder meets the return handler and the program ends in std::terminate.
+        CliResult bare = HotwireCli.Run(new Dictionary<string, string> { ["HOTWIRE_TEST_NO_HOLDS"] = "1" },
+            "record", "--tracer", "function_graph", "-o", Path.Combine(Path.GetTempPath(), $"hotwire-graph-{Guid.NewGuid():N}"), "--", TargetBuilder.Get(Flavour.DlCxx), "throw", "6");
+        Assert.Contains("killed by signal 6", bare.Stderr);
+    }
+
+    [Fact]
     public void A_tail_call_between_traced_functions_returns_through_both()
     {
         Recording r = Record(Flavour.Graph, "--retval", "--", "tail");

@@ -46,8 +46,10 @@ public static class AgentCode
 
         EmitAgentMain(a, hdr, ref agentEntry, runBatch, restoreAll);
         EmitRunBatch(a, ref runBatch);
-        EmitRestoreAll(a, ref restoreAll, runBatch);
-        EmitSigtrapHandler(a, hdr, ref handler);
+        Label restoreHolds = a.CreateLabel();
+        EmitRestoreAll(a, ref restoreAll, runBatch, restoreHolds);
+        EmitRestoreHolds(a, ref restoreHolds);
+        EmitSigtrapHandler(a, hdr, ref handler, restoreHolds);
 
         // sa_restorer: return from the signal frame.
         a.Label(ref restorer);
@@ -499,11 +501,13 @@ public static class AgentCode
     /// Puts the original bytes back on every site whose bytes are still what the agent installed
     /// (a site someone else has since taken is left alone), through the same protocol.
     /// </summary>
-    private static void EmitRestoreAll(Assembler a, ref Label restoreAll, Label runBatch)
+    private static void EmitRestoreAll(Assembler a, ref Label restoreAll, Label runBatch, Label restoreHolds)
     {
         Label loop = a.CreateLabel(), next = a.CreateLabel(), built = a.CreateLabel(), haveEmu = a.CreateLabel();
         a.Label(ref restoreAll);
         EmitRestoreRendezvous(a);
+        a.mov(rdi, rbx);
+        a.call(restoreHolds);
         a.mov(r13, __qword_ptr[rbx + L.RestoreList]);
         a.mov(rsi, __qword_ptr[rbx + L.SiteTable]);
         a.mov(rsi, __qword_ptr[rsi - 8]);            // the table's count
@@ -564,11 +568,12 @@ public static class AgentCode
     /// Reads byte 0 before the record: the agent publishes the record before writing int3, so a
     /// handler that sees int3 sees a record at least as new (x86 does not reorder loads with loads).
     /// </summary>
-    private static void EmitSigtrapHandler(Assembler a, ulong hdr, ref Label handler)
+    private static void EmitSigtrapHandler(Assembler a, ulong hdr, ref Label handler, Label restoreHolds)
     {
         Label search = a.CreateLabel(), goLeft = a.CreateLabel(), found = a.CreateLabel(), chain = a.CreateLabel();
         Label stale = a.CreateLabel(), skip = a.CreateLabel(), doCall = a.CreateLabel(), doJmp = a.CreateLabel(), emulated = a.CreateLabel();
         Label notIgnored = a.CreateLabel(), jmpOld = a.CreateLabel(), rendezvous = a.CreateLabel();
+        Label checkHolds = a.CreateLabel(), siteSearch = a.CreateLabel(), hold = a.CreateLabel(), holdLoop = a.CreateLabel();
 
         a.Label(ref handler);
         a.push(rdi);
@@ -578,6 +583,9 @@ public static class AgentCode
         a.dec(r8);                                   // ip of the int3
         a.cmp(r8, __qword_ptr[r9 + L.RBrkAddr]);
         a.je(rendezvous);
+        a.cmp(__qword_ptr[r9 + L.HoldCount], 0);
+        a.jne(checkHolds);
+        a.Label(ref siteSearch);
         a.mov(r10, __qword_ptr[r9 + L.SiteTable]);
         a.xor(ecx, ecx);                             // lo
         a.mov(r11, __qword_ptr[r10 - 8]);            // hi: the table's count
@@ -672,7 +680,21 @@ public static class AgentCode
         a.Label(ref jmpOld);
         a.jmp(rax);
 
-        EmitRendezvous(a, ref rendezvous, stale);
+        EmitRendezvous(a, ref rendezvous, stale, restoreHolds: default);
+
+        // a hold? (HoldCount entries, checked only while there are any)
+        a.Label(ref checkHolds);
+        a.mov(rcx, __qword_ptr[r9 + L.HoldCount]);
+        a.Label(ref holdLoop);
+        a.mov(rax, rcx);
+        a.dec(rax);
+        a.shl(rax, 4);
+        a.cmp(r8, __qword_ptr[r9 + rax + L.HoldTable]);
+        a.je(hold);
+        a.dec(rcx);
+        a.jnz(holdLoop);
+        a.jmp(siteSearch);
+        EmitRendezvous(a, ref hold, stale, restoreHolds);
     }
 
     /// <summary>
@@ -682,7 +704,10 @@ public static class AgentCode
     /// for long: not once the dead-man switch fired or the agent is gone, and at most 2 s. Then
     /// run the instruction the int3 replaced (as a NOP or endbr64: skip it; a ret: return).
     /// </summary>
-    private static void EmitRendezvous(Assembler a, ref Label rendezvous, Label stale)
+    /// <param name="restoreHolds">default: the rendezvous (emulate its first instruction); else a hold:
+    /// re-execute the original instruction, which Hotwire put back, or the holds' routine puts back
+    /// when Hotwire did not (gone, or late)</param>
+    private static void EmitRendezvous(Assembler a, ref Label rendezvous, Label stale, Label restoreHolds)
     {
         const int FUTEX_WAIT = 0, FUTEX_WAKE = 1, Waits = 40; // × WaitTimeout (50 ms)
         Label wait = a.CreateLabel(), done = a.CreateLabel(), timedOut = a.CreateLabel(), ret = a.CreateLabel(), emulated = a.CreateLabel();
@@ -691,6 +716,7 @@ public static class AgentCode
         a.cmp(al, 0xcc);
         a.jne(stale);                                // restored meanwhile: run the original instruction
         a.push(rdx);
+        a.mov(__qword_ptr[r9 + L.LastHit], r8);
         a.mov(eax, 1);
         a.@lock.xadd(__dword_ptr[r9 + L.ModSeq], eax);
         a.inc(eax);
@@ -721,6 +747,26 @@ public static class AgentCode
         a.Label(ref done);
         a.add(rsp, 16);
         a.pop(rdx);
+        if (restoreHolds != default)
+        {
+            Label reexec = a.CreateLabel();
+            a.cmp(__byte_ptr[r8], 0xcc);
+            a.jne(reexec);
+            a.push(rdx);
+            a.push(r8);
+            a.push(r9);
+            a.mov(rdi, r9);
+            a.call(restoreHolds);
+            a.pop(r9);
+            a.pop(r8);
+            a.pop(rdx);
+            a.Label(ref reexec);
+            a.mov(__qword_ptr[rdx + L.UcontextRip], r8);
+            a.pop(rsi);
+            a.pop(rdi);
+            a.ret();
+            return;
+        }
         a.mov(rax, __qword_ptr[r9 + L.RBrkResume]);
         a.test(rax, rax);
         a.jz(ret);
@@ -735,6 +781,52 @@ public static class AgentCode
         a.Label(ref emulated);
         a.pop(rsi);
         a.pop(rdi);
+        a.ret();
+    }
+
+    /// <summary>
+    /// Every hold's byte back (rdi = header): restore, the dead-man switch, and a thread whose
+    /// hold Hotwire did not take away. Keeps rbx, rbp, r12-r15.
+    /// </summary>
+    private static void EmitRestoreHolds(Assembler a, ref Label restoreHolds)
+    {
+        Label loop = a.CreateLabel(), done = a.CreateLabel();
+        a.Label(ref restoreHolds);
+        a.push(r12);
+        a.push(r13);
+        a.push(r14);
+        a.mov(r12, rdi);
+        a.mov(r13, __qword_ptr[r12 + L.HoldCount]);
+        a.Label(ref loop);
+        a.test(r13, r13);
+        a.jz(done);
+        a.dec(r13);
+        a.mov(r14, r13);
+        a.shl(r14, 4);
+        a.lea(r14, __[r12 + r14 + L.HoldTable]);
+        a.mov(rdi, __qword_ptr[r14]);
+        a.test(rdi, rdi);
+        a.jz(loop);
+        a.cmp(__byte_ptr[rdi], 0xcc);
+        a.jne(loop);
+        a.and(rdi, -4096);
+        a.mov(esi, 4096);
+        a.mov(edx, ProtRwx);
+        Syscall(a, N.mprotect);
+        a.test(rax, rax);
+        a.js(loop);
+        a.mov(rdi, __qword_ptr[r14]);
+        a.movzx(eax, __byte_ptr[r14 + 8]);
+        a.mov(__byte_ptr[rdi], al);
+        a.and(rdi, -4096);
+        a.mov(esi, 4096);
+        a.movzx(edx, __byte_ptr[r14 + 9]);
+        Syscall(a, N.mprotect);
+        a.jmp(loop);
+        a.Label(ref done);
+        a.pop(r14);
+        a.pop(r13);
+        a.pop(r12);
         a.ret();
     }
 

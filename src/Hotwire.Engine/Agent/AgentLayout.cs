@@ -71,6 +71,13 @@ public static class AgentLayout
     public const int ModSeq = 0x1e8;         // u32: rendezvous hits; Hotwire futex-waits on it
     public const int ModAck = 0x1ec;         // u32: the last hit Hotwire has dealt with; the hitting thread futex-waits on it
     public const int ModWaitsTimedOut = 0x1f0; // hits whose thread stopped waiting for Hotwire (2 s)
+    public const int LastHit = 0x1f8;        // address of the latest rendezvous or hold hit
+    // Holds: int3s on the initialisers of libraries just loaded, hit once the dynamic linker has
+    // relocated them and before any of their code runs (GOT slots can be hooked then, not before).
+    public const int HoldCount = 0x290;
+    public const int HoldTable = 0x298;      // HoldMax × {u64 address, u8 original byte, u8 page protection}
+    public const int HoldEntrySize = 16;
+    public const int HoldMax = 6;
     public const int NewSigaction = 0x200;   // 32 bytes
     public const int DefaultSigaction = 0x220;
     public const int WaitTimeout = 0x240;    // struct timespec

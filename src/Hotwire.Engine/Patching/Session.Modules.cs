@@ -45,6 +45,18 @@ public sealed unsafe partial class Session
     private bool TakeRendezvousStop(Injection.Tracee tracee)
     {
         user_regs_struct regs = PtraceThread.Shared.Invoke(tracee.GetRegs);
+        if (_awaitingRelocation is not null && Enumerable.Range(0, (int)Shared.ReadU64(L.HoldCount))
+            .Any(i => Shared.ReadU64((ulong)(L.HoldTable + i * L.HoldEntrySize)) == regs.rip - 1))
+        {
+            lock (_gate)
+            {
+                Shared.WriteU64(L.LastHit, regs.rip - 1);
+                TakeHold();
+            }
+            regs.rip--;   // the original instruction is back: run it
+            PtraceThread.Shared.Invoke(() => tracee.SetRegs(regs));
+            return true;
+        }
         if (_rBrk == 0 || regs.rip != _rBrk + 1)
         {
             return false;
@@ -242,6 +254,7 @@ public sealed unsafe partial class Session
                     if (!_detached && !_stopListening)
                     {
                         FollowLibraries(started);
+                        TakeHold();
                     }
                 }
             }
@@ -276,9 +289,18 @@ public sealed unsafe partial class Session
         ProcessImage now = ProcessImage.Load(Pid, Image);
         var before = new HashSet<LoadedModule>(Image.Modules);
         var after = new HashSet<LoadedModule>(now.Modules);
+        List<LoadedModule> cameAll = now.Modules.Where(m => !before.Contains(m)).ToList();
+        if (_awaitingRelocation is not null && _awaitingRelocation.Any(m => !after.Contains(m)))
+        {
+            ReleaseHolds();   // a library unloaded before it ran (its dlopen failed)
+        }
         List<LoadedModule> gone = Image.Modules.Where(m => !after.Contains(m) && m.Sites.Count > 0).ToList();
-        List<LoadedModule> came = now.Modules.Where(m => !before.Contains(m) && m.Sites.Count > 0).ToList();
+        List<LoadedModule> came = cameAll.Where(m => m.Sites.Count > 0).ToList();
         Image = now;
+        if (cameAll.Count > 0)
+        {
+            SetHolds(cameAll);
+        }
         if (gone.Count == 0 && came.Count == 0)
         {
             return;
@@ -349,6 +371,114 @@ public sealed unsafe partial class Session
         {
             _latencies.Add(System.Diagnostics.Stopwatch.GetElapsedTime(started).TotalMilliseconds);
         }
+    }
+
+    internal bool IsMapped(ulong address) => ProcMaps.Read(Pid).Any(m => address >= m.Start && address < m.End);
+
+    private readonly List<Action<IReadOnlyList<LoadedModule>>> _whenRelocated = [];
+    private List<LoadedModule>? _awaitingRelocation;
+
+    /// <summary>
+    /// Runs <paramref name="action"/> with the libraries each dlopen brings, once the dynamic linker
+    /// has relocated them and before any of their code runs (their initialisers hold the thread):
+    /// GOT slots written earlier would be overwritten by the relocation.
+    /// </summary>
+    internal void WhenModulesRelocated(Action<IReadOnlyList<LoadedModule>> action)
+    {
+        lock (_gate)
+        {
+            _whenRelocated.Add(action);
+        }
+    }
+
+    // An int3 on each new library's initialiser (.init, which every gcc-linked library has; the
+    // dynamic linker runs them after relocating all of them): the first one hit is the moment.
+    private void SetHolds(List<LoadedModule> modules)
+    {
+        if (_whenRelocated.Count == 0 || TestSwitches.NoHolds)
+        {
+            return;
+        }
+        ReleaseHolds();
+        List<MemoryMapping> maps = ProcMaps.Read(Pid);
+        var holds = new List<(ulong Address, byte Original, int Prot)>();
+        Span<byte> b = stackalloc byte[1];
+        foreach (LoadedModule m in modules)
+        {
+            if (m.Elf.FindSection(".init") is not { Size: > 0 } init || holds.Count == L.HoldMax)
+            {
+                continue;
+            }
+            ulong at = m.Bias + init.Address;
+            MemoryMapping map = maps.FirstOrDefault(x => at >= x.Start && at < x.End);
+            if (map.End == 0 || !map.IsExecutable || !_memory.TryRead(at, b) || b[0] == 0xcc)
+            {
+                continue;
+            }
+            holds.Add((at, b[0], Prot(map.Permissions)));
+        }
+        if (holds.Count == 0)
+        {
+            Notice?.Invoke($"{string.Join(", ", modules.Select(m => m.Name))} loaded in pid {Pid} have no initialiser to wait at: C++ exceptions thrown through them may not be seen by the graph tracer");
+            return;
+        }
+        for (int i = 0; i < holds.Count; i++)
+        {
+            ulong e = (ulong)(L.HoldTable + i * L.HoldEntrySize);
+            Shared.WriteU64(e, holds[i].Address);
+            Shared.At<byte>(e + 8) = holds[i].Original;
+            Shared.At<byte>(e + 9) = (byte)holds[i].Prot;
+        }
+        Shared.WriteU64(L.HoldCount, (ulong)holds.Count);
+        foreach ((ulong at, _, _) in holds)
+        {
+            _memory.Write(at, [0xcc]);   // none of the library's code has run: no thread can be there
+        }
+        _awaitingRelocation = modules;
+    }
+
+    // After a hit at a hold: the libraries are relocated; hook them, then take the holds away.
+    private void TakeHold()
+    {
+        if (_awaitingRelocation is null)
+        {
+            return;
+        }
+        ulong hit = Shared.ReadU64(L.LastHit);
+        int count = (int)Shared.ReadU64(L.HoldCount);
+        if (!Enumerable.Range(0, count).Any(i => Shared.ReadU64((ulong)(L.HoldTable + i * L.HoldEntrySize)) == hit))
+        {
+            return;
+        }
+        List<LoadedModule> modules = _awaitingRelocation;
+        try
+        {
+            foreach (Action<IReadOnlyList<LoadedModule>> action in _whenRelocated)
+            {
+                action(modules);
+            }
+        }
+        finally
+        {
+            ReleaseHolds();
+        }
+    }
+
+    private void ReleaseHolds()
+    {
+        int count = (int)Shared.ReadU64(L.HoldCount);
+        Span<byte> b = stackalloc byte[1];
+        for (int i = 0; i < count; i++)
+        {
+            ulong e = (ulong)(L.HoldTable + i * L.HoldEntrySize);
+            ulong at = Shared.ReadU64(e);
+            if (_memory.TryRead(at, b) && b[0] == 0xcc)
+            {
+                _memory.Write(at, [Shared.At<byte>(e + 8)]);
+            }
+        }
+        Shared.WriteU64(L.HoldCount, 0);
+        _awaitingRelocation = null;
     }
 
     /// <summary>

@@ -136,6 +136,7 @@ public sealed class GraphTracer : RingTracer
             _hooks[name] = (session.PlaceCode(at => EmitUnwindHook(at, session.DataAddress(cell), catching)), cell);
         }
         session.WhenLibrariesLoaded(InstallUnwindHooks);
+        session.WhenModulesRelocated(InstallUnwindHooks);
     }
 
     /// <summary>
@@ -162,7 +163,14 @@ public sealed class GraphTracer : RingTracer
             {
                 foreach ((ulong slot, ulong real) in _hooked)
                 {
-                    session.StoreWord(slot, real);  // the unwinder is called directly again
+                    try
+                    {
+                        session.StoreWord(slot, real);  // the unwinder is called directly again
+                    }
+                    catch (HotwireException) when (!session.IsMapped(slot))
+                    {
+                        // its library was unloaded since
+                    }
                 }
                 return true;
             }
@@ -211,11 +219,16 @@ public sealed class GraphTracer : RingTracer
     /// <summary>GOT slots pointed at the unwinding hooks so far.</summary>
     public int UnwindHooks { get; private set; }
 
-    private void InstallUnwindHooks(Procfs.ProcessImage image)
+    private void InstallUnwindHooks(Procfs.ProcessImage image) => InstallUnwindHooks(image.Modules);
+
+    // Where each hooked function really is, from the modules seen so far (a C++ runtime may come with a later dlopen).
+    private readonly Dictionary<string, ulong> _real = [];
+
+    private void InstallUnwindHooks(IReadOnlyList<Procfs.LoadedModule> modules)
     {
         var names = new HashSet<string>(_hooks.Keys, StringComparer.Ordinal);
-        var real = new Dictionary<string, ulong>();
-        foreach (Procfs.LoadedModule m in image.Modules)
+        var real = _real;
+        foreach (Procfs.LoadedModule m in modules)
         {
             foreach (Elf.ElfSymbol sym in m.Elf.ReadSymbols(dynamic: true))
             {
@@ -230,7 +243,7 @@ public sealed class GraphTracer : RingTracer
         {
             Session.Shared.WriteU64(_hooks[name].Cell, address);
         }
-        foreach (Procfs.LoadedModule m in image.Modules)
+        foreach (Procfs.LoadedModule m in modules)
         {
             foreach ((ulong slot, string name) in m.Elf.ImportSlots(names))
             {

@@ -82,6 +82,9 @@ public enum Flavour
     /// <summary>dlthreads.c (patch sites): dlopens libflav.so or libflav2.so on command and calls into it from 4 threads.</summary>
     DlThreads,
 
+    /// <summary>dlxx.c loading libgraphxx.so (graphxx.cpp as a library) with dlopen.</summary>
+    DlCxx,
+
     /// <summary>prefork.c: a loopback server whose 4 forked workers fork a child per connection.</summary>
     Prefork,
 
@@ -162,6 +165,10 @@ public static class TargetBuilder
                 [$"gcc {SledFlags} -fPIC -shared {{src}}/libflav.c -o {{out}}/libflav.so",
                  $"gcc {SledFlags} -fPIC -shared -Dlib_add=lib2_add -Dlib_square=lib2_square -Dlib_poly=lib2_poly -Dlib_init=lib2_init -Dlib_sink=lib2_sink {{src}}/libflav.c -o {{out}}/libflav2.so",
                  $"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/dlthreads.c -o {{out}}/prog"], "prog"),
+            // graphxx.cpp as a library (its main renamed), loaded by a C program: the C++ runtime comes with it.
+            Flavour.DlCxx => new Recipe(["graphxx.cpp", "dlxx.c"],
+                [$"g++ {SledFlags} -fno-optimize-sibling-calls -fPIC -shared -Dmain=graphxx_main {{src}}/graphxx.cpp -o {{out}}/libgraphxx.so",
+                 $"gcc {SledFlags} -fno-optimize-sibling-calls {{src}}/dlxx.c -o {{out}}/prog"], "prog"),
             Flavour.Prefork => new Recipe(["prefork.c"], [$"gcc {SledFlags} {{src}}/prefork.c -o {{out}}/prog"], "prog"),
             Flavour.Forker => new Recipe(["forker.c"], [$"gcc {SledFlags} -pthread {{src}}/forker.c -o {{out}}/prog"], "prog"),
             Flavour.Metrics => new Recipe(["metrics.c"], [$"gcc {Nop5Flags} -pthread -c {{src}}/metrics.c -o {{out}}/metrics.o", "gcc -no-pie -pthread {out}/metrics.o -o {out}/prog"], "prog"),
