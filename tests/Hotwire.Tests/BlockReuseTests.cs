@@ -100,9 +100,11 @@ public class BlockReuseTests(ITestOutputHelper output)
     {
         // The child is forked while f is traced; then Hotwire is SIGKILLed: the dead-man switch
         // restores the parent, but the child's copy of f still jumps into the block's trampoline
-        // (a detach would have restored it too). Poisoning that code kills the child.
+        // (a detach would have restored it too, and so would the fork guard, switched off here).
+        // Poisoning that code kills the child.
         using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Forker));
-        using (Process counting = HotwireCli.Start("count", "--pid", target.Pid.ToString(), "-F", "f"))
+        var noGuard = new Dictionary<string, string> { ["HOTWIRE_TEST_NO_FORK_GUARD"] = "1" };
+        using (Process counting = HotwireCli.Start(noGuard, "count", "--pid", target.Pid.ToString(), "-F", "f"))
         {
             Assert.Contains("counting", counting.StandardError.ReadLine());
             target.WriteLine("fork");
