@@ -6,7 +6,7 @@ using Hotwire.Tracing;
 // Engine benchmarks (called by bench/run): prints markdown table rows on stdout.
 // Usage: Hotwire.Bench BUILD_DIR   (BUILD_DIR holds micro-plain, micro-nop5, micro-sled, many)
 string build = args[0];
-string? only = args.Length > 1 ? args[1] : null; // run one section: calls, uprobe, tracers, sustained, livepatch, attach, patch
+string? only = args.Length > 1 ? args[1] : null; // run one section: calls, uprobe, tracers, sustained, livepatch, attach, processes, patch
 bool Want(string section) => only is null || only == section;
 const int Runs = 5;
 var rows = new List<string>();
@@ -278,6 +278,77 @@ using (var idle = Target.Start(Path.Combine(build, "micro-sled")))
     rows.Add($"| detach (restore all, handler back, agent gone) | {Median(detach):F1} ms | — | — | — | — |");
 }
 
+// ---- a process that changes: dlopen while attached, detach of a forked tree ----
+if (Want("processes"))
+{
+    // dlopen of libflav.so (3 functions, a constructor), as the program measures it, untraced and
+    // attached (the library is traced before dlopen returns); and Hotwire's side of it.
+    string dlt = Path.Combine(build, "dlthreads", "prog");
+    double DlopenMs(Target t)
+    {
+        double ns = double.Parse(t.Ask("load libflav.so lib_poly").Split(' ')[2], CultureInfo.InvariantCulture);
+        t.Ask("unload");
+        return ns / 1e6;
+    }
+    var bare = new List<double>(); var traced = new List<double>(); var latency = new List<double>();
+    using (var plain = Target.Start(dlt))
+    using (var attached = Target.Start(dlt))
+    {
+        using Session s = Session.Attach(attached.Pid);
+        s.Register(new CountingOps());
+        DlopenMs(plain);
+        DlopenMs(attached);   // warm: the first one also pays Hotwire's JIT
+        for (int i = 0; i < Runs; i++)
+        {
+            bare.Add(DlopenMs(plain));
+            traced.Add(DlopenMs(attached));
+            latency.Add(s.LibraryLatencies[^1]);
+        }
+    }
+    rows.Add($"| dlopen of a 3-function library while attached: its functions traced before dlopen returns (dlopen's wall time in the target) | {Median(traced):F2} ms | dlopen untraced | {Median(bare):F2} ms | {Median(traced) / Median(bare):F1} | — |");
+    rows.Add($"| rendezvous hit → the new library traced (Hotwire's side of it) | {Median(latency):F2} ms | — | — | — | within ms |");
+
+    // Detach of a prefork server's tree (1 + 4 workers + 11 connection children, all forked while
+    // traced) against the same server before it forked.
+    var tree = new List<double>(); var single = new List<double>(); int processes = 0;
+    for (int i = 0; i < Runs + 1; i++)
+    {
+        using var server = Target.Start(Path.Combine(build, "prefork", "prog"));
+        var clock = Stopwatch.StartNew();
+        Session alone = Session.Attach(server.Pid);
+        alone.Register(new CountingOps(["serve"]));
+        clock.Restart();
+        alone.Detach();
+        double one = clock.Elapsed.TotalMilliseconds;
+        Session s = Session.Attach(server.Pid);
+        s.Register(new CountingOps(["serve"]));
+        server.Ask("spawn");
+        var clients = new List<System.Net.Sockets.TcpClient>();
+        for (int c = 0; c < 11; c++)
+        {
+            var client = new System.Net.Sockets.TcpClient("127.0.0.1", server.Port);
+            var stream = client.GetStream();
+            stream.Write("1\n"u8);
+            stream.ReadExactly(new byte[2]);
+            clients.Add(client);
+        }
+        processes = 1 + s.ForkedProcesses().Count;
+        clock.Restart();
+        s.Detach();
+        double all = clock.Elapsed.TotalMilliseconds;
+        foreach (var c in clients)
+        {
+            c.Dispose();
+        }
+        server.Ask("stop");
+        if (i > 0)
+        {
+            tree.Add(all); single.Add(one);
+        }
+    }
+    rows.Add($"| detach of a {processes}-process tree forked while traced (every process restored) | {Median(tree):F1} ms | detach of the server alone | {Median(single):F1} ms | {Median(tree) / Median(single):F1} | — |");
+}
+
 // ---- patch latency: 1, 256 and 50,000 sites, first time (trampolines generated) and after ----
 if (Want("patch"))
 using (var many = Target.Start(Path.Combine(build, "many"), "idle"))
@@ -355,6 +426,9 @@ sealed class Target : IDisposable
 
     public int Pid { get; }
 
+    /// <summary>The third word of the ready line ("ready PID PORT"), for a server.</summary>
+    public int Port { get; private init; }
+
     public static Target Start(string path, params string[] args)
     {
         var psi = new ProcessStartInfo("/bin/sh") { RedirectStandardInput = true, RedirectStandardOutput = true, RedirectStandardError = true };
@@ -364,7 +438,8 @@ sealed class Target : IDisposable
         }
         Process sh = Process.Start(psi)!;
         string ready = sh.StandardOutput.ReadLine() ?? throw new InvalidOperationException($"{path} did not start");
-        return new Target(sh, int.Parse(ready.Split(' ')[1]));
+        string[] words = ready.Split(' ');
+        return new Target(sh, int.Parse(words[1])) { Port = words.Length > 2 && int.TryParse(words[2], out int port) ? port : 0 };
     }
 
     public string Ask(string line)

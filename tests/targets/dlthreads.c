@@ -1,6 +1,7 @@
 // Loads libraries with dlopen while Hotwire is attached and calls into them from 4 threads, on
 // commands read from stdin (the program has patch sites of its own, so Hotwire can attach first):
-//   load LIB SYMBOL [N]  dlopen LIB (beside this program), look SYMBOL up, print "loaded ADDRESS";
+//   load LIB SYMBOL [N]  dlopen LIB (beside this program), look SYMBOL up, print "loaded ADDRESS NS"
+//                        (NS: how long dlopen took);
 //                        with N, at once "run N" (the threads call in as soon as dlopen returns)
 //   run N             4 threads each call SYMBOL(i) for i < N; print "ran SUM"
 //   unload            dlclose it; print "unloaded"
@@ -9,6 +10,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static long (*fn)(long);
@@ -57,7 +59,10 @@ int main(void)
         int words = sscanf(line, "load %255s %255s %ld", lib, symbol, &now);
         if (words >= 2) {
             snprintf(path, sizeof path, "%s/%s", dir, lib);
+            struct timespec t0, t1;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
             handle = dlopen(path, RTLD_NOW);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
             fn = handle ? (long (*)(long))dlsym(handle, symbol) : NULL;
             if (!fn) {
                 printf("not loaded: %s\n", dlerror());
@@ -67,7 +72,7 @@ int main(void)
                 per_thread = now;
                 run();
             }
-            printf("loaded %p\n", (void *)fn);
+            printf("loaded %p %ld\n", (void *)fn, (t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec));
         } else if (sscanf(line, "run %ld", &per_thread) == 1 && fn) {
             printf("ran %ld\n", run());
         } else if (strncmp(line, "unload", 6) == 0 && handle) {
