@@ -38,6 +38,13 @@ public static class TestSwitches
     /// <summary>HOTWIRE_TEST_NO_HOLDS=1: libraries loaded after attach are not held at their initialisers (their GOT slots are never hooked).</summary>
     public static bool NoHolds { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_HOLDS") == "1";
 
+    /// <summary>HOTWIRE_TEST_WAIT_ON_DEAD_RECORDER=1: --no-drop writers do not look at the dead-man switch (they wait for a recorder that is gone).</summary>
+    public static bool WaitOnDeadRecorder { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_WAIT_ON_DEAD_RECORDER") == "1";
+
+    /// <summary>HOTWIRE_TEST_SLOW_DRAIN_MS=N: the recorder sleeps N ms after each pass over the buffers.</summary>
+    public static TimeSpan? SlowDrain { get; } =
+        int.TryParse(Environment.GetEnvironmentVariable("HOTWIRE_TEST_SLOW_DRAIN_MS"), out int slowMs) ? TimeSpan.FromMilliseconds(slowMs) : null;
+
     /// <summary>HOTWIRE_TEST_STOP_EVERY_THREAD=1: passes over the threads (sled conversion, block takeover) stop even those blocked in a system call.</summary>
     public static bool StopEveryThread { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_STOP_EVERY_THREAD") == "1";
 }

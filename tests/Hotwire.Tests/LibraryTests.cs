@@ -99,8 +99,7 @@ public class LibraryTests(ITestOutputHelper output)
         Assert.Contains(" 0 lost", errors);
         Dictionary<string, long> calls = tracer == "function"
             ? ReplayCounts(dir)
-            : HotwireCli.Run("report", "-d", dir, "--format", "csv").Lines.Skip(1)
-                .Select(l => l.Split(',')).ToDictionary(f => f[6], f => long.Parse(f[2]));
+            : ReportCounts(dir);
         output.WriteLine(string.Join(", ", calls.OrderBy(kv => kv.Key).Select(kv => $"{kv.Key} {kv.Value}")));
         Assert.Equal(12_000, calls["lib_poly"]);
         Assert.Equal(12_000, calls["lib_square"]);
@@ -111,7 +110,10 @@ public class LibraryTests(ITestOutputHelper output)
         Directory.Delete(dir, recursive: true);
     }
 
-    private static Dictionary<string, long> ReplayCounts(string dir)
+    internal static Dictionary<string, long> ReportCounts(string dir) => HotwireCli.Run("report", "-d", dir, "--format", "csv").Lines.Skip(1)
+        .Select(l => l.Split(',')).ToDictionary(f => f[6], f => long.Parse(f[2]));
+
+    internal static Dictionary<string, long> ReplayCounts(string dir)
     {
         CliResult replay = HotwireCli.Run("replay", "-d", dir);
         Assert.True(replay.ExitCode == 0, replay.Stderr);

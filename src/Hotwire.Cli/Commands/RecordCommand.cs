@@ -24,22 +24,23 @@ public static class RecordCommand
         var retval = new Option<bool>("--retval") { Description = "function_graph: record each call's return value" };
         var depth = new Option<int?>("--depth", "-D") { Description = "function_graph/profile: follow calls only this many traced frames deep" };
         var timeFilter = new Option<string?>("--time-filter", "-t") { Description = "function_graph: drop calls shorter than TIME (e.g. 10us, 1.5ms), keeping their callers" };
+        var noDrop = new Option<bool>("--no-drop") { Description = "A thread whose buffer is full waits for room instead of dropping the event (uftrace's way; the time spent waiting is reported)" };
         var command = live
             ? new Command("live", "Trace function calls and print them as they happen (also recorded to -o)")
             : new Command("record", "Record every call of the chosen functions to a data directory (hotwire replay reads it)");
         target.AddTo(command);
         metrics.AddTo(command);
-        foreach (Option o in new Option[] { args, bufferSize, duration, output, force, tids, tracerName, retval, depth, timeFilter })
+        foreach (Option o in new Option[] { args, bufferSize, duration, output, force, tids, tracerName, retval, depth, timeFilter, noDrop })
         {
             command.Options.Add(o);
         }
         command.SetAction(r => (int)Run(target, metrics, r, live, r.GetValue(args), r.GetValue(bufferSize)!, r.GetValue(duration), r.GetValue(output)!, r.GetValue(force), r.GetValue(tids),
-            r.GetValue(tracerName)!, r.GetValue(retval), r.GetValue(depth), r.GetValue(timeFilter)));
+            r.GetValue(tracerName)!, r.GetValue(retval), r.GetValue(depth), r.GetValue(timeFilter), r.GetValue(noDrop)));
         return command;
     }
 
     private static ExitCode Run(TargetOptions target, MetricsOptions metricsOptions, ParseResult result, bool live, int args, string bufferSize, TimeSpan? duration, string dir, bool force, string? tidList,
-        string tracerName, bool retval, int? depth, string? timeFilter)
+        string tracerName, bool retval, int? depth, string? timeFilter, bool noDrop)
     {
         using StopSignals stop = StopSignals.Claim();
         if (tracerName is not (Tracers.Function or Tracers.FunctionGraph or Tracers.Profile))
@@ -64,7 +65,11 @@ public static class RecordCommand
         {
             throw new UsageException($"live prints the function tracer's entries; for {tracerName} use hotwire record, then hotwire replay or report");
         }
-        var buffers = new TraceBufferOptions(ParseSize(bufferSize), TraceBufferOptions.ThreadsFor(result.GetValue(target.Pid)), args);
+        if (noDrop && tracerName == Tracers.Profile)
+        {
+            throw new UsageException("--no-drop is for the function and function_graph tracers; the profiler writes no events and loses none");
+        }
+        var buffers = new TraceBufferOptions(ParseSize(bufferSize), TraceBufferOptions.ThreadsFor(result.GetValue(target.Pid)), args) { NoDrop = noDrop };
         if (!buffers.TryValidate(out string? bufferError))
         {
             throw new UsageException(bufferError);
@@ -210,6 +215,10 @@ public static class RecordCommand
         Console.Error.WriteLine(
             $"hotwire: {summary.Events} events, {summary.Lost} lost, {summary.Threads} threads in {summary.Elapsed.TotalSeconds:F1} s, "
             + $"{summary.BytesWritten / 1024.0 / 1024.0:F1} MB written to {dir}{ending}");
+        if (noDrop)
+        {
+            Console.Error.WriteLine($"hotwire: --no-drop: threads waited {summary.WriterWait.TotalMilliseconds:F1} ms in all for room in their buffers");
+        }
         if (summary.Lost > 0)
         {
             Console.Error.WriteLine($"hotwire: {summary.Lost} events were lost because a thread's buffer was full (or a signal handler interrupted Hotwire's own code): record with a larger --buffer-size");

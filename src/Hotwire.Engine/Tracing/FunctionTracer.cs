@@ -16,10 +16,18 @@ public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThread
     public const int CachedTail = 32; // u64, the thread's last look at Tail: Tail's line is read only when the ring seems full
     public const int Busy = 40;     // u8, the thread is writing an event: a signal handler's traced call meanwhile is dropped (counted lost)
     public const int LostReported = 48; // u64, written by the thread only: Lost as of its last event (an event written while Lost differs carries the difference)
+    public const int Waited = 56;   // u64, written by the thread only: TSC ticks it waited for room (--no-drop)
     public const int Tail = 64;     // u64, written by Hotwire only (own cache line)
 
     /// <summary>Events carry an info word after the site (the graph tracer's kind and depth).</summary>
     public bool Info { get; init; }
+
+    /// <summary>
+    /// uftrace's behaviour: a thread whose buffer is full waits for room instead of dropping the
+    /// event — while a recorder drains (it withdraws the wait when it stops), never once Hotwire is
+    /// gone (the dead-man switch), and never more than about a second per event.
+    /// </summary>
+    public bool NoDrop { get; init; }
 
     public int EventBytes => (Info ? GraphTracer.GraphFixedBytes : 24) + 8 * Args;
 
@@ -125,7 +133,116 @@ public abstract class RingTracer : Ops
         _buffersOffset = session.AllocateData((ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes, 4096);
         session.DiscardOnDetach(_buffersOffset, (ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes);
         _session = session;
+        if (Buffers.NoDrop)
+        {
+            _waitRoutine = session.PlaceCode(at => EmitWaitRoutine(at, session.DataAddress(0)));
+        }
         PrepareMore(session);
+    }
+
+    private ulong _waitRoutine;
+
+    // u64 in the tracer's counters line: 1 while a recorder drains and writers may wait for room.
+    private ulong WaitFlag => _nextOffset + 16;
+
+    /// <summary>Lets writers wait for room (--no-drop), or makes the waiting ones give up (the recorder stops).</summary>
+    internal void SetWritersWait(bool on)
+    {
+        if (_session is not null && Buffers.NoDrop)
+        {
+            Volatile.Write(ref _session.Shared.At<ulong>(WaitFlag), on ? 1UL : 0UL);
+        }
+    }
+
+    /// <summary>TSC ticks the threads spent waiting for room, summed over the buffers (--no-drop).</summary>
+    public ulong WaitedTicks
+    {
+        get
+        {
+            ulong n = 0;
+            for (int i = 0; _session is not null && i < BuffersInUse; i++)
+            {
+                n += _session.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Waited);
+            }
+            return n;
+        }
+    }
+
+    /// <summary>
+    /// The wait for room of --no-drop, called from a full reserve with the buffer's address pushed.
+    /// Keeps every register; returns CF = 0 when there is room now, CF = 1 to drop the event
+    /// (Hotwire gone, the recorder stopped, or about a second waited). Spins briefly, then yields
+    /// the CPU (sched_yield) between looks, so that a recorder on the same core can run.
+    /// </summary>
+    private byte[] EmitWaitRoutine(ulong at, ulong header)
+    {
+        const int Spins = 200, MaxYields = 2_000_000, SchedYield = 24;
+        var a = new Assembler(64);
+        Label loop = a.CreateLabel(), room = a.CreateLabel(), giveUp = a.CreateLabel(), spin = a.CreateLabel(), account = a.CreateLabel();
+        a.push(rax);
+        a.push(rcx);
+        a.push(rdx);
+        a.push(rsi);
+        a.push(rdi);
+        a.push(r8);
+        a.push(r9);
+        a.push(r11);
+        a.mov(r8, __qword_ptr[rsp + 72]);                 // the buffer (above 8 pushes and our return)
+        a.rdtsc();
+        a.shl(rdx, 32);
+        a.or(rax, rdx);
+        a.mov(rsi, rax);                                  // when the wait began
+        a.mov(r9d, MaxYields);
+        a.Label(ref loop);
+        a.mov(edi, Spins);
+        a.Label(ref spin);
+        if (!TestSwitches.WaitOnDeadRecorder)
+        {
+            a.mov(rax, header);
+            a.cmp(__qword_ptr[rax + Agent.AgentLayout.DeadManFired], 0);
+            a.jne(giveUp);
+        }
+        a.mov(rax, Session.DataAddress(WaitFlag));
+        a.cmp(__qword_ptr[rax], 0);
+        a.je(giveUp);
+        a.mov(rax, __qword_ptr[r8 + TraceBufferOptions.Tail]);
+        a.mov(__qword_ptr[r8 + TraceBufferOptions.CachedTail], rax);
+        a.mov(rcx, __qword_ptr[r8 + TraceBufferOptions.Head]);
+        a.sub(rcx, rax);
+        a.cmp(rcx, (int)Buffers.Capacity);
+        a.jb(room);
+        a.pause();
+        a.dec(edi);
+        a.jnz(spin);
+        a.dec(r9d);
+        a.jz(giveUp);
+        a.mov(eax, SchedYield);
+        a.syscall();
+        a.jmp(loop);
+        a.Label(ref room);
+        a.xor(edi, edi);                                  // edi = 0: room
+        a.jmp(account);
+        a.Label(ref giveUp);
+        a.mov(edi, 1);
+        a.Label(ref account);
+        a.rdtsc();
+        a.shl(rdx, 32);
+        a.or(rax, rdx);
+        a.sub(rax, rsi);
+        a.add(__qword_ptr[r8 + TraceBufferOptions.Waited], rax);
+        a.bt(edi, 0);                                     // CF = edi's bit 0; pops keep the flags
+        a.pop(r11);
+        a.pop(r9);
+        a.pop(r8);
+        a.pop(rdi);
+        a.pop(rsi);
+        a.pop(rdx);
+        a.pop(rcx);
+        a.pop(rax);
+        a.ret();
+        var stream = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(stream), at);
+        return stream.ToArray();
     }
 
     /// <summary>
@@ -135,7 +252,8 @@ public abstract class RingTracer : Ops
     /// </summary>
     private protected void EmitReserve(Assembler a, AssemblerRegister64 buffer, AssemblerRegister64 head, AssemblerRegister64 scratch, Label full)
     {
-        Label ok = a.CreateLabel();
+        Label ok = a.CreateLabel(), again = a.CreateLabel();
+        a.Label(ref again);
         a.mov(head, __qword_ptr[buffer + TraceBufferOptions.Head]);
         a.mov(scratch, head);
         a.sub(scratch, __qword_ptr[buffer + TraceBufferOptions.CachedTail]);
@@ -146,7 +264,22 @@ public abstract class RingTracer : Ops
         a.mov(scratch, head);
         a.sub(scratch, __qword_ptr[buffer + TraceBufferOptions.CachedTail]);
         a.cmp(scratch, (int)Buffers.Capacity);
-        a.jae(full);
+        if (!Buffers.NoDrop)
+        {
+            a.jae(full);
+            a.Label(ref ok);
+            return;
+        }
+        // --no-drop: wait for room, then reserve again (the routine keeps every register), or drop.
+        Label routine = a.CreateLabel();
+        a.jb(ok);
+        a.push(buffer);
+        a.call(__qword_ptr[routine]);                     // through a literal: any distance, position-independent
+        a.lea(rsp, __[rsp + 8]);                          // keeps CF
+        a.jae(again);                                     // CF = 0: room
+        a.jmp(full);
+        a.Label(ref routine);
+        a.dq(_waitRoutine);
         a.Label(ref ok);
     }
 

@@ -6,7 +6,11 @@ using Hotwire.Procfs;
 namespace Hotwire.Tracing;
 
 /// <summary>What a recording saw, for the closing summary.</summary>
-public sealed record RecordSummary(long Events, ulong Lost, int Threads, TimeSpan Elapsed, long BytesWritten, string? WriteError, ulong ShadowOverflow = 0);
+public sealed record RecordSummary(long Events, ulong Lost, int Threads, TimeSpan Elapsed, long BytesWritten, string? WriteError, ulong ShadowOverflow = 0)
+{
+    /// <summary>Time the threads spent waiting for room in their buffers, summed (--no-drop).</summary>
+    public TimeSpan WriterWait { get; init; }
+}
 
 /// <summary>
 /// Drains the function tracer's per-thread ring buffers into <c>hotwire.data/</c> (and, for
@@ -75,6 +79,7 @@ public sealed class Recorder : IDisposable
         _clock.Start();
         _consumer = new Thread(Consume) { IsBackground = true, Name = "hotwire-consumer" };
         _consumer.Start();
+        _tracer.SetWritersWait(true);
     }
 
     /// <summary>False once writing failed (disk full): the caller should stop tracing.</summary>
@@ -99,6 +104,10 @@ public sealed class Recorder : IDisposable
             // Busy threads fill a buffer in a few milliseconds: only a recorder idle for a while
             // (about 50 ms of empty polls) may sleep a whole millisecond between polls.
             int drained = DrainAll();
+            if (TestSwitches.SlowDrain is TimeSpan slow)
+            {
+                Thread.Sleep(slow);   // test-only: a recorder that cannot keep up
+            }
             if (drained > 0 && drained < _tracer.Buffers.Capacity / 64)
             {
                 // Little came since the last look: wait a moment (far less than a buffer takes to
@@ -449,6 +458,7 @@ public sealed class Recorder : IDisposable
     /// </summary>
     public RecordSummary Finish(string command)
     {
+        _tracer.SetWritersWait(false);   // a writer still waiting drops its event (counted) instead of writing after the last drain
         _stopping = true;
         _consumer?.Join();
         DrainAll();
@@ -491,7 +501,11 @@ public sealed class Recorder : IDisposable
         // What is really on disk (after a full disk, less than what we handed to the file).
         long onDisk = File.Exists(Path.Combine(_dir, TraceData.EventsFile)) ? new FileInfo(Path.Combine(_dir, TraceData.EventsFile)).Length : 0;
         // One source of truth: the summary says what info.json says, and every reader shows.
-        return new RecordSummary(info.TotalEvents, info.TotalLost, info.Threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError, info.ShadowOverflow);
+        double nsPerTick = end.Tsc > _start.Tsc ? (end.MonotonicNs - _start.MonotonicNs) / (double)(end.Tsc - _start.Tsc) : 0;
+        return new RecordSummary(info.TotalEvents, info.TotalLost, info.Threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError, info.ShadowOverflow)
+        {
+            WriterWait = TimeSpan.FromTicks((long)(_tracer.WaitedTicks * nsPerTick / 100)),
+        };
     }
 
     private ulong _lostNoBuffer;   // read once at Finish: info.json and the summary use the same value
@@ -593,6 +607,7 @@ public sealed class Recorder : IDisposable
 
     public void Dispose()
     {
+        _tracer.SetWritersWait(false);
         _stopping = true;
         _consumer?.Join();
         CloseEvents();
