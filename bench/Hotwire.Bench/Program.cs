@@ -6,7 +6,7 @@ using Hotwire.Tracing;
 // Engine benchmarks (called by bench/run): prints markdown table rows on stdout.
 // Usage: Hotwire.Bench BUILD_DIR   (BUILD_DIR holds micro-plain, micro-nop5, micro-sled, many)
 string build = args[0];
-string? only = args.Length > 1 ? args[1] : null; // run one section: calls, uprobe, tracers, sustained, livepatch, attach, processes, patch
+string? only = args.Length > 1 ? args[1] : null; // run one section: calls, uprobe, tracers, sustained, nodrop, livepatch, attach, processes, patch
 bool Want(string section) => only is null || only == section;
 const int Runs = 5;
 var rows = new List<string>();
@@ -180,6 +180,40 @@ foreach ((string label, int pause, Func<TraceBufferOptions, RingTracer> make) in
     recorder.Dispose();
     s.Detach();
     Directory.Delete(dir, recursive: true);
+}
+
+// ---- no-loss mode (--no-drop): threads calling the traced leaf flat out, ~5 s, 1 and 2 threads ----
+if (Want("nodrop"))
+{
+    using var plain = Target.Start(Path.Combine(build, "micro-nop5"));
+    foreach ((string label, Func<TraceBufferOptions, RingTracer> make) in new (string, Func<TraceBufferOptions, RingTracer>)[]
+    {
+        ("function tracer", b => new FunctionTracer(b, ["leaf"])),
+        ("function_graph tracer", b => new GraphTracer(b, new GraphOptions(), ["leaf"])),
+    })
+    {
+        foreach (int threads in new[] { 1, 2 })
+        {
+            double untraced = double.Parse(plain.Ask($"run 20000000 {threads} 0").Split(' ')[1], CultureInfo.InvariantCulture);
+            using var traced = Target.Start(Path.Combine(build, "micro-nop5"));
+            (Session s, RingTracer tracer, Recorder recorder, string dir) = TraceLeaf(traced, make(new TraceBufferOptions { NoDrop = true }), $"nodrop-{threads}");
+            using Session session = s;
+            double probe = double.Parse(traced.Ask($"run 2000000 {threads} 0").Split(' ')[1], CultureInfo.InvariantCulture);
+            long calls = (long)(5e9 / probe);
+            var clock = Stopwatch.StartNew();
+            double nsPerCall = double.Parse(traced.Ask($"run {calls} {threads} 0").Split(' ')[1], CultureInfo.InvariantCulture);
+            double elapsed = clock.Elapsed.TotalSeconds;
+            s.Unregister(tracer);
+            RecordSummary sum = recorder.Finish("micro");
+            string anchor = double.TryParse(Environment.GetEnvironmentVariable($"UFTRACE_NS_{threads}"), CultureInfo.InvariantCulture, out double u)
+                ? $"`uftrace record` (waits, never loses): +{u:F1} ns per call | {(nsPerCall - untraced) / u:F2}"
+                : "uftrace: not run | —";
+            rows.Add($"| --no-drop, {label}, {threads} thread(s) flat out for {elapsed:F1} s: written rate, lost, added per call (untraced {untraced:F1} ns), share of the time threads waited | {sum.Events / sum.Elapsed.TotalSeconds / 1e6:F1} M events/s, {sum.Lost:N0} lost, +{nsPerCall - untraced:F1} ns per call, waited {100 * sum.WriterWait.TotalSeconds / (threads * elapsed):F0} % | {anchor} | 0 lost |");
+            recorder.Dispose();
+            s.Detach();
+            Directory.Delete(dir, recursive: true);
+        }
+    }
 }
 
 // ---- live patch: a 20-function patch into the running 50,000-function program ----
