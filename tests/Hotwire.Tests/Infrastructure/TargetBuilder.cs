@@ -37,6 +37,9 @@ public enum Flavour
     /// <summary>The 50,000-function program from gen-many.sh (NOP5).</summary>
     Many,
 
+    /// <summary>gen-many.sh's program with 10,000 functions, PIE, -fpatchable-function-entry=5.</summary>
+    Many10kPie,
+
     /// <summary>seedcase.c (threads calling f; f_new beside it), NOP5 sites.</summary>
     SeedNop5,
 
@@ -142,6 +145,8 @@ public static class TargetBuilder
             Flavour.Cxx => new Recipe(["cxxprog.cpp"], [$"g++ {SledFlags} {{src}}/cxxprog.cpp -o {{out}}/prog"], "prog"),
             Flavour.Many => new Recipe(["gen-many.sh"],
                 ["bash {src}/gen-many.sh 50000 > {out}/many.c", $"gcc -O1 -pthread -pg -mfentry -mnop-mcount -mrecord-mcount -fno-pie -c {{out}}/many.c -o {{out}}/many.o", "gcc -no-pie -pthread {out}/many.o -o {out}/prog", "rm -f {out}/many.c {out}/many.o"], "prog"),
+            Flavour.Many10kPie => new Recipe(["gen-many.sh"],
+                ["bash {src}/gen-many.sh 10000 > {out}/many.c", $"gcc -O1 -pthread {SledFlags} -fPIE -pie {{out}}/many.c -o {{out}}/prog", "rm -f {out}/many.c"], "prog"),
             Flavour.SeedNop5 => new Recipe(["seedcase.c"], [$"gcc {Nop5Flags} -pthread -c {{src}}/seedcase.c -o {{out}}/seedcase.o", "gcc -no-pie -pthread {out}/seedcase.o -o {out}/prog"], "prog"),
             Flavour.SeedSled => new Recipe(["seedcase.c"], [$"gcc {SledFlags} -pthread -fPIE -pie {{src}}/seedcase.c -o {{out}}/prog"], "prog"),
             // No sibling calls: the call tree in the source is the one at run time.
