@@ -559,6 +559,11 @@ public sealed unsafe partial class Session
         h.WriteU64(L.Int3Mode, options.SkipInt3Emulation ? 1UL : 0UL);
         h.WriteU64(L.DeathFinishesBatch, TestSwitches.DeathFinishesBatch ? 1UL : 0UL);
         h.WriteU64(L.SiteCount, 0); // the table is filled after the thread runs again (WriteSiteTable)
+        // A block taken over may hold an earlier session's rendezvous and holds (their bytes were put
+        // back by its restore): this session sets its own.
+        h.WriteU64(L.RBrkAddr, 0);
+        h.WriteU64(L.HoldCount, 0);
+        h.WriteU64(L.LastHit, 0);
         h.WriteU64(L.SiteTable, DataAddress(siteTable));
         h.WriteU64(L.BatchList, DataAddress(batchList));
         h.WriteU64(L.RestoreList, DataAddress(restoreList));
