@@ -804,24 +804,7 @@ public static class AgentCode
         a.mov(r14, r13);
         a.shl(r14, 4);
         a.lea(r14, __[r12 + r14 + L.HoldTable]);
-        a.mov(rdi, __qword_ptr[r14]);
-        a.test(rdi, rdi);
-        a.jz(loop);
-        a.cmp(__byte_ptr[rdi], 0xcc);
-        a.jne(loop);
-        a.and(rdi, -4096);
-        a.mov(esi, 4096);
-        a.mov(edx, ProtRwx);
-        Syscall(a, N.mprotect);
-        a.test(rax, rax);
-        a.js(loop);
-        a.mov(rdi, __qword_ptr[r14]);
-        a.movzx(eax, __byte_ptr[r14 + 8]);
-        a.mov(__byte_ptr[rdi], al);
-        a.and(rdi, -4096);
-        a.mov(esi, 4096);
-        a.movzx(edx, __byte_ptr[r14 + 9]);
-        Syscall(a, N.mprotect);
+        EmitPutByteBack(a, __qword_ptr[r14], __byte_ptr[r14 + 8], __byte_ptr[r14 + 9], loop, sync: false);
         a.jmp(loop);
         a.Label(ref done);
         a.pop(r14);
@@ -831,32 +814,46 @@ public static class AgentCode
     }
 
     /// <summary>
+    /// If the code address in <paramref name="address"/> holds our int3: its page made writable, the
+    /// original byte back (then, with <paramref name="sync"/>, every core serialised: rbx = header),
+    /// the page's protection back. Goes to <paramref name="next"/> when there is nothing to do.
+    /// Clobbers rax, rcx, rdx, rsi, rdi, r11.
+    /// </summary>
+    private static void EmitPutByteBack(Assembler a, AssemblerMemoryOperand address, AssemblerMemoryOperand original, AssemblerMemoryOperand prot, Label next, bool sync)
+    {
+        a.mov(rdi, address);
+        a.test(rdi, rdi);
+        a.jz(next);
+        a.cmp(__byte_ptr[rdi], 0xcc);
+        a.jne(next);
+        a.and(rdi, -4096);
+        a.mov(esi, 4096);
+        a.mov(edx, ProtRwx);
+        Syscall(a, N.mprotect);
+        a.test(rax, rax);
+        a.js(next);
+        a.mov(rdi, address);
+        a.movzx(eax, original);
+        a.mov(__byte_ptr[rdi], al);
+        if (sync)
+        {
+            Sync(a);
+        }
+        a.mov(rdi, address);
+        a.and(rdi, -4096);
+        a.mov(esi, 4096);
+        a.movzx(edx, prot);
+        Syscall(a, N.mprotect);
+    }
+
+    /// <summary>
     /// Byte 0 of the rendezvous back (restore, detach, the dead-man switch): one byte store, as the
     /// last step of the protocol; a thread that already trapped there finds no int3 and re-executes.
     /// </summary>
     private static void EmitRestoreRendezvous(Assembler a)
     {
         Label skip = a.CreateLabel();
-        a.mov(rdi, __qword_ptr[rbx + L.RBrkAddr]);
-        a.test(rdi, rdi);
-        a.jz(skip);
-        a.cmp(__byte_ptr[rdi], 0xcc);
-        a.jne(skip);
-        a.and(rdi, -4096);
-        a.mov(esi, 4096);
-        a.mov(edx, ProtRwx);
-        Syscall(a, N.mprotect);
-        a.test(rax, rax);
-        a.js(skip);
-        a.mov(rdi, __qword_ptr[rbx + L.RBrkAddr]);
-        a.movzx(eax, __byte_ptr[rbx + L.RBrkOriginal]);
-        a.mov(__byte_ptr[rdi], al);
-        Sync(a);
-        a.mov(rdi, __qword_ptr[rbx + L.RBrkAddr]);
-        a.and(rdi, -4096);
-        a.mov(esi, 4096);
-        a.mov(rdx, __qword_ptr[rbx + L.RBrkProt]);
-        Syscall(a, N.mprotect);
+        EmitPutByteBack(a, __qword_ptr[rbx + L.RBrkAddr], __byte_ptr[rbx + L.RBrkOriginal], __byte_ptr[rbx + L.RBrkProt], skip, sync: true);
         a.Label(ref skip);
     }
 }
