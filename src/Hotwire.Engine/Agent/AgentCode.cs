@@ -504,6 +504,7 @@ public static class AgentCode
     private static void EmitRestoreAll(Assembler a, ref Label restoreAll, Label runBatch, Label restoreHolds)
     {
         Label loop = a.CreateLabel(), next = a.CreateLabel(), built = a.CreateLabel(), haveEmu = a.CreateLabel();
+        Label compare = a.CreateLabel(), ours = a.CreateLabel();
         a.Label(ref restoreAll);
         EmitRestoreRendezvous(a);
         a.mov(rdi, rbx);
@@ -522,17 +523,20 @@ public static class AgentCode
         a.mov(rax, __qword_ptr[rdi + L.SiteCurrent]);
         a.cmp(rax, __qword_ptr[rdi + L.SiteOriginal]);
         a.je(next);
-        // still ours? compare the live bytes with what we installed, under a mask of len bytes
+        // still ours? the live bytes against what we installed, byte by byte: never reads past the
+        // site (it may end its mapping), and any length works (a shifted mask did not at 8)
         a.movzx(ecx, __byte_ptr[rdi + L.SiteLen]);
-        a.shl(ecx, 3);
-        a.mov(r9d, 1);
-        a.shl(r9, cl);
-        a.dec(r9);
         a.mov(r8, __qword_ptr[rdi + L.SiteAddress]);
-        a.mov(r8, __qword_ptr[r8]);
-        a.xor(r8, rax);
-        a.test(r8, r9);
-        a.jnz(next);
+        a.xor(r9d, r9d);
+        a.Label(ref compare);
+        a.cmp(r9, rcx);
+        a.jae(ours);
+        a.movzx(r10d, __byte_ptr[r8 + r9]);
+        a.cmp(r10b, __byte_ptr[rdi + r9 + L.SiteCurrent]);
+        a.jne(next);
+        a.inc(r9);
+        a.jmp(compare);
+        a.Label(ref ours);
         a.mov(r8, r14);
         a.shl(r8, 5);
         a.add(r8, r13);

@@ -206,6 +206,9 @@ public sealed class RedirectOps : Ops
         _target = target;
     }
 
+    /// <summary>Where calls of the function go.</summary>
+    public ulong Target => _target;
+
     public override bool Redirects => true;
 
     internal override ulong RedirectTarget(SiteRecord site) => _target;
