@@ -5,9 +5,11 @@
 //                        with N, at once "run N" (the threads call in as soon as dlopen returns)
 //   run N             4 threads each call SYMBOL(i) for i < N; print "ran SUM"
 //   unload            dlclose it; print "unloaded"
+//   bload LIB SYMBOL  as load, from a thread that blocks every signal (SIGTRAP included)
 #include <dlfcn.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -28,6 +30,17 @@ static void *worker(void *arg)
 {
     (void)arg;
     return (void *)dl_worker_loop(per_thread);
+}
+
+static char *blocked_path;
+
+static void *blocked_loader(void *arg)
+{
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+    return dlopen(blocked_path, RTLD_NOW);
+    (void)arg;
 }
 
 static long run(void)
@@ -57,6 +70,19 @@ int main(void)
     while (fgets(line, sizeof line, stdin)) {
         long now = 0;
         int words = sscanf(line, "load %255s %255s %ld", lib, symbol, &now);
+        if (sscanf(line, "bload %255s %255s", lib, symbol) == 2) {
+            snprintf(path, sizeof path, "%s/%s", dir, lib);
+            blocked_path = path;
+            pthread_t t;
+            pthread_create(&t, NULL, blocked_loader, NULL);
+            pthread_join(t, &handle);
+            fn = handle ? (long (*)(long))dlsym(handle, symbol) : NULL;
+            if (fn)
+                printf("loaded %p 0\n", (void *)fn);
+            else
+                printf("not loaded: %s\n", dlerror());
+            continue;
+        }
         if (words >= 2) {
             snprintf(path, sizeof path, "%s/%s", dir, lib);
             struct timespec t0, t1;

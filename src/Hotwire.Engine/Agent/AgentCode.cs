@@ -6,7 +6,7 @@ using N = Hotwire.Interop.SyscallNumbers;
 namespace Hotwire.Agent;
 
 /// <summary>Where each entry point of the generated agent code landed.</summary>
-public sealed record AgentEntryPoints(ulong CloneStub, ulong AfterCloneSyscall, ulong SigtrapHandler, ulong Restorer, ulong SyscallInsn, byte[] Code, ulong AgentEntry = 0);
+public sealed record AgentEntryPoints(ulong CloneStub, ulong AfterCloneSyscall, ulong SigtrapHandler, ulong Restorer, ulong SyscallInsn, byte[] Code, ulong AgentEntry = 0, ulong RestoreHolds = 0);
 
 /// <summary>
 /// The agent's machine code, generated with Iced for fixed addresses: the agent thread's command
@@ -49,7 +49,7 @@ public static class AgentCode
         Label restoreHolds = a.CreateLabel();
         EmitRestoreAll(a, ref restoreAll, runBatch, restoreHolds);
         EmitRestoreHolds(a, ref restoreHolds);
-        EmitSigtrapHandler(a, hdr, ref handler, restoreHolds);
+        EmitSigtrapHandler(a, hdr, ref handler);
 
         // sa_restorer: return from the signal frame.
         a.Label(ref restorer);
@@ -65,7 +65,8 @@ public static class AgentCode
             result.GetLabelRIP(restorer),
             result.GetLabelRIP(syscallInsn),
             stream.ToArray(),
-            result.GetLabelRIP(agentEntry));
+            result.GetLabelRIP(agentEntry),
+            result.GetLabelRIP(restoreHolds));
     }
 
     private static void Syscall(Assembler a, int number)
@@ -572,12 +573,11 @@ public static class AgentCode
     /// Reads byte 0 before the record: the agent publishes the record before writing int3, so a
     /// handler that sees int3 sees a record at least as new (x86 does not reorder loads with loads).
     /// </summary>
-    private static void EmitSigtrapHandler(Assembler a, ulong hdr, ref Label handler, Label restoreHolds)
+    private static void EmitSigtrapHandler(Assembler a, ulong hdr, ref Label handler)
     {
         Label search = a.CreateLabel(), goLeft = a.CreateLabel(), found = a.CreateLabel(), chain = a.CreateLabel();
         Label stale = a.CreateLabel(), skip = a.CreateLabel(), doCall = a.CreateLabel(), doJmp = a.CreateLabel(), emulated = a.CreateLabel();
-        Label notIgnored = a.CreateLabel(), jmpOld = a.CreateLabel(), rendezvous = a.CreateLabel();
-        Label checkHolds = a.CreateLabel(), siteSearch = a.CreateLabel(), hold = a.CreateLabel(), holdLoop = a.CreateLabel();
+        Label notIgnored = a.CreateLabel(), jmpOld = a.CreateLabel();
 
         a.Label(ref handler);
         a.push(rdi);
@@ -585,11 +585,6 @@ public static class AgentCode
         a.mov(r9, hdr);
         a.mov(r8, __qword_ptr[rdx + L.UcontextRip]);
         a.dec(r8);                                   // ip of the int3
-        a.cmp(r8, __qword_ptr[r9 + L.RBrkAddr]);
-        a.je(rendezvous);
-        a.cmp(__qword_ptr[r9 + L.HoldCount], 0);
-        a.jne(checkHolds);
-        a.Label(ref siteSearch);
         a.mov(r10, __qword_ptr[r9 + L.SiteTable]);
         a.xor(ecx, ecx);                             // lo
         a.mov(r11, __qword_ptr[r10 - 8]);            // hi: the table's count
@@ -684,50 +679,83 @@ public static class AgentCode
         a.Label(ref jmpOld);
         a.jmp(rax);
 
-        EmitRendezvous(a, ref rendezvous, stale, restoreHolds: default);
+    }
 
-        // a hold? (HoldCount entries, checked only while there are any)
-        a.Label(ref checkHolds);
-        a.mov(rcx, __qword_ptr[r9 + L.HoldCount]);
-        a.Label(ref holdLoop);
-        a.mov(rax, rcx);
-        a.dec(rax);
-        a.shl(rax, 4);
-        a.cmp(r8, __qword_ptr[r9 + rax + L.HoldTable]);
-        a.je(hold);
-        a.dec(rcx);
-        a.jnz(holdLoop);
-        a.jmp(siteSearch);
-        EmitRendezvous(a, ref hold, stale, restoreHolds);
+    private const int FutexWait = 0, FutexWake = 1, RendezvousWaits = 40; // × WaitTimeout (50 ms)
+
+    /// <summary>
+    /// The dynamic linker's rendezvous, hooked (DESIGN.md, docs/processes.md): _dl_debug_state's
+    /// `ret` is replaced by a jmp here (one aligned word store, no int3: a thread that blocks
+    /// SIGTRAP would be killed by one). Tells Hotwire and waits (<see cref="EmitNotifyAndWait"/>),
+    /// then returns to _dl_debug_state's caller, as its `ret` would have.
+    /// </summary>
+    public static byte[] RendezvousStub(ulong at, ulong hdr, ulong rendezvous)
+    {
+        var a = new Assembler(64);
+        EmitNotifyAndWait(a, hdr, rendezvous);
+        a.ret();
+        return Assemble(a, at);
     }
 
     /// <summary>
-    /// A thread at the dynamic linker's rendezvous (r8 = its address, r9 = header, rdx = ucontext,
-    /// rdi and rsi pushed): tell Hotwire (ModSeq, a shared futex) and wait until it has dealt with
-    /// this hit (ModAck), so that a library's functions are traced before dlopen returns. Never
-    /// for long: not once the dead-man switch fired or the agent is gone, and at most 2 s. Then
-    /// run the instruction the int3 replaced (as a NOP or endbr64: skip it; a ret: return).
+    /// A hold on a library's initialiser (its first 5 bytes replaced by a jmp here before any of its
+    /// code ran): tells Hotwire and waits while Hotwire hooks the library's GOT and puts the bytes
+    /// back; if they are not back (Hotwire gone or late), puts every hold's bytes back itself
+    /// (<paramref name="restoreHolds"/>, the agent's routine). Then runs the initialiser.
     /// </summary>
-    /// <param name="restoreHolds">default: the rendezvous (emulate its first instruction); else a hold:
-    /// re-execute the original instruction, which Hotwire put back, or the holds' routine puts back
-    /// when Hotwire did not (gone, or late)</param>
-    private static void EmitRendezvous(Assembler a, ref Label rendezvous, Label stale, Label restoreHolds)
+    public static byte[] HoldStub(ulong at, ulong hdr, ulong init, ulong restoreHolds)
     {
-        const int FUTEX_WAIT = 0, FUTEX_WAKE = 1, Waits = 40; // × WaitTimeout (50 ms)
-        Label wait = a.CreateLabel(), done = a.CreateLabel(), timedOut = a.CreateLabel(), ret = a.CreateLabel(), emulated = a.CreateLabel();
-        a.Label(ref rendezvous);
-        a.movzx(eax, __byte_ptr[r8]);
-        a.cmp(al, 0xcc);
-        a.jne(stale);                                // restored meanwhile: run the original instruction
-        a.push(rdx);
-        a.mov(__qword_ptr[r9 + L.LastHit], r8);
+        var a = new Assembler(64);
+        Label back = a.CreateLabel(), initLit = a.CreateLabel(), restorerLit = a.CreateLabel();
+        EmitNotifyAndWait(a, hdr, init, () =>
+        {
+            a.mov(rax, init);
+            a.cmp(__byte_ptr[rax], 0xe9);
+            a.jne(back);
+            a.mov(rdi, hdr);
+            a.call(__qword_ptr[restorerLit]);
+            a.Label(ref back);
+        });
+        a.jmp(__qword_ptr[initLit]);
+        a.Label(ref initLit);
+        a.dq(init);
+        a.Label(ref restorerLit);
+        a.dq(restoreHolds);
+        return Assemble(a, at);
+    }
+
+    private static byte[] Assemble(Assembler a, ulong at)
+    {
+        var stream = new MemoryStream();
+        a.Assemble(new StreamCodeWriter(stream), at);
+        return stream.ToArray();
+    }
+
+    /// <summary>
+    /// Keeping every register and the flags: LastHit = <paramref name="hit"/>, ModSeq + 1 (a shared
+    /// futex Hotwire's library thread waits on), then wait on ModAck until Hotwire has dealt with
+    /// this hit — never for long: not once the dead-man switch fired or the agent is gone, and at
+    /// most 2 s (counted in ModWaitsTimedOut). <paramref name="afterWait"/> runs before the
+    /// registers come back (it may clobber the caller-saved ones).
+    /// </summary>
+    private static void EmitNotifyAndWait(Assembler a, ulong hdr, ulong hit, Action? afterWait = null)
+    {
+        Label wait = a.CreateLabel(), done = a.CreateLabel(), timedOut = a.CreateLabel();
+        a.pushfq();
+        foreach (AssemblerRegister64 r in s_saved)
+        {
+            a.push(r);
+        }
+        a.mov(r9, hdr);
+        a.mov(rax, hit);
+        a.mov(__qword_ptr[r9 + L.LastHit], rax);
         a.mov(eax, 1);
         a.@lock.xadd(__dword_ptr[r9 + L.ModSeq], eax);
         a.inc(eax);
-        a.push(rax);                                 // [rsp] = this hit's number
-        a.push(Waits);                               // [rsp] = waits left
+        a.push(rax);                                 // [rsp + 8] = this hit's number
+        a.push(RendezvousWaits);                     // [rsp] = waits left
         a.lea(rdi, __[r9 + L.ModSeq]);
-        a.mov(esi, FUTEX_WAKE);
+        a.mov(esi, FutexWake);                       // shared: Hotwire waits on its own mapping
         a.mov(edx, int.MaxValue);
         Syscall(a, N.futex);
         a.Label(ref wait);
@@ -742,7 +770,7 @@ public static class AgentCode
         a.dec(__qword_ptr[rsp]);
         a.js(timedOut);
         a.lea(rdi, __[r9 + L.ModAck]);
-        a.mov(esi, FUTEX_WAIT);                      // shared: Hotwire wakes it from its own mapping
+        a.mov(esi, FutexWait);
         a.lea(r10, __[r9 + L.WaitTimeout]);
         Syscall(a, N.futex);
         a.jmp(wait);
@@ -750,47 +778,20 @@ public static class AgentCode
         a.@lock.inc(__qword_ptr[r9 + L.ModWaitsTimedOut]);
         a.Label(ref done);
         a.add(rsp, 16);
-        a.pop(rdx);
-        if (restoreHolds != default)
+        afterWait?.Invoke();
+        foreach (AssemblerRegister64 r in s_saved.Reverse())
         {
-            Label reexec = a.CreateLabel();
-            a.cmp(__byte_ptr[r8], 0xcc);
-            a.jne(reexec);
-            a.push(rdx);
-            a.push(r8);
-            a.push(r9);
-            a.mov(rdi, r9);
-            a.call(restoreHolds);
-            a.pop(r9);
-            a.pop(r8);
-            a.pop(rdx);
-            a.Label(ref reexec);
-            a.mov(__qword_ptr[rdx + L.UcontextRip], r8);
-            a.pop(rsi);
-            a.pop(rdi);
-            a.ret();
-            return;
+            a.pop(r);
         }
-        a.mov(rax, __qword_ptr[r9 + L.RBrkResume]);
-        a.test(rax, rax);
-        a.jz(ret);
-        a.mov(__qword_ptr[rdx + L.UcontextRip], rax);
-        a.jmp(emulated);
-        a.Label(ref ret);
-        a.mov(rcx, __qword_ptr[rdx + L.UcontextRsp]);
-        a.mov(rax, __qword_ptr[rcx]);
-        a.mov(__qword_ptr[rdx + L.UcontextRip], rax);
-        a.add(rcx, 8);
-        a.mov(__qword_ptr[rdx + L.UcontextRsp], rcx);
-        a.Label(ref emulated);
-        a.pop(rsi);
-        a.pop(rdi);
-        a.ret();
+        a.popfq();
     }
 
+    // What the wait and a routine it calls may change (syscalls clobber rcx and r11).
+    private static readonly AssemblerRegister64[] s_saved = [rax, rcx, rdx, rsi, rdi, r8, r9, r10, r11];
+
     /// <summary>
-    /// Every hold's byte back (rdi = header): restore, the dead-man switch, and a thread whose
-    /// hold Hotwire did not take away. Keeps rbx, rbp, r12-r15.
+    /// Every hold's 5 bytes back where our jmp still is (rdi = header): restore, the dead-man
+    /// switch, and a thread whose hold Hotwire did not take away. Keeps rbx, rbp, r12-r15.
     /// </summary>
     private static void EmitRestoreHolds(Assembler a, ref Label restoreHolds)
     {
@@ -808,7 +809,27 @@ public static class AgentCode
         a.mov(r14, r13);
         a.shl(r14, 4);
         a.lea(r14, __[r12 + r14 + L.HoldTable]);
-        EmitPutByteBack(a, __qword_ptr[r14], __byte_ptr[r14 + 8], __byte_ptr[r14 + 9], loop, sync: false);
+        a.mov(rdi, __qword_ptr[r14]);
+        a.test(rdi, rdi);
+        a.jz(loop);
+        a.cmp(__byte_ptr[rdi], 0xe9);                 // our jmp is still there
+        a.jne(loop);
+        a.and(rdi, -4096);
+        a.mov(esi, 8192);                             // the 5 bytes may cross a page
+        a.mov(edx, ProtRwx);
+        Syscall(a, N.mprotect);
+        a.test(rax, rax);
+        a.js(loop);
+        a.mov(rdi, __qword_ptr[r14]);
+        for (int i = 4; i >= 0; i--)                  // byte 0 last: the jmp stays whole until then
+        {
+            a.movzx(eax, __byte_ptr[r14 + 8 + i]);
+            a.mov(__byte_ptr[rdi + i], al);
+        }
+        a.and(rdi, -4096);
+        a.mov(esi, 8192);
+        a.movzx(edx, __byte_ptr[r14 + 13]);
+        Syscall(a, N.mprotect);
         a.jmp(loop);
         a.Label(ref done);
         a.pop(r14);
@@ -818,46 +839,33 @@ public static class AgentCode
     }
 
     /// <summary>
-    /// If the code address in <paramref name="address"/> holds our int3: its page made writable, the
-    /// original byte back (then, with <paramref name="sync"/>, every core serialised: rbx = header),
-    /// the page's protection back. Goes to <paramref name="next"/> when there is nothing to do.
-    /// Clobbers rax, rcx, rdx, rsi, rdi, r11.
+    /// The rendezvous' word back (restore, detach, the dead-man switch): one aligned store, as its
+    /// hook was; a thread already in the stub returns from it as _dl_debug_state would have.
     /// </summary>
-    private static void EmitPutByteBack(Assembler a, AssemblerMemoryOperand address, AssemblerMemoryOperand original, AssemblerMemoryOperand prot, Label next, bool sync)
+    private static void EmitRestoreRendezvous(Assembler a)
     {
-        a.mov(rdi, address);
+        Label skip = a.CreateLabel();
+        a.mov(rdi, __qword_ptr[rbx + L.RBrkAddr]);
         a.test(rdi, rdi);
-        a.jz(next);
-        a.cmp(__byte_ptr[rdi], 0xcc);
-        a.jne(next);
+        a.jz(skip);
+        a.mov(rax, __qword_ptr[rdi]);
+        a.cmp(rax, __qword_ptr[rbx + L.RBrkHooked]);
+        a.jne(skip);                                 // not our jmp (never hooked, or restored)
         a.and(rdi, -4096);
         a.mov(esi, 4096);
         a.mov(edx, ProtRwx);
         Syscall(a, N.mprotect);
         a.test(rax, rax);
-        a.js(next);
-        a.mov(rdi, address);
-        a.movzx(eax, original);
-        a.mov(__byte_ptr[rdi], al);
-        if (sync)
-        {
-            Sync(a);
-        }
-        a.mov(rdi, address);
+        a.js(skip);
+        a.mov(rdi, __qword_ptr[rbx + L.RBrkAddr]);
+        a.mov(rax, __qword_ptr[rbx + L.RBrkOriginal]);
+        a.mov(__qword_ptr[rdi], rax);                // one aligned store: `ret` again
+        Sync(a);
+        a.mov(rdi, __qword_ptr[rbx + L.RBrkAddr]);
         a.and(rdi, -4096);
         a.mov(esi, 4096);
-        a.movzx(edx, prot);
+        a.mov(rdx, __qword_ptr[rbx + L.RBrkProt]);
         Syscall(a, N.mprotect);
-    }
-
-    /// <summary>
-    /// Byte 0 of the rendezvous back (restore, detach, the dead-man switch): one byte store, as the
-    /// last step of the protocol; a thread that already trapped there finds no int3 and re-executes.
-    /// </summary>
-    private static void EmitRestoreRendezvous(Assembler a)
-    {
-        Label skip = a.CreateLabel();
-        EmitPutByteBack(a, __qword_ptr[rbx + L.RBrkAddr], __byte_ptr[rbx + L.RBrkOriginal], __byte_ptr[rbx + L.RBrkProt], skip, sync: true);
         a.Label(ref skip);
     }
 }

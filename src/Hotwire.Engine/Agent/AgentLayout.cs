@@ -62,20 +62,20 @@ public static class AgentLayout
     public const int ShadowMapSize = 0x1b8;
     public const int ShadowRecords = 0x1c0;
     // The dynamic linker's debugger rendezvous (_dl_debug_state, r_debug.r_brk), which it calls
-    // around every dlopen/dlclose: an int3 there makes the SIGTRAP handler tell Hotwire and wait
-    // (bounded) until Hotwire has traced the new libraries, before the call returns.
-    public const int RBrkAddr = 0x1c8;       // address holding the int3; 0: not hooked
-    public const int RBrkResume = 0x1d0;     // where a thread continues (past its first instruction); 0: that instruction is ret
-    public const int RBrkOriginal = 0x1d8;   // u8: its byte 0
-    public const int RBrkProt = 0x1e0;       // the page's protection, put back after restoring byte 0
-    public const int ModSeq = 0x1e8;         // u32: rendezvous hits; Hotwire futex-waits on it
+    // around every dlopen/dlclose: its `ret` is replaced by a jmp to a stub that tells Hotwire and
+    // waits (bounded) until Hotwire has traced the new libraries, before the call returns.
+    public const int RBrkAddr = 0x1c8;       // the aligned word holding the hook; 0: not hooked
+    public const int RBrkHooked = 0x1d0;     // that word with the jmp in it
+    public const int RBrkOriginal = 0x1d8;   // that word as it was
+    public const int RBrkProt = 0x1e0;       // the page's protection, put back after restoring the word
+    public const int ModSeq = 0x1e8;         // u32: rendezvous and hold hits; Hotwire futex-waits on it
     public const int ModAck = 0x1ec;         // u32: the last hit Hotwire has dealt with; the hitting thread futex-waits on it
     public const int ModWaitsTimedOut = 0x1f0; // hits whose thread stopped waiting for Hotwire (2 s)
     public const int LastHit = 0x1f8;        // address of the latest rendezvous or hold hit
-    // Holds: int3s on the initialisers of libraries just loaded, hit once the dynamic linker has
-    // relocated them and before any of their code runs (GOT slots can be hooked then, not before).
+    // Holds: jmps over the first 5 bytes of the initialisers of libraries just loaded (before any of
+    // their code ran), taken once the dynamic linker has relocated them (GOT slots can be hooked then).
     public const int HoldCount = 0x290;
-    public const int HoldTable = 0x298;      // HoldMax × {u64 address, u8 original byte, u8 page protection}
+    public const int HoldTable = 0x298;      // HoldMax × {u64 address, 5 original bytes, u8 page protection}
     public const int HoldEntrySize = 16;
     public const int HoldMax = 6;
     public const int NewSigaction = 0x200;   // 32 bytes

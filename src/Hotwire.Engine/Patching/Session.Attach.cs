@@ -304,6 +304,7 @@ public sealed unsafe partial class Session
             bootRegions.Add(new BootstrapBlock.Region(regions[m].Size, regions[m].MemfdOffset, candidates));
         }
         AgentEntryPoints code = AgentCode.Build(DataBase, codeBase);
+        _restoreHolds = code.RestoreHolds;
         byte[] header;
         using (SharedRegion staging = SharedRegion.Anonymous(L.HeaderSize))
         {
@@ -353,6 +354,7 @@ public sealed unsafe partial class Session
         (ulong total, ulong dataSize, _, _, ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, ulong stack) = _plan!;
         DataBase = earlier.DataBase;
         AgentEntryPoints code = AgentCode.Build(DataBase, earlier.CodeBase);
+        _restoreHolds = code.RestoreHolds;
         BootstrapBlock.Layout boot = BootstrapBlock.Emit(new BootstrapBlock.Plan(earlier.BootArea, Environment.ProcessId, total, DataBase, dataSize, earlier.CodeBase,
             MainCodeSize, [], [], [], code.AgentEntry, DataAddress(stack + L.AgentStackSize - 64), CloneFlags, StopWhenDone: false, ReuseFd: earlier.Fd));
         if (boot.Size > earlier.BootSize)

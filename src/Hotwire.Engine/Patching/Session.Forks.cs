@@ -41,13 +41,16 @@ public sealed unsafe partial class Session
     private bool RestoreForked(int pid)
     {
         var sites = Sites.Where(s => !s.Gone).Select(s => new RestingSite(s.Address, s.Length, Shared.ReadU64(SiteEntry(s) + L.SiteOriginal))).ToList();
-        return RestoreForked(pid, sites, Shared.ReadU64(L.RBrkAddr), (byte)Shared.ReadU64(L.RBrkOriginal));
+        return RestoreForked(pid, sites, new RendezvousHook(Shared.ReadU64(L.RBrkAddr), Shared.ReadU64(L.RBrkHooked), Shared.ReadU64(L.RBrkOriginal)));
     }
 
     /// <summary>A site and the bytes it rests at (its original, or a live patch's jmp), as the block's table holds them.</summary>
     internal readonly record struct RestingSite(ulong Address, int Length, ulong Resting);
 
-    private static bool RestoreForked(int pid, IReadOnlyList<RestingSite> sites, ulong brk, byte brkOriginal)
+    /// <summary>The rendezvous' word: where, with our jmp, and as it was.</summary>
+    internal readonly record struct RendezvousHook(ulong Address, ulong Hooked, ulong Original);
+
+    private static bool RestoreForked(int pid, IReadOnlyList<RestingSite> sites, RendezvousHook hook)
     {
         bool changed = false;
         PtraceThread.Shared.Invoke(() =>
@@ -91,9 +94,9 @@ public sealed unsafe partial class Session
                         changed = true;
                     }
                 }
-                if (brk != 0 && memory.TryRead(brk, now[..1]) && now[0] == 0xcc)
+                if (hook.Address != 0 && memory.TryRead(hook.Address, now[..8]) && BitConverter.ToUInt64(now) == hook.Hooked)
                 {
-                    memory.Write(brk, [brkOriginal]);
+                    memory.Write(hook.Address, BitConverter.GetBytes(hook.Original));
                     changed = true;
                 }
             }
@@ -135,7 +138,7 @@ public sealed unsafe partial class Session
             bool any = false;
             foreach (int pid in ProcessesMapping(inode, targetPid).ToList())
             {
-                if (ReadRestingSites(pid, dataBase) is { } table && RestoreForked(pid, table.Sites, table.Brk, table.BrkOriginal))
+                if (ReadRestingSites(pid, dataBase) is { } table && RestoreForked(pid, table.Sites, table.Hook))
                 {
                     restored.Add(pid);
                     any = true;
@@ -149,7 +152,7 @@ public sealed unsafe partial class Session
         return restored.Distinct().ToList();
     }
 
-    private static (List<RestingSite> Sites, ulong Brk, byte BrkOriginal)? ReadRestingSites(int pid, ulong dataBase)
+    private static (List<RestingSite> Sites, RendezvousHook Hook)? ReadRestingSites(int pid, ulong dataBase)
     {
         try
         {
@@ -181,7 +184,7 @@ public sealed unsafe partial class Session
                 int e = i * L.SiteEntrySize;
                 sites.Add(new RestingSite(BitConverter.ToUInt64(entries, e + L.SiteAddress), entries[e + L.SiteLen], BitConverter.ToUInt64(entries, e + L.SiteOriginal)));
             }
-            return (sites, BitConverter.ToUInt64(header, L.RBrkAddr), header[L.RBrkOriginal]);
+            return (sites, new RendezvousHook(BitConverter.ToUInt64(header, L.RBrkAddr), BitConverter.ToUInt64(header, L.RBrkHooked), BitConverter.ToUInt64(header, L.RBrkOriginal)));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or HotwireException)
         {

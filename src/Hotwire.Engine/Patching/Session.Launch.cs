@@ -100,13 +100,9 @@ public sealed unsafe partial class Session
         }
         byte saved = original[0];
         _memory.Write(entry, [0xcc]);
-        do
-        {
-            PtraceThread.Shared.Invoke(tracee.ContinueUntilTrap);
-        }
-        while (TakeRendezvousStop(tracee));   // the linker's rendezvous on the way (a preloaded library, say)
         PtraceThread.Shared.Invoke(() =>
         {
+            tracee.ContinueUntilTrap();
             user_regs_struct regs = tracee.GetRegs();
             regs.rip = entry;
             tracee.SetRegs(regs);

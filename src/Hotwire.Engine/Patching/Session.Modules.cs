@@ -1,3 +1,4 @@
+using Hotwire.Agent;
 using Hotwire.Injection;
 using Hotwire.Interop;
 using Hotwire.Procfs;
@@ -35,53 +36,7 @@ public sealed unsafe partial class Session
     private Thread? _listener;
     private volatile bool _stopListening;
     private ulong _rStateAddress;
-    private ulong _rBrk;
-    private ulong _rBrkResume;
 
-    /// <summary>
-    /// A launched thread still held by Hotwire stopped at the rendezvous (rip just past the int3):
-    /// what the agent's handler does, done here, then the instruction emulated as it does.
-    /// </summary>
-    private bool TakeRendezvousStop(Injection.Tracee tracee)
-    {
-        user_regs_struct regs = PtraceThread.Shared.Invoke(tracee.GetRegs);
-        if (_awaitingRelocation is not null && Enumerable.Range(0, (int)Shared.ReadU64(L.HoldCount))
-            .Any(i => Shared.ReadU64((ulong)(L.HoldTable + i * L.HoldEntrySize)) == regs.rip - 1))
-        {
-            lock (_gate)
-            {
-                Shared.WriteU64(L.LastHit, regs.rip - 1);
-                TakeHold();
-            }
-            regs.rip--;   // the original instruction is back: run it
-            PtraceThread.Shared.Invoke(() => tracee.SetRegs(regs));
-            return true;
-        }
-        if (_rBrk == 0 || regs.rip != _rBrk + 1)
-        {
-            return false;
-        }
-        lock (_gate)
-        {
-            FollowLibraries(System.Diagnostics.Stopwatch.GetTimestamp());
-        }
-        if (_rBrkResume != 0)
-        {
-            regs.rip = _rBrkResume;
-        }
-        else
-        {
-            Span<byte> ret = stackalloc byte[8];
-            if (!_memory.TryRead(regs.rsp, ret))
-            {
-                throw new HotwireException($"cannot read the stack of pid {Pid} at the dynamic linker's rendezvous");
-            }
-            regs.rip = BitConverter.ToUInt64(ret);
-            regs.rsp += 8;
-        }
-        PtraceThread.Shared.Invoke(() => tracee.SetRegs(regs));
-        return true;
-    }
 
     /// <summary>How many site numbers this session may hand out: per-site arrays are sized for it.</summary>
     internal int SiteIdCapacity => _initialSiteCount + LateSiteIds;
@@ -173,65 +128,89 @@ public sealed unsafe partial class Session
         {
             return false;
         }
+        // No int3: a thread that blocks SIGTRAP (a worker with every signal blocked, calling
+        // getaddrinfo, which dlopens NSS modules) would be killed by the kernel on one. The
+        // rendezvous is a `ret` followed by alignment padding; one aligned 8-byte store turns its
+        // first 5 bytes into a jmp to our stub: a thread sees the `ret` or the jmp, never a mix.
         var code = new byte[16];
-        if (!_memory.TryRead(brk, code))
+        if ((brk & 7) != 0 || !_memory.TryRead(brk, code) || !IsRetThenPadding(code, brk))
         {
+            Notice?.Invoke($"the dynamic linker's rendezvous in pid {Pid} is not a `ret` followed by padding ({Convert.ToHexString(code, 0, 8).ToLowerInvariant()}): Hotwire cannot hook it safely, so libraries loaded from now on are not traced");
             return false;
         }
-        if (code[0] == 0xcc)
-        {
-            Notice?.Invoke($"a breakpoint is on the dynamic linker's rendezvous in pid {Pid} (a debugger?): libraries loaded from now on are not traced");
-            return false;
-        }
-        var decoder = Decoder.Create(64, code, brk);
-        Instruction first = decoder.Decode();
-        ulong resume = first.Mnemonic switch
-        {
-            Mnemonic.Ret when first.OpCount == 0 => 0,
-            Mnemonic.Endbr64 or Mnemonic.Nop => first.NextIP,
-            _ => ulong.MaxValue,
-        };
-        if (resume == ulong.MaxValue)
-        {
-            Notice?.Invoke($"the dynamic linker's rendezvous in pid {Pid} starts with {first}, which Hotwire does not emulate: libraries loaded from now on are not traced");
-            return false;
-        }
+        LoadedModule? ld = Image.Modules.FirstOrDefault(m => brk >= m.Start && brk < m.End);
         MemoryMapping text = ProcMaps.Read(Pid).First(m => brk >= m.Start && brk < m.End);
+        if (ld is null)
+        {
+            return false;
+        }
         lock (_gate)
         {
-            _rStateAddress = rDebug + RStateOffset;
-            _rBrk = brk;
-            _rBrkResume = resume;
-            Shared.WriteU64(L.RBrkResume, resume);
-            Shared.WriteU64(L.RBrkOriginal, code[0]);
-            Shared.WriteU64(L.RBrkProt, (ulong)Prot(text.Permissions));
-            Shared.WriteU32(L.ModAck, Shared.ReadU32(L.ModSeq));
-            Shared.WriteU64(L.RBrkAddr, brk);   // before the int3: a trap there is always recognised
-            if (stopped is not null)
-            {
-                // Held by ptrace, the thread would report the trap to Hotwire, not run the handler:
-                // step it past the rendezvous first (it is held there), then write the byte.
-                PtraceThread.Shared.Invoke(() =>
-                {
-                    if (stopped.GetRegs().rip == brk)
-                    {
-                        stopped.SingleStep();
-                    }
-                });
-                _memory.Write(brk, [0xcc]);
-                return true;
-            }
-            // One byte changes; the store is of the aligned word around it, from the agent (atomic for the threads running it).
-            ulong word = brk & ~7UL;
-            Span<byte> around = stackalloc byte[8];
-            if (!_memory.TryRead(word, around))
+            StubRegion region = _plan!.Regions.TryGetValue(ld, out StubRegion? r) ? r : MapLateRegion(ld);
+            _rendezvousRegion = region;
+            ulong stub = PlaceIn(region, at => AgentCode.RendezvousStub(at, DataAddress(0), brk));
+            if (!SitePlanner.InReach(brk, stub))
             {
                 return false;
             }
-            around[(int)(brk - word)] = 0xcc;
-            StoreWord(word, BitConverter.ToUInt64(around));
+            ulong original = BitConverter.ToUInt64(code);
+            ulong hooked = (original & ~0xff_ffff_ffffUL) | SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, stub, null), brk, 5);
+            _rStateAddress = rDebug + RStateOffset;
+            Shared.WriteU64(L.RBrkOriginal, original);
+            Shared.WriteU64(L.RBrkHooked, hooked);
+            Shared.WriteU64(L.RBrkProt, (ulong)Prot(text.Permissions));
+            Shared.WriteU32(L.ModAck, Shared.ReadU32(L.ModSeq));
+            Shared.WriteU64(L.RBrkAddr, brk);   // before the hook: restore and the dead-man switch know it from now on
+            if (stopped is not null)
+            {
+                _memory.Write(brk, BitConverter.GetBytes(hooked));   // the only thread is held: no one runs it meanwhile
+            }
+            else
+            {
+                StoreWord(brk, hooked);
+                AgentSyscall(N.membarrier, 32 /* MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE */, 0, 0);
+            }
         }
         return true;
+    }
+
+    // A `ret` at the first byte and nothing executable after it up to the end of its word (NOPs or int3 padding).
+    private static bool IsRetThenPadding(byte[] code, ulong at)
+    {
+        var decoder = Decoder.Create(64, code, at);
+        Instruction first = decoder.Decode();
+        if (first.Mnemonic != Mnemonic.Ret || first.Length != 1 || first.OpCount != 0)
+        {
+            return false;
+        }
+        while (decoder.IP < at + 8)
+        {
+            Instruction pad = decoder.Decode();
+            if (pad.Mnemonic is not (Mnemonic.Nop or Mnemonic.Int3))
+            {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    private StubRegion? _rendezvousRegion;
+    private ulong _restoreHolds;   // the agent's routine that puts every hold's bytes back
+
+    // Code placed in one region (the stubs of the rendezvous and the holds, near what jumps to them).
+    private ulong PlaceIn(StubRegion region, Func<ulong, byte[]> assemble)
+    {
+        ulong at = region.TargetAddress + region.Used;
+        byte[] code = assemble(at);
+        ulong size = ((ulong)code.Length + 63) & ~63UL;
+        if (region.Used + size > region.Size)
+        {
+            throw new HotwireException("trampoline space near the dynamic linker is exhausted");
+        }
+        MarkUsed(region, region.Used + size);
+        code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, code.Length));
+        region.Used += size;
+        return at;
     }
 
     private void Listen()
@@ -391,8 +370,11 @@ public sealed unsafe partial class Session
         }
     }
 
-    // An int3 on each new library's initialiser (.init, which every gcc-linked library has; the
-    // dynamic linker runs them after relocating all of them): the first one hit is the moment.
+    // A jmp over the first 5 bytes of each new library's initialiser (.init, which every
+    // gcc-linked library has; the dynamic linker runs them after relocating all of the libraries)
+    // to a stub that waits for Hotwire: the first one taken is the moment. No int3 (a thread that
+    // blocks SIGTRAP would die of it); no thread has run any of this code yet, so the bytes are
+    // simply written.
     private void SetHolds(List<LoadedModule> modules)
     {
         if (_whenRelocated.Count == 0 || TestSwitches.NoHolds)
@@ -401,21 +383,26 @@ public sealed unsafe partial class Session
         }
         ReleaseHolds();
         List<MemoryMapping> maps = ProcMaps.Read(Pid);
-        var holds = new List<(ulong Address, byte Original, int Prot)>();
-        Span<byte> b = stackalloc byte[1];
+        var holds = new List<(ulong Address, byte[] Original, int Prot, byte[] Jump)>();
         foreach (LoadedModule m in modules)
         {
-            if (m.Elf.FindSection(".init") is not { Size: > 0 } init || holds.Count == L.HoldMax)
+            if (m.Elf.FindSection(".init") is not { Size: >= 5 } init || holds.Count == L.HoldMax)
             {
                 continue;
             }
             ulong at = m.Bias + init.Address;
-            MemoryMapping map = maps.FirstOrDefault(x => at >= x.Start && at < x.End);
-            if (map.End == 0 || !map.IsExecutable || !_memory.TryRead(at, b) || b[0] == 0xcc)
+            MemoryMapping map = maps.FirstOrDefault(x => at >= x.Start && at + 5 <= x.End);
+            var original = new byte[5];
+            if (map.End == 0 || !map.IsExecutable || !_memory.TryRead(at, original))
             {
                 continue;
             }
-            holds.Add((at, b[0], Prot(map.Permissions)));
+            StubRegion region = _plan!.Regions.Values.Append(_rendezvousRegion).OfType<StubRegion>()
+                .FirstOrDefault(r => SitePlanner.InReach(at, r.TargetAddress) && SitePlanner.InReach(at, r.TargetAddress + r.Size))
+                ?? MapLateRegion(m);
+            ulong stub = PlaceIn(region, a => AgentCode.HoldStub(a, DataAddress(0), at, _restoreHolds));
+            byte[] jump = SiteRecord.Unpack(SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, stub, null), at, 5), 5);
+            holds.Add((at, original, Prot(map.Permissions), jump));
         }
         if (holds.Count == 0)
         {
@@ -426,13 +413,13 @@ public sealed unsafe partial class Session
         {
             ulong e = (ulong)(L.HoldTable + i * L.HoldEntrySize);
             Shared.WriteU64(e, holds[i].Address);
-            Shared.At<byte>(e + 8) = holds[i].Original;
-            Shared.At<byte>(e + 9) = (byte)holds[i].Prot;
+            holds[i].Original.CopyTo(Shared.Bytes(e + 8, 5));
+            Shared.At<byte>(e + 13) = (byte)holds[i].Prot;
         }
         Shared.WriteU64(L.HoldCount, (ulong)holds.Count);
-        foreach ((ulong at, _, _) in holds)
+        foreach ((ulong at, _, _, byte[] jump) in holds)
         {
-            _memory.Write(at, [0xcc]);   // none of the library's code has run: no thread can be there
+            _memory.Write(at, jump);
         }
         _awaitingRelocation = modules;
     }
@@ -464,18 +451,25 @@ public sealed unsafe partial class Session
         }
     }
 
+    // The initialisers' bytes back, then every core serialised before the waiting thread goes on.
     private void ReleaseHolds()
     {
         int count = (int)Shared.ReadU64(L.HoldCount);
         Span<byte> b = stackalloc byte[1];
+        bool wrote = false;
         for (int i = 0; i < count; i++)
         {
             ulong e = (ulong)(L.HoldTable + i * L.HoldEntrySize);
             ulong at = Shared.ReadU64(e);
-            if (_memory.TryRead(at, b) && b[0] == 0xcc)
+            if (_memory.TryRead(at, b) && b[0] == 0xe9)
             {
-                _memory.Write(at, [Shared.At<byte>(e + 8)]);
+                _memory.Write(at, Shared.Bytes(e + 8, 5).ToArray());
+                wrote = true;
             }
+        }
+        if (wrote)
+        {
+            AgentSyscall(N.membarrier, 32 /* MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE */, 0, 0);
         }
         Shared.WriteU64(L.HoldCount, 0);
         _awaitingRelocation = null;
