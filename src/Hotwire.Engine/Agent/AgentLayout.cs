@@ -92,7 +92,7 @@ public static class AgentLayout
     public const int RegionEntrySize = 40;
     public const int RegionMax = 32;
     public const int HeaderSize = 0x1000;
-    public const ulong BlockLayoutVersion = 3;
+    public const ulong BlockLayoutVersion = 4;
 
     // ---- commands ----
     public const int CmdBatch = 1;
