@@ -144,6 +144,15 @@ public sealed unsafe partial class Session
             regions[m] = new StubRegion(m.Start, 0, memfdNext, RegionSize(m));
             memfdNext += RegionSize(m);
         }
+        // An earlier block's other regions (near the dynamic linker, for its rendezvous stub; near
+        // libraries loaded after that attach) stay this session's, described again.
+        foreach (EarlierRegion r in earlier?.Regions ?? [])
+        {
+            if (Image.Modules.FirstOrDefault(m => m.Start == r.ModuleStart) is { } m && !regions.ContainsKey(m))
+            {
+                regions[m] = new StubRegion(m.Start, r.Address, r.MemfdOffset, r.Size);
+            }
+        }
         // Then room for the trampolines of libraries loaded later (Session.Modules.cs).
         ulong total = earlier?.Total ?? memfdNext + LateRegionSpace;
         _lateNext = earlier is null ? memfdNext : earlier.Regions.Select(r => r.MemfdOffset + r.Size).Append(dataSize + MainCodeSize).Max();

@@ -102,7 +102,10 @@ public sealed unsafe partial class Session
         {
             return $"its data area ({b.DataSize >> 20} MiB) is smaller than this session needs ({dataNeeded >> 20} MiB)";
         }
-        if (b.Regions.Count != modules.Count || modules.Any(m => !b.Regions.Any(r => r.ModuleStart == m.Start && r.Size >= regionSize(m))))
+        // A region for every module with sites, and every region near a module still loaded (the
+        // dynamic linker's, for its rendezvous stub, included).
+        if (modules.Any(m => !b.Regions.Any(r => r.ModuleStart == m.Start && r.Size >= regionSize(m)))
+            || b.Regions.Any(r => !Image.Modules.Any(m => m.Start == r.ModuleStart)))
         {
             return "the process's modules changed since";
         }
