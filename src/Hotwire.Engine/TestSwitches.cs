@@ -45,6 +45,9 @@ public static class TestSwitches
     public static TimeSpan? SlowDrain { get; } =
         int.TryParse(Environment.GetEnvironmentVariable("HOTWIRE_TEST_SLOW_DRAIN_MS"), out int slowMs) ? TimeSpan.FromMilliseconds(slowMs) : null;
 
+    /// <summary>HOTWIRE_TEST_NO_SIGTRAP_GUARD=1: threads that block SIGTRAP run on during batches (an int3 of ours kills them).</summary>
+    public static bool NoSigtrapGuard { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_SIGTRAP_GUARD") == "1";
+
     /// <summary>HOTWIRE_TEST_STOP_EVERY_THREAD=1: passes over the threads (sled conversion, block takeover) stop even those blocked in a system call.</summary>
     public static bool StopEveryThread { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_STOP_EVERY_THREAD") == "1";
 }

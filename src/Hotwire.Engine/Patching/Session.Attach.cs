@@ -720,7 +720,7 @@ public sealed unsafe partial class Session
                 {
                     continue;
                 }
-                Tracee.WhileStopped(Pid, tid, t =>
+                void Move(Tracee t)
                 {
                     user_regs_struct regs = t.GetRegs();
                     if (InsideSled(sleds, regs.rip) is ulong sled)
@@ -736,7 +736,15 @@ public sealed unsafe partial class Session
                     {
                         MoveSignalFramesOutOfSleds(sleds, regs.rsp, maps);
                     }
-                });
+                }
+                if (_held?.Get(tid) is { } heldAlready)
+                {
+                    Move(heldAlready);   // held for the batch (it blocks SIGTRAP): already stopped
+                }
+                else
+                {
+                    Tracee.WhileStopped(Pid, tid, Move);
+                }
             }
         });
     }

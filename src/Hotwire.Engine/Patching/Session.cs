@@ -823,6 +823,9 @@ public sealed unsafe partial class Session : IDisposable
         ulong[] sleds = Launched ? [] : entries.Where(e => e.Site.Site.Kind == SiteKind.NopSled && !e.Site.Converted && !e.Site.Fresh)
             .Select(e => e.Site.Address).ToArray();
         Shared.WriteU64(L.PauseAfterPhase1, sleds.Length > 0 ? 1UL : 0UL);
+        // A thread that blocks SIGTRAP and ran into one of the batch's int3s would be killed by the
+        // kernel: such threads are held (ptrace-stopped) until the batch is done.
+        using HeldThreads held = HoldThreadsBlockingSigtrap();
         Send(L.CmdBatch);
         if (sleds.Length > 0)
         {
@@ -1115,7 +1118,10 @@ public sealed unsafe partial class Session : IDisposable
             {
                 Change(transient, []);
             }
-            Send(L.CmdRestoreAll);
+            using (HoldThreadsBlockingSigtrap())
+            {
+                Send(L.CmdRestoreAll);
+            }
             foreach (SiteRecord s in Sites.Where(s => !s.Gone))
             {
                 s.Current = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
@@ -1155,6 +1161,11 @@ public sealed unsafe partial class Session : IDisposable
             }
             Shared.Dispose();
             _memory.Dispose();
+            foreach (Microsoft.Win32.SafeHandles.SafeFileHandle status in _statusFiles.Values)
+            {
+                status.Dispose();
+            }
+            _statusFiles.Clear();
         }
     }
 

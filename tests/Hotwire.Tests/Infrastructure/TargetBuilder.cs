@@ -88,6 +88,9 @@ public enum Flavour
     /// <summary>dlxx.c loading libgraphxx.so (graphxx.cpp as a library) with dlopen.</summary>
     DlCxx,
 
+    /// <summary>sigblocked.c: two threads that block every signal call f() in a tight loop.</summary>
+    SigBlocked,
+
     /// <summary>prefork.c: a loopback server whose 4 forked workers fork a child per connection.</summary>
     Prefork,
 
@@ -174,6 +177,7 @@ public static class TargetBuilder
             Flavour.DlCxx => new Recipe(["graphxx.cpp", "dlxx.c"],
                 [$"g++ {SledFlags} -fno-optimize-sibling-calls -fPIC -shared -Dmain=graphxx_main {{src}}/graphxx.cpp -o {{out}}/libgraphxx.so",
                  $"gcc {SledFlags} -fno-optimize-sibling-calls {{src}}/dlxx.c -o {{out}}/prog"], "prog"),
+            Flavour.SigBlocked => new Recipe(["sigblocked.c"], [$"gcc {SledFlags} -pthread {{src}}/sigblocked.c -o {{out}}/prog"], "prog"),
             Flavour.Prefork => new Recipe(["prefork.c"], [$"gcc {SledFlags} {{src}}/prefork.c -o {{out}}/prog"], "prog"),
             Flavour.Forker => new Recipe(["forker.c"], [$"gcc {SledFlags} -pthread {{src}}/forker.c -o {{out}}/prog"], "prog"),
             Flavour.Metrics => new Recipe(["metrics.c"], [$"gcc {Nop5Flags} -pthread -c {{src}}/metrics.c -o {{out}}/metrics.o", "gcc -no-pie -pthread {out}/metrics.o -o {out}/prog"], "prog"),
