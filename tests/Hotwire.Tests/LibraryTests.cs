@@ -65,6 +65,7 @@ public class LibraryTests(ITestOutputHelper output)
             session.Detach();
             EngineTests.AssertOriginalBytes(target.Pid, session);
             Assert.Equal(0xc3, ReadByte(target.Pid, brk));
+            Assert.Throws<InvalidOperationException>(() => counts.Count("lib_poly"));   // the counters went with the session
             // The program goes on untraced: dlclose and dlopen again after detach.
             target.WriteLine("unload");
             Assert.Equal("unloaded", target.ReadLine(Answer));

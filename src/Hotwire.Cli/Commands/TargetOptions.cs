@@ -53,7 +53,11 @@ public sealed class TargetOptions
         {
             throw new UsageException($"--int3 takes emulate or skip, not '{int3}'");
         }
-        var options = new SessionOptions { SkipInt3Emulation = int3 == "skip", ExtraSharedBytes = extraSharedBytes, ExtraSharedBytesPerSite = extraSharedBytesPerSite };
+        var options = new SessionOptions
+        {
+            SkipInt3Emulation = int3 == "skip", ExtraSharedBytes = extraSharedBytes, ExtraSharedBytesPerSite = extraSharedBytesPerSite,
+            Notice = message => Console.Error.WriteLine($"hotwire: {message}"),
+        };
         if (pid is not null && program.Length > 0)
         {
             throw new UsageException("give either --pid N or -- PROGRAM, not both");

@@ -180,6 +180,10 @@ public sealed class CountingOps : Ops
         {
             return 0;
         }
+        if (_session.IsDetached)
+        {
+            throw new InvalidOperationException("the session is detached: its counters went with it (read them before Detach)");
+        }
         ulong total = _session.Shared.ReadU64(_sharedOffset + (ulong)site.Index * 8);
         if (_tidOffset >= 0)
         {

@@ -30,7 +30,7 @@ public sealed unsafe partial class Session
         }
         Preflight(pid, image);
         var execMappings = ProcMaps.Read(pid).Where(m => m.IsExecutable).ToList();
-        var session = new Session(pid, image, launched: false, ProcessMemory.Open(pid, writable: true), execMappings);
+        var session = new Session(pid, image, launched: false, ProcessMemory.Open(pid, writable: true), execMappings) { Notice = options?.Notice };
         try
         {
             session.Bootstrap(ChooseThread(pid), options ?? new SessionOptions());

@@ -61,7 +61,7 @@ public sealed unsafe partial class Session
                 throw new HotwireException($"{program} has no patch sites, nor has any library it links: {SiteDiscovery.HowToAddSites}");
             }
             var execMappings = ProcMaps.Read(pid).Where(m => m.IsExecutable).ToList();
-            session = new Session(pid, image, launched: true, ProcessMemory.Open(pid, writable: true), execMappings);
+            session = new Session(pid, image, launched: true, ProcessMemory.Open(pid, writable: true), execMappings) { Notice = options?.Notice };
             session.BootstrapStopped(tracee, options ?? new SessionOptions());
             // Convert every sled and __fentry__ call now, while no thread can be inside one.
             session.Apply(session.Sites.Where(s => !s.Converted).ToList());

@@ -26,6 +26,9 @@ public sealed class SessionOptions
     /// frames alone (only threads' current PCs are moved out of sleds: the bug this guards against).
     /// </summary>
     public bool SkipSignalFrameSleds { get; init; }
+
+    /// <summary>One-line messages about what the session could not do for libraries loaded later (called from Hotwire's library thread).</summary>
+    public Action<string>? Notice { get; init; }
 }
 
 /// <summary>
@@ -1231,6 +1234,9 @@ public sealed unsafe partial class Session : IDisposable
             }
         }
     }
+
+    /// <summary>True once detached: the shared memory is unmapped.</summary>
+    internal bool IsDetached => _detached;
 
     private void ThrowIfDetached()
     {
