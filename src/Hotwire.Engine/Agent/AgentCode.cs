@@ -684,7 +684,7 @@ public static class AgentCode
     private const int FutexWait = 0, FutexWake = 1, RendezvousWaits = 40; // × WaitTimeout (50 ms)
 
     /// <summary>
-    /// The dynamic linker's rendezvous, hooked (DESIGN.md, docs/processes.md): _dl_debug_state's
+    /// The dynamic linker's rendezvous, hooked (docs/processes.md): _dl_debug_state's
     /// `ret` is replaced by a jmp here (one aligned word store, no int3: a thread that blocks
     /// SIGTRAP would be killed by one). Tells Hotwire and waits (<see cref="EmitNotifyAndWait"/>),
     /// then returns to _dl_debug_state's caller, as its `ret` would have.

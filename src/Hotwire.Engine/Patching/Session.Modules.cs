@@ -9,11 +9,12 @@ using N = Hotwire.Interop.SyscallNumbers;
 namespace Hotwire.Patching;
 
 /// <summary>
-/// Libraries loaded and unloaded after attach (DESIGN.md §9). The dynamic linker calls its debugger
+/// Libraries loaded and unloaded after attach (docs/processes.md). The dynamic linker calls its debugger
 /// rendezvous, <c>_dl_debug_state</c> (r_debug.r_brk), around every dlopen and dlclose, with
 /// r_debug.r_state = RT_ADD or RT_DELETE before it changes the link map and RT_CONSISTENT after.
-/// Hotwire puts an int3 there, as gdb does; the agent's SIGTRAP handler tells Hotwire and makes the
-/// thread wait until Hotwire has dealt with it (bounded: 2 s, and not at all once Hotwire is gone).
+/// Hotwire hooks it, as gdb does, but with a jmp to a stub rather than an int3 (a thread that blocks
+/// SIGTRAP would die of one); the stub tells Hotwire and makes the thread wait until Hotwire has
+/// dealt with it (bounded: 2 s, and not at all once Hotwire is gone).
 /// At RT_CONSISTENT after a dlopen the new library is mapped but not yet relocated, and none of its
 /// code, constructors included, has run: its sites join the table and the ops whose filters match
 /// them, before dlopen returns, so that every call is seen. After a dlclose its sites are forgotten
@@ -62,11 +63,11 @@ public sealed unsafe partial class Session
     public ulong RendezvousTimeouts => _detached ? 0 : Shared.ReadU64(L.ModWaitsTimedOut);
 
     /// <summary>
-    /// Puts the int3 on the rendezvous and starts the thread that answers it. Without a dynamic
-    /// linker (a static program), or when something else holds the rendezvous (a debugger's
-    /// breakpoint), the session works as before on the modules it has; <see cref="FollowsLibraries"/> says which.
+    /// Hooks the rendezvous and starts the thread that answers it. Without a dynamic linker (a
+    /// static program), or with a rendezvous Hotwire cannot hook safely (one line says so), the
+    /// session works as before on the modules it has; <see cref="FollowsLibraries"/> says which.
     /// </summary>
-    /// <param name="stopped">a launched program's thread, still held (at the rendezvous, past which it is stepped)</param>
+    /// <param name="stopped">a launched program's thread, still held by ptrace (the hook is then written directly)</param>
     internal void StartFollowingLibraries(Injection.Tracee? stopped = null)
     {
         if (!HookRendezvous(stopped))
