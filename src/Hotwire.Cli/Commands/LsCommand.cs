@@ -4,6 +4,7 @@ using Hotwire.Elf;
 using Hotwire.Memory;
 using Hotwire.Patching;
 using Hotwire.Procfs;
+using Hotwire.Symbols;
 
 namespace Hotwire.Cli.Commands;
 
@@ -14,6 +15,11 @@ public static class LsCommand
     {
         var pid = new Option<int?>("--pid", "-p") { Description = "List the functions of this running process (all its modules)", CustomParser = OptionValues.ProcessId };
         var addrs = new Option<bool>("--addrs") { Description = "Also show each site's address and kind" };
+        var all = new Option<bool>("--all", "-a")
+        {
+            Description = "Every function, with or without a compiler site (from .symtab, a debug file, or .dynsym and .eh_frame), "
+                + "each with how its entry can be hooked: site, relocatable (and how), or refused (and why); a count by kind on stderr",
+        };
         var operands = new Argument<string[]>("FILE|GLOB")
         {
             Description = "Without --pid: the program or shared library, then globs. With --pid: globs only. "
@@ -22,9 +28,11 @@ public static class LsCommand
         };
         var command = new Command("ls", "List the functions that can be traced or patched (one per line: name [module])")
         {
-            pid, addrs, operands,
+            pid, addrs, all, operands,
         };
-        command.SetAction(result => (int)Run(result.GetValue(pid), result.GetValue(operands) ?? [], result.GetValue(addrs)));
+        command.SetAction(result => (int)(result.GetValue(all)
+            ? RunAll(result.GetValue(pid), result.GetValue(operands) ?? [], result.GetValue(addrs))
+            : Run(result.GetValue(pid), result.GetValue(operands) ?? [], result.GetValue(addrs))));
         return command;
     }
 
@@ -102,6 +110,121 @@ public static class LsCommand
             output.Write(moduleName);
             output.Write("]\n");
         }
+        return ExitCode.Success;
+    }
+
+    /// <summary>
+    /// <c>hotwire ls --all</c>: every function of the file (or of each module of the process), with the
+    /// way its entry can be hooked (<see cref="EntryClassifier"/>), then a one-line count by kind and
+    /// refusal reason on stderr (the coverage table of any-binary tracing).
+    /// </summary>
+    public static ExitCode RunAll(int? pid, string[] operands, bool showAddresses)
+    {
+        var files = new List<(string Path, ElfFile Elf, IReadOnlyList<PatchSite> Sites, ulong Bias)>();
+        IEnumerable<string> globs;
+        if (pid is int p)
+        {
+            globs = operands;
+            ProcessImage image = ProcessImage.Load(p);
+            files.AddRange(image.Modules.Select(m => (m.Path, m.Elf, (IReadOnlyList<PatchSite>)m.LinkSites.Sites, m.Bias)));
+        }
+        else
+        {
+            if (operands.Length == 0)
+            {
+                throw new UsageException("give a program or shared library to list (hotwire ls --all FILE), or a running process (hotwire ls --all --pid N)");
+            }
+            string file = operands[0];
+            globs = operands.Skip(1);
+            ElfFile elf = ElfFile.Load(file);
+            if (elf.Type == ElfType.Relocatable)
+            {
+                throw new HotwireException($"{file} is an object file; give the linked program or shared library");
+            }
+            files.Add((file, elf, SiteDiscovery.Scan(elf).Sites, 0));
+        }
+
+        var rows = new List<PatchSite>();
+        var plans = new Dictionary<PatchSite, EntryPlan>(ReferenceEqualityComparer.Instance);
+        foreach ((string path, ElfFile elf, IReadOnlyList<PatchSite> sites, ulong bias) in files)
+        {
+            FunctionCatalog catalog = FunctionCatalog.Of(elf, path);
+            if (catalog.Functions.Count == 0)
+            {
+                if (pid is null)
+                {
+                    throw new HotwireException(
+                        $"{path} has no symbol table, no debug file and no .eh_frame: Hotwire cannot find its functions; install its debug symbols (Debian: the -dbgsym package, or libc6-dbg for libc) or rebuild without stripping");
+                }
+                continue;
+            }
+            var siteStarts = new HashSet<ulong>();
+            foreach (PatchSite site in sites)
+            {
+                siteStarts.Add(site.LinkAddress);
+                if (site.AfterEndbr)
+                {
+                    siteStarts.Add(site.LinkAddress - 4);
+                }
+            }
+            foreach ((FunctionEntry function, EntryPlan plan) in EntryClassifier.ClassifyAll(elf, catalog.Functions, siteStarts))
+            {
+                var row = new PatchSite(function.Name, function.Origin != FunctionOrigin.EhFrame, path, function.Address + bias, function.Address, SiteKind.Unknown, [], false);
+                rows.Add(row);
+                plans[row] = plan;
+            }
+        }
+        if (rows.Count == 0)
+        {
+            throw new HotwireException($"pid {pid} has no module whose functions Hotwire can find");
+        }
+
+        List<PatchSite> selected = new FunctionFilter(globs).Select(rows);
+        using (var output = new StreamWriter(Console.OpenStandardOutput(), new UTF8Encoding(encoderShouldEmitUTF8Identifier: false), 1 << 16))
+        {
+            foreach (PatchSite row in selected)
+            {
+                if (showAddresses)
+                {
+                    output.Write(row.Address.ToString("x16"));
+                    output.Write(' ');
+                }
+                output.Write(row.Function);
+                output.Write(" [");
+                output.Write(row.ModuleName);
+                output.Write("] ");
+                output.Write(plans[row].Describe());
+                output.Write('\n');
+            }
+        }
+
+        int sited = 0, relocatable = 0, single = 0;
+        var refused = new Dictionary<string, int>();
+        foreach (PatchSite row in selected)
+        {
+            EntryPlan plan = plans[row];
+            switch (plan.Kind)
+            {
+                case EntryKind.CompilerSite: sited++; break;
+                case EntryKind.Relocatable:
+                    relocatable++;
+                    if (plan.Instructions == 1)
+                    {
+                        single++;
+                    }
+                    break;
+                default:
+                    refused[plan.Reason!] = refused.GetValueOrDefault(plan.Reason!) + 1;
+                    break;
+            }
+        }
+        int total = selected.Count;
+        string reasons = string.Join("; ", refused.OrderByDescending(r => r.Value).Select(r => $"{r.Value} {r.Key}"));
+        Console.Error.WriteLine(
+            $"hotwire: {total} functions: {sited} with a compiler site, {relocatable} relocatable ({single} by one instruction), "
+            + $"{refused.Values.Sum()} refused{(reasons.Length > 0 ? $" ({reasons})" : "")}; "
+            + $"{100.0 * (sited + relocatable) / Math.Max(1, total):F1} % hookable. "
+            + "Only functions with a compiler site can be traced today: relocated entries are not installed yet");
         return ExitCode.Success;
     }
 

@@ -74,6 +74,12 @@ public sealed class ElfFile
 
     public IReadOnlyList<ElfSegment> Segments { get; }
 
+    /// <summary>e_entry: where a program starts (libraries: usually 0).</summary>
+    public ulong EntryPoint => U64(_data.Span, 24);
+
+    /// <summary>The file has a PT_INTERP segment: a dynamically linked program, not a library.</summary>
+    public bool IsProgram => Segments.Any(s => s.Type == 3 /* PT_INTERP */);
+
     /// <summary>Reads a file whole and parses it; every problem is a one-line <see cref="HotwireException"/>.</summary>
     public static ElfFile Load(string path)
     {

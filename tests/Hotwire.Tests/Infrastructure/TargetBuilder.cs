@@ -100,6 +100,13 @@ public enum Flavour
     /// <summary>metrics.c: known numbers of calls and naps, and a spinning thread, on command (NOP5, non-PIE: restored code equals the file).</summary>
     Metrics,
 
+    /// <summary>
+    /// prologues.c without patch sites (-O2, hot/cold partitioning): prog (with .symtab), prog.debug (its
+    /// debug file), prog.stripped (.dynsym and .eh_frame only), prog.linked (stripped, with a
+    /// .gnu_debuglink to prog.debug beside it), prog.bare (no symbols and no .eh_frame).
+    /// </summary>
+    Prologues,
+
     /// <summary>patches/*.c built as live patches (gcc -shared -fPIC); Get returns seedfix.so, the others are beside it.</summary>
     Patches,
 }
@@ -181,6 +188,12 @@ public static class TargetBuilder
             Flavour.Prefork => new Recipe(["prefork.c"], [$"gcc {SledFlags} {{src}}/prefork.c -o {{out}}/prog"], "prog"),
             Flavour.Forker => new Recipe(["forker.c"], [$"gcc {SledFlags} -pthread {{src}}/forker.c -o {{out}}/prog"], "prog"),
             Flavour.Metrics => new Recipe(["metrics.c"], [$"gcc {Nop5Flags} -pthread -c {{src}}/metrics.c -o {{out}}/metrics.o", "gcc -no-pie -pthread {out}/metrics.o -o {out}/prog"], "prog"),
+            Flavour.Prologues => new Recipe(["prologues.c"],
+                ["gcc -O2 -freorder-blocks-and-partition -Wl,--build-id {src}/prologues.c -o {out}/prog",
+                 "objcopy --only-keep-debug {out}/prog {out}/prog.debug",
+                 "strip --strip-all {out}/prog -o {out}/prog.stripped",
+                 "strip --strip-all -R .eh_frame -R .eh_frame_hdr {out}/prog -o {out}/prog.bare",
+                 "cp {out}/prog.stripped {out}/prog.linked && objcopy --add-gnu-debuglink={out}/prog.debug {out}/prog.linked"], "prog"),
             Flavour.Parked => new Recipe(["parked.c"], [$"gcc {SledFlags} -pthread {{src}}/parked.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });
