@@ -17,6 +17,11 @@ public sealed class TargetOptions
 
     public Option<string[]> Notrace { get; } = new("--notrace", "-N") { Description = "Never functions matching GLOB (repeatable; wins over --filter)" };
 
+    public Option<bool> Relocate { get; } = new("--relocate")
+    {
+        Description = "Also trace functions without a compiler site (any binary, libc included) by relocating their first instructions into a detour (docs/any-binary.md)",
+    };
+
     public Option<string> Int3 { get; } = new("--int3")
     {
         Description = "Breakpoint handling while sites are rewritten: emulate (default) or skip (test-only: the pre-2019 bug)",
@@ -35,6 +40,7 @@ public sealed class TargetOptions
         command.Options.Add(Pid);
         command.Options.Add(Filter);
         command.Options.Add(Notrace);
+        command.Options.Add(Relocate);
         command.Options.Add(Int3);
         command.Arguments.Add(Command);
     }
@@ -57,6 +63,7 @@ public sealed class TargetOptions
         {
             SkipInt3Emulation = int3 == "skip", ExtraSharedBytes = extraSharedBytes, ExtraSharedBytesPerSite = extraSharedBytesPerSite,
             Notice = message => Console.Error.WriteLine($"hotwire: {message}"),
+            RelocateEntries = result.GetValue(Relocate),
         };
         if (pid is not null && program.Length > 0)
         {
@@ -66,7 +73,8 @@ public sealed class TargetOptions
         {
             // Read-only first: filters that match nothing leave the process untouched.
             ProcessImage image = ProcessImage.Load(p);
-            if (image.AllSites.Any())
+            // (With --relocate the filter may choose functions found only once attached: the session checks.)
+            if (image.AllSites.Any() && !options.RelocateEntries)
             {
                 ops.SelectSites(image.AllSites.ToList());
             }

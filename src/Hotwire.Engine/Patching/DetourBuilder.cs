@@ -6,7 +6,12 @@ namespace Hotwire.Patching;
 /// <param name="Code">The bytes, to be placed at the detour's address.</param>
 /// <param name="Entry">Offset of the detour's entry (where the jmp at the function's entry goes): a 5-byte NOP, the detour's own patch site.</param>
 /// <param name="Relocated">Offset of the relocated instructions (what a thread caught at the function's entry by the int3 continues at).</param>
-public readonly record struct Detour(byte[] Code, int Entry, int Relocated);
+/// <param name="Boundaries">
+/// For each relocated instruction after the first: its offset from the entry's first rewritten byte,
+/// and the offset of its copy in <paramref name="Code"/>. A thread found at such a boundary while the
+/// entry is rewritten is moved to the copy (it has run the instructions before it).
+/// </param>
+public readonly record struct Detour(byte[] Code, int Entry, int Relocated, IReadOnlyList<(int Original, int Copy)> Boundaries);
 
 /// <summary>
 /// Builds the detour of a relocatable entry (<see cref="EntryClassifier"/>): a literal holding the
@@ -43,10 +48,12 @@ public static class DetourBuilder
 
         var decoder = Decoder.Create(64, new ByteArrayCodeReader(original[..plan.Length].ToArray()), plan.Patch);
         var instructions = new List<Instruction>(plan.Instructions + 2);
+        var starts = new List<(int Original, int Index)>(plan.Instructions);
         bool fallsThrough = true;
         for (int i = 0; i < plan.Instructions; i++)
         {
             decoder.Decode(out Instruction instruction);
+            starts.Add(((int)(instruction.IP - plan.Patch), instructions.Count));
             bool last = i == plan.Instructions - 1;
             if (last && instruction.FlowControl is FlowControl.Call or FlowControl.IndirectCall && !TestSwitches.PlainDetourCall)
             {
@@ -69,7 +76,7 @@ public static class DetourBuilder
 
         var writer = new CodeWriterImpl();
         var block = new InstructionBlock(writer, instructions, address + (ulong)relocated);
-        if (!BlockEncoder.TryEncode(64, block, out string? error, out _))
+        if (!BlockEncoder.TryEncode(64, block, out string? error, out BlockEncoderResult encoded, BlockEncoderOptions.ReturnNewInstructionOffsets))
         {
             throw new HotwireException($"cannot relocate the entry at 0x{plan.Patch:x} to 0x{address + (ulong)relocated:x}: {error}");
         }
@@ -77,7 +84,12 @@ public static class DetourBuilder
         BitConverter.TryWriteBytes(code.AsSpan(0, LiteralBytes), back);
         Nop5.CopyTo(code, entry);
         writer.Bytes.CopyTo(code, relocated);
-        return new Detour(code, entry, relocated);
+        var boundaries = new List<(int, int)>(starts.Count);
+        foreach ((int offset, int index) in starts.Skip(1))
+        {
+            boundaries.Add((offset, relocated + (int)encoded.NewInstructionOffsets[index]));
+        }
+        return new Detour(code, entry, relocated, boundaries);
     }
 
     /// <summary>The <c>jmp</c> that goes where a <c>call</c> went, with the same operand.</summary>

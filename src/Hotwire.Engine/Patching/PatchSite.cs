@@ -17,6 +17,12 @@ public enum SiteKind
 
     /// <summary>The recorded address holds none of the above (damaged, or not an entry site).</summary>
     Unknown,
+
+    /// <summary>
+    /// No compiler site: the entry's first instructions (5 or more bytes, past <c>endbr64</c>) are
+    /// relocated into a detour, and the site's bytes are its first 5 (<see cref="EntryClassifier"/>).
+    /// </summary>
+    Relocated,
 }
 
 public static class SiteKinds
@@ -34,6 +40,7 @@ public static class SiteKinds
         SiteKind.NopSled => "nop1x5",
         SiteKind.FentryCallIndirect => "fentry*",
         SiteKind.FentryCall => "fentry",
+        SiteKind.Relocated => "reloc",
         _ => "unknown",
     };
 

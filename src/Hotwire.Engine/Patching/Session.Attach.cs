@@ -28,7 +28,7 @@ public sealed unsafe partial class Session
         {
             throw new ArgumentException($"the image is of pid {image.Pid}, not {pid}", nameof(image));
         }
-        Preflight(pid, image);
+        Preflight(pid, image, options?.RelocateEntries ?? false);
         var execMappings = ProcMaps.Read(pid).Where(m => m.IsExecutable).ToList();
         var session = new Session(pid, image, launched: false, ProcessMemory.Open(pid, writable: true), execMappings) { Notice = options?.Notice };
         try
@@ -55,7 +55,7 @@ public sealed unsafe partial class Session
         return session;
     }
 
-    private static void Preflight(int pid, ProcessImage image)
+    private static void Preflight(int pid, ProcessImage image, bool relocateEntries)
     {
         string status = $"/proc/{pid}/status";
         if (!File.Exists(status))
@@ -63,7 +63,7 @@ public sealed unsafe partial class Session
             throw new HotwireException($"no process with pid {pid} (it does not exist or has exited)");
         }
         CheckStatus(pid, status);
-        if (!image.AllSites.Any())
+        if (!image.AllSites.Any() && !relocateEntries)
         {
             throw new HotwireException($"pid {pid} has no patch sites in its {image.Modules.Count} modules: {SiteDiscovery.HowToAddSites}");
         }
@@ -113,6 +113,7 @@ public sealed unsafe partial class Session
     private void Bootstrap(int tid, SessionOptions options, Tracee? stopped = null)
     {
         _skipSignalFrameSleds = options.SkipSignalFrameSleds;
+        _relocateEntries = options.RelocateEntries;
         // ---- plan the memfd: [data | main code | a trampoline region per module] ----
         var sites = Image.AllSites.OrderBy(s => s.Address).ToList();
         int n = sites.Count;
@@ -726,9 +727,9 @@ public sealed unsafe partial class Session
                     if (InsideSled(sleds, regs.rip) is ulong sled)
                     {
                         bool trappedHere = regs.rip == sled + 1 && (t.HasPendingSignal(Ptrace.SIGTRAP) || SigtrapPending(tid));
-                        if (!trappedHere)
+                        if (!trappedHere && MovedPc(sled, regs.rip) is ulong moved)
                         {
-                            regs.rip = sled + 5;
+                            regs.rip = moved;
                             t.SetRegs(regs);
                         }
                     }
@@ -773,9 +774,10 @@ public sealed unsafe partial class Session
     {
         foreach (SignalFrames.Frame frame in SignalFrames.Find(_memory, sp, maps))
         {
-            if (InsideSled(sleds, frame.Rip) is ulong sled && !(frame.Rip == sled + 1 && frame.Signal == Ptrace.SIGTRAP))
+            if (InsideSled(sleds, frame.Rip) is ulong sled && !(frame.Rip == sled + 1 && frame.Signal == Ptrace.SIGTRAP)
+                && MovedPc(sled, frame.Rip) is ulong moved)
             {
-                _memory.Write(frame.RipSlot, BitConverter.GetBytes(sled + 5));
+                _memory.Write(frame.RipSlot, BitConverter.GetBytes(moved));
             }
         }
     }

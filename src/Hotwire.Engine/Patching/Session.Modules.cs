@@ -490,12 +490,17 @@ public sealed unsafe partial class Session
         {
             SiteRecord s = live[i];
             ulong e = table + (ulong)i * L.SiteEntrySize;
-            if (s.Fresh)
+            if (s.Fresh || s.Slot < 0)
             {
                 Shared.WriteU64(e + L.SiteAddress, s.Address);
                 Shared.WriteU64(e + L.SiteOriginal, s.Original);
                 Shared.WriteU64(e + L.SiteCurrent, s.Current);
                 Shared.At<byte>(e + L.SiteLen) = (byte)s.Length;
+                if (s.Relocation is { } relocation)
+                {
+                    // what the original bytes do, for a restore's int3 (the dead-man switch's too)
+                    Shared.WriteU64(e + L.SiteBaseEmu, Record(L.KindJmp, 0, relocation.Relocated));
+                }
             }
             else
             {

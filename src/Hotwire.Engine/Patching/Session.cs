@@ -29,6 +29,12 @@ public sealed class SessionOptions
 
     /// <summary>One-line messages about what the session could not do for libraries loaded later (called from Hotwire's library thread).</summary>
     public Action<string>? Notice { get; init; }
+
+    /// <summary>
+    /// Ops' filters may also choose functions without a compiler site: their entries are relocated
+    /// into detours (docs/any-binary.md).
+    /// </summary>
+    public bool RelocateEntries { get; init; }
 }
 
 /// <summary>
@@ -449,9 +455,19 @@ public sealed unsafe partial class Session : IDisposable
         // An ops' filters are fixed: choose its sites once, however often it is toggled.
         if (!_chosen.TryGetValue(ops, out List<SiteRecord>? chosen))
         {
-            _allSites ??= Image.AllSites.ToList();
+            _allSites ??= _relocateEntries ? [.. Image.AllSites, .. RelocatableCandidates()] : Image.AllSites.ToList();
             _functionNames ??= new HashSet<string>(_allSites.Select(p => p.Function), StringComparer.Ordinal);
-            chosen = ops.BuildFilter().Select(_allSites, _functionNames).Select(p => _byAddress[p.Address]).ToList();
+            List<PatchSite> selected = ops.BuildFilter().Select(_allSites, _functionNames);
+            List<PatchSite> unplaced = selected.Where(p => !_byAddress.ContainsKey(p.Address)).ToList();
+            if (unplaced.Count > 0)
+            {
+                if (ops.Redirects)
+                {
+                    throw new HotwireException($"{unplaced[0].Function} has no compiler site: live patches of relocated entries are not supported yet; nothing was changed");
+                }
+                PlaceRelocated(unplaced);
+            }
+            chosen = selected.Select(p => _byAddress[p.Address]).ToList();
             _chosen[ops] = chosen;
         }
         return chosen;
@@ -594,6 +610,10 @@ public sealed unsafe partial class Session : IDisposable
     /// <summary>The bytes the site should hold for its ops (<see cref="SitePlanner"/>), and how to emulate them.</summary>
     private (ulong Bytes, ulong Emu) Desired(SiteRecord s)
     {
+        if (s.Relocation is { } relocation)
+        {
+            return DesiredRelocated(s, relocation);
+        }
         SiteDecision d = SitePlanner.Decide(s.Address, s.Ops, o => o.RedirectTarget(s));
         switch (d.Shape)
         {
@@ -823,7 +843,8 @@ public sealed unsafe partial class Session : IDisposable
 
         // A NOP sled is five instructions: a thread may sit between them. In a running process,
         // pause after the int3s are in and move any such thread past the sled (DESIGN.md §2).
-        ulong[] sleds = Launched ? [] : entries.Where(e => e.Site.Site.Kind == SiteKind.NopSled && !e.Site.Converted && !e.Site.Fresh)
+        // A relocated entry's first instructions likewise: a thread between them moves to the detour's copy.
+        ulong[] sleds = Launched ? [] : entries.Where(e => e.Site.Site.Kind is SiteKind.NopSled or SiteKind.Relocated && !e.Site.Converted && !e.Site.Fresh)
             .Select(e => e.Site.Address).ToArray();
         Shared.WriteU64(L.PauseAfterPhase1, sleds.Length > 0 ? 1UL : 0UL);
         // A thread that blocks SIGTRAP and ran into one of the batch's int3s would be killed by the

@@ -28,6 +28,9 @@ public sealed class SiteRecord
 
     public PatchSite Site { get; }
 
+    /// <summary>For a <see cref="SiteKind.Relocated"/> site: its detour in the target.</summary>
+    internal RelocatedEntry? Relocation { get; init; }
+
     public ulong Address => Site.Address;
 
     public string Function => Site.Function;
@@ -87,6 +90,11 @@ public sealed class SiteRecord
 }
 
 /// <summary>An R-X code region within ±2 GiB of a module's sites, where its trampolines live.</summary>
+/// <summary>Where a relocated entry's detour lies in the target (runtime addresses).</summary>
+/// <param name="Relocated">The relocated instructions, then a jmp back: what the function's original bytes do.</param>
+/// <param name="Boundaries">An instruction boundary inside the rewritten bytes → the same point in the relocated copy.</param>
+internal sealed record RelocatedEntry(ulong Detour, ulong Relocated, IReadOnlyDictionary<ulong, ulong> Boundaries);
+
 internal sealed class StubRegion
 {
     public StubRegion(ulong moduleStart, ulong targetAddress, ulong memfdOffset, ulong size)

@@ -110,6 +110,9 @@ public enum Flavour
     /// <summary>detourrun.c (non-PIE, no sites): one hand-written function per relocation rule, and a region near them to run detours in.</summary>
     DetourRun,
 
+    /// <summary>unmodified.c (PIE, no patch-site flag): 4 threads calling work() and malloc()/free() on command.</summary>
+    Unmodified,
+
     /// <summary>patches/*.c built as live patches (gcc -shared -fPIC); Get returns seedfix.so, the others are beside it.</summary>
     Patches,
 }
@@ -198,6 +201,7 @@ public static class TargetBuilder
                  "strip --strip-all -R .eh_frame -R .eh_frame_hdr {out}/prog -o {out}/prog.bare",
                  "cp {out}/prog.stripped {out}/prog.linked && objcopy --add-gnu-debuglink={out}/prog.debug {out}/prog.linked"], "prog"),
             Flavour.DetourRun => new Recipe(["detourrun.c"], ["gcc -O2 -fno-pie -no-pie {src}/detourrun.c -o {out}/prog"], "prog"),
+            Flavour.Unmodified => new Recipe(["unmodified.c"], ["gcc -O2 -pthread {src}/unmodified.c -o {out}/prog"], "prog"),
             Flavour.Parked => new Recipe(["parked.c"], [$"gcc {SledFlags} -pthread {{src}}/parked.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });

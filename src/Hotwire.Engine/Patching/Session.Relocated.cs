@@ -1,0 +1,165 @@
+using Hotwire.Procfs;
+using Hotwire.Symbols;
+using L = Hotwire.Agent.AgentLayout;
+
+namespace Hotwire.Patching;
+
+// Functions without a compiler site (docs/any-binary.md): with SessionOptions.RelocateEntries, an ops'
+// filter also chooses among them. A chosen one gets a detour (its first instructions relocated,
+// then a jmp back) in the trampoline region near its module, and a site record whose bytes are the
+// entry's first 5: its "NOP" is the original code (emulated, while an int3 is there, by a jump to the
+// relocated copy), anything else a jmp to a small thunk (call the trampoline, then the relocated
+// copy). The batch that first changes those bytes pauses after its int3s, like a NOP sled's, and moves
+// any thread found at an instruction boundary inside them (live, or saved in a signal frame) to the
+// same point in the copy. Restore, detach and the dead-man switch put the original bytes back
+// through the same protocol; detours stay mapped.
+public sealed unsafe partial class Session
+{
+    private bool _relocateEntries;
+
+    // Relocatable functions not chosen yet: runtime entry address → (plan at runtime addresses, the function's bytes from it on).
+    private Dictionary<ulong, (EntryPlan Plan, byte[] Bytes, LoadedModule Module)>? _relocatable;
+
+    // Thunks by (site, trampoline): call the trampoline, then the relocated copy.
+    private readonly Dictionary<(int Site, ulong Trampoline), ulong> _thunks = [];
+
+    /// <summary>Relocatable functions of every module (those without a compiler site), as sites not placed yet.</summary>
+    private List<PatchSite> RelocatableCandidates()
+    {
+        _relocatable = [];
+        var result = new List<PatchSite>();
+        foreach (LoadedModule m in Image.Modules)
+        {
+            FunctionCatalog catalog;
+            try
+            {
+                catalog = FunctionCatalog.Of(m.Elf, m.Path);
+            }
+            catch (HotwireException)
+            {
+                continue;
+            }
+            var siteStarts = new HashSet<ulong>();
+            foreach (PatchSite site in m.LinkSites.Sites)
+            {
+                siteStarts.Add(site.LinkAddress);
+                siteStarts.Add(site.LinkAddress - 4);
+            }
+            foreach ((FunctionEntry function, EntryPlan plan) in EntryClassifier.ClassifyAll(m.Elf, catalog.Functions, siteStarts))
+            {
+                if (plan.Kind != EntryKind.Relocatable)
+                {
+                    continue;
+                }
+                int skip = (int)(plan.Patch - function.Address);
+                byte[] bytes = new byte[Math.Max(plan.Length, 5)];
+                if (!m.Elf.TryReadVirtual(plan.Patch, bytes))
+                {
+                    continue;
+                }
+                ulong entry = plan.Patch + m.Bias;
+                if (_byAddress.ContainsKey(entry) || _relocatable.ContainsKey(entry))
+                {
+                    continue;
+                }
+                _relocatable[entry] = (plan with { Patch = entry }, bytes, m);
+                result.Add(new PatchSite(function.Name, function.Origin != FunctionOrigin.EhFrame, m.Path, entry, plan.Patch,
+                    SiteKind.Relocated, bytes[..5], skip == 4));
+            }
+        }
+        return result;
+    }
+
+    /// <summary>Places detours for relocatable functions an ops chose and gives them site records (in the agent's table).</summary>
+    private void PlaceRelocated(List<PatchSite> chosen)
+    {
+        var records = Sites.ToList();
+        if (records.Count + chosen.Count > SiteIdCapacity)
+        {
+            throw new HotwireException($"{chosen.Count} functions without a compiler site would make more sites than the session can number ({SiteIdCapacity}); choose fewer");
+        }
+        foreach (PatchSite p in chosen)
+        {
+            (EntryPlan plan, byte[] bytes, LoadedModule module) = _relocatable![p.Address];
+            StubRegion region = _plan!.Regions.TryGetValue(module, out StubRegion? r) ? r : MapLateRegion(module);
+            ulong at = region.TargetAddress + region.Used;
+            Detour detour = DetourBuilder.Build(bytes, plan, at);
+            ulong size = ((ulong)detour.Code.Length + 15) & ~15UL;
+            if (region.Used + size > region.Size)
+            {
+                throw new HotwireException($"trampoline space near {module.Name} is exhausted; trace fewer functions");
+            }
+            MarkUsed(region, region.Used + size);
+            detour.Code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, detour.Code.Length));
+            region.Used += size;
+            var boundaries = detour.Boundaries.ToDictionary(b => p.Address + (ulong)b.Original, b => at + (ulong)b.Copy);
+            var record = new SiteRecord(records.Count, p, region)
+            {
+                Relocation = new RelocatedEntry(at + (ulong)detour.Entry, at + (ulong)detour.Relocated, boundaries),
+            };
+            record.Slot = -1; // not in the agent's table yet
+            records.Add(record);
+            _byAddress[p.Address] = record;
+            _relocatable.Remove(p.Address);
+        }
+        Sites = records;
+        _byFunction = null;
+        RebuildSiteTable();
+    }
+
+    /// <summary>A relocated site's bytes and emulation for its ops (<see cref="Desired"/>'s counterpart).</summary>
+    private (ulong Bytes, ulong Emu) DesiredRelocated(SiteRecord s, RelocatedEntry relocation)
+    {
+        SiteDecision d = SitePlanner.Decide(s.Address, s.Ops, o => o.RedirectTarget(s));
+        if (d.Shape == SiteShape.Nop)
+        {
+            return (s.Original, Record(L.KindJmp, 0, relocation.Relocated));
+        }
+        if (d.Redirect is not null)
+        {
+            throw new HotwireException($"{s.Function} has no compiler site: live patches of relocated entries are not supported yet; nothing was changed");
+        }
+        ulong trampoline = Stub(s, null);
+        if (!_thunks.TryGetValue((s.Index, trampoline), out ulong thunk))
+        {
+            thunk = PlaceThunk(s.Region, trampoline, relocation.Relocated);
+            _thunks[(s.Index, trampoline)] = thunk;
+        }
+        ulong bytes = 0xe9UL | (ulong)(uint)checked((int)((long)thunk - (long)(s.Address + 5))) << 8;
+        return (bytes, Record(L.KindJmp, 0, thunk));
+    }
+
+    // call trampoline; jmp relocated
+    private ulong PlaceThunk(StubRegion region, ulong trampoline, ulong relocated)
+    {
+        const ulong Size = 16;
+        if (region.Used + Size > region.Size)
+        {
+            throw new HotwireException("trampoline space near this module is exhausted; trace fewer functions");
+        }
+        ulong at = region.TargetAddress + region.Used;
+        Span<byte> code = stackalloc byte[10];
+        code[0] = 0xe8;
+        BitConverter.TryWriteBytes(code[1..], checked((int)((long)trampoline - (long)(at + 5))));
+        code[5] = 0xe9;
+        BitConverter.TryWriteBytes(code[6..], checked((int)((long)relocated - (long)(at + 10))));
+        MarkUsed(region, region.Used + Size);
+        code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, code.Length));
+        region.Used += Size;
+        return at;
+    }
+
+    /// <summary>
+    /// Where a thread found at <paramref name="pc"/> inside a site being converted continues: past a NOP
+    /// sled, or at the same instruction of a relocated entry's copy; null when it is not inside one
+    /// (or, in a relocated entry, not on an instruction boundary: only a trap on byte 0 can leave it there).
+    /// </summary>
+    private ulong? MovedPc(ulong site, ulong pc)
+    {
+        if (_byAddress.TryGetValue(site, out SiteRecord? s) && s.Relocation is { } relocation)
+        {
+            return relocation.Boundaries.TryGetValue(pc, out ulong moved) ? moved : null;
+        }
+        return site + 5;
+    }
+}
