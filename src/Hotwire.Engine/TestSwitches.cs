@@ -10,6 +10,9 @@ public static class TestSwitches
     /// <summary>HOTWIRE_TEST_PLAIN_DETOUR_CALL=1: a detour relocates a final call as a call (its callee returns into the detour, not the function).</summary>
     public static bool PlainDetourCall { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_PLAIN_DETOUR_CALL") == "1";
 
+    /// <summary>HOTWIRE_TEST_SKIP_UNSTOPPABLE=1: a thread Hotwire cannot stop (another tracer holds it) is not watched while sleds and relocated entries are converted (the old behaviour).</summary>
+    public static bool SkipUnstoppableThreads { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_SKIP_UNSTOPPABLE") == "1";
+
     /// <summary>HOTWIRE_TEST_NO_PATCH_INTENT=1: live patches are recorded only after the sites switch (the orphaned-patch bug).</summary>
     public static bool NoPatchIntent { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_PATCH_INTENT") == "1";
 

@@ -122,4 +122,133 @@ public class RelocatedEntryTests
         Assert.True(module.Elf.TryReadVirtual(f.Address, body));
         return EntryClassifier.Classify(body, f.Address, []).Patch + module.Bias;
     }
+
+    // ---- parking: a thread at an instruction boundary inside the bytes being rewritten ----
+
+    private static (TargetProcess Target, int Tid, ulong Entry) StartParkReloc()
+    {
+        TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.ParkReloc));
+        return (target, int.Parse(target.ReadyWords[2]), Convert.ToUInt64(target.ReadyWords[3], 16));
+    }
+
+    private static string Ask(TargetProcess target, string line)
+    {
+        target.WriteLine(line);
+        return target.ReadLine(TimeSpan.FromSeconds(60)) ?? throw new InvalidOperationException($"no answer to {line}");
+    }
+
+    private static bool Dies(TargetProcess target)
+    {
+        var deadline = Stopwatch.StartNew();
+        while (deadline.ElapsedMilliseconds < 3000)
+        {
+            if (!File.Exists($"/proc/{target.Pid}/status") || File.ReadAllText($"/proc/{target.Pid}/status").Contains("State:\tZ", StringComparison.Ordinal))
+            {
+                return true;
+            }
+            Thread.Sleep(20);
+        }
+        return false;
+    }
+
+    /// <summary>Parks the thread at entry + 2 with the ptrace helper, then registers; returns whether Register finished while it was parked.</summary>
+    private static (bool FinishedWhileParked, byte[] BytesWhileParked, Process Stepper, Task<IReadOnlyList<SiteRecord>> Register) ParkAndRegister(
+        Session session, CountingOps ops, int tid, ulong entry)
+    {
+        string stepperPath = Path.Combine(Path.GetDirectoryName(TargetBuilder.Get(Flavour.ParkReloc))!, "stepper");
+        var psi = new ProcessStartInfo(stepperPath, [tid.ToString(), (entry + 2).ToString("x")]) { RedirectStandardInput = true, RedirectStandardOutput = true };
+        Process stepper = Process.Start(psi)!;
+        Assert.Equal($"parked {entry + 2:x}", stepper.StandardOutput.ReadLine());
+        Task<IReadOnlyList<SiteRecord>> register = Task.Run(() => session.Register(ops));
+        bool finished = register.Wait(TimeSpan.FromMilliseconds(800));
+        return (finished, Live(session.Pid, entry, 5), stepper, register);
+    }
+
+    [Fact]
+    public async Task A_thread_another_tracer_holds_inside_the_entry_is_waited_for_and_every_call_is_counted()
+    {
+        (TargetProcess target, int tid, ulong entry) = StartParkReloc();
+        using TargetProcess _ = target;
+        byte[] original = Live(target.Pid, entry, 5);
+        var notices = new List<string>();
+        using Session session = Session.Attach(target.Pid, new SessionOptions { RelocateEntries = true, Notice = notices.Add });
+        var ops = new CountingOps(["reloc_f"]);
+        long start = long.Parse(Ask(target, "calls"));
+        (bool finished, byte[] parkedBytes, Process stepper, Task<IReadOnlyList<SiteRecord>> register) = ParkAndRegister(session, ops, tid, entry);
+        using Process __ = stepper;
+        // Not finished: the int3 is in, the tail is not written while the thread sits at +2.
+        Assert.False(finished);
+        Assert.Equal(0xcc, parkedBytes[0]);
+        Assert.Equal(original[1..], parkedBytes[1..]);
+        Assert.Contains(notices, n => n.Contains($"thread {tid} ", StringComparison.Ordinal) && n.Contains("held by another tracer", StringComparison.Ordinal));
+
+        stepper.StandardInput.WriteLine("go");
+        await stepper.WaitForExitAsync();
+        SiteRecord site = Assert.Single(await register.WaitAsync(TimeSpan.FromSeconds(10)));
+        Assert.Equal(SiteKind.Relocated, site.Site.Kind);
+        Assert.Equal(0xe9, Live(target.Pid, entry, 1)[0]);
+
+        long before = long.Parse(Ask(target, "calls"));
+        Thread.Sleep(300);
+        long during = long.Parse(Ask(target, "calls"));
+        session.Unregister(ops);
+        long after = long.Parse(Ask(target, "calls"));
+        ulong counted = ops.Count("reloc_f");
+        // Every call made while registered, once: at least those made inside the window, at most those around it.
+        Assert.InRange((long)counted, during - before, after - start);
+        Assert.True(during > before, "the threads made no progress");
+        Assert.Equal("ok", Ask(target, "stop")); // no thread got a wrong value (it would abort)
+        session.Detach();
+        Assert.Equal(original, Live(target.Pid, entry, 5));
+    }
+
+    /// <summary>Teeth: with threads Hotwire cannot stop left unwatched, the tail is written under the parked thread, which dies on release.</summary>
+    [Fact]
+    public void Without_watching_threads_it_cannot_stop_the_parked_thread_runs_into_torn_bytes()
+    {
+        (TargetProcess target, int tid, ulong entry) = StartParkReloc();
+        using TargetProcess owned = target;
+        using Session session = Session.Attach(target.Pid, new SessionOptions { RelocateEntries = true });
+        TestSwitches.SkipUnstoppableThreads = true;
+        try
+        {
+            (bool finished, byte[] parkedBytes, Process stepper, _) = ParkAndRegister(session, new CountingOps(["reloc_f"]), tid, entry);
+            using Process ownedStepper = stepper;
+            Assert.True(finished);
+            Assert.Equal(0xe9, parkedBytes[0]); // the jmp, over the thread's next instruction
+            stepper.StandardInput.WriteLine("go");
+            stepper.WaitForExit();
+            Assert.True(Dies(target), "the thread parked inside the rewritten bytes ran on unharmed");
+        }
+        finally
+        {
+            TestSwitches.SkipUnstoppableThreads = false;
+        }
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void A_signal_handler_that_interrupted_the_entry_returns_into_the_relocated_copy(bool skipSignalFrames)
+    {
+        (TargetProcess target, _, ulong entry) = StartParkReloc();
+        using TargetProcess owned = target;
+        Assert.Equal($"parked {entry + 2:x}", Ask(target, "signal"));
+        using Session session = Session.Attach(target.Pid, new SessionOptions { RelocateEntries = true, SkipSignalFrameSleds = skipSignalFrames });
+        var ops = new CountingOps(["reloc_f"]);
+        session.Register(ops);
+        Assert.Equal("released", Ask(target, "release"));
+        if (skipSignalFrames)
+        {
+            // Teeth: the saved PC left at +2 returns into the middle of the jmp.
+            Assert.True(Dies(target), "the handler returned into the rewritten bytes unharmed");
+            return;
+        }
+        long before = long.Parse(Ask(target, "calls"));
+        Thread.Sleep(200);
+        Assert.True(long.Parse(Ask(target, "calls")) > before);
+        Assert.True(ops.Count("reloc_f") > 0);
+        session.Detach();
+        Assert.Equal("ok", Ask(target, "stop"));
+    }
 }

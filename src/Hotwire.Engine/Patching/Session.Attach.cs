@@ -742,12 +742,60 @@ public sealed unsafe partial class Session
                 {
                     Move(heldAlready);   // held for the batch (it blocks SIGTRAP): already stopped
                 }
-                else
+                else if (!Tracee.WhileStopped(Pid, tid, Move) && Directory.Exists(task) && !TestSwitches.SkipUnstoppableThreads)
                 {
-                    Tracee.WhileStopped(Pid, tid, Move);
+                    WaitUntilOutside(tid, task, sleds, maps, Move);
                 }
             }
         });
+    }
+
+    /// <summary>
+    /// A thread Hotwire cannot stop (another tracer holds it: a debugger, a profiler) cannot be moved.
+    /// Its PC and stack pointer are read from /proc/PID/task/TID/syscall, without disturbing it: while
+    /// it (or a signal frame on its stack) is inside a site being converted, the tails are not written
+    /// and Hotwire waits, saying so once. It continues when the thread leaves, becomes stoppable (then
+    /// it is moved), or exits. Killing Hotwire meanwhile is safe: the agent then puts each byte 0 back.
+    /// </summary>
+    private void WaitUntilOutside(int tid, string task, ulong[] sleds, List<MemoryMapping> maps, Action<Tracee> move)
+    {
+        bool said = false;
+        while (Directory.Exists(task))
+        {
+            string[] f;
+            try
+            {
+                f = File.ReadAllText(Path.Combine(task, "syscall")).Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            }
+            catch (IOException)
+            {
+                return; // gone
+            }
+            if (f.Length < 3)
+            {
+                // "running": no tracer holds it now, or it runs under one; try to stop it ourselves
+                if (Tracee.WhileStopped(Pid, tid, move))
+                {
+                    return;
+                }
+            }
+            else
+            {
+                ulong sp = Convert.ToUInt64(f[^2], 16), pc = Convert.ToUInt64(f[^1], 16);
+                bool inside = InsideSled(sleds, pc) is not null
+                    || (!_skipSignalFrameSleds && SignalFrames.Find(_memory, sp, maps).Any(frame => InsideSled(sleds, frame.Rip) is not null));
+                if (!inside)
+                {
+                    return;
+                }
+                if (!said)
+                {
+                    Notice?.Invoke($"thread {tid} of pid {Pid} is held by another tracer inside a function entry being rewritten: waiting until it leaves (killing Hotwire now is safe)");
+                    said = true;
+                }
+            }
+            Thread.Sleep(1);
+        }
     }
 
     // A thread blocked in a system call (its PC on a syscall instruction, not in a sled) with no

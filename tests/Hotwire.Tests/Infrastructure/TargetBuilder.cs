@@ -113,6 +113,9 @@ public enum Flavour
     /// <summary>unmodified.c (PIE, no patch-site flag): 4 threads calling work() and malloc()/free() on command.</summary>
     Unmodified,
 
+    /// <summary>parkreloc.c (no sites, PIE) with stepper.c beside it (stepper): a thread parked at a boundary of a relocated entry.</summary>
+    ParkReloc,
+
     /// <summary>patches/*.c built as live patches (gcc -shared -fPIC); Get returns seedfix.so, the others are beside it.</summary>
     Patches,
 }
@@ -202,6 +205,8 @@ public static class TargetBuilder
                  "cp {out}/prog.stripped {out}/prog.linked && objcopy --add-gnu-debuglink={out}/prog.debug {out}/prog.linked"], "prog"),
             Flavour.DetourRun => new Recipe(["detourrun.c"], ["gcc -O2 -fno-pie -no-pie {src}/detourrun.c -o {out}/prog"], "prog"),
             Flavour.Unmodified => new Recipe(["unmodified.c"], ["gcc -O2 -pthread {src}/unmodified.c -o {out}/prog"], "prog"),
+            Flavour.ParkReloc => new Recipe(["parkreloc.c", "stepper.c"],
+                ["gcc -O2 -pthread {src}/parkreloc.c -o {out}/prog", "gcc -O2 {src}/stepper.c -o {out}/stepper"], "prog"),
             Flavour.Parked => new Recipe(["parked.c"], [$"gcc {SledFlags} -pthread {{src}}/parked.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });
