@@ -111,6 +111,19 @@ public class RelocatedEntryTests
         Assert.Equal(expected, Run(target, 2000));
     }
 
+    [Fact]
+    public void A_filter_that_chooses_only_a_function_that_cannot_be_relocated_says_why()
+    {
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Unmodified));
+        CliResult result = HotwireCli.Run("count", "--relocate", "--pid", target.Pid.ToString(), "-F", "tiny", "--duration", "1");
+        Assert.Equal(1, result.ExitCode);
+        Assert.Equal(
+            $"hotwire: the function the filter matches cannot be traced: it has no compiler site and its entry cannot be relocated (tiny [prog]: {EntryClassifier.TooShort}); `hotwire ls --all` lists every function and why",
+            result.Stderr.Trim());
+        long sum = Run(target, 10);
+        Assert.Equal(sum, Run(target, 10)); // the target runs on, unchanged
+    }
+
     /// <summary>The runtime address of a function's relocated bytes (past endbr64) in <paramref name="file"/> as mapped in pid.</summary>
     private static ulong Entry(int pid, string file, string function)
     {

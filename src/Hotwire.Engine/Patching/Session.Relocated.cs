@@ -20,6 +20,9 @@ public sealed unsafe partial class Session
     // Relocatable functions not chosen yet: runtime entry address → (plan at runtime addresses, the function's bytes from it on).
     private Dictionary<ulong, (EntryPlan Plan, byte[] Bytes, LoadedModule Module)>? _relocatable;
 
+    // Functions without a site that cannot be relocated, with the reason (for the message when a filter chooses only those).
+    private List<(PatchSite Site, string Reason)> _refused = [];
+
     // Thunks by (site, trampoline): call the trampoline, then the relocated copy.
     private readonly Dictionary<(int Site, ulong Trampoline), ulong> _thunks = [];
 
@@ -27,6 +30,7 @@ public sealed unsafe partial class Session
     private List<PatchSite> RelocatableCandidates()
     {
         _relocatable = [];
+        _refused = [];
         var result = new List<PatchSite>();
         foreach (LoadedModule m in Image.Modules)
         {
@@ -47,6 +51,10 @@ public sealed unsafe partial class Session
             }
             foreach ((FunctionEntry function, EntryPlan plan) in EntryClassifier.ClassifyAll(m.Elf, catalog.Functions, siteStarts))
             {
+                if (plan.Kind == EntryKind.Refused)
+                {
+                    _refused.Add((new PatchSite(function.Name, true, m.Path, function.Address + m.Bias, function.Address, SiteKind.Unknown, [], false), plan.Reason!));
+                }
                 if (plan.Kind != EntryKind.Relocatable)
                 {
                     continue;
@@ -68,6 +76,24 @@ public sealed unsafe partial class Session
             }
         }
         return result;
+    }
+
+    /// <summary>
+    /// When a filter chose nothing: if it matches functions whose entries cannot be relocated, the
+    /// message names them and why (one line), instead of "no traceable function".
+    /// </summary>
+    private HotwireException ExplainRefused(FunctionFilter filter, HotwireException noMatch)
+    {
+        List<(PatchSite Site, string Reason)> matched = _refused.Where(r => filter.Matches(r.Site)).ToList();
+        if (matched.Count == 0)
+        {
+            return noMatch;
+        }
+        string first = string.Join("; ", matched.Take(3).Select(r => $"{r.Site.Function} [{r.Site.ModuleName}]: {r.Reason}"));
+        string what = matched.Count == 1
+            ? "the function the filter matches cannot be traced: it has no compiler site and its entry cannot be relocated"
+            : $"the {matched.Count} functions the filter matches cannot be traced: they have no compiler site and their entries cannot be relocated";
+        return new HotwireException($"{what} ({first}{(matched.Count > 3 ? "; …" : "")}); `hotwire ls --all` lists every function and why");
     }
 
     /// <summary>Places detours for relocatable functions an ops chose and gives them site records (in the agent's table).</summary>

@@ -457,7 +457,16 @@ public sealed unsafe partial class Session : IDisposable
         {
             _allSites ??= _relocateEntries ? [.. Image.AllSites, .. RelocatableCandidates()] : Image.AllSites.ToList();
             _functionNames ??= new HashSet<string>(_allSites.Select(p => p.Function), StringComparer.Ordinal);
-            List<PatchSite> selected = ops.BuildFilter().Select(_allSites, _functionNames);
+            FunctionFilter filter = ops.BuildFilter();
+            List<PatchSite> selected;
+            try
+            {
+                selected = filter.Select(_allSites, _functionNames);
+            }
+            catch (HotwireException e) when (_relocateEntries)
+            {
+                throw ExplainRefused(filter, e);
+            }
             List<PatchSite> unplaced = selected.Where(p => !_byAddress.ContainsKey(p.Address)).ToList();
             if (unplaced.Count > 0)
             {
