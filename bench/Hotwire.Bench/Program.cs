@@ -6,7 +6,7 @@ using Hotwire.Tracing;
 // Engine benchmarks (called by bench/run): prints markdown table rows on stdout.
 // Usage: Hotwire.Bench BUILD_DIR   (BUILD_DIR holds micro-plain, micro-nop5, micro-sled, many)
 string build = args[0];
-string? only = args.Length > 1 ? args[1] : null; // run one section: calls, uprobe, tracers, sustained, nodrop, livepatch, attach, processes, patch
+string? only = args.Length > 1 ? args[1] : null; // run one section: calls, uprobe, tracers, sustained, nodrop, livepatch, attach, processes, patch, relocated
 bool Want(string section) => only is null || only == section;
 const int Runs = 5;
 var rows = new List<string>();
@@ -453,6 +453,47 @@ using (var idle = Target.Start(Path.Combine(build, "micro-nop5")))
         s.Unregister(ops);
     }
     rows.Add($"| one site toggle (call↔nop, 3 syncs), idle target | {clock.Elapsed.TotalMicroseconds / (2 * Toggles):F1} µs | — | — | — | ≤ 100 µs |");
+}
+// ---- relocated entries (no compiler site, --relocate): per-call cost against a NOP5 site, and enabling 10,000 ----
+if (Want("relocated"))
+using (var plain = Target.Start(Path.Combine(build, "micro-plain")))
+using (var relocated = Target.Start(Path.Combine(build, "micro-plain")))
+using (var nop5 = Target.Start(Path.Combine(build, "micro-nop5")))
+{
+    using Session sr = Session.Attach(relocated.Pid, new SessionOptions { RelocateEntries = true });
+    sr.Register(new CountingOps(["leaf"]));
+    using Session sn = Session.Attach(nop5.Pid);
+    sn.Register(new CountingOps(["leaf"]));
+    var p = new List<double>(); var r = new List<double>(); var n = new List<double>();
+    for (int i = 0; i < Runs; i++)
+    {
+        p.Add(Ns(plain, 1)); r.Add(Ns(relocated, 1)); n.Add(Ns(nop5, 1));
+    }
+    double mp = Median(p), mr = Median(r), mn = Median(n);
+    rows.Add($"| counting ops on a relocated entry (no compiler site: jmp, thunk, trampoline, relocated copy), added per call, 1 thread | {mr - mp:+0.00;-0.00} ns | counting ops on a NOP5 site, added per call | {mn - mp:+0.00} ns | {(mr - mn):+0.00;-0.00} ns apart | ≤ +3 ns apart |");
+}
+if (Want("relocated") && File.Exists(Path.Combine(build, "many10k-plain")))
+using (var many = Target.Start(Path.Combine(build, "many10k-plain"), "idle"))
+{
+    using Session s = Session.Attach(many.Pid, new SessionOptions { RelocateEntries = true });
+    var ops = new CountingOps(["f*:mod:many10k-plain"]);
+    var clock = Stopwatch.StartNew();
+    int sites = s.Register(ops).Count;
+    double cold = clock.Elapsed.TotalMilliseconds;
+    clock.Restart();
+    s.Unregister(ops);
+    double off = clock.Elapsed.TotalMilliseconds;
+    var warm = new List<double>(); var warmOff = new List<double>();
+    for (int i = 0; i < Runs; i++)
+    {
+        clock.Restart();
+        s.Register(ops);
+        warm.Add(clock.Elapsed.TotalMilliseconds);
+        clock.Restart();
+        s.Unregister(ops);
+        warmOff.Add(clock.Elapsed.TotalMilliseconds);
+    }
+    rows.Add($"| enable {sites:N0} relocated entries (a program built without sites), first time (classify, place detours, convert) / after; disable, first time / after | {cold:F1} / {Median(warm):F1}; {off:F1} / {Median(warmOff):F1} ms | — | — | — | after ≤ 50 ms |");
 }
 foreach (string r in rows)
 {

@@ -532,11 +532,11 @@ public sealed unsafe partial class Session
     private int _listCapacity;
 
     /// <summary>A trampoline region for a library loaded after attach, mapped by the agent within ±2 GiB of it.</summary>
-    private StubRegion MapLateRegion(LoadedModule m)
+    private StubRegion MapLateRegion(LoadedModule m, int moreSites = 0)
     {
         const ulong MapShared = 0x01, MapFixedNoReplace = 0x100000;
         const long EEXIST = 17;
-        ulong size = RegionSize(m);
+        ulong size = Align(RegionSize(m) + (ulong)moreSites * 1024, 4096);
         if (_lateNext + size > _plan!.Total)
         {
             throw new HotwireException($"no room left in Hotwire's block for the trampolines of {m.Name}");

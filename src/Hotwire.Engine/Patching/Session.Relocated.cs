@@ -104,10 +104,20 @@ public sealed unsafe partial class Session
         {
             throw new HotwireException($"{chosen.Count} functions without a compiler site would make more sites than the session can number ({SiteIdCapacity}); choose fewer");
         }
+        // Room near each module for the detours, thunks and trampolines of its chosen functions (about
+        // 1 KiB each, as for compiler sites): its region if that has it, else one more region near it.
+        var regions = new Dictionary<LoadedModule, StubRegion>();
+        foreach (IGrouping<LoadedModule, PatchSite> g in chosen.GroupBy(p => _relocatable![p.Address].Module))
+        {
+            int count = g.Count();
+            regions[g.Key] = _plan!.Regions.TryGetValue(g.Key, out StubRegion? r) && r.Used + 4096 + (ulong)count * 1024 <= r.Size
+                ? r
+                : MapLateRegion(g.Key, count);
+        }
         foreach (PatchSite p in chosen)
         {
             (EntryPlan plan, byte[] bytes, LoadedModule module) = _relocatable![p.Address];
-            StubRegion region = _plan!.Regions.TryGetValue(module, out StubRegion? r) ? r : MapLateRegion(module);
+            StubRegion region = regions[module];
             ulong at = region.TargetAddress + region.Used;
             Detour detour = DetourBuilder.Build(bytes, plan, at);
             ulong size = ((ulong)detour.Code.Length + 15) & ~15UL;
