@@ -418,24 +418,8 @@ using (var many = Target.Start(Path.Combine(build, "many"), "idle"))
     using Session s = Session.Attach(many.Pid);
     foreach (int n in new[] { 1, 256, 50_000 })
     {
-        var ops = new CountingOps(n == 50_000 ? ["f*"] : Enumerable.Range(0, n).Select(i => $"f{i}"));
-        var clock = Stopwatch.StartNew();
-        s.Register(ops);
-        double cold = clock.Elapsed.TotalMilliseconds;
-        clock.Restart();
-        s.Unregister(ops);
-        double off = clock.Elapsed.TotalMilliseconds;
-        var warm = new List<double>(); var warmOff = new List<double>();
-        for (int i = 0; i < Runs; i++)
-        {
-            clock.Restart();
-            s.Register(ops);
-            warm.Add(clock.Elapsed.TotalMilliseconds);
-            clock.Restart();
-            s.Unregister(ops);
-            warmOff.Add(clock.Elapsed.TotalMilliseconds);
-        }
-        rows.Add($"| enable {n} sites, first time / after; disable, first time / after | {cold:F2} / {Median(warm):F2}; {off:F2} / {Median(warmOff):F2} ms | — | — | — | {(n == 50_000 ? "≤ 20 / ≤ 5; ≤ 5 ms" : "—")} |");
+        (double cold, double warm, double off, double warmOff, _) = EnableDisable(s, new CountingOps(n == 50_000 ? ["f*"] : Enumerable.Range(0, n).Select(i => $"f{i}")));
+        rows.Add($"| enable {n} sites, first time / after; disable, first time / after | {cold:F2} / {warm:F2}; {off:F2} / {warmOff:F2} ms | — | — | — | {(n == 50_000 ? "≤ 20 / ≤ 5; ≤ 5 ms" : "—")} |");
     }
 }
 if (Want("patch"))
@@ -476,24 +460,8 @@ if (Want("relocated") && File.Exists(Path.Combine(build, "many10k-plain")))
 using (var many = Target.Start(Path.Combine(build, "many10k-plain"), "idle"))
 {
     using Session s = Session.Attach(many.Pid, new SessionOptions { RelocateEntries = true });
-    var ops = new CountingOps(["f*:mod:many10k-plain"]);
-    var clock = Stopwatch.StartNew();
-    int sites = s.Register(ops).Count;
-    double cold = clock.Elapsed.TotalMilliseconds;
-    clock.Restart();
-    s.Unregister(ops);
-    double off = clock.Elapsed.TotalMilliseconds;
-    var warm = new List<double>(); var warmOff = new List<double>();
-    for (int i = 0; i < Runs; i++)
-    {
-        clock.Restart();
-        s.Register(ops);
-        warm.Add(clock.Elapsed.TotalMilliseconds);
-        clock.Restart();
-        s.Unregister(ops);
-        warmOff.Add(clock.Elapsed.TotalMilliseconds);
-    }
-    rows.Add($"| enable {sites:N0} relocated entries (a program built without sites), first time (classify, place detours, convert) / after; disable, first time / after | {cold:F1} / {Median(warm):F1}; {off:F1} / {Median(warmOff):F1} ms | — | — | — | after ≤ 50 ms |");
+    (double cold, double warm, double off, double warmOff, int sites) = EnableDisable(s, new CountingOps(["f*:mod:many10k-plain"]));
+    rows.Add($"| enable {sites:N0} relocated entries (a program built without sites), first time (classify, place detours, convert) / after; disable, first time / after | {cold:F1} / {warm:F1}; {off:F1} / {warmOff:F1} ms | — | — | — | after ≤ 50 ms |");
 }
 foreach (string r in rows)
 {
@@ -510,6 +478,28 @@ static (Session, RingTracer, Recorder, string) TraceLeaf(Target target, RingTrac
     recorder.NoteTracedSites(s.Register(tracer));
     recorder.Start();
     return (s, tracer, recorder, dir);
+}
+
+// Enables and disables an ops: the first time, then the median of Runs more (ms), and how many sites it took.
+static (double Cold, double Warm, double Off, double WarmOff, int Sites) EnableDisable(Session s, Ops ops)
+{
+    var clock = Stopwatch.StartNew();
+    int sites = s.Register(ops).Count;
+    double cold = clock.Elapsed.TotalMilliseconds;
+    clock.Restart();
+    s.Unregister(ops);
+    double off = clock.Elapsed.TotalMilliseconds;
+    var warm = new List<double>(); var warmOff = new List<double>();
+    for (int i = 0; i < Runs; i++)
+    {
+        clock.Restart();
+        s.Register(ops);
+        warm.Add(clock.Elapsed.TotalMilliseconds);
+        clock.Restart();
+        s.Unregister(ops);
+        warmOff.Add(clock.Elapsed.TotalMilliseconds);
+    }
+    return (cold, Median(warm), off, Median(warmOff), sites);
 }
 
 static double Median(List<double> v)

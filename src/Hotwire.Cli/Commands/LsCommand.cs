@@ -63,17 +63,8 @@ public static class LsCommand
         }
         else
         {
-            if (operands.Length == 0)
-            {
-                throw new UsageException("give a program or shared library to list (hotwire ls FILE), or a running process (hotwire ls --pid N)");
-            }
-            string file = operands[0];
+            (string file, ElfFile elf) = LoadFile(operands, "");
             globs = operands.Skip(1);
-            ElfFile elf = ElfFile.Load(file);
-            if (elf.Type == ElfType.Relocatable)
-            {
-                throw new HotwireException($"{file} is an object file; give the linked program or shared library");
-            }
             ModuleSites moduleSites = SiteDiscovery.Scan(elf);
             sites = moduleSites.Sites;
             if (sites.Count == 0)
@@ -130,17 +121,8 @@ public static class LsCommand
         }
         else
         {
-            if (operands.Length == 0)
-            {
-                throw new UsageException("give a program or shared library to list (hotwire ls --all FILE), or a running process (hotwire ls --all --pid N)");
-            }
-            string file = operands[0];
+            (string file, ElfFile elf) = LoadFile(operands, "--all ");
             globs = operands.Skip(1);
-            ElfFile elf = ElfFile.Load(file);
-            if (elf.Type == ElfType.Relocatable)
-            {
-                throw new HotwireException($"{file} is an object file; give the linked program or shared library");
-            }
             files.Add((file, elf, SiteDiscovery.Scan(elf).Sites, 0));
         }
 
@@ -226,6 +208,22 @@ public static class LsCommand
             + $"{100.0 * (sited + relocatable) / Math.Max(1, total):F1} % hookable. "
             + "Only functions with a compiler site can be traced today: relocated entries are not installed yet");
         return ExitCode.Success;
+    }
+
+    /// <summary>The file the first operand names, loaded (a usage error without one; an object file is refused).</summary>
+    private static (string File, ElfFile Elf) LoadFile(string[] operands, string option)
+    {
+        if (operands.Length == 0)
+        {
+            throw new UsageException($"give a program or shared library to list (hotwire ls {option}FILE), or a running process (hotwire ls {option}--pid N)");
+        }
+        string file = operands[0];
+        ElfFile elf = ElfFile.Load(file);
+        if (elf.Type == ElfType.Relocatable)
+        {
+            throw new HotwireException($"{file} is an object file; give the linked program or shared library");
+        }
+        return (file, elf);
     }
 
     private static string Label(PatchSite site, Dictionary<ulong, byte[]>? live)
