@@ -3,6 +3,7 @@ using Hotwire.Elf;
 using Hotwire.Patching;
 using Hotwire.Tests.Infrastructure;
 using Xunit;
+using Xunit.Abstractions;
 
 namespace Hotwire.Tests;
 
@@ -11,7 +12,7 @@ namespace Hotwire.Tests;
 /// (SessionOptions.RelocateEntries): in the program and in libc, while 4 threads call them.
 /// </summary>
 [Collection("engine")]
-public class RelocatedEntryTests
+public class RelocatedEntryTests(ITestOutputHelper output)
 {
     private static long Run(TargetProcess target, long calls)
     {
@@ -134,6 +135,37 @@ public class RelocatedEntryTests
         byte[] body = new byte[f.Size];
         Assert.True(module.Elf.TryReadVirtual(f.Address, body));
         return EntryClassifier.Classify(body, f.Address, []).Patch + module.Bias;
+    }
+
+    [Fact]
+    public void Ten_thousand_toggles_of_a_relocated_entry_make_no_blocked_call_fail_with_EINTR()
+    {
+        // Threads blocked in the calls signal(7) says fail with EINTR after a stop, two more calling
+        // f busily: each enable converts f's original bytes again (int3, the check of every thread, tail, head).
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.WaitersPlain));
+        using (Session session = Session.Attach(target.Pid, new SessionOptions { RelocateEntries = true }))
+        {
+            var ops = new CountingOps(["f"]);
+            Assert.Equal(SiteKind.Relocated, Assert.Single(session.Register(ops)).Site.Kind);
+            session.Unregister(ops);
+            long before = KillTests.Counts(target)["f"];
+            var clock = Stopwatch.StartNew();
+            for (int i = 0; i < 5_000; i++)
+            {
+                session.Register(ops);
+                session.Unregister(ops);
+            }
+            output.WriteLine($"10,000 toggles in {clock.ElapsedMilliseconds} ms");
+            Assert.True(KillTests.Counts(target)["f"] > before, "f was not called while toggling");
+            Assert.True(ops.Count("f") > 0);
+            session.Detach();
+        }
+        Dictionary<string, long> counts = KillTests.Counts(target);
+        target.WriteLine("quit");
+        foreach (string call in new[] { "sigwaitinfo", "sigtimedwait", "semop", "semtimedop", "io_getevents", "recv", "epoll_wait" })
+        {
+            Assert.True(counts[call] == 0, $"{call}: {counts[call]} EINTR");
+        }
     }
 
     // ---- parking: a thread at an instruction boundary inside the bytes being rewritten ----

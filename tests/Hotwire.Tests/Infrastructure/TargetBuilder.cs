@@ -116,6 +116,9 @@ public enum Flavour
     /// <summary>parkreloc.c (no sites, PIE) with stepper.c beside it (stepper): a thread parked at a boundary of a relocated entry.</summary>
     ParkReloc,
 
+    /// <summary>waiters.c built without patch sites (f is traced through a relocated entry).</summary>
+    WaitersPlain,
+
     /// <summary>patches/*.c built as live patches (gcc -shared -fPIC); Get returns seedfix.so, the others are beside it.</summary>
     Patches,
 }
@@ -207,6 +210,7 @@ public static class TargetBuilder
             Flavour.Unmodified => new Recipe(["unmodified.c"], ["gcc -O2 -pthread {src}/unmodified.c -o {out}/prog"], "prog"),
             Flavour.ParkReloc => new Recipe(["parkreloc.c", "stepper.c"],
                 ["gcc -O2 -pthread {src}/parkreloc.c -o {out}/prog", "gcc -O2 {src}/stepper.c -o {out}/stepper"], "prog"),
+            Flavour.WaitersPlain => new Recipe(["waiters.c"], ["gcc -O2 -pthread {src}/waiters.c -o {out}/prog"], "prog"),
             Flavour.Parked => new Recipe(["parked.c"], [$"gcc {SledFlags} -pthread {{src}}/parked.c -o {{out}}/prog"], "prog"),
             _ => throw new ArgumentOutOfRangeException(nameof(flavour)),
         });
