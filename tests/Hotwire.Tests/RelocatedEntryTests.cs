@@ -91,6 +91,35 @@ public class RelocatedEntryTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void Function_graph_of_malloc_records_every_call_with_a_plausible_duration_and_results_stay_the_same()
+    {
+        string prog = TargetBuilder.Get(Flavour.Unmodified);
+        using TargetProcess target = TargetProcess.Start(prog);
+        long untraced = Run(target, 25_000);
+        string dir = Path.Combine(Path.GetTempPath(), $"malloc-graph-{Environment.ProcessId}");
+        using Process hotwire = HotwireCli.Start("record", "--relocate", "--tracer", "function_graph", "--pid", target.Pid.ToString(),
+            "-F", "malloc:mod:libc.so.6", "-o", dir, "--force");
+        Assert.StartsWith("hotwire: recording 1 functions", hotwire.StandardError.ReadLine());
+        Assert.Equal(untraced, Run(target, 25_000));
+        Hotwire.Interop.Ptrace.kill(hotwire.Id, 2); // SIGINT
+        string summary = hotwire.StandardError.ReadToEnd();
+        hotwire.WaitForExit();
+        Assert.True(hotwire.ExitCode == 0, summary);
+        Assert.Contains(" 0 lost", summary, StringComparison.Ordinal);
+        CliResult report = HotwireCli.Run("report", "-d", dir);
+        Assert.Equal(0, report.ExitCode);
+        // "  Total   Self   Calls   Avg total   Min total   Max total  Function": the malloc line
+        string line = Assert.Single(report.Lines, l => l.EndsWith(" malloc", StringComparison.Ordinal));
+        string[] f = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+        int calls = Array.FindIndex(f, w => long.TryParse(w, out _) && !w.Contains('.'));
+        Assert.Equal("100000", f[calls]);
+        double avg = double.Parse(f[calls + 1], System.Globalization.CultureInfo.InvariantCulture);
+        Assert.Equal("us", f[calls + 2]); // an average malloc of microseconds, not seconds or nothing
+        Assert.InRange(avg, 0.001, 50.0);
+        Directory.Delete(dir, recursive: true);
+    }
+
+    [Fact]
     public void SIGKILL_of_hotwire_leaves_relocated_entries_restored_by_the_dead_man_switch()
     {
         string prog = TargetBuilder.Get(Flavour.Unmodified);
