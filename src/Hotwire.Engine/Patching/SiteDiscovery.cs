@@ -34,7 +34,8 @@ public static class SiteDiscovery
 {
     public const string HowToAddSites =
         "compile with -fpatchable-function-entry=5 (any program or library), or with "
-        + "-pg -mfentry -mnop-mcount -mrecord-mcount (non-PIE) and link without -pg";
+        + "-pg -mfentry -mnop-mcount -mrecord-mcount (non-PIE) and link without -pg; "
+        + "or, without rebuilding, trace with --relocate (hotwire ls --all lists the functions it can take)";
 
     private static readonly byte[] Endbr64 = [0xf3, 0x0f, 0x1e, 0xfa];
 
