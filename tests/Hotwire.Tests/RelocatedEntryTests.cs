@@ -120,6 +120,22 @@ public class RelocatedEntryTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_program_without_sites_is_counted_from_its_first_instruction_with_relocate()
+    {
+        string prog = Path.Combine(Path.GetDirectoryName(TargetBuilder.Get(Flavour.Prologues))!, "prog");
+        CliResult plain = HotwireCli.Run("count", "-F", "add3", "--", prog, "5");
+        Assert.Equal(1, plain.ExitCode);
+        Assert.Contains("has no patch sites", plain.Stderr, StringComparison.Ordinal);
+        Assert.Contains("--relocate", plain.Stderr, StringComparison.Ordinal);
+
+        CliResult result = HotwireCli.Run("count", "--relocate", "-F", "add3", "-F", "rip_first", "-F", "call_last", "--", prog, "5");
+        Assert.True(result.ExitCode == 0, result.Stderr);
+        Assert.Contains("the program exited with status 0", result.Stderr, StringComparison.Ordinal);
+        var counts = result.Lines.Where(l => !l.StartsWith('#')).Select(l => l.Split(' ', StringSplitOptions.RemoveEmptyEntries)).ToDictionary(f => f[1], f => long.Parse(f[0]));
+        Assert.Equal((1, 1, 1), (counts["add3"], counts["rip_first"], counts["call_last"]));
+    }
+
+    [Fact]
     public void SIGKILL_of_hotwire_leaves_relocated_entries_restored_by_the_dead_man_switch()
     {
         string prog = TargetBuilder.Get(Flavour.Unmodified);

@@ -119,7 +119,10 @@ public sealed class TargetOptions
             {
                 throw new InterruptedException($"interrupted while starting {program[0]}: it was killed before it ran");
             }
-            ops.SelectSites(s.Image.AllSites.ToList()); // before the recording or counters are made
+            if (!options.RelocateEntries)
+            {
+                ops.SelectSites(s.Image.AllSites.ToList()); // before the recording or counters are made (with --relocate, Register checks)
+            }
             beforeRun?.Invoke(s);
         });
         ForkGuard.Start(launched);

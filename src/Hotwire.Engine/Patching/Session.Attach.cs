@@ -753,13 +753,15 @@ public sealed unsafe partial class Session
     /// <summary>
     /// A thread Hotwire cannot stop (another tracer holds it: a debugger, a profiler) cannot be moved.
     /// Its PC and stack pointer are read from /proc/PID/task/TID/syscall, without disturbing it: while
-    /// it (or a signal frame on its stack) is inside a site being converted, the tails are not written
-    /// and Hotwire waits, saying so once. It continues when the thread leaves, becomes stoppable (then
+    /// it (or a signal frame on its stack) is inside a site being converted, or it runs under the
+    /// other tracer so that its PC cannot be seen, the tails are not written and Hotwire waits, saying
+    /// so once after a moment. It continues when the thread is seen outside, becomes stoppable (then
     /// it is moved), or exits. Killing Hotwire meanwhile is safe: the agent then puts each byte 0 back.
     /// </summary>
     private void WaitUntilOutside(int tid, string task, ulong[] sleds, List<MemoryMapping> maps, Action<Tracee> move)
     {
         bool said = false;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
         while (Directory.Exists(task))
         {
             string[] f;
@@ -773,10 +775,15 @@ public sealed unsafe partial class Session
             }
             if (f.Length < 3)
             {
-                // "running": no tracer holds it now, or it runs under one; try to stop it ourselves
+                // "running": no tracer holds it now, or it runs under one (its PC unknown); try to stop it ourselves
                 if (Tracee.WhileStopped(Pid, tid, move))
                 {
                     return;
+                }
+                if (!said && clock.ElapsedMilliseconds > 1000)
+                {
+                    Notice?.Invoke($"thread {tid} of pid {Pid} runs under another tracer while a function entry is rewritten: waiting until Hotwire can see it outside the entry (killing Hotwire now is safe)");
+                    said = true;
                 }
             }
             else

@@ -38,9 +38,11 @@ public sealed unsafe partial class Session
             // dynamic linker maps them before it runs any of their code.
             PtraceThread.Shared.Invoke(() => RunUntilLibrariesMapped(pid, tracee));
             ProcessImage image = ProcessImage.Load(pid);
+            // With relocated entries any program can be traced from its first instruction.
+            bool relocate = options?.RelocateEntries ?? false;
             // A script (start.sh that execs the real program): its interpreter has no sites; follow
             // its execs, held at each, to the first program that has, and start there.
-            while (script && !image.AllSites.Any())
+            while (script && !relocate && !image.AllSites.Any())
             {
                 try
                 {
@@ -56,7 +58,7 @@ public sealed unsafe partial class Session
                 }
                 image = ProcessImage.Load(pid);
             }
-            if (!image.AllSites.Any())
+            if (!image.AllSites.Any() && !relocate)
             {
                 throw new HotwireException($"{program} has no patch sites, nor has any library it links: {SiteDiscovery.HowToAddSites}");
             }
