@@ -162,10 +162,13 @@ public class LivePatchTests(ITestOutputHelper output)
         session.Detach();
     }
 
-    [Fact]
-    public async Task A_server_under_load_is_fixed_then_unfixed_with_no_failed_or_wrong_response()
+    [Theory]
+    [InlineData(Flavour.PatchServer)]
+    [InlineData(Flavour.PatchServerPlain)] // no patch sites: the handler is replaced at its relocated entry
+    public async Task A_server_under_load_is_fixed_then_unfixed_with_no_failed_or_wrong_response(Flavour flavour)
     {
-        using var server = TargetProcess.Start(TargetBuilder.Get(Flavour.PatchServer));
+        string exe = TargetBuilder.Get(flavour);
+        using var server = TargetProcess.Start(exe);
         int port = int.Parse(server.ReadyWords[2]);
         var clock = Stopwatch.StartNew();
         using var stop = new CancellationTokenSource();
@@ -226,6 +229,55 @@ public class LivePatchTests(ITestOutputHelper output)
         using var w = new StreamWriter(tcp.GetStream()) { AutoFlush = true };
         w.Write("stats\n");
         Assert.Equal($"served {all.Count}", r.ReadLine());
+        KillTests.AssertTextEqualsFile(server.Pid, exe, "the server after the revert");
+    }
+
+    [Fact]
+    public void A_function_without_a_patch_site_is_patched_traced_while_patched_and_reverted_by_a_later_hotwire()
+    {
+        // patchserver built without any patch-site flag: `hotwire patch` relocates handler's entry.
+        string exe = TargetBuilder.Get(Flavour.PatchServerPlain);
+        using var server = TargetProcess.Start(exe);
+        int port = int.Parse(server.ReadyWords[2]);
+        using var tcp = new TcpClient("127.0.0.1", port);
+        using var r = new StreamReader(tcp.GetStream());
+        using var w = new StreamWriter(tcp.GetStream()) { AutoFlush = true };
+        string Ask(long n)
+        {
+            w.Write($"{n}\n");
+            return r.ReadLine()!;
+        }
+        Assert.Equal("old 10", Ask(5));
+        CliResult patched = Patch(server.Pid, TargetBuilder.Patch("serverfix"));
+        Assert.True(patched.ExitCode == 0, patched.Stderr);
+        Assert.Equal("new 15", Ask(5));
+        Assert.Equal(0, Patch(server.Pid, TargetBuilder.Patch("serverfix2")).ExitCode);   // stacked
+        Assert.Equal("v2 15", Ask(5));
+
+        // Traced while patched (the patch's jmp becomes the trampoline's redirect), then Hotwire is
+        // killed: its dead-man switch takes the tracing away and leaves the patch.
+        using (Process counting = HotwireCli.Start("count", "--relocate", "-F", "handler", "--pid", server.Pid.ToString()))
+        {
+            string? line = counting.StandardError.ReadLine();
+            Assert.True(line is not null && line.Contains("counting"), line);
+            for (int i = 0; i < 100; i++)
+            {
+                Assert.Equal($"v2 {3 * i}", Ask(i));
+            }
+            counting.Kill();
+            counting.WaitForExit();
+        }
+        Thread.Sleep(300);                                              // the agent's dead-man switch: 50 ms
+        Assert.Equal("v2 15", Ask(5));
+
+        // Each later `hotwire patch` adopts the patches a killed or finished one left.
+        Assert.Equal(0, Patch(server.Pid, "--revert").ExitCode);
+        Assert.Equal("new 15", Ask(5));
+        Assert.Equal(0, Patch(server.Pid, "--revert").ExitCode);
+        Assert.Equal("old 10", Ask(5));
+        KillTests.AssertTextEqualsFile(server.Pid, exe, "the server after both reverts");
+        Assert.Equal(0, Patch(server.Pid, TargetBuilder.Patch("serverfix")).ExitCode);
+        Assert.Equal("new 15", Ask(5));
     }
 
     [Fact]
@@ -505,7 +557,8 @@ public class LivePatchTests(ITestOutputHelper output)
         (string[] Args, int Code, string Message)[] cases =
         [
             (["--map", "nosuch=f", seedfix], 1, "has no function nosuch"),
-            (["--map", "printf=f", seedfix], 1, "printf has no patch site"),
+            // libc has no patch sites; this entry (xor eax,eax; ret) is too short to relocate
+            (["--map", "pthread_mutexattr_destroy=f", seedfix], 1, "pthread_mutexattr_destroy cannot be replaced: it has no compiler site and its entry cannot be relocated (shorter than 5 bytes"),
             (["--map", "f=g", seedfix], 1, "defines no function g"),
             (["--map", "f=f", "--map", "f=x", seedfix], 2, "f is mapped twice"),
             ([TargetBuilder.Get(Flavour.SeedNop5)], 1, "is not a shared object"),

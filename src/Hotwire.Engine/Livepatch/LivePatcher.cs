@@ -298,6 +298,14 @@ public sealed class LivePatcher
         {
             patcher.Save(data); // a change a killed Hotwire left pending is settled in the record too
         }
+        // Functions patched without a compiler site get their relocated entry (a new detour: the
+        // jmp in place goes to the patch, and a revert restores the original bytes from the file).
+        var patched = data.Patches.Where(p => p.State == "active").SelectMany(p => p.Functions.Select(f => f.Name)).ToHashSet(StringComparer.Ordinal);
+        if (patched.Count > 0)
+        {
+            Patchable patchable = Patchable.Find(session.Image, patched, n => session.SitesByFunction[n].Count());
+            session.PlaceForPatch(patchable.Relocatable);
+        }
         foreach (PatchRecord p in data.Patches.Where(p => p.State == "active").OrderBy(p => p.Id))
         {
             // A function of a patch that spans libraries may have gone with one of them (Settle).
@@ -346,7 +354,9 @@ public sealed class LivePatcher
     {
         var clock = System.Diagnostics.Stopwatch.StartNew();
         TargetSymbols symbols = _symbols ??= new TargetSymbols(_session.Image, _memory);
-        List<(string Old, Elf.ElfSymbol New)> pairs = Plan(patch, map, _session.Image, symbols, _session.SitesByFunction);
+        Patchable patchable = Patchable.Find(_session.Image, Names(patch, map), n => _session.SitesByFunction[n].Count());
+        List<(string Old, Elf.ElfSymbol New)> pairs = Plan(patch, map, _session.Image, symbols, patchable);
+        _session.PlaceForPatch(patchable.Relocatable.Where(f => pairs.Any(p => p.Old == f.Site.Function)));
 
         SiteRecord first = _session.SitesOf(pairs[0].Old).Single();
         ulong loadBase = MapNear(first.Address, patch.Span);
@@ -405,11 +415,36 @@ public sealed class LivePatcher
     /// symbol the patch needs resolves. Works on a process Hotwire has not attached to.
     /// </summary>
     public static List<(string Old, Elf.ElfSymbol New)> Plan(PatchObject patch, IReadOnlyDictionary<string, string> map, ProcessImage image, IMemoryReader memory)
-        => Plan(patch, map, image, new TargetSymbols(image, memory), image.AllSites.ToLookup(s => s.Function, StringComparer.Ordinal));
+    {
+        ILookup<string, PatchSite> sites = image.AllSites.ToLookup(s => s.Function, StringComparer.Ordinal);
+        return Plan(patch, map, image, new TargetSymbols(image, memory), Patchable.Find(image, Names(patch, map), n => sites[n].Count()));
+    }
 
-    // sitesOf: the sites of each function name (the session keeps one: building it names 50,000 sites).
-    private static List<(string Old, Elf.ElfSymbol New)> Plan<TSite>(PatchObject patch, IReadOnlyDictionary<string, string> map, ProcessImage image, TargetSymbols symbols,
-        ILookup<string, TSite> sitesOf)
+    // Every target function name the patch may replace: its functions' names and --map's old names.
+    private static HashSet<string> Names(PatchObject patch, IReadOnlyDictionary<string, string> map)
+        => [.. patch.Functions.Select(f => f.Name), .. map.Keys];
+
+    /// <summary>
+    /// Which of the names a patch may replace have a site: a compiler site, or else an entry that
+    /// can be relocated (found only for names without a compiler site: classifying a module is not free).
+    /// </summary>
+    private sealed record Patchable(Func<string, int> Sites, List<RelocatableFunction> Relocatable, List<RefusedFunction> Refused)
+    {
+        public static Patchable Find(ProcessImage image, HashSet<string> names, Func<string, int> compilerSites)
+        {
+            var missing = names.Where(n => compilerSites(n) == 0).ToHashSet(StringComparer.Ordinal);
+            (List<RelocatableFunction> relocatable, List<RefusedFunction> refused) = missing.Count == 0
+                ? ([], [])
+                : RelocatableFunctions.Find(image.Modules, missing.Contains);
+            ILookup<string, RelocatableFunction> byName = relocatable.ToLookup(f => f.Site.Function, StringComparer.Ordinal);
+            return new Patchable(n => compilerSites(n) is int c and > 0 ? c : byName[n].Count(), relocatable, refused);
+        }
+
+        public string? RefusedBecause(string name) => Refused.FirstOrDefault(r => r.Site.Function == name) is { Site: not null } r ? r.Reason : null;
+    }
+
+    private static List<(string Old, Elf.ElfSymbol New)> Plan(PatchObject patch, IReadOnlyDictionary<string, string> map, ProcessImage image, TargetSymbols symbols,
+        Patchable patchable)
     {
         string file = System.IO.Path.GetFileName(patch.Path);
         var functions = patch.Functions.GroupBy(f => f.Name).ToDictionary(g => g.Key, g => g.First());
@@ -425,7 +460,7 @@ public sealed class LivePatcher
         }
         foreach (Elf.ElfSymbol f in functions.Values)
         {
-            if (!map.Values.Contains(f.Name) && !map.ContainsKey(f.Name) && sitesOf[f.Name].Any())
+            if (!map.Values.Contains(f.Name) && !map.ContainsKey(f.Name) && patchable.Sites(f.Name) > 0)
             {
                 pairs.Add((f.Name, f));
             }
@@ -436,12 +471,16 @@ public sealed class LivePatcher
         }
         foreach ((string name, _) in pairs)
         {
-            int sites = sitesOf[name].Count();
+            int sites = patchable.Sites(name);
+            if (sites == 0 && patchable.RefusedBecause(name) is { } reason)
+            {
+                throw new HotwireException($"{name} cannot be replaced: it has no compiler site and its entry cannot be relocated ({reason}); nothing was changed");
+            }
             if (sites == 0)
             {
                 bool exists = image.Modules.Any(m => m.Elf.ReadSymbols(false).Concat(m.Elf.ReadSymbols(true)).Any(s => s.Name == name && s.SectionIndex != 0));
                 throw new HotwireException(exists
-                    ? $"{name} has no patch site in pid {image.Pid}: it was built without -fpatchable-function-entry or -pg -mfentry, so it cannot be replaced"
+                    ? $"{name} has no patch site in pid {image.Pid} and is not a function entry Hotwire can relocate (`hotwire ls --all` lists what can be)"
                     : $"pid {image.Pid} has no function {name}");
             }
             if (sites > 1)

@@ -177,13 +177,19 @@ public static class EntryClassifier
     }
 
     /// <summary>Classifies every function of a file: compiler sites where <paramref name="siteFunctions"/> has them, else by <see cref="Classify"/>.</summary>
-    public static List<(FunctionEntry Function, EntryPlan Plan)> ClassifyAll(ElfFile elf, IReadOnlyList<FunctionEntry> functions, IReadOnlySet<ulong> siteFunctions)
+    /// <param name="only">when given, only these functions are classified (branches into them are still looked for in all)</param>
+    public static List<(FunctionEntry Function, EntryPlan Plan)> ClassifyAll(ElfFile elf, IReadOnlyList<FunctionEntry> functions, IReadOnlySet<ulong> siteFunctions,
+        Func<FunctionEntry, bool>? only = null)
     {
         ulong[] targets = BranchTargets(elf, functions);
-        var result = new List<(FunctionEntry, EntryPlan)>(functions.Count);
+        var result = new List<(FunctionEntry, EntryPlan)>(only is null ? functions.Count : 4);
         byte[] buffer = [];
         foreach (FunctionEntry function in functions)
         {
+            if (only is not null && !only(function))
+            {
+                continue;
+            }
             if (siteFunctions.Contains(function.Address))
             {
                 result.Add((function, new EntryPlan(EntryKind.CompilerSite, function.Address, 0, 0, false, false, null)));

@@ -324,6 +324,7 @@ public sealed unsafe partial class Session
         _allSites = null;
         _functionNames = null;
         _byFunction = null;
+        ForgetRelocatableCandidates();
         RebuildSiteTable();
         foreach (Ops o in _ops.Where(o => !o.Redirects && o.TakesLateSites))
         {

@@ -17,65 +17,70 @@ public sealed unsafe partial class Session
 {
     private bool _relocateEntries;
 
-    // Relocatable functions not chosen yet: runtime entry address → (plan at runtime addresses, the function's bytes from it on).
-    private Dictionary<ulong, (EntryPlan Plan, byte[] Bytes, LoadedModule Module)>? _relocatable;
+    // Relocatable functions not chosen yet: runtime entry address → the function.
+    private Dictionary<ulong, RelocatableFunction>? _relocatable;
 
     // Functions without a site that cannot be relocated, with the reason (for the message when a filter chooses only those).
-    private List<(PatchSite Site, string Reason)> _refused = [];
+    private List<RefusedFunction> _refused = [];
+
+    // The relocatable functions of every module as sites (placed or not), found once.
+    private List<PatchSite>? _candidates;
 
     // Thunks by (site, trampoline): call the trampoline, then the relocated copy.
     private readonly Dictionary<(int Site, ulong Trampoline), ulong> _thunks = [];
 
-    /// <summary>Relocatable functions of every module (those without a compiler site), as sites not placed yet.</summary>
+    /// <summary>Relocatable functions of every module (those without a compiler site), as sites; found once.</summary>
     private List<PatchSite> RelocatableCandidates()
     {
-        _relocatable = [];
-        _refused = [];
-        var result = new List<PatchSite>();
-        foreach (LoadedModule m in Image.Modules)
+        if (_candidates is not null)
         {
-            FunctionCatalog catalog;
-            try
+            return _candidates;
+        }
+        (List<RelocatableFunction> found, _refused) = RelocatableFunctions.Find(Image.Modules);
+        _relocatable = [];
+        _candidates = [];
+        foreach (RelocatableFunction f in found)
+        {
+            if (!_byAddress.TryGetValue(f.Site.Address, out SiteRecord? placed))
             {
-                catalog = FunctionCatalog.Of(m.Elf, m.Path);
+                _relocatable[f.Site.Address] = f;
+                _candidates.Add(f.Site);
             }
-            catch (HotwireException)
+            else if (placed.Relocation is not null)
             {
-                continue;
-            }
-            var siteStarts = new HashSet<ulong>();
-            foreach (PatchSite site in m.LinkSites.Sites)
-            {
-                siteStarts.Add(site.LinkAddress);
-                siteStarts.Add(site.LinkAddress - 4);
-            }
-            foreach ((FunctionEntry function, EntryPlan plan) in EntryClassifier.ClassifyAll(m.Elf, catalog.Functions, siteStarts))
-            {
-                if (plan.Kind == EntryKind.Refused)
-                {
-                    _refused.Add((new PatchSite(function.Name, true, m.Path, function.Address + m.Bias, function.Address, SiteKind.Unknown, [], false), plan.Reason!));
-                }
-                if (plan.Kind != EntryKind.Relocatable)
-                {
-                    continue;
-                }
-                int skip = (int)(plan.Patch - function.Address);
-                byte[] bytes = new byte[Math.Max(plan.Length, 5)];
-                if (!m.Elf.TryReadVirtual(plan.Patch, bytes))
-                {
-                    continue;
-                }
-                ulong entry = plan.Patch + m.Bias;
-                if (_byAddress.ContainsKey(entry) || _relocatable.ContainsKey(entry))
-                {
-                    continue;
-                }
-                _relocatable[entry] = (plan with { Patch = entry }, bytes, m);
-                result.Add(new PatchSite(function.Name, function.Origin != FunctionOrigin.EhFrame, m.Path, entry, plan.Patch,
-                    SiteKind.Relocated, bytes[..5], skip == 4));
+                _candidates.Add(placed.Site); // placed already (for a live patch): a filter may choose it too
             }
         }
-        return result;
+        return _candidates;
+    }
+
+    // The modules changed: find the candidates again when next asked.
+    private void ForgetRelocatableCandidates() => _candidates = null;
+
+    /// <summary>
+    /// Gives relocatable functions a live patch names site records (detours placed now), so that
+    /// <see cref="SitesOf"/> finds them. Functions placed already are left as they are.
+    /// </summary>
+    internal void PlaceForPatch(IEnumerable<RelocatableFunction> functions)
+    {
+        lock (_gate)
+        {
+            ThrowIfDetached();
+            _relocatable ??= [];
+            var unplaced = new List<PatchSite>();
+            foreach (RelocatableFunction f in functions)
+            {
+                if (!_byAddress.ContainsKey(f.Site.Address))
+                {
+                    _relocatable[f.Site.Address] = f;
+                    unplaced.Add(f.Site);
+                }
+            }
+            if (unplaced.Count > 0)
+            {
+                PlaceRelocated(unplaced);
+            }
+        }
     }
 
     /// <summary>
@@ -84,7 +89,7 @@ public sealed unsafe partial class Session
     /// </summary>
     private HotwireException ExplainRefused(FunctionFilter filter, HotwireException noMatch)
     {
-        List<(PatchSite Site, string Reason)> matched = _refused.Where(r => filter.Matches(r.Site)).ToList();
+        List<RefusedFunction> matched = _refused.Where(r => filter.Matches(r.Site)).ToList();
         if (matched.Count == 0)
         {
             return noMatch;
@@ -116,7 +121,7 @@ public sealed unsafe partial class Session
         }
         foreach (PatchSite p in chosen)
         {
-            (EntryPlan plan, byte[] bytes, LoadedModule module) = _relocatable![p.Address];
+            (_, EntryPlan plan, byte[] bytes, LoadedModule module) = _relocatable![p.Address];
             StubRegion region = regions[module];
             ulong at = region.TargetAddress + region.Used;
             Detour detour = DetourBuilder.Build(bytes, plan, at);
@@ -143,7 +148,12 @@ public sealed unsafe partial class Session
         RebuildSiteTable();
     }
 
-    /// <summary>A relocated site's bytes and emulation for its ops (<see cref="Desired"/>'s counterpart).</summary>
+    /// <summary>
+    /// A relocated site's bytes and emulation for its ops (<see cref="Desired"/>'s counterpart): the
+    /// original bytes (a trap on them continues in the relocated copy); a live patch alone, a jmp to
+    /// it; anything else, a jmp to a thunk that calls the site's trampoline (which returns, or for a
+    /// live patch drops its return slot and goes to it) and then continues in the relocated copy.
+    /// </summary>
     private (ulong Bytes, ulong Emu) DesiredRelocated(SiteRecord s, RelocatedEntry relocation)
     {
         SiteDecision d = SitePlanner.Decide(s.Address, s.Ops, o => o.RedirectTarget(s));
@@ -151,11 +161,11 @@ public sealed unsafe partial class Session
         {
             return (s.Original, Record(L.KindJmp, 0, relocation.Relocated));
         }
-        if (d.Redirect is not null)
+        if (d.Shape == SiteShape.Jump)
         {
-            throw new HotwireException($"{s.Function} has no compiler site: live patches of relocated entries are not supported yet; nothing was changed");
+            return (SitePlanner.Bytes(d, s.Address, s.Length), Record(L.KindJmp, 0, d.JumpTarget));
         }
-        ulong trampoline = Stub(s, null);
+        ulong trampoline = Stub(s, d.Redirect);
         if (!_thunks.TryGetValue((s.Index, trampoline), out ulong thunk))
         {
             thunk = PlaceThunk(s.Region, trampoline, relocation.Relocated);

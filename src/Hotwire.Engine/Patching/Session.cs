@@ -470,10 +470,6 @@ public sealed unsafe partial class Session : IDisposable
             List<PatchSite> unplaced = selected.Where(p => !_byAddress.ContainsKey(p.Address)).ToList();
             if (unplaced.Count > 0)
             {
-                if (ops.Redirects)
-                {
-                    throw new HotwireException($"{unplaced[0].Function} has no compiler site: live patches of relocated entries are not supported yet; nothing was changed");
-                }
                 PlaceRelocated(unplaced);
             }
             chosen = selected.Select(p => _byAddress[p.Address]).ToList();
@@ -548,7 +544,8 @@ public sealed unsafe partial class Session : IDisposable
         foreach (SiteRecord s in sites)
         {
             Ops? patch = s.Ops.LastOrDefault(o => o.Persistent);
-            ulong bytes = s.Original, emu = 0;
+            // A relocated entry rests at its original bytes; a trap on them continues in the relocated copy.
+            ulong bytes = s.Original, emu = s.Relocation is { } relocation ? Record(L.KindJmp, 0, relocation.Relocated) : 0;
             if (patch is not null)
             {
                 ulong target = patch.RedirectTarget(s);

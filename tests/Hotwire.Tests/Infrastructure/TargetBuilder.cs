@@ -79,6 +79,9 @@ public enum Flavour
     /// <summary>patchserver.c: the multithreaded TCP server the live-patch tests fix.</summary>
     PatchServer,
 
+    /// <summary>patchserver.c built without patch sites (-O2, PIE): its handler is replaced at a relocated entry.</summary>
+    PatchServerPlain,
+
     /// <summary>forker.c: forks, on command, a child that keeps calling f.</summary>
     Forker,
 
@@ -176,6 +179,7 @@ public static class TargetBuilder
             Flavour.Graph => new Recipe(["graph.c"], [$"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/graph.c -o {{out}}/prog"], "prog"),
             Flavour.GraphCxx => new Recipe(["graphxx.cpp"], [$"g++ {SledFlags} -fno-optimize-sibling-calls {{src}}/graphxx.cpp -o {{out}}/prog"], "prog"),
             Flavour.PatchServer => new Recipe(["patchserver.c"], [$"gcc {SledFlags} -pthread {{src}}/patchserver.c -o {{out}}/prog"], "prog"),
+            Flavour.PatchServerPlain => new Recipe(["patchserver.c"], ["gcc -O2 -pthread {src}/patchserver.c -o {out}/prog"], "prog"),
             Flavour.Patches => new Recipe(
                 [.. PatchSources.Select(p => $"patches/{p}.c")],
                 [.. PatchSources.Select(p => $"gcc -O2 -shared -fPIC {{src}}/patches/{p}.c -o {{out}}/{p}.so")], "seedfix.so"),
