@@ -27,6 +27,9 @@ public static class TestSwitches
     public static bool NoDeadManDiscard { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_DEADMAN_DISCARD") == "1";
 
     /// <summary>HOTWIRE_TEST_NO_GRAVEYARD=1: the graph tracer's return handler does not look for frames dropped as gone (coroutines crash).</summary>
+    /// <summary>Trampolines and return handlers do not give back the registers they use (they stay Hotwire's): teeth for Preserved.</summary>
+    public static bool ClobberScratch { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_CLOBBER_SCRATCH") == "1";
+
     public static bool NoGraveyard { get; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_GRAVEYARD") == "1";
 
     /// <summary>HOTWIRE_TEST_DIE_IN_SLED_PAUSE=1: Hotwire SIGKILLs itself when the agent pauses to let it move threads out of NOP sleds.</summary>

@@ -206,7 +206,7 @@ public static class LsCommand
             $"hotwire: {total} functions: {sited} with a compiler site, {relocatable} relocatable ({single} by one instruction), "
             + $"{refused.Values.Sum()} refused{(reasons.Length > 0 ? $" ({reasons})" : "")}; "
             + $"{100.0 * (sited + relocatable) / Math.Max(1, total):F1} % hookable. "
-            + "Only functions with a compiler site can be traced today: relocated entries are not installed yet");
+            + "Relocatable ones are traced with --relocate, and replaced by `hotwire patch` as they are");
         return ExitCode.Success;
     }
 

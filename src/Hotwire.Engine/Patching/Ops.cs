@@ -133,10 +133,12 @@ public sealed class CountingOps : Ops
 
     internal override void EmitEntry(Assembler a, ReadOnlySpan<ulong> parameters)
     {
+        a.push(r11);                                    // kept for the caller (Preserved)
         if (_tidOffset < 0)
         {
             a.mov(r11, parameters[0]);
             a.@lock.inc(__qword_ptr[r11]);
+            Preserved.Restore(a, r11);
             return;
         }
         Label ready = a.CreateLabel(), claim = a.CreateLabel(), shared = a.CreateLabel(), done = a.CreateLabel();
@@ -171,6 +173,7 @@ public sealed class CountingOps : Ops
         a.@lock.inc(__qword_ptr[r11]);
         a.Label(ref done);
         a.pop(rax);
+        Preserved.Restore(a, r11);
     }
 
     /// <summary>Calls counted at <paramref name="site"/> so far (every thread's row, and the shared one).</summary>
@@ -197,6 +200,29 @@ public sealed class CountingOps : Ops
     }
 
     public ulong Count(string function) => _session is null ? 0 : _session.SitesOf(function).Aggregate(0UL, (n, s) => n + Count(s));
+}
+
+/// <summary>
+/// Registers the code Hotwire runs inside a traced function's call must hand back unchanged: all of
+/// them. The ABI lets a callee clobber rcx, rsi, rdi and r8–r11, but gcc's -fipa-ra (on from -O2)
+/// lets a caller keep values in them across a call to a function it knows leaves them alone (a
+/// small leaf in the same file: redis's callers of raxSetData keep r9 and r10 across it). A
+/// trampoline or return handler that clobbers one breaks such callers; so each saves what it uses.
+/// </summary>
+internal static class Preserved
+{
+    /// <summary>Pops a register saved on entry; with <see cref="TestSwitches.ClobberScratch"/> (teeth only) drops the saved copy and leaves ours.</summary>
+    public static void Restore(Assembler a, AssemblerRegister64 register)
+    {
+        if (TestSwitches.ClobberScratch)
+        {
+            a.lea(rsp, __[rsp + 8]);
+        }
+        else
+        {
+            a.pop(register);
+        }
+    }
 }
 
 /// <summary>Sends every call of one function to another function already present in the target.</summary>

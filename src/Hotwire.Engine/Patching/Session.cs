@@ -717,10 +717,13 @@ public sealed unsafe partial class Session : IDisposable
             }
             if (redirect is not null)
             {
+                // Drop our return slot and go, through a literal: no register changed (Preserved).
+                Label target = a.CreateLabel();
                 a.lea(rsp, __[rsp + 8]);
-                a.mov(r11, next);
+                a.jmp(__qword_ptr[target]);
+                a.Label(ref target);
+                a.dq(next);
                 sentinels.Add((next, redirect, -1));
-                a.jmp(r11);
             }
             else
             {

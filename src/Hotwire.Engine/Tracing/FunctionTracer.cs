@@ -432,6 +432,7 @@ public sealed class FunctionTracer : RingTracer
         Label ready = a.CreateLabel(), slow = a.CreateLabel(), full = a.CreateLabel(), nested = a.CreateLabel(), noBuffer = a.CreateLabel(), done = a.CreateLabel(),
             claimed = a.CreateLabel(), mark = a.CreateLabel(), publish = a.CreateLabel();
 
+        a.push(r11);                                       // kept for the caller (Preserved)
         a.push(rax);
         a.push(rdx);
         a.push(rcx);
@@ -457,7 +458,7 @@ public sealed class FunctionTracer : RingTracer
         a.shl(rdx, 32);
         a.or(rax, rdx);
         a.mov(__qword_ptr[rcx + data], rax);               // timestamp
-        a.mov(rax, __qword_ptr[rsp + 32]);                 // above our 3 pushes and our return: the caller's return address
+        a.mov(rax, __qword_ptr[rsp + 40]);                 // above our 4 pushes and our return: the caller's return address
         a.mov(__qword_ptr[rcx + data + 8], rax);
         a.mov(rax, parameters[0]);                         // site index
         a.mov(__qword_ptr[rcx + data + 16], rax);
@@ -514,5 +515,6 @@ public sealed class FunctionTracer : RingTracer
         a.pop(rcx);
         a.pop(rdx);
         a.pop(rax);
+        Preserved.Restore(a, r11);
     }
 }

@@ -338,12 +338,14 @@ public sealed class GraphTracer : RingTracer
 
     internal override ulong Parameter(SiteRecord site, int index) => Options.Mode == GraphMode.Profile ? (ulong)_local[site.Index] : (ulong)site.Index;
 
-    /// <summary>In the trampoline: r11 = the site, then the shared entry routine (kept out of line: it is long).</summary>
+    /// <summary>In the trampoline: r11 = the site (r11 saved for the caller: Preserved), then the shared entry routine (kept out of line: it is long).</summary>
     internal override void EmitEntry(Assembler a, ReadOnlySpan<ulong> parameters)
     {
         Label routine = a.CreateLabel(), over = a.CreateLabel();
+        a.push(r11);
         a.mov(r11, parameters[0]);
         a.call(__qword_ptr[routine]);
+        Preserved.Restore(a, r11);
         a.jmp(over);
         a.Label(ref routine);
         a.dq(_entryRoutine);
@@ -411,14 +413,14 @@ public sealed class GraphTracer : RingTracer
         a.mov(__qword_ptr[t1 + GraveOffset + EDepth], t2);
     }
 
-    // At entry: [rsp] = back to the trampoline, [rsp+8] = back to the function (site + 5),
-    // [rsp+16] = the caller's return address (the slot we take over); r11 = the site parameter.
-    // Every register but r11 and the flags is the function's and is preserved.
+    // At entry: [rsp] = back to the trampoline, [rsp+8] = the caller's r11 (the trampoline restores
+    // it), [rsp+16] = back to the function (site + 5), [rsp+24] = the caller's return address (the
+    // slot we take over); r11 = the site parameter. Every other register is preserved (flags aside).
     private byte[] EmitEntryRoutine(ulong at)
     {
         var a = new Assembler(64);
         bool events = Options.Mode == GraphMode.Events;
-        const int SlotAt = 16 + 5 * 8;
+        const int SlotAt = 24 + 5 * 8;
         Label claim = a.CreateLabel(), ready = a.CreateLabel(), owned = a.CreateLabel(), reown = a.CreateLabel(),
             discard = a.CreateLabel(), push = a.CreateLabel(), overflow = a.CreateLabel(), unbusy = a.CreateLabel(),
             restore = a.CreateLabel(), nested = a.CreateLabel(), noRecord = a.CreateLabel(), noSink = a.CreateLabel(),
@@ -677,19 +679,31 @@ public sealed class GraphTracer : RingTracer
     }
 
     // Reached by `ret` from a traced function: rsp = its slot + 8, rax:rdx (and xmm0/1) hold the
-    // return value and are preserved; rcx, rsi, rdi, r8–r11 and the flags are free (the caller
-    // cannot expect them across a call).
+    // return value. Every register is preserved, flags aside: the ABI frees rcx, rsi, rdi and
+    // r8–r11 at a return, but a caller compiled with -fipa-ra may keep values in those the function
+    // does not touch (Preserved). The real return address goes into the slot, and `ret` uses it.
+    // Frame, from rsp up: rdx, rax, r11, r10, r9, r8, rdi, rsi, rcx, the slot.
+    private const int ExitSavedBytes = 72;
     private byte[] EmitReturnHandler(ulong at)
     {
         var a = new Assembler(64);
-        Label search = a.CreateLabel(), found = a.CreateLabel(), slow = a.CreateLabel(), back = a.CreateLabel(),
+        Label search = a.CreateLabel(), found = a.CreateLabel(), slow = a.CreateLabel(), back = a.CreateLabel(), exit = a.CreateLabel(),
             records = a.CreateLabel(), entries = a.CreateLabel(), nextRecord = a.CreateLabel(), found2 = a.CreateLabel(), lost = a.CreateLabel(),
             buryAbove = a.CreateLabel(), buried = a.CreateLabel(), graves = a.CreateLabel(), grave = a.CreateLabel(),
             nextGraves = a.CreateLabel(), inGrave = a.CreateLabel(), nowhere = a.CreateLabel();
 
-        a.lea(rsi, __[rsp - 8]);                        // the slot the function returned through
-        a.push(rax);                                    // below the caller's rsp: its frame has no live data there
-        a.push(rdx);                                    // (from here on the slot is rsp + 8)
+        // All below the caller's rsp: its frame has no live data there.
+        a.lea(rsp, __[rsp - 8]);                        // the slot the function returned through
+        a.push(rcx);
+        a.push(rsi);
+        a.push(rdi);
+        a.push(r8);
+        a.push(r9);
+        a.push(r10);
+        a.push(r11);
+        a.lea(rsi, __[rsp + 56]);                       // the slot
+        a.push(rax);
+        a.push(rdx);                                    // from here on the slot is rsp + ExitSavedBytes, the saved rax rsp + 8
         EmitFindRecord(a, slow);
         a.mov(rcx, __qword_ptr[r11 + HDepth]);
         a.Label(ref search);                            // from the top: ours, or newer entries whose frames are gone
@@ -710,11 +724,20 @@ public sealed class GraphTracer : RingTracer
         a.dec(rcx);
         a.mov(__qword_ptr[r11 + HDepth], rcx);          // popped (with any newer, dead entries)
         a.mov(r10, __qword_ptr[rdi + ERet]);
-        EmitRecordExit(a, back, parentBelow: true);
+        EmitRecordExit(a, back, exit, parentBelow: true);
         a.Label(ref back);
         a.pop(rdx);
         a.pop(rax);
-        a.jmp(r10);
+        a.Label(ref exit);                              // r10 = where the function returns to
+        a.mov(__qword_ptr[rsp + ExitSavedBytes - 16], r10);
+        Preserved.Restore(a, r11);
+        Preserved.Restore(a, r10);
+        Preserved.Restore(a, r9);
+        Preserved.Restore(a, r8);
+        Preserved.Restore(a, rdi);
+        Preserved.Restore(a, rsi);
+        Preserved.Restore(a, rcx);
+        a.ret();
 
         // Not in the thread's own record: a fork child returning through a frame its parent
         // entered (its copy of the parent thread's record has it), or a record reset under it.
@@ -790,20 +813,20 @@ public sealed class GraphTracer : RingTracer
         a.mov(__qword_ptr[rdi + ESlot], 0);
         a.mov(rcx, __qword_ptr[rdi + EDepth]);
         EmitFindRecord(a, back);                        // recorded in the returning thread's buffer
-        EmitRecordExit(a, back, parentBelow: false);
+        EmitRecordExit(a, back, exit, parentBelow: false);
         a.jmp(back);
         a.Label(ref nowhere);
         a.ud2();                                        // no record of this frame anywhere (docs/graph.md)
         return Assemble(a, at);
     }
 
-    /// <summary>Binary search of r9 (ticks) over buckets lo..hi, then inc that bucket of the cell at rsi and jmp r10.</summary>
-    private static void EmitBucketIncrement(Assembler a, int lo, int hi)
+    /// <summary>Binary search of r9 (ticks) over buckets lo..hi, then inc that bucket of the cell at rsi and jmp <paramref name="exit"/>.</summary>
+    private static void EmitBucketIncrement(Assembler a, int lo, int hi, Label exit)
     {
         if (lo == hi)
         {
             a.inc(__dword_ptr[rsi + CHistogram + 4 * lo]);
-            a.jmp(r10);
+            a.jmp(exit);
             return;
         }
         int mid = (lo + hi + 1) / 2;                    // bucket k holds 2^k .. 2^(k+1) - 1 ticks
@@ -818,9 +841,9 @@ public sealed class GraphTracer : RingTracer
             a.cmp(r9, r8);
         }
         a.jae(upper);
-        EmitBucketIncrement(a, lo, mid - 1);
+        EmitBucketIncrement(a, lo, mid - 1, exit);
         a.Label(ref upper);
-        EmitBucketIncrement(a, mid, hi);
+        EmitBucketIncrement(a, mid, hi, exit);
     }
 
     /// <summary>
@@ -830,7 +853,7 @@ public sealed class GraphTracer : RingTracer
     /// <paramref name="parentBelow"/>, its time to the entry below's callee time), then jumps to
     /// <paramref name="back"/>.
     /// </summary>
-    private void EmitRecordExit(Assembler a, Label back, bool parentBelow)
+    private void EmitRecordExit(Assembler a, Label back, Label exit, bool parentBelow)
     {
         bool events = Options.Mode == GraphMode.Events;
         Label unbusy = a.CreateLabel(), full = a.CreateLabel(), mark = a.CreateLabel(), publish = a.CreateLabel(),
@@ -865,7 +888,7 @@ public sealed class GraphTracer : RingTracer
             a.mov(__qword_ptr[rdx + data + 16], rax);
             a.lea(rax, __[rcx * 4 + RawEvent.Exit]);
             a.mov(__qword_ptr[rdx + data + 24], rax);
-            a.lea(rax, __[rsp + 8]);                    // the slot
+            a.lea(rax, __[rsp + ExitSavedBytes]);       // the slot
             a.mov(__qword_ptr[rdx + data + 32], rax);
             for (int i = 0; i < Buffers.Args; i++)
             {
@@ -917,7 +940,7 @@ public sealed class GraphTracer : RingTracer
             a.mov(__byte_ptr[r11 + HBusy], (byte)0);
             a.pop(rdx);
             a.pop(rax);
-            EmitBucketIncrement(a, 0, HistogramBuckets - 1);
+            EmitBucketIncrement(a, 0, HistogramBuckets - 1, exit);
         }
         a.Label(ref unbusy);
         a.mov(__byte_ptr[r11 + HBusy], (byte)0);

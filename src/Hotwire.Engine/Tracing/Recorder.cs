@@ -432,6 +432,10 @@ public sealed class Recorder : IDisposable
 
     private void NoteThread(int tid)
     {
+        if (_threads.ContainsKey(tid))
+        {
+            return; // a thread with a second buffer keeps what was counted for it
+        }
         int pid = ProcStatus.IntField($"/proc/{tid}/status", "Tgid") ?? _session.Pid;
         // A thread gone before we saw it keeps its process's name, as ftrace shows a task's comm.
         _threads[tid] = new ThreadInfo { Tid = tid, Pid = pid, Name = ThreadName(pid, tid) ?? ThreadName(pid, pid) ?? _processName ?? "<...>" };

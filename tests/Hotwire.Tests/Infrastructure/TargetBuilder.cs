@@ -122,6 +122,12 @@ public enum Flavour
     /// <summary>waiters.c built without patch sites (f is traced through a relocated entry).</summary>
     WaitersPlain,
 
+    /// <summary>ipara.c with a patch site on leaf (a 5-NOP sled it records itself): callers that keep values in call-clobbered registers across it.</summary>
+    IpaRa,
+
+    /// <summary>ipara.c without any patch site: leaf is traced at its relocated entry.</summary>
+    IpaRaPlain,
+
     /// <summary>patches/*.c built as live patches (gcc -shared -fPIC); Get returns seedfix.so, the others are beside it.</summary>
     Patches,
 }
@@ -179,6 +185,8 @@ public static class TargetBuilder
             Flavour.Graph => new Recipe(["graph.c"], [$"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/graph.c -o {{out}}/prog"], "prog"),
             Flavour.GraphCxx => new Recipe(["graphxx.cpp"], [$"g++ {SledFlags} -fno-optimize-sibling-calls {{src}}/graphxx.cpp -o {{out}}/prog"], "prog"),
             Flavour.PatchServer => new Recipe(["patchserver.c"], [$"gcc {SledFlags} -pthread {{src}}/patchserver.c -o {{out}}/prog"], "prog"),
+            Flavour.IpaRa => new Recipe(["ipara.c"], ["gcc -O2 -pthread -DSITES {src}/ipara.c -o {out}/prog"], "prog"),
+            Flavour.IpaRaPlain => new Recipe(["ipara.c"], ["gcc -O2 -pthread {src}/ipara.c -o {out}/prog"], "prog"),
             Flavour.PatchServerPlain => new Recipe(["patchserver.c"], ["gcc -O2 -pthread {src}/patchserver.c -o {out}/prog"], "prog"),
             Flavour.Patches => new Recipe(
                 [.. PatchSources.Select(p => $"patches/{p}.c")],
