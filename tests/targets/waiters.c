@@ -1,7 +1,10 @@
 // Threads blocked in the calls that fail with EINTR after a stop (signal(7)), each in a loop that
 // counts the EINTRs it sees: sigwaitinfo, sigtimedwait, semop, semtimedop, io_getevents, recv on
-// a socket with SO_RCVTIMEO, epoll_wait. The main thread reads commands on stdin:
-//   counts  print "eintr N" then one "CALL N" line per call, and "end"
+// a socket with SO_RCVTIMEO, epoll_wait. And threads blocked in calls the kernel restarts after a
+// stop, each counting every return, which must never come (EINTR or early): poll on a pipe, read
+// on a pipe, FUTEX_WAIT, accept (nobody writes, wakes or connects), and a 60 s nanosleep (early
+// only before its time). The main thread reads commands on stdin:
+//   counts  print "eintr N" (all of them) then one "CALL N" line per call, and "end"
 //   quit    remove the semaphore set and exit
 // f() is a patchable function for Hotwire to trace (every attach converts its sled, which stops
 // every thread briefly); two more threads call f() busily and sleep in nanosleep, and "counts"
@@ -9,6 +12,9 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/aio_abi.h>
+#include <linux/futex.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,11 +27,13 @@
 #include <time.h>
 #include <unistd.h>
 
-enum { SIGWAITINFO, SIGTIMEDWAIT, SEMOP, SEMTIMEDOP, IO_GETEVENTS, RECV, EPOLL_WAIT, CALLS };
-static const char *names[CALLS] = {"sigwaitinfo", "sigtimedwait", "semop", "semtimedop", "io_getevents", "recv", "epoll_wait"};
+enum { SIGWAITINFO, SIGTIMEDWAIT, SEMOP, SEMTIMEDOP, IO_GETEVENTS, RECV, EPOLL_WAIT, POLL, READ, FUTEX, ACCEPT, NANOSLEEP, CALLS };
+static const char *names[CALLS] = {"sigwaitinfo", "sigtimedwait", "semop", "semtimedop", "io_getevents", "recv", "epoll_wait",
+                                   "poll", "read", "futex", "accept", "nanosleep"};
 static volatile long eintr[CALLS];
 static volatile long started;
-static int semid, sock, epfd;
+static int semid, sock, epfd, pipe_in, listener;
+static int futex_word;
 static aio_context_t aio;
 
 static volatile long f_calls;
@@ -101,8 +109,37 @@ static void *waiter(void *arg)
             r = epoll_wait(epfd, &ev, 1, 60000);
             break;
         }
+        // Restarted by the kernel after a stop: any return at all is wrong (nothing ever comes).
+        case POLL: {
+            struct pollfd p = {pipe_in, POLLIN, 0};
+            poll(&p, 1, -1);
+            r = -2;
+            break;
         }
-        if (r < 0 && errno == EINTR)
+        case READ: {
+            char buf[16];
+            read(pipe_in, buf, sizeof buf);
+            r = -2;
+            break;
+        }
+        case FUTEX:
+            syscall(SYS_futex, &futex_word, FUTEX_WAIT_PRIVATE, 0, NULL, NULL, 0);
+            r = -2;
+            break;
+        case ACCEPT:
+            accept(listener, NULL, NULL);
+            r = -2;
+            break;
+        case NANOSLEEP: {
+            struct timespec t0, t1, want = minute;
+            clock_gettime(CLOCK_MONOTONIC, &t0);
+            nanosleep(&want, NULL);
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            r = t1.tv_sec - t0.tv_sec < 59 ? -2 : 0;   // woken before its time
+            break;
+        }
+        }
+        if ((r < 0 && errno == EINTR) || r == -2)
             __atomic_fetch_add(&eintr[which], 1, __ATOMIC_SEQ_CST);
     }
     return NULL;
@@ -122,6 +159,14 @@ int main(void)
     struct timeval minute = {60, 0};
     setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &minute, sizeof minute);
     epfd = epoll_create1(0);
+    int fds[2];
+    if (pipe(fds) < 0)
+        return 1;
+    pipe_in = fds[0];
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    listener = socket(AF_INET, SOCK_STREAM, 0);
+    if (listener < 0 || bind(listener, (struct sockaddr *)&addr, sizeof addr) < 0 || listen(listener, 4) < 0)
+        return 1;
     if (semid < 0 || syscall(SYS_io_setup, 4, &aio) < 0 || epfd < 0) {
         perror("setup");
         return 1;
