@@ -681,7 +681,7 @@ public sealed class GraphTracer : RingTracer
     // Reached by `ret` from a traced function: rsp = its slot + 8, rax:rdx (and xmm0/1) hold the
     // return value. Every register is preserved, flags aside: the ABI frees rcx, rsi, rdi and
     // r8–r11 at a return, but a caller compiled with -fipa-ra may keep values in those the function
-    // does not touch (Preserved). The real return address goes into the slot, and `ret` uses it.
+    // does not touch (Preserved). The real return address goes into the slot, and a jmp through it ends.
     // Frame, from rsp up: rdx, rax, r11, r10, r9, r8, rdi, rsi, rcx, the slot.
     private const int ExitSavedBytes = 72;
     private byte[] EmitReturnHandler(ulong at)
@@ -737,7 +737,11 @@ public sealed class GraphTracer : RingTracer
         Preserved.Restore(a, rdi);
         Preserved.Restore(a, rsi);
         Preserved.Restore(a, rcx);
-        a.ret();
+        // An indirect jmp, not `ret`: the return stack buffer would mispredict a ret here (the
+        // function's own ret came here instead), while the branch target buffer predicts a jmp.
+        // [rsp - 8] is below the caller's rsp but above where a signal frame would go (the red zone).
+        a.lea(rsp, __[rsp + 8]);
+        a.jmp(__qword_ptr[rsp - 8]);
 
         // Not in the thread's own record: a fork child returning through a frame its parent
         // entered (its copy of the parent thread's record has it), or a record reset under it.
