@@ -135,6 +135,69 @@ public class RelocatedEntryTests(ITestOutputHelper output)
         Assert.Equal((1, 1, 1), (counts["add3"], counts["rip_first"], counts["call_last"]));
     }
 
+    [Theory]
+    [InlineData("function_graph")]
+    [InlineData("profile")]
+    public void Every_function_of_a_program_without_sites_is_recorded_from_its_first_instruction_and_start_is_left_alone(string tracer)
+    {
+        // _start is the ELF entry point: the kernel jumps to it with argc on top of the stack, not a
+        // return address. A tracer that takes over the return slot there broke every such launch
+        // (found on python3.11); it is refused, with its reason, and everything else is traced.
+        // A static program cannot be launched so (its own start-up code runs before TLS exists).
+        string prog = Path.Combine(Path.GetDirectoryName(TargetBuilder.Get(Flavour.Prologues))!, "prog");
+        CliResult ls = HotwireCli.Run("ls", "--all", prog, "_start");
+        Assert.Contains($"_start [prog] refused: {EntryClassifier.EntryPointReason}", ls.Stdout, StringComparison.Ordinal);
+        CliResult untraced = RunProgram(prog, "5");
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-start-{Guid.NewGuid():N}");
+        try
+        {
+            // Every module: the program, libc (its start-up and exit code included); the dynamic
+            // linker is left alone at launch (it runs before thread-local storage exists).
+            CliResult result = HotwireCli.Run("record", "--relocate", "--tracer", tracer, "-F", "*", "-o", dir, "--", prog, "5");
+            Assert.True(result.ExitCode == 0, result.Stderr);
+            Assert.Contains("the program exited with status 0", result.Stderr, StringComparison.Ordinal);
+            Assert.Equal(untraced.Stdout, result.Stdout);
+            CliResult report = HotwireCli.Run("report", "-d", dir, "--format", "csv");
+            Assert.True(report.ExitCode == 0, report.Stderr);
+            Assert.Contains(",add3,", report.Stdout, StringComparison.Ordinal);
+            Assert.Contains(",main,", report.Stdout, StringComparison.Ordinal);
+            Assert.Contains(",libc.so.6", report.Stdout, StringComparison.Ordinal);
+        }
+        finally
+        {
+            if (Directory.Exists(dir))
+            {
+                Directory.Delete(dir, true);
+            }
+        }
+    }
+
+    [Fact]
+    public void A_static_program_is_not_launched_with_relocate_and_says_why()
+    {
+        CliResult result = HotwireCli.Run("record", "--relocate", "-F", "*", "-o", Path.Combine(Path.GetTempPath(), $"hotwire-static-{Guid.NewGuid():N}"),
+            "--", TargetBuilder.Get(Flavour.StaticPlain));
+        Assert.Equal(1, result.ExitCode);
+        Assert.Contains("is statically linked", result.Stderr, StringComparison.Ordinal);
+        Assert.Contains("--pid", result.Stderr, StringComparison.Ordinal);
+        Assert.Single(result.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+    }
+
+    private static CliResult RunProgram(string path, params string[] args)
+    {
+        var info = new ProcessStartInfo(path) { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (string a in args)
+        {
+            info.ArgumentList.Add(a);
+        }
+        using Process p = Process.Start(info)!;
+        string stdout = p.StandardOutput.ReadToEnd();
+        string stderr = p.StandardError.ReadToEnd();
+        p.WaitForExit();
+        Assert.Equal(0, p.ExitCode);
+        return new CliResult(p.ExitCode, stdout, stderr);
+    }
+
     [Fact]
     public void SIGKILL_of_hotwire_leaves_relocated_entries_restored_by_the_dead_man_switch()
     {

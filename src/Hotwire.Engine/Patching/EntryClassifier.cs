@@ -201,7 +201,11 @@ public static class EntryClassifier
                 buffer = new byte[Math.Max(size, buffer.Length * 2)];
             }
             Span<byte> bytes = buffer.AsSpan(0, size);
-            EntryPlan plan = elf.TryReadVirtual(function.Address, bytes)
+            // The ELF entry point (_start) is jumped to by the kernel with argc, not a return
+            // address, on top of the stack: a tracer that takes over the return slot would break it.
+            EntryPlan plan = function.Address == elf.EntryPoint && elf.EntryPoint != 0
+                ? Refuse(function.Address, EntryPointReason)
+                : elf.TryReadVirtual(function.Address, bytes)
                 ? Classify(bytes, function.Address, targets)
                 : Refuse(function.Address, "its bytes are not in the file");
             result.Add((function, plan));
@@ -210,6 +214,9 @@ public static class EntryClassifier
     }
 
     private static EntryPlan Refuse(ulong patch, string reason) => new(EntryKind.Refused, patch, 0, 0, false, false, reason);
+
+    /// <summary>Why the ELF entry point is refused.</summary>
+    public const string EntryPointReason = "the file's entry point (the kernel jumps to it; nothing calls it)";
 
     private static bool UsesRsp(in Instruction instruction)
     {

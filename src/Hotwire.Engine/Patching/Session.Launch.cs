@@ -58,6 +58,11 @@ public sealed unsafe partial class Session
                 }
                 image = ProcessImage.Load(pid);
             }
+            if (relocate && (Aux(pid, 7) ?? 0) == 0)   // AT_BASE: no dynamic linker
+            {
+                throw new HotwireException($"{program} is statically linked: at launch its start-up code runs before thread-local storage exists, "
+                    + "which --relocate's tracing needs; start it, then trace it with --pid");
+            }
             if (!image.AllSites.Any() && !relocate)
             {
                 throw new HotwireException($"{program} has no patch sites, nor has any library it links: {SiteDiscovery.HowToAddSites}");

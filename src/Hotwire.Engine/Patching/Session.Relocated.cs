@@ -36,7 +36,15 @@ public sealed unsafe partial class Session
         {
             return _candidates;
         }
+        // Launched, the dynamic linker has not set up thread-local storage yet (it does after mapping
+        // the libraries), and the tracers read the thread pointer: its functions are left alone.
+        ulong linker = Launched ? Aux(Pid, 7) ?? 0 : 0;   // AT_BASE
         (List<RelocatableFunction> found, _refused) = RelocatableFunctions.Find(Image.Modules);
+        foreach (RelocatableFunction f in found.Where(f => linker != 0 && f.Module.Start == linker).ToList())
+        {
+            found.Remove(f);
+            _refused.Add(new RefusedFunction(f.Site, "the dynamic linker's, at launch: it runs before thread-local storage exists; trace it with --pid"));
+        }
         _relocatable = [];
         _candidates = [];
         foreach (RelocatableFunction f in found)

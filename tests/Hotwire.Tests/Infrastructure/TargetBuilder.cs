@@ -128,6 +128,9 @@ public enum Flavour
     /// <summary>ipara.c without any patch site: leaf is traced at its relocated entry.</summary>
     IpaRaPlain,
 
+    /// <summary>ipara.c linked statically, without sites (launch with --relocate is refused).</summary>
+    StaticPlain,
+
     /// <summary>patches/*.c built as live patches (gcc -shared -fPIC); Get returns seedfix.so, the others are beside it.</summary>
     Patches,
 }
@@ -186,6 +189,7 @@ public static class TargetBuilder
             Flavour.GraphCxx => new Recipe(["graphxx.cpp"], [$"g++ {SledFlags} -fno-optimize-sibling-calls {{src}}/graphxx.cpp -o {{out}}/prog"], "prog"),
             Flavour.PatchServer => new Recipe(["patchserver.c"], [$"gcc {SledFlags} -pthread {{src}}/patchserver.c -o {{out}}/prog"], "prog"),
             Flavour.IpaRa => new Recipe(["ipara.c"], ["gcc -O2 -pthread -DSITES {src}/ipara.c -o {out}/prog"], "prog"),
+            Flavour.StaticPlain => new Recipe(["ipara.c"], ["gcc -O2 -static -pthread {src}/ipara.c -o {out}/prog"], "prog"),
             Flavour.IpaRaPlain => new Recipe(["ipara.c"], ["gcc -O2 -pthread {src}/ipara.c -o {out}/prog"], "prog"),
             Flavour.PatchServerPlain => new Recipe(["patchserver.c"], ["gcc -O2 -pthread {src}/patchserver.c -o {out}/prog"], "prog"),
             Flavour.Patches => new Recipe(
