@@ -358,6 +358,43 @@ public class RelocatedEntryTests(ITestOutputHelper output)
         Assert.Equal(original, Live(target.Pid, entry, 5));
     }
 
+    [Fact]
+    public void Ctrl_C_while_waiting_for_a_thread_another_tracer_holds_ends_hotwire_and_the_entry_comes_back()
+    {
+        (TargetProcess target, int tid, ulong entry) = StartParkReloc();
+        using TargetProcess _ = target;
+        byte[] original = Live(target.Pid, entry, 5);
+        string stepperPath = Path.Combine(Path.GetDirectoryName(TargetBuilder.Get(Flavour.ParkReloc))!, "stepper");
+        var psi = new ProcessStartInfo(stepperPath, [tid.ToString(), (entry + 2).ToString("x")]) { RedirectStandardInput = true, RedirectStandardOutput = true };
+        using Process stepper = Process.Start(psi)!;
+        Assert.Equal($"parked {entry + 2:x}", stepper.StandardOutput.ReadLine());
+        using Process counting = HotwireCli.Start("count", "--relocate", "-F", "reloc_f", "--pid", target.Pid.ToString());
+        var lines = new List<string>();
+        while (counting.StandardError.ReadLine() is { } line)
+        {
+            lines.Add(line);
+            if (line.Contains("held by another tracer", StringComparison.Ordinal))
+            {
+                break;
+            }
+        }
+        Assert.Contains(lines, l => l.Contains($"thread {tid} ", StringComparison.Ordinal) && l.Contains("Ctrl-C ends Hotwire", StringComparison.Ordinal));
+        Assert.Equal(0xcc, Live(target.Pid, entry, 1)[0]);          // waiting: the int3 is in, the tail is not
+        Assert.Equal(0, Hotwire.Interop.Ptrace.kill(counting.Id, 2 /* SIGINT */));
+        Assert.True(counting.WaitForExit(5000), "Ctrl-C was not answered while Hotwire waited");
+        Assert.Equal(130, counting.ExitCode);
+        Assert.Contains("interrupted while thread", counting.StandardError.ReadToEnd(), StringComparison.Ordinal);
+        var clock = Stopwatch.StartNew();
+        while (!Live(target.Pid, entry, 5).SequenceEqual(original) && clock.ElapsedMilliseconds < 3000)
+        {
+            Thread.Sleep(20);                                         // the agent's dead-man switch
+        }
+        Assert.Equal(original, Live(target.Pid, entry, 5));
+        stepper.StandardInput.WriteLine("go");
+        stepper.WaitForExit();
+        Assert.Equal("ok", Ask(target, "stop"));                      // the held thread ran on with the right values
+    }
+
     /// <summary>Teeth: with threads Hotwire cannot stop left unwatched, the tail is written under the parked thread, which dies on release.</summary>
     [Fact]
     public void Without_watching_threads_it_cannot_stop_the_parked_thread_runs_into_torn_bytes()

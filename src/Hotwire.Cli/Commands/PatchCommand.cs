@@ -83,7 +83,8 @@ public static class PatchCommand
         }
 
         // A function without a compiler site is replaced at its relocated entry (docs/any-binary.md).
-        using Session session = Session.Attach(pid, new SessionOptions { RelocateEntries = true });
+        StopSignals signals = StopSignals.Claim();
+        using Session session = Session.Attach(pid, new SessionOptions { RelocateEntries = true, StopRequested = () => signals.Signaled });
         if (session.NotReusedBecause is { } why)
         {
             Console.Error.WriteLine($"hotwire: pid {pid} keeps an earlier Hotwire block that could not be reused ({why}): this session adds another");

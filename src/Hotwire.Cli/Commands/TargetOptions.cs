@@ -64,6 +64,7 @@ public sealed class TargetOptions
             SkipInt3Emulation = int3 == "skip", ExtraSharedBytes = extraSharedBytes, ExtraSharedBytesPerSite = extraSharedBytesPerSite,
             Notice = message => Console.Error.WriteLine($"hotwire: {message}"),
             RelocateEntries = result.GetValue(Relocate),
+            StopRequested = () => stop.Signaled,
         };
         if (pid is not null && program.Length > 0)
         {

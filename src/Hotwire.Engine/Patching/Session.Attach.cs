@@ -114,6 +114,7 @@ public sealed unsafe partial class Session
     {
         _skipSignalFrameSleds = options.SkipSignalFrameSleds;
         _relocateEntries = options.RelocateEntries;
+        _stopRequested = options.StopRequested;
         // ---- plan the memfd: [data | main code | a trampoline region per module] ----
         var sites = Image.AllSites.OrderBy(s => s.Address).ToList();
         int n = sites.Count;
@@ -782,7 +783,7 @@ public sealed unsafe partial class Session
                 }
                 if (!said && clock.ElapsedMilliseconds > 1000)
                 {
-                    Notice?.Invoke($"thread {tid} of pid {Pid} runs under another tracer while a function entry is rewritten: waiting until Hotwire can see it outside the entry (killing Hotwire now is safe)");
+                    Notice?.Invoke($"thread {tid} of pid {Pid} runs under another tracer while a function entry is rewritten: waiting until Hotwire can see it outside the entry (Ctrl-C ends Hotwire; its agent then puts the entries back)");
                     said = true;
                 }
             }
@@ -797,13 +798,22 @@ public sealed unsafe partial class Session
                 }
                 if (!said)
                 {
-                    Notice?.Invoke($"thread {tid} of pid {Pid} is held by another tracer inside a function entry being rewritten: waiting until it leaves (killing Hotwire now is safe)");
+                    Notice?.Invoke($"thread {tid} of pid {Pid} is held by another tracer inside a function entry being rewritten: waiting until it leaves (Ctrl-C ends Hotwire; its agent then puts the entries back)");
                     said = true;
                 }
+            }
+            if (_stopRequested?.Invoke() == true)
+            {
+                // The batch's int3s are in and the agent waits for the tails: the way out is the one
+                // SIGKILL takes (tested: KillTests, RelocatedEntryTests), the dead-man switch.
+                Notice?.Invoke($"interrupted while thread {tid} of pid {Pid} is inside a function entry being rewritten: Hotwire ends now, and its agent puts every entry back");
+                Environment.Exit(130);
             }
             Thread.Sleep(1);
         }
     }
+
+    private Func<bool>? _stopRequested;
 
     // A thread blocked in a system call (its PC on a syscall instruction, not in a sled) with no
     // signal frame saved inside a sled, still blocked in the same call once that was checked,

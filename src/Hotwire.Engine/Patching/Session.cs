@@ -35,6 +35,14 @@ public sealed class SessionOptions
     /// into detours (docs/any-binary.md).
     /// </summary>
     public bool RelocateEntries { get; init; }
+
+    /// <summary>
+    /// Polled while a batch waits for a thread another tracer holds inside an entry being rewritten
+    /// (it may wait for as long as that tracer likes): true (Ctrl-C) ends the process Hotwire runs
+    /// in at once, as SIGKILL would, after one notice; the agent's dead-man switch then puts every
+    /// entry back. Nothing else can end a batch whose int3s are in.
+    /// </summary>
+    public Func<bool>? StopRequested { get; init; }
 }
 
 /// <summary>
