@@ -199,6 +199,40 @@ public class RelocatedEntryTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_library_without_sites_dlopened_while_attached_is_traced_at_relocated_entries_and_forgotten_when_unloaded()
+    {
+        // No site anywhere. 4 threads call lib_poly 20,000 times each as soon as dlopen returns; the
+        // library's constructor calls lib_add once before that. Its entries are relocated at the
+        // linker's consistent point, before any of its code runs.
+        string exe = TargetBuilder.Get(Flavour.DlThreadsPlain);
+        using TargetProcess target = TargetProcess.Start(exe);
+        using Session session = Session.Attach(target.Pid, new SessionOptions { RelocateEntries = true });
+        var counts = new CountingOps(["*"]);   // every function of every module (libc too), and of those that come
+        session.Register(counts);
+        target.WriteLine("load libflav.so lib_poly 20000");
+        Assert.StartsWith("loaded ", target.ReadLine(TimeSpan.FromSeconds(30)));
+        Assert.Equal(80_000UL, counts.Count("lib_poly"));
+        Assert.Equal(80_000UL, counts.Count("lib_square"));
+        Assert.Equal(80_001UL, counts.Count("lib_add"));
+        Assert.All(session.Sites.Where(s => s.Function.StartsWith("lib_", StringComparison.Ordinal)), s => Assert.Equal(SiteKind.Relocated, s.Site.Kind));
+
+        // dlclose: its entries are forgotten (nothing is written to unmapped code), and the next library's are its own.
+        target.WriteLine("unload");
+        Assert.Equal("unloaded", target.ReadLine(TimeSpan.FromSeconds(30)));
+        Assert.Contains(session.Sites, s => s.Function == "lib_poly" && s.Gone);
+        target.WriteLine("load libflav2.so lib2_poly 20000");
+        Assert.StartsWith("loaded ", target.ReadLine(TimeSpan.FromSeconds(30)));
+        Assert.Equal(80_000UL, counts.Count("lib2_poly"));
+        Assert.Equal(80_001UL, counts.Count("lib2_add"));
+        Assert.Equal(80_000UL, counts.Count("lib_poly"));
+        session.Unregister(counts);
+        session.Detach();
+        EngineTests.AssertOriginalBytes(target.Pid, session);
+        KillTests.AssertTextEqualsFile(target.Pid, Path.Combine(Path.GetDirectoryName(exe)!, "libflav2.so"), "libflav2.so after detach");
+        KillTests.AssertTextEqualsFile(target.Pid, exe, "the program after detach");
+    }
+
+    [Fact]
     public void SIGKILL_of_hotwire_leaves_relocated_entries_restored_by_the_dead_man_switch()
     {
         string prog = TargetBuilder.Get(Flavour.Unmodified);

@@ -265,6 +265,7 @@ public sealed unsafe partial class Session
         {
             Volatile.Write(ref *(uint*)(Shared.Pointer + L.ModAck), Volatile.Read(ref *(uint*)(Shared.Pointer + L.ModSeq)));
             Sys.FutexWake((uint*)(Shared.Pointer + L.ModAck), int.MaxValue);
+            Thread.Sleep(50);   // and the thread surely runs on before tracing (the teeth must not depend on a race)
         }
         ProcessImage now = ProcessImage.Load(Pid, Image);
         var before = new HashSet<LoadedModule>(Image.Modules);
@@ -274,8 +275,12 @@ public sealed unsafe partial class Session
         {
             ReleaseHolds();   // a library unloaded before it ran (its dlopen failed)
         }
-        List<LoadedModule> gone = Image.Modules.Where(m => !after.Contains(m) && m.Sites.Count > 0).ToList();
-        List<LoadedModule> came = cameAll.Where(m => m.Sites.Count > 0).ToList();
+        // With --relocate, a library without sites may get relocated entries when it comes, and
+        // loses them (like sites) when it goes: its code is unmapped, nothing may be written there.
+        bool relocateLate = _relocateEntries && _ops.Any(o => !o.Redirects && o.TakesLateSites);
+        List<LoadedModule> gone = Image.Modules.Where(m => !after.Contains(m)
+            && (m.Sites.Count > 0 || Sites.Any(s => !s.Gone && s.Address >= m.Start && s.Address < m.End))).ToList();
+        List<LoadedModule> came = cameAll.Where(m => m.Sites.Count > 0 || relocateLate).ToList();
         Image = now;
         if (cameAll.Count > 0)
         {
@@ -326,6 +331,10 @@ public sealed unsafe partial class Session
         _byFunction = null;
         ForgetRelocatableCandidates();
         RebuildSiteTable();
+        if (relocateLate)
+        {
+            added.AddRange(RelocateLate(came));
+        }
         foreach (Ops o in _ops.Where(o => !o.Redirects && o.TakesLateSites))
         {
             FunctionFilter filter = o.BuildFilter();

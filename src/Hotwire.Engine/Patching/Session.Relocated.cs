@@ -92,6 +92,37 @@ public sealed unsafe partial class Session
     }
 
     /// <summary>
+    /// Relocated entries for the functions of libraries that just came (at the linker's consistent
+    /// point, before any of their code has run) that a tracing ops' filter chooses. Fresh: no thread
+    /// can be inside them yet, so their first batch needs no pause.
+    /// </summary>
+    private List<SiteRecord> RelocateLate(List<LoadedModule> came)
+    {
+        var filters = _ops.Where(o => !o.Redirects && o.TakesLateSites).Select(o => o.BuildFilter()).ToList();
+        List<RelocatableFunction> wanted = RelocatableFunctions.Find(came).Relocatable
+            .Where(f => !_byAddress.ContainsKey(f.Site.Address) && filters.Any(filter => filter.Matches(f.Site))).ToList();
+        if (wanted.Count == 0)
+        {
+            return [];
+        }
+        try
+        {
+            PlaceForPatch(wanted);
+        }
+        catch (HotwireException e)
+        {
+            Notice?.Invoke($"the functions without sites of {string.Join(", ", came.Select(m => m.Name))} loaded in pid {Pid} are not traced: {e.Message}");
+            return [];
+        }
+        var records = wanted.Select(f => _byAddress[f.Site.Address]).ToList();
+        foreach (SiteRecord r in records)
+        {
+            r.Fresh = true;
+        }
+        return records;
+    }
+
+    /// <summary>
     /// When a filter chose nothing: if it matches functions whose entries cannot be relocated, the
     /// message names them and why (one line), instead of "no traceable function".
     /// </summary>

@@ -131,6 +131,9 @@ public enum Flavour
     /// <summary>ipara.c linked statically, without sites (launch with --relocate is refused).</summary>
     StaticPlain,
 
+    /// <summary>DlThreads built without any patch site (program, libflav.so, libflav2.so): libraries traced at relocated entries after dlopen.</summary>
+    DlThreadsPlain,
+
     /// <summary>patches/*.c built as live patches (gcc -shared -fPIC); Get returns seedfix.so, the others are beside it.</summary>
     Patches,
 }
@@ -208,6 +211,10 @@ public static class TargetBuilder
                 [$"gcc {SledFlags} -fPIC -shared {{src}}/libflav.c -o {{out}}/libflav.so",
                  $"gcc {SledFlags} -fPIC -shared -Dlib_add=lib2_add -Dlib_square=lib2_square -Dlib_poly=lib2_poly -Dlib_init=lib2_init -Dlib_sink=lib2_sink {{src}}/libflav.c -o {{out}}/libflav2.so",
                  $"gcc {SledFlags} -fno-optimize-sibling-calls -pthread {{src}}/dlthreads.c -o {{out}}/prog"], "prog"),
+            Flavour.DlThreadsPlain => new Recipe(["libflav.c", "dlthreads.c"],
+                ["gcc -O2 -fPIC -shared {src}/libflav.c -o {out}/libflav.so",
+                 "gcc -O2 -fPIC -shared -Dlib_add=lib2_add -Dlib_square=lib2_square -Dlib_poly=lib2_poly -Dlib_init=lib2_init -Dlib_sink=lib2_sink {src}/libflav.c -o {out}/libflav2.so",
+                 "gcc -O2 -pthread {src}/dlthreads.c -o {out}/prog"], "prog"),
             // graphxx.cpp as a library (its main renamed), loaded by a C program: the C++ runtime comes with it.
             Flavour.DlCxx => new Recipe(["graphxx.cpp", "dlxx.c"],
                 [$"g++ {SledFlags} -fno-optimize-sibling-calls -fPIC -shared -Dmain=graphxx_main {{src}}/graphxx.cpp -o {{out}}/libgraphxx.so",
