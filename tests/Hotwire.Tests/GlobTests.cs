@@ -46,6 +46,15 @@ public class GlobTests
         Assert.Equal("no traceable function matches 'comptue'; near names: compute", e.Message);
     }
 
+    [Fact]
+    public void A_module_name_that_names_no_module_is_an_error_listing_the_modules()
+    {
+        // /usr/bin/redis-server is a link to redis-check-rdb: the module has the name of the file.
+        var e = Assert.Throws<HotwireException>(() => new FunctionFilter(["*:mod:redis-server"])
+            .Select([Site("main", "/usr/bin/redis-check-rdb"), Site("malloc", "/lib/libc.so.6")]));
+        Assert.Equal("no traceable function matches '*:mod:redis-server': no module with functions is named 'redis-server' (modules: libc.so.6, redis-check-rdb)", e.Message);
+    }
+
     private static PatchSite Site(string name, string module = "/bin/prog")
         => new(name, true, module, 0x1000, 0x1000, SiteKind.Nop5, [0x0f, 0x1f, 0x44, 0, 0], false);
 }

@@ -85,6 +85,14 @@ public sealed class FunctionFilter
         int mod = bare.IndexOf(":mod:", StringComparison.Ordinal);
         if (mod >= 0)
         {
+            string module = bare[(mod + 5)..];
+            List<string> modules = sites.Select(s => s.ModuleName).Distinct().Order(StringComparer.Ordinal).ToList();
+            if (module.Length > 0 && !modules.Any(m => Glob.IsMatch(module, m)))
+            {
+                // e.g. Debian's redis-server is a link: its module is the file it points to, redis-check-rdb
+                return $"no traceable function matches '{pattern}': no module with functions is named '{module}' (modules: "
+                    + string.Join(", ", modules.Take(8)) + (modules.Count > 8 ? ", …" : "") + ")";
+            }
             bare = bare[..mod];
         }
         List<string> near = NearNames(bare, sites.Select(s => s.Function));
