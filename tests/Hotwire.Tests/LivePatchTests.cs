@@ -238,15 +238,8 @@ public class LivePatchTests(ITestOutputHelper output)
         // patchserver built without any patch-site flag: `hotwire patch` relocates handler's entry.
         string exe = TargetBuilder.Get(Flavour.PatchServerPlain);
         using var server = TargetProcess.Start(exe);
-        int port = int.Parse(server.ReadyWords[2]);
-        using var tcp = new TcpClient("127.0.0.1", port);
-        using var r = new StreamReader(tcp.GetStream());
-        using var w = new StreamWriter(tcp.GetStream()) { AutoFlush = true };
-        string Ask(long n)
-        {
-            w.Write($"{n}\n");
-            return r.ReadLine()!;
-        }
+        using var connection = new ServerConnection(int.Parse(server.ReadyWords[2]));
+        Func<long, string> Ask = connection.Ask;
         Assert.Equal("old 10", Ask(5));
         CliResult patched = Patch(server.Pid, TargetBuilder.Patch("serverfix"));
         Assert.True(patched.ExitCode == 0, patched.Stderr);
@@ -284,15 +277,8 @@ public class LivePatchTests(ITestOutputHelper output)
     public void Patches_stack_revert_newest_first_replace_atomically_and_list_from_a_new_hotwire()
     {
         using var server = TargetProcess.Start(TargetBuilder.Get(Flavour.PatchServer));
-        int port = int.Parse(server.ReadyWords[2]);
-        using var tcp = new TcpClient("127.0.0.1", port);
-        using var r = new StreamReader(tcp.GetStream());
-        using var w = new StreamWriter(tcp.GetStream()) { AutoFlush = true };
-        string Ask(long n)
-        {
-            w.Write($"{n}\n");
-            return r.ReadLine()!;
-        }
+        using var connection = new ServerConnection(int.Parse(server.ReadyWords[2]));
+        Func<long, string> Ask = connection.Ask;
 
         Assert.Contains("has no live patches", Patch(server.Pid, "--list").Stdout);
         Assert.Equal("old 10", Ask(5));
@@ -581,5 +567,33 @@ public class LivePatchTests(ITestOutputHelper output)
         CliResult a = Patch(target.Pid, arm);
         Assert.Equal(1, a.ExitCode);
         Assert.Contains("not x86-64", a.Stderr);
+    }
+}
+
+/// <summary>One connection to patchserver: a request per line, the reply.</summary>
+internal sealed class ServerConnection : IDisposable
+{
+    private readonly TcpClient _tcp;
+    private readonly StreamReader _reader;
+    private readonly StreamWriter _writer;
+
+    public ServerConnection(int port)
+    {
+        _tcp = new TcpClient("127.0.0.1", port);
+        _reader = new StreamReader(_tcp.GetStream());
+        _writer = new StreamWriter(_tcp.GetStream()) { AutoFlush = true };
+    }
+
+    public string Ask(long n)
+    {
+        _writer.Write($"{n}\n");
+        return _reader.ReadLine()!;
+    }
+
+    public void Dispose()
+    {
+        _writer.Dispose();
+        _reader.Dispose();
+        _tcp.Dispose();
     }
 }
