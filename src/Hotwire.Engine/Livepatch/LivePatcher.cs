@@ -304,7 +304,7 @@ public sealed class LivePatcher
         if (patched.Count > 0)
         {
             Patchable patchable = Patchable.Find(session.Image, patched, n => session.SitesByFunction[n].Count());
-            session.PlaceForPatch(patchable.Relocatable);
+            session.PlaceRelocatable(patchable.Relocatable);
         }
         foreach (PatchRecord p in data.Patches.Where(p => p.State == "active").OrderBy(p => p.Id))
         {
@@ -356,7 +356,7 @@ public sealed class LivePatcher
         TargetSymbols symbols = _symbols ??= new TargetSymbols(_session.Image, _memory);
         Patchable patchable = Patchable.Find(_session.Image, Names(patch, map), n => _session.SitesByFunction[n].Count());
         List<(string Old, Elf.ElfSymbol New)> pairs = Plan(patch, map, _session.Image, symbols, patchable);
-        _session.PlaceForPatch(patchable.Relocatable.Where(f => pairs.Any(p => p.Old == f.Site.Function)));
+        _session.PlaceRelocatable(patchable.Relocatable.Where(f => pairs.Any(p => p.Old == f.Site.Function)));
 
         SiteRecord first = _session.SitesOf(pairs[0].Old).Single();
         ulong loadBase = MapNear(first.Address, patch.Span);

@@ -66,10 +66,11 @@ public sealed unsafe partial class Session
     private void ForgetRelocatableCandidates() => _candidates = null;
 
     /// <summary>
-    /// Gives relocatable functions a live patch names site records (detours placed now), so that
-    /// <see cref="SitesOf"/> finds them. Functions placed already are left as they are.
+    /// Gives relocatable functions site records, their detours placed now (for a live patch, which
+    /// names its functions, and for libraries that came), so that <see cref="SitesOf"/> finds them.
+    /// Functions placed already are left as they are.
     /// </summary>
-    internal void PlaceForPatch(IEnumerable<RelocatableFunction> functions)
+    internal void PlaceRelocatable(IEnumerable<RelocatableFunction> functions)
     {
         lock (_gate)
         {
@@ -107,7 +108,7 @@ public sealed unsafe partial class Session
         }
         try
         {
-            PlaceForPatch(wanted);
+            PlaceRelocatable(wanted);
         }
         catch (HotwireException e)
         {
