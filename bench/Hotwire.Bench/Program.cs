@@ -190,21 +190,26 @@ foreach ((string label, double callsPerSecond, int threads, Func<TraceBufferOpti
     }
     // Size the run to last about 10 s at this rate.
     double nsPerCall = NsPerCall(2_000_000, pause);
+    // The calibration's short runs (some flat out) lose events: counted before the run, not in it.
+    Thread.Sleep(100);
+    long eventsBefore = recorder.Events;
+    ulong lostBefore = tracer.LostSoFar;
     var clock = Stopwatch.StartNew();
     nsPerCall = NsPerCall((long)(10e9 / nsPerCall), pause);
     double elapsed = clock.Elapsed.TotalSeconds;
-    // The recording before the run (calibration) is in the summary too: rates are over the run alone.
+    ulong lostRun = tracer.LostSoFar - lostBefore;
     s.Unregister(tracer);
     RecordSummary sum = recorder.Finish("micro");
-    ulong total = (ulong)sum.Events + sum.Lost;
+    long eventsRun = sum.Events - eventsBefore;
+    ulong total = (ulong)eventsRun + lostRun;
     string how = pause == 0
         ? callsPerSecond > 0 ? $"flat out ({callsPerSecond / 1e6:F0} M calls/s was out of reach)" : "flat out"
         : $"paced at {threads * 1e3 / nsPerCall:F1} M calls/s in all ({pause} pause iterations)";
     string anchor = double.TryParse(Environment.GetEnvironmentVariable("UFTRACE_NS_1"), CultureInfo.InvariantCulture, out double u)
-        ? $"`uftrace record` on the same leaf, 1 thread: {2e3 / u:F1} M events/s (entry+exit, it waits instead of losing) | — | {sum.Events / sum.Elapsed.TotalSeconds / 1e6 / (2e3 / u):F1}×"
+        ? $"`uftrace record` on the same leaf, 1 thread: {2e3 / u:F1} M events/s (entry+exit, it waits instead of losing) | — | {eventsRun / elapsed / 1e6 / (2e3 / u):F1}×"
         : "uftrace | not run | —";
     string goal = callsPerSecond == 0 ? "—" : "≥ 20 M events/s, 0 lost";
-    rows.Add($"| {label}, {threads} thread(s) calling {how} for {elapsed:F1} s, default 4 MiB buffers | {total / sum.Elapsed.TotalSeconds / 1e6:F1} M events/s offered; {sum.Events / sum.Elapsed.TotalSeconds / 1e6:F1} M events/s written ({sum.BytesWritten / sum.Elapsed.TotalSeconds / 1e6:F0} MB/s), {sum.Lost:N0} lost ({100.0 * sum.Lost / Math.Max(1, total):F1} %) | {anchor} | {goal} |");
+    rows.Add($"| {label}, {threads} thread(s) calling {how} for {elapsed:F1} s, default {buffers.BufferBytes >> 20} MiB buffers | {total / elapsed / 1e6:F1} M events/s offered; {eventsRun / elapsed / 1e6:F1} M events/s written, {lostRun:N0} lost ({100.0 * lostRun / Math.Max(1, total):F2} %); calibration before it: {sum.Lost - lostRun:N0} lost | {anchor} | {goal} |");
     recorder.Dispose();
     s.Detach();
     Directory.Delete(dir, recursive: true);

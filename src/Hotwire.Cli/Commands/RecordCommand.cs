@@ -15,7 +15,7 @@ public static class RecordCommand
         var target = new TargetOptions();
         var metrics = new MetricsOptions();
         var args = new Option<int>("--args") { Description = "Record the first N integer arguments of each call (0-6)", DefaultValueFactory = _ => 0 };
-        var bufferSize = new Option<string>("--buffer-size") { Description = "Ring buffer per thread, a power of two (e.g. 64K, 1M, 16M)", DefaultValueFactory = _ => "4M" };
+        var bufferSize = new Option<string>("--buffer-size") { Description = "Ring buffer per thread, a power of two (e.g. 64K, 1M, 16M)", DefaultValueFactory = _ => "32M" };
         var duration = OptionValues.Seconds("--duration", "Stop after this long", "-d");
         var output = new Option<string>("--output", "-o") { Description = "Data directory", DefaultValueFactory = _ => "hotwire.data" };
         var force = new Option<bool>("--force") { Description = "Overwrite the recording already in the data directory" };

@@ -6,7 +6,7 @@ using static Iced.Intel.AssemblerRegisters;
 namespace Hotwire.Tracing;
 
 /// <summary>Sizes of the function tracer's per-thread ring buffers.</summary>
-public sealed record TraceBufferOptions(int BufferBytes = 4 << 20, int MaxThreads = 256, int Args = 0)
+public sealed record TraceBufferOptions(int BufferBytes = 32 << 20, int MaxThreads = 256, int Args = 0)
 {
     public const int HeaderBytes = 128;
     public const int Head = 0;      // u64, written by the thread only
@@ -151,6 +151,20 @@ public abstract class RingTracer : Ops
         if (_session is not null && Buffers.NoDrop)
         {
             Volatile.Write(ref _session.Shared.At<ulong>(WaitFlag), on ? 1UL : 0UL);
+        }
+    }
+
+    /// <summary>Events dropped so far by the threads of the buffers in use, and for want of a buffer (a benchmark takes it before and after a run).</summary>
+    public ulong LostSoFar
+    {
+        get
+        {
+            ulong n = LostNoBuffer;
+            for (int i = 0; _session is not null && i < BuffersInUse; i++)
+            {
+                n += _session.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Lost);
+            }
+            return n;
         }
     }
 

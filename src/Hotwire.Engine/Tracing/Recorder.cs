@@ -24,14 +24,13 @@ public sealed class Recorder : IDisposable
     private readonly string _dir;
     private readonly Action<int, RawEvent>? _live;
     private readonly IReadOnlySet<int>? _tids;
-    private readonly FileStream _events;
+    private readonly EventsFileWriter _writer;
     private readonly Dictionary<int, ThreadInfo> _threads = [];
     private readonly Dictionary<int, int> _bufferTid = [];
     private readonly Stopwatch _clock = new();
     private readonly ClockSample _start;
     private Thread? _consumer;
     private volatile bool _stopping;
-    private long _bytes;
     private string? _writeError;
 
     public Recorder(Session session, RingTracer tracer, string dir, Action<int, RawEvent>? live = null, IReadOnlySet<int>? tids = null)
@@ -48,7 +47,7 @@ public sealed class Recorder : IDisposable
             {
                 File.Delete(Path.Combine(dir, stale));
             }
-            _events = new FileStream(Path.Combine(dir, TraceData.EventsFile), FileMode.CreateNew, FileAccess.Write, FileShare.Read, 1 << 20);
+            _writer = new EventsFileWriter(new FileStream(Path.Combine(dir, TraceData.EventsFile), FileMode.CreateNew, FileAccess.Write, FileShare.Read, 1 << 20));
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
@@ -83,12 +82,14 @@ public sealed class Recorder : IDisposable
     }
 
     /// <summary>False once writing failed (disk full): the caller should stop tracing.</summary>
-    public bool Healthy => _writeError is null;
+    public bool Healthy => WriteError is null;
+
+    private string? WriteError => _writeError ?? _writer.Error;
 
     private void Consume()
     {
         int idle = 0;
-        long lastRefresh = Environment.TickCount64, lastReap = lastRefresh;
+        long lastRefresh = Environment.TickCount64, lastReap = lastRefresh, lastPublish = lastRefresh;
         while (!_stopping)
         {
             if (Environment.TickCount64 - lastRefresh > 20)
@@ -104,6 +105,12 @@ public sealed class Recorder : IDisposable
             // Busy threads fill a buffer in a few milliseconds: only a recorder idle for a while
             // (about 50 ms of empty polls) may sleep a whole millisecond between polls.
             int drained = DrainAll();
+            // The writer gets what is packed in pieces of about a megabyte, or every 20 ms.
+            if (_writer.Pending >= 1 << 20 || (_writer.Pending > 0 && Environment.TickCount64 - lastPublish >= 20))
+            {
+                _writer.Publish();
+                lastPublish = Environment.TickCount64;
+            }
             if (TestSwitches.SlowDrain is TimeSpan slow)
             {
                 Thread.Sleep(slow);   // test-only: a recorder that cannot keep up
@@ -204,40 +211,22 @@ public sealed class Recorder : IDisposable
         int size = _tracer.Buffers.EventBytes;
         int count = (int)(head - tail);
         bool keep = _tids is null || _tids.Contains(tid);
-        if (keep && _writeError is null && TimeFilterNs > 0 && _tracer.Buffers.Info)
+        if (keep && Healthy && TimeFilterNs > 0 && _tracer.Buffers.Info)
         {
             count = DrainFiltered(tid, buffer, tail, count);
         }
-        else if (keep && _writeError is null)
+        else if (keep && Healthy)
         {
             long first = (long)(tail & (ulong)(capacity - 1));
             long run = Math.Min(count, capacity - first);
             ulong data = buffer + TraceBufferOptions.HeaderBytes;
             int need = EventPacking.MaxPackedBytes(count, _tracer.Buffers.Args, _tracer.Buffers.FixedFields);
             need += (count / ChunkEvents + 2) * 16;
-            if (_packed.Length < need)
-            {
-                _packed = new byte[Math.Max(need, _packed.Length * 2)];
-            }
+            Span<byte> packed = _writer.Reserve(need);
             // Chunks of at most 4096 events, each from absolute values: a file cut short loses little.
-            int length = 0;
-            foreach ((long from, long span) in new[] { (first, run), (0L, count - run) })
-            {
-                for (long done = 0; done < span; done += ChunkEvents)
-                {
-                    int n = (int)Math.Min(ChunkEvents, span - done);
-                    length = PackChunk(tid, shared.Bytes(data + (ulong)((from + done) * size), n * size), n, size, length);
-                }
-            }
-            try
-            {
-                _events.Write(_packed, 0, length);
-                _bytes += length;
-            }
-            catch (IOException e)
-            {
-                _writeError = e.Message;
-            }
+            int length = PackRun(tid, shared.Bytes(data + (ulong)(first * size), (int)(run * size)), (int)run, size, packed, 0);
+            length = PackRun(tid, shared.Bytes(data, (int)((count - run) * size)), (int)(count - run), size, packed, length);
+            _writer.Commit(length);
             if (_live is not null)
             {
                 for (long k = 0; k < count; k++)
@@ -357,25 +346,8 @@ public sealed class Recorder : IDisposable
                 }
             }
             int need = EventPacking.MaxPackedBytes(kept.Count, args, _tracer.Buffers.FixedFields) + (kept.Count / ChunkEvents + 2) * 16;
-            if (_packed.Length < need)
-            {
-                _packed = new byte[Math.Max(need, _packed.Length * 2)];
-            }
-            int length = 0;
-            for (int done = 0; done < kept.Count; done += ChunkEvents)
-            {
-                int n = Math.Min(ChunkEvents, kept.Count - done);
-                length = PackChunk(tid, raw.AsSpan(done * size, n * size), n, size, length);
-            }
-            try
-            {
-                _events.Write(_packed, 0, length);
-                _bytes += length;
-            }
-            catch (IOException ex)
-            {
-                _writeError = ex.Message;
-            }
+            Span<byte> packed = _writer.Reserve(need);
+            _writer.Commit(PackRun(tid, raw, kept.Count, size, packed, 0));
         }
         Events += kept.Count;
         _threads[tid].Events += kept.Count;
@@ -392,9 +364,12 @@ public sealed class Recorder : IDisposable
                 t.Name = name;
             }
         }
-        if (_modulesRefreshed < 3 && _clock.ElapsedMilliseconds > 20 + 500L * _modulesRefreshed)
+        if (_modulesRefreshed < 3 && _clock.ElapsedMilliseconds > 20 + 500L * _modulesRefreshed && _modulesLoading is null or { IsCompleted: true })
         {
-            RefreshModules();
+            // Reading every module's symbols takes up to 20 ms: not on the drain's thread, which
+            // must come back to the rings within a few milliseconds.
+            _modulesRefreshed++;
+            _modulesLoading = Task.Run(LoadModules);
         }
     }
 
@@ -405,29 +380,43 @@ public sealed class Recorder : IDisposable
     // name callers in them.
     private void RefreshModules()
     {
+        _modulesLoading?.Wait();
         _modulesRefreshed++;
+        LoadModules();
+    }
+
+    private Task? _modulesLoading;
+
+    private void LoadModules()
+    {
         try
         {
             _modules = ProcessImage.Load(_session.Pid).Modules.ToList();
         }
-        catch (HotwireException)
+        catch (Exception e) when (e is HotwireException or IOException or UnauthorizedAccessException)
         {
         }
     }
 
     private const int ChunkEvents = 4096;
-    private byte[] _packed = new byte[1 << 20];
+
     private readonly ulong[] _previous = new ulong[16];
 
-    private int PackChunk(int tid, ReadOnlySpan<byte> raw, int count, int size, int at)
+    /// <summary>Packs <paramref name="count"/> raw events into chunks of at most <see cref="ChunkEvents"/> at <paramref name="at"/>; returns the end.</summary>
+    private int PackRun(int tid, ReadOnlySpan<byte> raw, int count, int size, Span<byte> packed, int at)
     {
-        Span<byte> header = _packed.AsSpan(at, 16);
-        int packed = EventPacking.Pack(raw, count, size, _tracer.Buffers.Args, _previous, _packed.AsSpan(at + 16));
-        BitConverter.TryWriteBytes(header, TraceData.PackedChunkMagic);
-        BitConverter.TryWriteBytes(header[4..], tid);
-        BitConverter.TryWriteBytes(header[8..], count);
-        BitConverter.TryWriteBytes(header[12..], packed);
-        return at + 16 + packed;
+        for (int done = 0; done < count; done += ChunkEvents)
+        {
+            int n = Math.Min(ChunkEvents, count - done);
+            Span<byte> header = packed.Slice(at, 16);
+            int length = EventPacking.Pack(raw.Slice(done * size, n * size), n, size, _tracer.Buffers.Args, _previous, packed[(at + 16)..]);
+            BitConverter.TryWriteBytes(header, TraceData.PackedChunkMagic);
+            BitConverter.TryWriteBytes(header[4..], tid);
+            BitConverter.TryWriteBytes(header[8..], n);
+            BitConverter.TryWriteBytes(header[12..], length);
+            at += 16 + length;
+        }
+        return at;
     }
 
     private void NoteThread(int tid)
@@ -506,7 +495,7 @@ public sealed class Recorder : IDisposable
         long onDisk = File.Exists(Path.Combine(_dir, TraceData.EventsFile)) ? new FileInfo(Path.Combine(_dir, TraceData.EventsFile)).Length : 0;
         // One source of truth: the summary says what info.json says, and every reader shows.
         double nsPerTick = end.Tsc > _start.Tsc ? (end.MonotonicNs - _start.MonotonicNs) / (double)(end.Tsc - _start.Tsc) : 0;
-        return new RecordSummary(info.TotalEvents, info.TotalLost, info.Threads.Count, _clock.Elapsed, _writeError is null ? _bytes : onDisk, _writeError, info.ShadowOverflow)
+        return new RecordSummary(info.TotalEvents, info.TotalLost, info.Threads.Count, _clock.Elapsed, WriteError is null ? _writer.BytesWritten : onDisk, WriteError, info.ShadowOverflow)
         {
             WriterWait = TimeSpan.FromTicks((long)(_tracer.WaitedTicks * nsPerTick / 100)),
         };
@@ -581,33 +570,8 @@ public sealed class Recorder : IDisposable
         return new ModuleInfo { Path = m.Path, Start = m.Start, End = m.End, Symbols = symbols };
     }
 
-    // A full disk fails the flush, and then the close (which flushes again): keep what was written.
-    private void CloseEvents()
-    {
-        if (_closed)
-        {
-            return;
-        }
-        _closed = true;
-        try
-        {
-            _events.Flush();
-        }
-        catch (IOException e)
-        {
-            _writeError ??= e.Message;
-        }
-        try
-        {
-            _events.Dispose();
-        }
-        catch (IOException e)
-        {
-            _writeError ??= e.Message;
-        }
-    }
-
-    private bool _closed;
+    // A full disk fails a write, the flush or the close: the writer keeps the first error.
+    private void CloseEvents() => _writer.Complete();
 
     public void Dispose()
     {
