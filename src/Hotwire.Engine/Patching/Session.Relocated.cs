@@ -196,7 +196,7 @@ public sealed unsafe partial class Session
     /// </summary>
     private (ulong Bytes, ulong Emu) DesiredRelocated(SiteRecord s, RelocatedEntry relocation)
     {
-        SiteDecision d = SitePlanner.Decide(s.Address, s.Ops, o => o.RedirectTarget(s));
+        SiteDecision d = SitePlanner.Decide(s.Address, s.Ops, s, static (o, site) => o.RedirectTarget(site));
         if (d.Shape == SiteShape.Nop)
         {
             return (s.Original, Record(L.KindJmp, 0, relocation.Relocated));

@@ -55,7 +55,6 @@ public sealed unsafe partial class Session : IDisposable
 
     private readonly Dictionary<ulong, SiteRecord> _byAddress = [];
     private readonly Dictionary<(byte, byte, ulong), ulong> _records = [];
-    private readonly Dictionary<(int Site, ulong OpsMask), ulong> _stubs = [];
     private readonly List<Ops> _ops = [];
     private List<PatchSite>? _allSites;
     private readonly Dictionary<Ops, List<SiteRecord>> _chosen = [];
@@ -452,10 +451,7 @@ public sealed unsafe partial class Session : IDisposable
     {
         s.DesiredCache0 = (ulong.MaxValue, 0, 0);
         s.DesiredCache1 = (ulong.MaxValue, 0, 0);
-        foreach ((int, ulong) key in _stubs.Keys.Where(k => k.Site == s.Index).ToList())
-        {
-            _stubs.Remove(key);
-        }
+        s.ForgetTrampolines(static _ => true);
     }
 
     private List<SiteRecord> Choose(Ops ops)
@@ -521,12 +517,9 @@ public sealed unsafe partial class Session : IDisposable
         {
             _templates.Remove(mask);
         }
-        foreach ((int, ulong) key in _stubs.Keys.Where(k => (k.OpsMask & freed) != 0).ToList())
-        {
-            _stubs.Remove(key);
-        }
         foreach (SiteRecord s in Sites)
         {
+            s.ForgetTrampolines(mask => (mask & freed) != 0);
             if ((s.DesiredCache0.Mask & freed) != 0 && s.DesiredCache0.Mask != ulong.MaxValue)
             {
                 s.DesiredCache0 = (ulong.MaxValue, 0, 0);
@@ -628,7 +621,7 @@ public sealed unsafe partial class Session : IDisposable
         {
             return DesiredRelocated(s, relocation);
         }
-        SiteDecision d = SitePlanner.Decide(s.Address, s.Ops, o => o.RedirectTarget(s));
+        SiteDecision d = SitePlanner.Decide(s.Address, s.Ops, s, static (o, site) => o.RedirectTarget(site));
         switch (d.Shape)
         {
             case SiteShape.Nop:
@@ -637,7 +630,8 @@ public sealed unsafe partial class Session : IDisposable
                 return (SitePlanner.Bytes(d, s.Address, s.Length), Record(L.KindJmp, 0, d.JumpTarget));
             default:
                 ulong trampoline = Stub(s, d.Redirect);
-                return (SitePlanner.Bytes(d, s.Address, s.Length, trampoline), Record(L.KindCall, 5, trampoline));
+                // Its emulation record ("call trampoline, return to site + 5") is just before it.
+                return (SitePlanner.Bytes(d, s.Address, s.Length, trampoline), trampoline - L.RecordSize);
         }
     }
 
@@ -652,7 +646,8 @@ public sealed unsafe partial class Session : IDisposable
     {
         // Ops sit on a site in registration order, so the set of their ids names the composition.
         ulong mask = s.OpsMask;
-        if (_stubs.TryGetValue((s.Index, mask), out ulong existing))
+        ulong existing = s.Trampoline(mask);
+        if (existing != 0)
         {
             return existing;
         }
@@ -661,23 +656,30 @@ public sealed unsafe partial class Session : IDisposable
             template = StubTemplate.Build(s.Ops);
             _templates[mask] = template;
         }
+        // The site's emulation record first (the int3 handler reads it while the call goes in),
+        // then the code: no allocation in the data heap and no lookup per trampoline.
         StubRegion region = s.Region;
-        ulong size = ((ulong)template.Code.Length + 15) & ~15UL;
+        ulong size = ((ulong)(L.RecordSize + template.Code.Length) + 15) & ~15UL;
         if (region.Used + size > region.Size)
         {
             throw new HotwireException("trampoline space near this module is exhausted; trace fewer functions");
         }
         MarkUsed(region, region.Used + size);
-        Span<byte> code = Shared.Bytes(region.MemfdOffset + region.Used, template.Code.Length);
+        ulong at = region.TargetAddress + region.Used + L.RecordSize;
+        Span<byte> record = Shared.Bytes(region.MemfdOffset + region.Used, L.RecordSize);
+        record.Clear();
+        record[L.RecordKind] = L.KindCall;
+        record[L.RecordAdvance] = 5;
+        BitConverter.TryWriteBytes(record[L.RecordTarget..], at);
+        Span<byte> code = Shared.Bytes(region.MemfdOffset + region.Used + L.RecordSize, template.Code.Length);
         template.Code.CopyTo(code);
         foreach ((int offset, Ops ops, int parameter) in template.Fixups)
         {
             ulong value = parameter < 0 ? ops.RedirectTarget(s) : ops.Parameter(s, parameter);
             BitConverter.TryWriteBytes(code[offset..], value);
         }
-        ulong at = region.TargetAddress + region.Used;
         region.Used += size;
-        _stubs[(s.Index, mask)] = at;
+        s.AddTrampoline(mask, at);
         return at;
     }
 

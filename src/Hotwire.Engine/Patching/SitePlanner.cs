@@ -31,6 +31,10 @@ public static class SitePlanner
 
     /// <param name="redirectTarget">where the redirecting ops sends the site's calls</param>
     public static SiteDecision Decide(ulong siteAddress, IReadOnlyList<Ops> ops, Func<Ops, ulong> redirectTarget)
+        => Decide(siteAddress, ops, redirectTarget, static (o, f) => f(o));
+
+    /// <summary><see cref="Decide(ulong, IReadOnlyList{Ops}, Func{Ops, ulong})"/> with a state for a static lambda: no allocation per site.</summary>
+    public static SiteDecision Decide<T>(ulong siteAddress, IReadOnlyList<Ops> ops, T state, Func<Ops, T, ulong> redirectTarget)
     {
         if (ops.Count == 0)
         {
@@ -38,8 +42,9 @@ public static class SitePlanner
         }
         Ops? redirect = null;
         bool onlyRedirect = true;
-        foreach (Ops o in ops)
+        for (int i = 0; i < ops.Count; i++)
         {
+            Ops o = ops[i];
             if (o.Redirects)
             {
                 redirect = o;
@@ -51,7 +56,7 @@ public static class SitePlanner
         }
         if (onlyRedirect && redirect is not null)
         {
-            ulong target = redirectTarget(redirect);
+            ulong target = redirectTarget(redirect, state);
             if (InReach(siteAddress, target))
             {
                 return new SiteDecision(SiteShape.Jump, target, redirect);

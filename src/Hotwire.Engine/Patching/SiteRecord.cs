@@ -48,6 +48,54 @@ public sealed class SiteRecord
 
     internal StubRegion Region { get; }
 
+    // Its trampolines, one per set of ops (mask) it has had, kept while the ops keep their ids: a
+    // thread may still be inside an old one. The first inline (most sites only ever have one).
+    private (ulong Mask, ulong At) _trampoline0;
+    private List<(ulong Mask, ulong At)>? _trampolines;
+
+    internal ulong Trampoline(ulong mask)
+    {
+        if (_trampoline0.At != 0 && _trampoline0.Mask == mask)
+        {
+            return _trampoline0.At;
+        }
+        foreach ((ulong m, ulong at) in _trampolines ?? [])
+        {
+            if (m == mask)
+            {
+                return at;
+            }
+        }
+        return 0;
+    }
+
+    internal void AddTrampoline(ulong mask, ulong at)
+    {
+        if (_trampoline0.At == 0)
+        {
+            _trampoline0 = (mask, at);
+        }
+        else
+        {
+            (_trampolines ??= []).Add((mask, at));
+        }
+    }
+
+    /// <summary>Forgets the trampolines of the ops sets <paramref name="forget"/> names (they are not reused; their code stays).</summary>
+    internal void ForgetTrampolines(Func<ulong, bool> forget)
+    {
+        if (_trampoline0.At != 0 && forget(_trampoline0.Mask))
+        {
+            _trampoline0 = default;
+        }
+        _trampolines?.RemoveAll(t => forget(t.Mask));
+        if (_trampoline0.At == 0 && _trampolines is { Count: > 0 } rest)
+        {
+            _trampoline0 = rest[^1];
+            rest.RemoveAt(rest.Count - 1);
+        }
+    }
+
     // The last two (ops mask → bytes, emulation) results: toggling an ops flips between two states.
     internal (ulong Mask, ulong Bytes, ulong Emu) DesiredCache0 = (ulong.MaxValue, 0, 0);
     internal (ulong Mask, ulong Bytes, ulong Emu) DesiredCache1 = (ulong.MaxValue, 0, 0);
