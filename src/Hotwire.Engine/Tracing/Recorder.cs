@@ -88,7 +88,6 @@ public sealed class Recorder : IDisposable
 
     private void Consume()
     {
-        int idle = 0;
         long lastRefresh = Environment.TickCount64, lastReap = lastRefresh, lastPublish = lastRefresh;
         while (!_stopping)
         {
@@ -102,8 +101,6 @@ public sealed class Recorder : IDisposable
                 ReleaseExitedThreads();
                 lastReap = Environment.TickCount64;
             }
-            // Busy threads fill a buffer in a few milliseconds: only a recorder idle for a while
-            // (about 50 ms of empty polls) may sleep a whole millisecond between polls.
             int drained = DrainAll();
             // The writer gets what is packed in pieces of about a megabyte, or every 20 ms.
             if (_writer.Pending >= 1 << 20 || (_writer.Pending > 0 && Environment.TickCount64 - lastPublish >= 20))
@@ -115,32 +112,14 @@ public sealed class Recorder : IDisposable
             {
                 Thread.Sleep(slow);   // test-only: a recorder that cannot keep up
             }
-            if (drained > 0 && drained < _tracer.Buffers.Capacity / 64)
+            if (drained < _tracer.Buffers.Capacity / 8)
             {
-                // Little came since the last look: wait a moment (far less than a buffer takes to
-                // fill), so that threads write many events between our reads of their heads (each
-                // read costs them a cache miss).
-                long until = Stopwatch.GetTimestamp() + Stopwatch.Frequency / 5000;
-                while (Stopwatch.GetTimestamp() < until)
-                {
-                    Thread.Yield();
-                }
-                idle = 0;
-            }
-            else if (drained == 0)
-            {
-                if (idle++ < 20_000)
-                {
-                    Thread.Yield();
-                }
-                else
-                {
-                    Thread.Sleep(1);
-                }
-            }
-            else
-            {
-                idle = 0;
+                // Little came since the last look: sleep a millisecond (a ring takes tens of
+                // milliseconds to fill at 20 M events/s), so that threads write many events between
+                // our reads of their heads (each read costs them a cache miss), and so that a
+                // recorder spinning for work does not take the CPU from the traced threads (with
+                // two busy threads on two cores, it must take it from one of them).
+                Thread.Sleep(1);
             }
         }
     }
