@@ -9,14 +9,15 @@ namespace Hotwire.Tracing;
 /// the drain: the threads' rings would fill meanwhile and their events be lost.
 /// The drain packs into a block (<see cref="Reserve"/>, <see cref="Commit"/>); a full block, or one
 /// handed over by <see cref="Publish"/>, goes to the writer thread and the drain takes a free one.
-/// The blocks are allocated once (at most <see cref="MaxBlocks"/>, 4 MiB each): no allocation on the
+/// The blocks are allocated once (at most <see cref="MaxBlocks"/>, 8 MiB each): no allocation on the
 /// drain path. Only when the writer is that far behind (about 400 ms of events at 150 MB/s) does
 /// the drain wait for it, and the wait is counted (<see cref="DrainWaited"/>).
 /// </summary>
 internal sealed class EventsFileWriter : IDisposable
 {
-    private const int BlockBytes = 4 << 20;
-    private const int MaxBlocks = 16;
+    private const int BlockBytes = 8 << 20;    // one pass over a buffer, packed, at worst (65,536 events of 11 fields)
+    private const int MaxBlocks = 8;
+    private const int ReadyBlocks = 3;          // allocated and touched before tracing starts
 
     private readonly FileStream _file;
     private readonly BlockingCollection<(byte[] Block, int Length)> _full = new(new ConcurrentQueue<(byte[], int)>());
@@ -34,8 +35,13 @@ internal sealed class EventsFileWriter : IDisposable
     public EventsFileWriter(FileStream file)
     {
         _file = file;
-        _current = new byte[BlockBytes];
-        _allocated = 1;
+        // The first blocks' pages are faulted in now, not by the drain while threads write events.
+        _current = NewBlock();
+        for (_allocated = 1; _allocated < ReadyBlocks; _allocated++)
+        {
+            _free.Enqueue(NewBlock());
+            _freeCount.Release();
+        }
         _thread = new Thread(Write) { IsBackground = true, Name = "hotwire-writer" };
         _thread.Start();
     }
@@ -87,7 +93,7 @@ internal sealed class EventsFileWriter : IDisposable
         else if (_allocated < MaxBlocks)
         {
             _allocated++;
-            _current = new byte[BlockBytes];
+            _current = NewBlock();
         }
         else
         {
@@ -97,6 +103,16 @@ internal sealed class EventsFileWriter : IDisposable
             _current = block!;
             Interlocked.Add(ref _waitTicks, Stopwatch.GetTimestamp() - start);
         }
+    }
+
+    private static byte[] NewBlock()
+    {
+        byte[] block = GC.AllocateUninitializedArray<byte>(BlockBytes);
+        for (int i = 0; i < block.Length; i += 4096)
+        {
+            block[i] = 0;
+        }
+        return block;
     }
 
     private void Write()

@@ -112,7 +112,7 @@ public sealed class Recorder : IDisposable
             {
                 Thread.Sleep(slow);   // test-only: a recorder that cannot keep up
             }
-            if (drained < _tracer.Buffers.Capacity / 8)
+            if (!_capped && drained < _tracer.Buffers.Capacity / 8)
             {
                 // Little came since the last look: sleep a millisecond (a ring takes tens of
                 // milliseconds to fill at 20 M events/s), so that threads write many events between
@@ -155,8 +155,14 @@ public sealed class Recorder : IDisposable
     /// <summary>Buffers given back after their thread exited, for new threads.</summary>
     public int BuffersReleased { get; private set; }
 
+    /// <summary>Events taken from one buffer in one pass (their packed size fits a writer block).</summary>
+    private const int MaxDrainEvents = 65536;
+
+    private bool _capped;   // a buffer had more than one pass takes: drain again at once
+
     private int DrainAll()
     {
+        _capped = false;
         int drained = 0;
         int buffers = _tracer.BuffersInUse;
         for (int i = 0; i < buffers; i++)
@@ -188,6 +194,13 @@ public sealed class Recorder : IDisposable
         }
         long capacity = _tracer.Buffers.Capacity;
         int size = _tracer.Buffers.EventBytes;
+        // At most MaxDrainEvents at a time: the thread gets room back sooner, the packed chunks fit
+        // a writer block (no allocation), and the other buffers are not kept waiting.
+        if (head - tail > MaxDrainEvents)
+        {
+            head = tail + MaxDrainEvents;
+            _capped = true;
+        }
         int count = (int)(head - tail);
         bool keep = _tids is null || _tids.Contains(tid);
         if (keep && Healthy && TimeFilterNs > 0 && _tracer.Buffers.Info)
