@@ -54,6 +54,10 @@ public static class TestSwitches
     public static TimeSpan? SlowDrain { get; } =
         int.TryParse(Environment.GetEnvironmentVariable("HOTWIRE_TEST_SLOW_DRAIN_MS"), out int slowMs) ? TimeSpan.FromMilliseconds(slowMs) : null;
 
+    /// <summary>HOTWIRE_TEST_SLOW_WRITE_MS=N: the recording's writer sleeps N ms before each write (a disk slower than the events).</summary>
+    public static TimeSpan? SlowWrite { get; } =
+        int.TryParse(Environment.GetEnvironmentVariable("HOTWIRE_TEST_SLOW_WRITE_MS"), out int writeMs) ? TimeSpan.FromMilliseconds(writeMs) : null;
+
     /// <summary>HOTWIRE_TEST_NO_SIGTRAP_GUARD=1: threads that block SIGTRAP run on during batches (an int3 of ours kills them).</summary>
     public static bool NoSigtrapGuard { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_SIGTRAP_GUARD") == "1";
 

@@ -32,6 +32,32 @@ public class NoDropTests(ITestOutputHelper output)
         Assert.Equal(20_001, calls["lib_add"]);
     }
 
+    [Fact]
+    public async Task Events_lost_while_the_disk_held_up_the_recorder_are_said_to_be_the_disk_s()
+    {
+        // The writer sleeps 500 ms before each write: its blocks fill, the recorder waits for one,
+        // the threads' 4 KiB rings fill meanwhile. The summary says the disk was the cause (not the
+        // buffer size), and the recording is whole up to where it was cut.
+        var env = new Dictionary<string, string> { ["HOTWIRE_TEST_SLOW_WRITE_MS"] = "500" };
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-slowdisk-{Guid.NewGuid():N}");
+        var psi = HotwireCli.StartInfo(env, ["record", "--buffer-size", "4K", "-o", dir, "--", TargetBuilder.Get(Flavour.DlThreads)]);
+        psi.RedirectStandardInput = true;
+        using Process p = Process.Start(psi)!;
+        p.StandardInput.Write("load libflav.so lib_poly 20000000\n");
+        p.StandardInput.Close();
+        Task<string> stdout = p.StandardOutput.ReadToEndAsync();
+        string stderr = await p.StandardError.ReadToEndAsync();
+        Assert.True(p.WaitForExit(120_000), "hotwire record did not end");
+        await stdout;
+        output.WriteLine(stderr);
+        Assert.Equal(0, p.ExitCode);
+        Assert.Matches(@"events were lost while writing to .* held the recorder up for \d+ ms .*-o /dev/shm/.*--no-drop", stderr);
+        Assert.DoesNotContain("larger --buffer-size", stderr);
+        Dictionary<string, long> calls = LibraryTests.ReplayCounts(dir);
+        Assert.True(calls["lib_poly"] > 0);
+        Directory.Delete(dir, recursive: true);
+    }
+
     private static CliResult Record(string tracer, bool noDrop, out string dir)
     {
         dir = Path.Combine(Path.GetTempPath(), $"hotwire-nodrop-{Guid.NewGuid():N}");

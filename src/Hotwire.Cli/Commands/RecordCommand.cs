@@ -219,7 +219,11 @@ public static class RecordCommand
         {
             Console.Error.WriteLine($"hotwire: --no-drop: threads waited {summary.WriterWait.TotalMilliseconds:F1} ms in all for room in their buffers");
         }
-        if (summary.Lost > 0)
+        if (summary.Lost > 0 && summary.DiskWait.TotalMilliseconds >= 50)
+        {
+            Console.Error.WriteLine($"hotwire: {summary.Lost} events were lost while writing to {dir} held the recorder up for {summary.DiskWait.TotalMilliseconds:F0} ms (the disk took the events more slowly than they came): record to a faster file system (e.g. -o /dev/shm/...), or with --no-drop");
+        }
+        else if (summary.Lost > 0)
         {
             Console.Error.WriteLine($"hotwire: {summary.Lost} events were lost because a thread's buffer was full (or a signal handler interrupted Hotwire's own code): record with a larger --buffer-size");
         }

@@ -119,6 +119,10 @@ internal sealed class EventsFileWriter : IDisposable
     {
         foreach ((byte[] block, int length) in _full.GetConsumingEnumerable())
         {
+            if (TestSwitches.SlowWrite is TimeSpan slow)
+            {
+                Thread.Sleep(slow);
+            }
             if (_error is null)
             {
                 try

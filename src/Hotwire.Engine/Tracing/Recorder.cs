@@ -10,6 +10,9 @@ public sealed record RecordSummary(long Events, ulong Lost, int Threads, TimeSpa
 {
     /// <summary>Time the threads spent waiting for room in their buffers, summed (--no-drop).</summary>
     public TimeSpan WriterWait { get; init; }
+
+    /// <summary>Time the recorder waited for the file to take what it had packed (the disk slower than the events).</summary>
+    public TimeSpan DiskWait { get; init; }
 }
 
 /// <summary>
@@ -490,6 +493,7 @@ public sealed class Recorder : IDisposable
         return new RecordSummary(info.TotalEvents, info.TotalLost, info.Threads.Count, _clock.Elapsed, WriteError is null ? _writer.BytesWritten : onDisk, WriteError, info.ShadowOverflow)
         {
             WriterWait = TimeSpan.FromTicks((long)(_tracer.WaitedTicks * nsPerTick / 100)),
+            DiskWait = _writer.DrainWaited,
         };
     }
 
