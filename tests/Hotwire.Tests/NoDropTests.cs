@@ -33,6 +33,33 @@ public class NoDropTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Every_event_left_in_a_ring_at_the_end_is_written_however_many()
+    {
+        // The recorder sleeps 2 s after each pass, so each thread's ring still holds its 150,000
+        // events (more than one pass takes from a buffer) when the program exits: the end drains
+        // every ring to empty, and every call is in the recording.
+        var env = new Dictionary<string, string> { ["HOTWIRE_TEST_SLOW_DRAIN_MS"] = "2000" };
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-leftover-{Guid.NewGuid():N}");
+        var psi = HotwireCli.StartInfo(env, ["record", "-o", dir, "--", TargetBuilder.Get(Flavour.DlThreads)]);
+        psi.RedirectStandardInput = true;
+        using Process p = Process.Start(psi)!;
+        p.StandardInput.Write("load libflav.so lib_poly 50000\n");
+        p.StandardInput.Close();
+        Task<string> stdout = p.StandardOutput.ReadToEndAsync();
+        string stderr = await p.StandardError.ReadToEndAsync();
+        Assert.True(p.WaitForExit(120_000), "hotwire record did not end");
+        await stdout;
+        output.WriteLine(stderr);
+        Assert.Equal(0, p.ExitCode);
+        Assert.Contains(" 0 lost", stderr);
+        Dictionary<string, long> calls = LibraryTests.ReplayCounts(dir);
+        Assert.Equal(200_000, calls["lib_poly"]);
+        Assert.Equal(200_000, calls["lib_square"]);
+        Assert.Equal(200_001, calls["lib_add"]);
+        Directory.Delete(dir, recursive: true);
+    }
+
+    [Fact]
     public async Task Events_lost_while_the_disk_held_up_the_recorder_are_said_to_be_the_disk_s()
     {
         // The writer sleeps 500 ms before each write: its blocks fill, the recorder waits for one,

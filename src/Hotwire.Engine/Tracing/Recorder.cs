@@ -142,7 +142,10 @@ public sealed class Recorder : IDisposable
             {
                 continue;
             }
-            Drain(index);
+            while (Drain(index) == MaxDrainEvents)
+            {
+                // its thread is gone: empty the ring before it goes to a new thread
+            }
             ulong lost = _session.Shared.ReadU64(_tracer.BufferOffset(index) + TraceBufferOptions.Lost);
             if (!_threads.ContainsKey(tid))
             {
@@ -449,7 +452,12 @@ public sealed class Recorder : IDisposable
         _tracer.SetWritersWait(false);   // a writer still waiting drops its event (counted) instead of writing after the last drain
         _stopping = true;
         _consumer?.Join();
-        DrainAll();
+        // Until every ring is empty: a pass takes at most MaxDrainEvents from each.
+        do
+        {
+            DrainAll();
+        }
+        while (_capped);
         ClockSample end = TscClock.Sample();
         if (_session.IsAlive() && !_session.Execed())
         {
