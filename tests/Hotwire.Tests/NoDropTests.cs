@@ -38,19 +38,8 @@ public class NoDropTests(ITestOutputHelper output)
         // The recorder sleeps 2 s after each pass, so each thread's ring still holds its 150,000
         // events (more than one pass takes from a buffer) when the program exits: the end drains
         // every ring to empty, and every call is in the recording.
-        var env = new Dictionary<string, string> { ["HOTWIRE_TEST_SLOW_DRAIN_MS"] = "2000" };
         string dir = Path.Combine(Path.GetTempPath(), $"hotwire-leftover-{Guid.NewGuid():N}");
-        var psi = HotwireCli.StartInfo(env, ["record", "-o", dir, "--", TargetBuilder.Get(Flavour.DlThreads)]);
-        psi.RedirectStandardInput = true;
-        using Process p = Process.Start(psi)!;
-        p.StandardInput.Write("load libflav.so lib_poly 50000\n");
-        p.StandardInput.Close();
-        Task<string> stdout = p.StandardOutput.ReadToEndAsync();
-        string stderr = await p.StandardError.ReadToEndAsync();
-        Assert.True(p.WaitForExit(120_000), "hotwire record did not end");
-        await stdout;
-        output.WriteLine(stderr);
-        Assert.Equal(0, p.ExitCode);
+        string stderr = await RecordPoly("HOTWIRE_TEST_SLOW_DRAIN_MS", "2000", 50_000, ["-o", dir]);
         Assert.Contains(" 0 lost", stderr);
         Dictionary<string, long> calls = LibraryTests.ReplayCounts(dir);
         Assert.Equal(200_000, calls["lib_poly"]);
@@ -65,12 +54,22 @@ public class NoDropTests(ITestOutputHelper output)
         // The writer sleeps 500 ms before each write: its blocks fill, the recorder waits for one,
         // the threads' 4 KiB rings fill meanwhile. The summary says the disk was the cause (not the
         // buffer size), and the recording is whole up to where it was cut.
-        var env = new Dictionary<string, string> { ["HOTWIRE_TEST_SLOW_WRITE_MS"] = "500" };
         string dir = Path.Combine(Path.GetTempPath(), $"hotwire-slowdisk-{Guid.NewGuid():N}");
-        var psi = HotwireCli.StartInfo(env, ["record", "--buffer-size", "4K", "-o", dir, "--", TargetBuilder.Get(Flavour.DlThreads)]);
+        string stderr = await RecordPoly("HOTWIRE_TEST_SLOW_WRITE_MS", "500", 20_000_000, ["--buffer-size", "4K", "-o", dir]);
+        Assert.Matches(@"events were lost while writing to .* held the recorder up for \d+ ms .*-o /dev/shm/.*--no-drop", stderr);
+        Assert.DoesNotContain("larger --buffer-size", stderr);
+        Dictionary<string, long> calls = LibraryTests.ReplayCounts(dir);
+        Assert.True(calls["lib_poly"] > 0);
+        Directory.Delete(dir, recursive: true);
+    }
+
+    /// <summary>`hotwire record OPTIONS -- dlthreads` with one test switch set, its 4 threads calling lib_poly CALLS times each; stderr (exit 0 asserted).</summary>
+    private async Task<string> RecordPoly(string testSwitch, string value, int calls, string[] options)
+    {
+        var psi = HotwireCli.StartInfo(new Dictionary<string, string> { [testSwitch] = value }, ["record", .. options, "--", TargetBuilder.Get(Flavour.DlThreads)]);
         psi.RedirectStandardInput = true;
         using Process p = Process.Start(psi)!;
-        p.StandardInput.Write("load libflav.so lib_poly 20000000\n");
+        p.StandardInput.Write($"load libflav.so lib_poly {calls}\n");
         p.StandardInput.Close();
         Task<string> stdout = p.StandardOutput.ReadToEndAsync();
         string stderr = await p.StandardError.ReadToEndAsync();
@@ -78,11 +77,7 @@ public class NoDropTests(ITestOutputHelper output)
         await stdout;
         output.WriteLine(stderr);
         Assert.Equal(0, p.ExitCode);
-        Assert.Matches(@"events were lost while writing to .* held the recorder up for \d+ ms .*-o /dev/shm/.*--no-drop", stderr);
-        Assert.DoesNotContain("larger --buffer-size", stderr);
-        Dictionary<string, long> calls = LibraryTests.ReplayCounts(dir);
-        Assert.True(calls["lib_poly"] > 0);
-        Directory.Delete(dir, recursive: true);
+        return stderr;
     }
 
     private static CliResult Record(string tracer, bool noDrop, out string dir)
