@@ -31,6 +31,7 @@ internal sealed class EventsFileWriter : IDisposable
     private long _waitTicks;
     private volatile string? _error;
     private bool _completed;
+    private bool _disposed;
 
     public EventsFileWriter(FileStream file)
     {
@@ -130,9 +131,9 @@ internal sealed class EventsFileWriter : IDisposable
                     _file.Write(block, 0, length);
                     Interlocked.Add(ref _written, length);
                 }
-                catch (IOException e)
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
                 {
-                    _error = e.Message;
+                    _error = e.Message;   // a thread of ours must not die of it: the recorder reports it
                 }
             }
             _free.Enqueue(block);
@@ -171,6 +172,11 @@ internal sealed class EventsFileWriter : IDisposable
 
     public void Dispose()
     {
+        if (_disposed)
+        {
+            return;
+        }
+        _disposed = true;
         Complete();
         _full.Dispose();
         _freeCount.Dispose();

@@ -582,6 +582,6 @@ public sealed class Recorder : IDisposable
         _tracer.SetWritersWait(false);
         _stopping = true;
         _consumer?.Join();
-        CloseEvents();
+        _writer.Dispose();   // writes what is left (if Finish did not), closes the file, frees the writer's thread and blocks
     }
 }
