@@ -1,3 +1,4 @@
+using Hotwire.Interop;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 using L = Hotwire.Agent.AgentLayout;
@@ -15,7 +16,6 @@ public sealed record AgentEntryPoints(ulong CloneStub, ulong AfterCloneSyscall, 
 /// </summary>
 public static class AgentCode
 {
-    private const int MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE = 32;
     private const int PR_SET_NAME = 15;
     private const int SIGTRAP = 5;
     private const int ProtRwx = 7;
@@ -78,7 +78,7 @@ public static class AgentCode
     // as the kernel's text_poke_sync: serialize every core running a thread of this process
     private static void Sync(Assembler a)
     {
-        a.mov(edi, MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE);
+        a.mov(edi, Sys.MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE);
         a.xor(esi, esi);
         a.xor(edx, edx);
         Syscall(a, N.membarrier);

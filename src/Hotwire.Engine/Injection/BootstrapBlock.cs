@@ -44,7 +44,6 @@ internal static class BootstrapBlock
     private static readonly AssemblerRegister64[] s_restored = [rax, rbx, rcx, rdx, rsi, rdi, rbp, r8, r9, r10, r11, r12, r13, r14, r15];
     private const int SlotEflags = 15, SlotRsp = 16, SlotRip = 17, Slots = 18;
 
-    private const int MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE = 64;
     private const int SIG_SETMASK = 2;
     private const long EEXIST = 17;
 
@@ -205,7 +204,7 @@ internal static class BootstrapBlock
         }
 
         Step(9);
-        a.mov(edi, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE);
+        a.mov(edi, Sys.MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE);
         a.xor(esi, esi);
         a.xor(edx, edx);
         Call(N.membarrier);

@@ -43,7 +43,13 @@ internal static partial class Sys
     public const int MAP_PRIVATE = 2;
     public const int MAP_FIXED = 0x10;
     public const int MAP_ANONYMOUS = 0x20;
+    public const int MAP_NORESERVE = 0x4000;
     public const int MAP_FIXED_NOREPLACE = 0x100000;
+    public const int MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE = 32;
+    public const int MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE = 64;
+    public const ulong CLONE_VM = 0x100, CLONE_FS = 0x200, CLONE_FILES = 0x400, CLONE_SIGHAND = 0x800, CLONE_THREAD = 0x10000, CLONE_SYSVSEM = 0x40000;
+    /// <summary>Auxiliary vector entries (/proc/PID/auxv): the dynamic linker's base, the program's entry point.</summary>
+    public const ulong AT_BASE = 7, AT_ENTRY = 9;
     public const int FUTEX_WAIT = 0;
     public const int FUTEX_WAKE = 1;
     public const int MFD_CLOEXEC = 1;

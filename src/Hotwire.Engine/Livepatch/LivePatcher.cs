@@ -364,7 +364,7 @@ public sealed class LivePatcher
         _memory.Write(loadBase, image);
         foreach ((ulong offset, ulong length, int prot) in patch.Protections())
         {
-            Check(_session.AgentSyscall(SyscallNumbers.mprotect, loadBase + offset, length, (ulong)prot), "mprotect the patch");
+            Check(_session.Channel.Syscall(SyscallNumbers.mprotect, loadBase + offset, length, (ulong)prot), "mprotect the patch");
         }
 
         int id = _data.NextId;
@@ -530,7 +530,6 @@ public sealed class LivePatcher
     /// <summary>Address space within a jmp's reach (±2 GiB) of <paramref name="near"/>, mapped read-write.</summary>
     private ulong MapNear(ulong near, ulong size)
     {
-        const ulong MapPrivate = 0x02, MapAnonymous = 0x20, MapFixedNoReplace = 0x100000;
         const ulong Reach = (1UL << 31) - (1UL << 24);
         var maps = ProcMaps.Read(_session.Pid).OrderBy(m => m.Start).ToList();
         var candidates = new List<ulong>();
@@ -544,7 +543,7 @@ public sealed class LivePatcher
         }
         foreach (ulong at in candidates.Where(a => (a > near ? a + size - near : near - a) < Reach).OrderBy(a => a > near ? a - near : near - a))
         {
-            long r = _session.AgentSyscall(SyscallNumbers.mmap, at, size, 3, MapPrivate | MapAnonymous | MapFixedNoReplace, ulong.MaxValue, 0);
+            long r = _session.Channel.Syscall(SyscallNumbers.mmap, at, size, Sys.PROT_READ | Sys.PROT_WRITE, Sys.MAP_PRIVATE | Sys.MAP_ANONYMOUS | Sys.MAP_FIXED_NOREPLACE, ulong.MaxValue, 0);
             if (r == (long)at)
             {
                 return at;
@@ -574,23 +573,21 @@ public sealed class LivePatcher
     private ulong CreateRegistry()
     {
         byte[] name = Encoding.ASCII.GetBytes(RegistryName + "\0");
-        ulong scratch = _session.AllocateData(64, 8);
-        name.CopyTo(_session.Shared.Bytes(scratch, name.Length));
-        long fd = Check(_session.AgentSyscall(SyscallNumbers.memfd_create, _session.DataAddress(scratch), 1 /* MFD_CLOEXEC */), "memfd_create");
+        ulong scratch = _session.Heap.Allocate(64, 8);
+        name.CopyTo(_session.Heap.Shared.Bytes(scratch, name.Length));
+        long fd = Check(_session.Channel.Syscall(SyscallNumbers.memfd_create, _session.Heap.Address(scratch), Sys.MFD_CLOEXEC), "memfd_create");
         try
         {
-            Check(_session.AgentSyscall(SyscallNumbers.ftruncate, (ulong)fd, RegistryBytes), "ftruncate");
-            return (ulong)Check(_session.AgentSyscall(SyscallNumbers.mmap, 0, RegistryBytes, 3, 0x01 /* MAP_SHARED */, (ulong)fd, 0), "mmap");
+            Check(_session.Channel.Syscall(SyscallNumbers.ftruncate, (ulong)fd, RegistryBytes), "ftruncate");
+            return (ulong)Check(_session.Channel.Syscall(SyscallNumbers.mmap, 0, RegistryBytes, Sys.PROT_READ | Sys.PROT_WRITE, Sys.MAP_SHARED, (ulong)fd, 0), "mmap");
         }
         finally
         {
-            _session.AgentSyscall(SyscallNumbers.close, (ulong)fd);
+            _session.Channel.Syscall(SyscallNumbers.close, (ulong)fd);
         }
     }
 
-    private long Check(long result, string what) => result is < 0 and > -4096
-        ? throw new HotwireException($"{what} failed in pid {_session.Pid}: {Libc.StrError((int)-result)}")
-        : result;
+    private long Check(long result, string what) => Errors.CheckInTarget(result, what, _session.Pid);
 
     /// <summary>
     /// For each thread, whether one of <paramref name="code"/> is on its stack now: livepatch's

@@ -27,7 +27,7 @@ public static class EarlierAgents
             List<int> agents = AgentThreads(pid);
             if (!refuseLive)
             {
-                agents.RemoveAll(tid => OwnerOf(pid, tid) is int owner && owner > 0 && IsAlive(owner));
+                agents.RemoveAll(tid => OwnerOf(pid, tid) is int owner && owner > 0 && ProcStat.IsAlive(owner));
             }
             if (agents.Count == 0)
             {
@@ -35,7 +35,7 @@ public static class EarlierAgents
             }
             foreach (int tid in agents)
             {
-                if (OwnerOf(pid, tid) is int owner && owner > 0 && IsAlive(owner))
+                if (OwnerOf(pid, tid) is int owner && owner > 0 && ProcStat.IsAlive(owner))
                 {
                     string who = owner == Environment.ProcessId ? "this Hotwire process" : $"Hotwire pid {owner}";
                     throw new HotwireException(
@@ -95,18 +95,5 @@ public static class EarlierAgents
             }
         }
         return null;
-    }
-
-    private static bool IsAlive(int pid)
-    {
-        try
-        {
-            string stat = File.ReadAllText($"/proc/{pid}/stat");
-            return stat[stat.LastIndexOf(')') + 2] is not ('Z' or 'X');
-        }
-        catch (IOException)
-        {
-            return false;
-        }
     }
 }

@@ -103,14 +103,14 @@ public sealed class CountingOps : Ops
             return;
         }
         ulong n = (ulong)session.SiteIdCapacity;
-        _sharedOffset = session.AllocateData(n * 8, 64);
+        _sharedOffset = session.Heap.Allocate(n * 8, 64);
         try
         {
             _tidOffset = Tracing.ThreadIdentity.TidOffset(session);
             _pidMax = Tracing.TraceBufferOptions.PidMax();
-            _nextOffset = session.AllocateData(64, 64);
-            _tableOffset = session.AllocateData((ulong)(_pidMax + 1) * 4, 4096);
-            _rowsOffset = session.AllocateData(Rows * Stride(n), 4096);
+            _nextOffset = session.Heap.Allocate(64, 64);
+            _tableOffset = session.Heap.Allocate((ulong)(_pidMax + 1) * 4, 4096);
+            _rowsOffset = session.Heap.Allocate(Rows * Stride(n), 4096);
         }
         catch (HotwireException)
         {
@@ -123,8 +123,8 @@ public sealed class CountingOps : Ops
     internal override int ParameterCount => _tidOffset < 0 ? 1 : 2;
 
     internal override ulong Parameter(SiteRecord site, int index) => index == 0
-        ? _session!.DataAddress(_sharedOffset + (ulong)site.Index * 8)
-        : _session!.DataAddress(_rowsOffset + (ulong)site.Index * 8) - RowStride;
+        ? _session!.Heap.Address(_sharedOffset + (ulong)site.Index * 8)
+        : _session!.Heap.Address(_rowsOffset + (ulong)site.Index * 8) - RowStride;
 
     private ulong RowStride => Stride((ulong)_session!.SiteIdCapacity);
 
@@ -146,7 +146,7 @@ public sealed class CountingOps : Ops
         a.mov(eax, __dword_ptr.fs[_tidOffset]);
         a.cmp(eax, _pidMax);
         a.ja(shared);
-        a.mov(r11, _session!.DataAddress(_tableOffset));
+        a.mov(r11, _session!.Heap.Address(_tableOffset));
         a.mov(eax, __dword_ptr[r11 + rax * 4]);
         a.test(eax, eax);
         a.jz(claim);
@@ -156,7 +156,7 @@ public sealed class CountingOps : Ops
         a.inc(__qword_ptr[r11 + rax]);                 // this thread's own counter: no lock needed
         a.jmp(done);
         a.Label(ref claim);                             // the thread's first call here: claim a row
-        a.mov(r11, _session.DataAddress(_nextOffset));
+        a.mov(r11, _session.Heap.Address(_nextOffset));
         a.mov(eax, 1);
         a.@lock.xadd(__dword_ptr[r11], eax);
         a.cmp(eax, Rows);
@@ -164,7 +164,7 @@ public sealed class CountingOps : Ops
         a.inc(eax);
         a.push(rdx);
         a.mov(edx, __dword_ptr.fs[_tidOffset]);
-        a.mov(r11, _session.DataAddress(_tableOffset));
+        a.mov(r11, _session.Heap.Address(_tableOffset));
         a.mov(__dword_ptr[r11 + rdx * 4], eax);
         a.pop(rdx);
         a.jmp(ready);
@@ -187,13 +187,13 @@ public sealed class CountingOps : Ops
         {
             throw new InvalidOperationException("the session is detached: its counters went with it (read them before Detach)");
         }
-        ulong total = _session.Shared.ReadU64(_sharedOffset + (ulong)site.Index * 8);
+        ulong total = _session.Heap.Shared.ReadU64(_sharedOffset + (ulong)site.Index * 8);
         if (_tidOffset >= 0)
         {
-            uint rows = Math.Min(_session.Shared.ReadU32(_nextOffset), Rows);
+            uint rows = Math.Min(_session.Heap.Shared.ReadU32(_nextOffset), Rows);
             for (ulong r = 0; r < rows; r++)
             {
-                total += _session.Shared.ReadU64(_rowsOffset + r * RowStride + (ulong)site.Index * 8);
+                total += _session.Heap.Shared.ReadU64(_rowsOffset + r * RowStride + (ulong)site.Index * 8);
             }
         }
         return total;

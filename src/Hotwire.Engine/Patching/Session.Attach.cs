@@ -11,8 +11,7 @@ namespace Hotwire.Patching;
 
 public sealed unsafe partial class Session
 {
-    private const ulong CloneFlags = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000; // VM FS FILES SIGHAND THREAD SYSVSEM
-    private const int MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE = 64;
+    private const ulong CloneFlags = Sys.CLONE_VM | Sys.CLONE_FS | Sys.CLONE_FILES | Sys.CLONE_SIGHAND | Sys.CLONE_THREAD | Sys.CLONE_SYSVSEM;
     private const int SIG_SETMASK = 2;
     private const ulong MainCodeSize = 64 * 1024;
 
@@ -94,17 +93,9 @@ public sealed unsafe partial class Session
     {
         foreach (string task in Directory.EnumerateDirectories($"/proc/{pid}/task").OrderBy(t => Path.GetFileName(t) == pid.ToString() ? 0 : 1))
         {
-            try
+            if (ProcStat.IsAliveAt(Path.Combine(task, "stat")))
             {
-                string stat = File.ReadAllText(Path.Combine(task, "stat"));
-                char state = stat[stat.LastIndexOf(')') + 2];
-                if (state is not ('Z' or 'X'))
-                {
-                    return int.Parse(Path.GetFileName(task));
-                }
-            }
-            catch (IOException)
-            {
+                return int.Parse(Path.GetFileName(task));
             }
         }
         throw new HotwireException($"pid {pid} has no live thread to attach to");
@@ -112,19 +103,20 @@ public sealed unsafe partial class Session
 
     private void Bootstrap(int tid, SessionOptions options, Tracee? stopped = null)
     {
-        _skipSignalFrameSleds = options.SkipSignalFrameSleds;
+        Threads = new ThreadMigration(Pid, _memory, () => AgentTid, () => !Launched || _running, MovedPc, options.SkipSignalFrameSleds,
+            options.StopRequested, () => Notice);
+        Poke = new PokeBatch(Pid, _memory, Threads, _execMappings0);
         _relocateEntries = options.RelocateEntries;
-        _stopRequested = options.StopRequested;
         // ---- plan the memfd: [data | main code | a trampoline region per module] ----
         var sites = Image.AllSites.OrderBy(s => s.Address).ToList();
         int n = sites.Count;
         ulong siteTable = L.HeaderSize + 64;    // its count in the u64 before it
         ulong batchList = Align(siteTable + (ulong)n * L.SiteEntrySize, 4096);
         ulong restoreList = Align(batchList + (ulong)n * L.BatchEntrySize, 4096);
-        _rangeCapacity = 65536;
+        Poke.RangeCapacity = 65536;
         ulong rangeList = Align(restoreList + (ulong)n * L.BatchEntrySize, 4096);
-        ulong allRanges = Align(rangeList + (ulong)_rangeCapacity * L.RangeEntrySize, 4096) + 64;  // its count before it
-        ulong stack = Align(allRanges + (ulong)_rangeCapacity * L.RangeEntrySize, 4096);
+        ulong allRanges = Align(rangeList + (ulong)Poke.RangeCapacity * L.RangeEntrySize, 4096) + 64;  // its count before it
+        ulong stack = Align(allRanges + (ulong)Poke.RangeCapacity * L.RangeEntrySize, 4096);
         ulong heap = stack + L.AgentStackSize;
         ulong dataNeeded = Align(heap + (64UL << 20) + (ulong)n * (64 + options.ExtraSharedBytesPerSite) + options.ExtraSharedBytes, 2UL << 20);
         var modules = Image.Modules.Where(m => m.Sites.Count > 0).ToList();
@@ -160,11 +152,11 @@ public sealed unsafe partial class Session
         _lateNext = earlier is null ? memfdNext : earlier.Regions.Select(r => r.MemfdOffset + r.Size).Append(dataSize + MainCodeSize).Max();
         _initialSiteCount = n;
         _listCapacity = n;
-        _heapNext = heap;
+        _heapStart = heap;
         _heapEnd = dataSize;
-        _batchListOffset = batchList;
+        Poke.ListOffset = batchList;
         _siteTableOffset = siteTable;
-        _rangeListOffset = rangeList;
+        Poke.RangeListOffset = rangeList;
 
         var records = new List<SiteRecord>(n);
         foreach (PatchSite p in sites)
@@ -350,7 +342,7 @@ public sealed unsafe partial class Session
         {
             regions[modules[i]].TargetAddress = placed[i];
         }
-        Shared = SharedRegion.MapTargetFd(Pid, fd, total);
+        UseBlock(SharedRegion.MapTargetFd(Pid, fd, total));
         AgentTid = tid;
         DescribeBlock(Shared, dataSize, codeBase, total, blockBase, boot.Size, fd);
     }
@@ -486,7 +478,7 @@ public sealed unsafe partial class Session
             {
                 _memory.TryRead(boot.Step, word);
                 throw new BootstrapFailedException((int)-status,
-                    $"setting Hotwire up inside pid {Pid} failed (step {BitConverter.ToInt64(word)}): {Libc.StrError((int)-status)}; the target was left as it was");
+                    Errors.InTarget($"setting Hotwire up (step {BitConverter.ToInt64(word)})", status, Pid, "the target was left as it was").Message);
             }
             if (clock.ElapsedMilliseconds > 10_000)
             {
@@ -615,7 +607,7 @@ public sealed unsafe partial class Session
             h.WriteU64(e + L.SiteCurrent, s.Current);
             h.At<byte>(e + L.SiteLen) = (byte)s.Length;
         }
-        int all = WriteRanges(Sites, _plan!.AllRanges, _rangeCapacity);
+        int all = Poke.WriteRanges(Sites, _plan!.AllRanges, Poke.RangeCapacity);
         h.WriteU64(_plan.AllRanges - 8, (ulong)all);
         h.WriteU64(L.AllRangeList, DataAddress(_plan.AllRanges));
         h.WriteU64(L.AllRangeCount, (ulong)all);
@@ -693,167 +685,8 @@ public sealed unsafe partial class Session
 
     private long Check(long result, string call)
     {
-        if (result is < 0 and >= -4095)
-        {
-            throw new HotwireException($"{call} failed inside pid {Pid}: {Libc.StrError((int)-result)}; the target was left as it was");
-        }
-        return result;
+        return Errors.CheckInTarget(result, call, Pid, "the target was left as it was");
     }
 
     private static ulong Align(ulong value, ulong align) => (value + align - 1) & ~(align - 1);
-
-    /// <summary>
-    /// With int3 on byte 0 of every NOP sled being converted, no thread can enter one; a thread that
-    /// was already inside (past byte 0) is stopped briefly and moved past the sled's end, which is
-    /// exactly what running the remaining NOPs would do. A thread whose pending SIGTRAP came from our
-    /// int3 is left for the handler. One thread at a time, each for a few microseconds.
-    /// </summary>
-    private void MoveThreadsOutOfSleds(ulong[] sleds)
-    {
-        Array.Sort(sleds);
-        List<MemoryMapping> maps = ProcMaps.Read(Pid);
-        (_sledsNow, _mapsNow) = (sleds, maps);
-        PtraceThread.Shared.Invoke(() =>
-        {
-            foreach (string task in Directory.EnumerateDirectories($"/proc/{Pid}/task"))
-            {
-                int tid = int.Parse(Path.GetFileName(task));
-                if (tid == AgentTid || LeftAlone(task))
-                {
-                    continue;
-                }
-                void Move(Tracee t)
-                {
-                    user_regs_struct regs = t.GetRegs();
-                    if (InsideSled(sleds, regs.rip) is ulong sled)
-                    {
-                        bool trappedHere = regs.rip == sled + 1 && (t.HasPendingSignal(Ptrace.SIGTRAP) || SigtrapPending(tid));
-                        if (!trappedHere && MovedPc(sled, regs.rip) is ulong moved)
-                        {
-                            regs.rip = moved;
-                            t.SetRegs(regs);
-                        }
-                    }
-                    if (!_skipSignalFrameSleds)
-                    {
-                        MoveSignalFramesOutOfSleds(sleds, regs.rsp, maps);
-                    }
-                }
-                if (_held?.Get(tid) is { } heldAlready)
-                {
-                    Move(heldAlready);   // held for the batch (it blocks SIGTRAP): already stopped
-                }
-                else if (!Tracee.WhileStopped(Pid, tid, Move) && Directory.Exists(task) && !TestSwitches.SkipUnstoppableThreads)
-                {
-                    WaitUntilOutside(tid, task, sleds, maps, Move);
-                }
-            }
-        });
-    }
-
-    /// <summary>
-    /// A thread Hotwire cannot stop (another tracer holds it: a debugger, a profiler) cannot be moved.
-    /// Its PC and stack pointer are read from /proc/PID/task/TID/syscall, without disturbing it: while
-    /// it (or a signal frame on its stack) is inside a site being converted, or it runs under the
-    /// other tracer so that its PC cannot be seen, the tails are not written and Hotwire waits, saying
-    /// so once after a moment. It continues when the thread is seen outside, becomes stoppable (then
-    /// it is moved), or exits. Killing Hotwire meanwhile is safe: the agent then puts each byte 0 back.
-    /// </summary>
-    private void WaitUntilOutside(int tid, string task, ulong[] sleds, List<MemoryMapping> maps, Action<Tracee> move)
-    {
-        bool said = false;
-        var clock = System.Diagnostics.Stopwatch.StartNew();
-        while (Directory.Exists(task))
-        {
-            string[] f;
-            try
-            {
-                f = File.ReadAllText(Path.Combine(task, "syscall")).Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            }
-            catch (IOException)
-            {
-                return; // gone
-            }
-            if (f.Length < 3)
-            {
-                // "running": no tracer holds it now, or it runs under one (its PC unknown); try to stop it ourselves
-                if (Tracee.WhileStopped(Pid, tid, move))
-                {
-                    return;
-                }
-                if (!said && clock.ElapsedMilliseconds > 1000)
-                {
-                    Notice?.Invoke($"thread {tid} of pid {Pid} runs under another tracer while a function entry is rewritten: waiting until Hotwire can see it outside the entry (Ctrl-C ends Hotwire; its agent then puts the entries back)");
-                    said = true;
-                }
-            }
-            else
-            {
-                ulong sp = Convert.ToUInt64(f[^2], 16), pc = Convert.ToUInt64(f[^1], 16);
-                bool inside = InsideSled(sleds, pc) is not null
-                    || (!_skipSignalFrameSleds && SignalFrames.Find(_memory, sp, maps).Any(frame => InsideSled(sleds, frame.Rip) is not null));
-                if (!inside)
-                {
-                    return;
-                }
-                if (!said)
-                {
-                    Notice?.Invoke($"thread {tid} of pid {Pid} is held by another tracer inside a function entry being rewritten: waiting until it leaves (Ctrl-C ends Hotwire; its agent then puts the entries back)");
-                    said = true;
-                }
-            }
-            if (_stopRequested?.Invoke() == true)
-            {
-                // The batch's int3s are in and the agent waits for the tails: the way out is the one
-                // SIGKILL takes (tested: KillTests, RelocatedEntryTests), the dead-man switch.
-                Notice?.Invoke($"interrupted while thread {tid} of pid {Pid} is inside a function entry being rewritten: Hotwire ends now, and its agent puts every entry back");
-                Environment.Exit(130);
-            }
-            Thread.Sleep(1);
-        }
-    }
-
-    private Func<bool>? _stopRequested;
-
-    // A thread blocked in a system call (its PC on a syscall instruction, not in a sled) with no
-    // signal frame saved inside a sled, still blocked in the same call once that was checked,
-    // needs no stop: stops are what let a Hotwire killed meanwhile make its call fail with EINTR.
-    private bool LeftAlone(string task)
-    {
-        if (TestSwitches.StopEveryThread || BlockedAt(task) is not { } blocked || InsideSled(_sledsNow!, blocked.Pc) is not null)
-        {
-            return false;
-        }
-        bool framesInSleds = !_skipSignalFrameSleds
-            && SignalFrames.Find(_memory, blocked.Sp, _mapsNow!).Any(f => InsideSled(_sledsNow!, f.Rip) is not null);
-        return !framesInSleds && BlockedAt(task) == blocked;
-    }
-
-    private ulong[]? _sledsNow;
-    private List<MemoryMapping>? _mapsNow;
-
-    // A handler that interrupted a thread inside a sled returns there (a GC's stop-the-world
-    // handler parks threads exactly so): its saved PC moves past the sled like a current PC. A
-    // frame of our own SIGTRAP at byte 1 is left for our handler, which emulates the new instruction.
-    private void MoveSignalFramesOutOfSleds(ulong[] sleds, ulong sp, List<MemoryMapping> maps)
-    {
-        foreach (SignalFrames.Frame frame in SignalFrames.Find(_memory, sp, maps))
-        {
-            if (InsideSled(sleds, frame.Rip) is ulong sled && !(frame.Rip == sled + 1 && frame.Signal == Ptrace.SIGTRAP)
-                && MovedPc(sled, frame.Rip) is ulong moved)
-            {
-                _memory.Write(frame.RipSlot, BitConverter.GetBytes(moved));
-            }
-        }
-    }
-
-    // The sled whose bytes 1..4 hold pc, if any.
-    private static ulong? InsideSled(ulong[] sleds, ulong pc)
-    {
-        int i = Array.BinarySearch(sleds, pc);
-        int k = i >= 0 ? i : ~i - 1;
-        return k >= 0 && pc > sleds[k] && pc < sleds[k] + 5 ? sleds[k] : null;
-    }
-
-    private bool SigtrapPending(int tid) => ProcStatus.SignalPending($"/proc/{Pid}/task/{tid}/status", Ptrace.SIGTRAP);
 }

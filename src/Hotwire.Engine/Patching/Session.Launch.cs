@@ -58,7 +58,7 @@ public sealed unsafe partial class Session
                 }
                 image = ProcessImage.Load(pid);
             }
-            if (relocate && (Aux(pid, 7) ?? 0) == 0)   // AT_BASE: no dynamic linker
+            if (relocate && (Aux(pid, Sys.AT_BASE) ?? 0) == 0)   // no dynamic linker
             {
                 throw new HotwireException($"{program} is statically linked: at launch its start-up code runs before thread-local storage exists, "
                     + "which --relocate's tracing needs; start it, then trace it with --pid");
@@ -124,7 +124,7 @@ public sealed unsafe partial class Session
         _whenLoaded.Clear();
     }
 
-    private static ulong AuxEntry(int pid) => Aux(pid, 9) ?? throw new HotwireException($"pid {pid} has no entry point in its auxiliary vector"); // AT_ENTRY
+    private static ulong AuxEntry(int pid) => Aux(pid, Sys.AT_ENTRY) ?? throw new HotwireException($"pid {pid} has no entry point in its auxiliary vector");
 
     private static ulong? Aux(int pid, ulong type)
     {
@@ -149,7 +149,7 @@ public sealed unsafe partial class Session
     private static void RunUntilLibrariesMapped(int pid, Tracee tracee)
     {
         const int RT_CONSISTENT = 0, RStateOffset = 24;   // struct r_debug { int r_version; link_map *r_map; ElfW(Addr) r_brk; r_state; ... }
-        if (Aux(pid, 7) is not ulong interpreterBase || interpreterBase == 0) // AT_BASE
+        if (Aux(pid, Sys.AT_BASE) is not ulong interpreterBase || interpreterBase == 0)
         {
             return;
         }

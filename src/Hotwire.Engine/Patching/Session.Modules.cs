@@ -98,7 +98,7 @@ public sealed unsafe partial class Session
         ulong? at;
         try
         {
-            at = Aux(pid, 7);   // AT_BASE
+            at = Aux(pid, Sys.AT_BASE);
         }
         catch (IOException)
         {
@@ -159,7 +159,7 @@ public sealed unsafe partial class Session
             _rStateAddress = rDebug + RStateOffset;
             Shared.WriteU64(L.RBrkOriginal, original);
             Shared.WriteU64(L.RBrkHooked, hooked);
-            Shared.WriteU64(L.RBrkProt, (ulong)Prot(text.Permissions));
+            Shared.WriteU64(L.RBrkProt, (ulong)text.Protection);
             Shared.WriteU32(L.ModAck, Shared.ReadU32(L.ModSeq));
             Shared.WriteU64(L.RBrkAddr, brk);   // before the hook: restore and the dead-man switch know it from now on
             if (stopped is not null)
@@ -168,8 +168,8 @@ public sealed unsafe partial class Session
             }
             else
             {
-                StoreWord(brk, hooked);
-                AgentSyscall(N.membarrier, 32 /* MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE */, 0, 0);
+                Channel.StoreWord(brk, hooked);
+                Channel.Syscall(N.membarrier, Sys.MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0);
             }
         }
         return true;
@@ -290,7 +290,7 @@ public sealed unsafe partial class Session
         {
             return;
         }
-        _execMappings = ProcMaps.Read(Pid).Where(m => m.IsExecutable).ToList();
+        Poke.ExecMappings = ProcMaps.Read(Pid).Where(m => m.IsExecutable).ToList();
         foreach (LoadedModule m in gone)
         {
             foreach (SiteRecord s in Sites.Where(s => !s.Gone && s.Address >= m.Start && s.Address < m.End))
@@ -413,7 +413,7 @@ public sealed unsafe partial class Session
                 ?? MapLateRegion(m);
             ulong stub = PlaceIn(region, a => AgentCode.HoldStub(a, DataAddress(0), at, _restoreHolds));
             byte[] jump = SiteRecord.Unpack(SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, stub, null), at, 5), 5);
-            holds.Add((at, original, Prot(map.Permissions), jump));
+            holds.Add((at, original, map.Protection, jump));
         }
         if (holds.Count == 0)
         {
@@ -480,7 +480,7 @@ public sealed unsafe partial class Session
         }
         if (wrote)
         {
-            AgentSyscall(N.membarrier, 32 /* MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE */, 0, 0);
+            Channel.Syscall(N.membarrier, Sys.MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0);
         }
         Shared.WriteU64(L.HoldCount, 0);
         _awaitingRelocation = null;
@@ -495,7 +495,7 @@ public sealed unsafe partial class Session
     {
         List<SiteRecord> live = Sites.Where(s => !s.Gone).OrderBy(s => s.Address).ToList();
         ulong oldTable = _siteTableOffset;
-        ulong table = AllocateData(64 + (ulong)live.Count * L.SiteEntrySize, 64) + 64;
+        ulong table = Heap.Allocate(64 + (ulong)live.Count * L.SiteEntrySize, 64) + 64;
         for (int i = 0; i < live.Count; i++)
         {
             SiteRecord s = live[i];
@@ -524,13 +524,13 @@ public sealed unsafe partial class Session
         if (live.Count > _listCapacity)
         {
             _listCapacity = live.Count + 1024;
-            ulong restore = AllocateData((ulong)_listCapacity * L.BatchEntrySize, 64);
-            _batchListOffset = AllocateData((ulong)_listCapacity * L.BatchEntrySize, 64);
+            ulong restore = Heap.Allocate((ulong)_listCapacity * L.BatchEntrySize, 64);
+            Poke.ListOffset = Heap.Allocate((ulong)_listCapacity * L.BatchEntrySize, 64);
             Shared.WriteU64(L.RestoreList, DataAddress(restore));
-            Shared.WriteU64(L.BatchList, DataAddress(_batchListOffset));
+            Shared.WriteU64(L.BatchList, DataAddress(Poke.ListOffset));
         }
-        ulong ranges = AllocateData(64 + (ulong)_rangeCapacity * L.RangeEntrySize, 64) + 64;
-        int count = WriteRanges(live, ranges, _rangeCapacity);
+        ulong ranges = Heap.Allocate(64 + (ulong)Poke.RangeCapacity * L.RangeEntrySize, 64) + 64;
+        int count = Poke.WriteRanges(live, ranges, Poke.RangeCapacity);
         Shared.WriteU64(ranges - 8, (ulong)count);
         Interlocked.Exchange(ref Shared.At<ulong>(L.AllRangeList), DataAddress(ranges));
         Interlocked.Exchange(ref Shared.At<ulong>(L.SiteTable), DataAddress(table));
@@ -544,7 +544,6 @@ public sealed unsafe partial class Session
     /// <summary>A trampoline region for a library loaded after attach, mapped by the agent within ±2 GiB of it.</summary>
     private StubRegion MapLateRegion(LoadedModule m, int moreSites = 0)
     {
-        const ulong MapShared = 0x01, MapFixedNoReplace = 0x100000;
         const long EEXIST = 17;
         ulong size = Align(RegionSize(m) + (ulong)moreSites * 1024, 4096);
         if (_lateNext + size > _plan!.Total)
@@ -556,18 +555,18 @@ public sealed unsafe partial class Session
         ulong fd = Shared.ReadU64(L.MemfdInTarget);
         foreach (ulong at in candidates.Take(16))
         {
-            long r = AgentSyscall(N.mmap, at, size, (ulong)(Sys.PROT_READ | Sys.PROT_EXEC), MapShared | MapFixedNoReplace, fd, _lateNext);
+            long r = Channel.Syscall(N.mmap, at, size, (ulong)(Sys.PROT_READ | Sys.PROT_EXEC), Sys.MAP_SHARED | Sys.MAP_FIXED_NOREPLACE, fd, _lateNext);
             if (r == -EEXIST || (r >= 0 && (ulong)r != at))
             {
                 if (r >= 0)
                 {
-                    AgentSyscall(N.munmap, (ulong)r, size);   // a kernel without MAP_FIXED_NOREPLACE put it elsewhere
+                    Channel.Syscall(N.munmap, (ulong)r, size);   // a kernel without MAP_FIXED_NOREPLACE put it elsewhere
                 }
                 continue;
             }
             if (r < 0)
             {
-                throw new HotwireException($"cannot map trampolines near {m.Name} in pid {Pid}: {Libc.StrError((int)-r)}");
+                throw Errors.InTarget($"mapping trampolines near {m.Name}", r, Pid);
             }
             var region = new StubRegion(m.Start, at, _lateNext, size);
             _lateNext += size;

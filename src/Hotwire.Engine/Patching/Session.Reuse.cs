@@ -271,7 +271,7 @@ public sealed unsafe partial class Session
     {
         if (_takenOver is { ShadowMap: not 0 } b)
         {
-            AgentSyscall(SyscallNumbers.munmap, b.ShadowMap, b.ShadowMapSize);
+            Channel.Syscall(SyscallNumbers.munmap, b.ShadowMap, b.ShadowMapSize);
         }
     }
 
@@ -284,7 +284,7 @@ public sealed unsafe partial class Session
     /// </summary>
     private void TakeOver(EarlierBlock b)
     {
-        Shared = SharedRegion.MapTargetFd(Pid, b.Fd, b.Total);
+        UseBlock(SharedRegion.MapTargetFd(Pid, b.Fd, b.Total));
         Sys.madvise((nint)(Shared.Pointer + L.HeaderSize), (nuint)(b.DataSize - L.HeaderSize), Sys.MADV_REMOVE);
         foreach (EarlierRegion r in b.Regions)
         {

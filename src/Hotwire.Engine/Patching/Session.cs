@@ -61,10 +61,9 @@ public sealed unsafe partial class Session : IDisposable
     private HashSet<string>? _functionNames;
     private readonly Dictionary<Ops, int> _opsIds = [];
     private ulong _siteTableOffset;
-    private List<MemoryMapping> _execMappings;
     private readonly ProcessMemory _memory;
-    private bool _skipSignalFrameSleds;
-    private ulong _heapNext;
+    private readonly List<MemoryMapping> _execMappings0;
+    private ulong _heapStart;
     private ulong _heapEnd;
     private bool _detached;
 
@@ -74,7 +73,7 @@ public sealed unsafe partial class Session : IDisposable
         Image = image;
         Launched = launched;
         _memory = memory;
-        _execMappings = execMappings;
+        _execMappings0 = execMappings;
         Sites = [];
         Shared = null!;
     }
@@ -88,11 +87,39 @@ public sealed unsafe partial class Session : IDisposable
 
     public IReadOnlyList<SiteRecord> Sites { get; private set; }
 
-    public SharedRegion Shared { get; private set; }
+    private SharedRegion Shared { get; set; }
+
+    /// <summary>The data area shared with the target: tracers' buffers, counters, emulation records.</summary>
+    public SharedHeap Heap { get; private set; } = null!;
+
+    /// <summary>The agent's command loop: batches, system calls and stores run in the target.</summary>
+    public AgentChannel Channel { get; private set; } = null!;
+
+    /// <summary>The target's threads as batches need them: held, or moved out of code being replaced.</summary>
+    private ThreadMigration Threads { get; set; } = null!;
+
+    /// <summary>Batches of site changes run by the agent with the int3 protocol.</summary>
+    private PokeBatch Poke { get; set; } = null!;
+
+    /// <summary>Hotwire's mapping of the block's memfd, once the agent has made it.</summary>
+    private void UseBlock(SharedRegion shared)
+    {
+        Shared = shared;
+        Heap = new SharedHeap(shared, DataBase, _heapStart, _heapEnd, _gate);
+        Channel = new AgentChannel(Pid, shared, _gate);
+        Poke.Heap = Heap;
+        Poke.Channel = Channel;
+    }
+
+    private ulong DataAddress(ulong offset) => DataBase + offset;
 
     internal ulong DataBase { get; private set; }
 
-    public int AgentTid { get; private set; }
+    public int AgentTid
+    {
+        get => Channel?.AgentTid ?? 0;
+        private set => Channel.AgentTid = value;
+    }
 
     /// <summary>membarrier(SYNC_CORE) calls the agent made: three per batch.</summary>
     public ulong Syncs => Stat(L.SyncCount);
@@ -118,22 +145,6 @@ public sealed unsafe partial class Session : IDisposable
     internal ILookup<string, SiteRecord> SitesByFunction => _byFunction ??= Sites.ToLookup(s => s.Function, StringComparer.Ordinal);
 
     private ILookup<string, SiteRecord>? _byFunction;
-
-    private readonly List<(ulong Offset, ulong Length)> _discardOnDetach = [];
-
-    /// <summary>Shared memory (page-aligned) whose contents are not needed after detach: event buffers, counters.</summary>
-    internal void DiscardOnDetach(ulong offset, ulong length)
-    {
-        _discardOnDetach.Add((offset, length));
-        // The agent's dead-man switch does the same if Hotwire dies.
-        int n = (int)Shared.ReadU64(L.DiscardCount);
-        if (n < L.DiscardMax && !TestSwitches.NoDeadManDiscard)
-        {
-            Shared.WriteU64((ulong)(L.DiscardList + n * 16), DataAddress(offset));
-            Shared.WriteU64((ulong)(L.DiscardList + n * 16 + 8), length & ~4095UL);
-            Shared.WriteU64(L.DiscardCount, (ulong)n + 1);
-        }
-    }
 
     /// <summary>
     /// Marks the block as one whose code stays in use after detach (GOT slots pointing into it):
@@ -173,27 +184,6 @@ public sealed unsafe partial class Session : IDisposable
     internal Livepatch.LivePatcher? Patcher { get; set; }
 
     public SiteRecord? SiteAt(ulong address) => _byAddress.GetValueOrDefault(address);
-
-    public ulong DataAddress(ulong offset) => DataBase + offset;
-
-    public ulong AllocateData(ulong size, ulong align)
-    {
-        lock (_gate)
-        {
-            return AllocateDataLocked(size, align);
-        }
-    }
-
-    private ulong AllocateDataLocked(ulong size, ulong align)
-    {
-        ulong at = (_heapNext + align - 1) & ~(align - 1);
-        if (at + size > _heapEnd)
-        {
-            throw new HotwireException("Hotwire's shared memory in the target is full; trace fewer functions");
-        }
-        _heapNext = at + size;
-        return at;
-    }
 
     /// <summary>
     /// Places code shared by many sites (a tracer's common entry routine, its return handler) in
@@ -536,7 +526,7 @@ public sealed unsafe partial class Session : IDisposable
     /// <summary>
     /// What a site goes back to on detach or when Hotwire dies: its original NOP, or the newest
     /// live patch's jmp. The agent's restore reads it from the site table; a change of it travels
-    /// with the batch that changes the site (<see cref="RunBatch"/>), so the two never disagree.
+    /// with the batch that changes the site (<see cref="PokeBatch.Run"/>), so the two never disagree.
     /// Only the sites whose base changes are returned.
     /// </summary>
     private List<BaseChange> BaseChanges(IEnumerable<SiteRecord> sites)
@@ -579,7 +569,6 @@ public sealed unsafe partial class Session : IDisposable
 
     // Reused from batch to batch (50,000 sites: 1.2 MB each time otherwise).
     private readonly List<BatchEntry> _entries = [];
-    private SiteRecord[] _touched = [];
 
     private void Apply(IReadOnlyList<SiteRecord> sites, IReadOnlyList<BaseChange>? bases = null)
     {
@@ -594,7 +583,7 @@ public sealed unsafe partial class Session : IDisposable
                 entries.Add(new BatchEntry(s, bytes, emu));
             }
         }
-        RunBatch(entries, bases ?? []);
+        Poke.Run(entries, bases ?? [], Sites.Count, threadsRun: !Launched);
     }
 
     private (ulong Bytes, ulong Emu) CachedDesired(SiteRecord s)
@@ -773,316 +762,13 @@ public sealed unsafe partial class Session : IDisposable
         {
             return address;
         }
-        ulong offset = AllocateData(L.RecordSize, 16);
+        ulong offset = Heap.Allocate(L.RecordSize, 16);
         Shared.At<byte>(offset + L.RecordKind) = kind;
         Shared.At<byte>(offset + L.RecordAdvance) = advance;
         Shared.WriteU64(offset + L.RecordTarget, target);
         address = DataAddress(offset);
         _records[(kind, advance, target)] = address;
         return address;
-    }
-
-    // ---------------------------------------------------------------- batches
-
-    private readonly record struct BatchEntry(SiteRecord Site, ulong New, ulong Emu);
-
-
-    /// <summary>A batch entry as the agent reads it (AgentLayout.Batch*).</summary>
-    [System.Runtime.InteropServices.StructLayout(System.Runtime.InteropServices.LayoutKind.Sequential, Size = L.BatchEntrySize)]
-    private struct BatchSlot
-    {
-        public uint SiteIndex;
-        public uint Padding;
-        public ulong Expected;
-        public ulong New;
-        public ulong Emu;
-    }
-
-
-    private static bool IsSortedByIndex(List<BatchEntry> entries)
-    {
-        for (int i = 1; i < entries.Count; i++)
-        {
-            if (entries[i - 1].Site.Slot > entries[i].Site.Slot)
-            {
-                return false;
-            }
-        }
-        return true;
-    }
-    private ulong _batchListOffset;
-    private ulong _rangeListOffset;
-    private int _rangeCapacity;
-
-    private ulong _baseListOffset;
-    private int _baseListCapacity;
-
-    private void RunBatch(List<BatchEntry> entries, IReadOnlyList<BaseChange> bases)
-    {
-        if (entries.Count == 0 && bases.Count == 0)
-        {
-            return;
-        }
-        if (bases.Count > _baseListCapacity)
-        {
-            _baseListCapacity = Sites.Count;
-            _baseListOffset = AllocateData((ulong)_baseListCapacity * L.BaseEntrySize, 8);
-        }
-        for (int i = 0; i < bases.Count; i++)
-        {
-            ulong e = _baseListOffset + (ulong)(i * L.BaseEntrySize);
-            Shared.WriteU32(e + L.BaseSiteIndex, (uint)bases[i].Site.Slot);
-            Shared.WriteU64(e + L.BaseBytes, bases[i].After);
-            Shared.WriteU64(e + L.BaseEmu, bases[i].Emu);
-        }
-        Shared.WriteU64(L.BaseList, bases.Count > 0 ? DataAddress(_baseListOffset) : 0);
-        Shared.WriteU64(L.BaseCount, (ulong)bases.Count);
-        // Table slots follow addresses: sorting by slot sorts by address (usually it already is).
-        if (!IsSortedByIndex(entries))
-        {
-            entries.Sort(static (x, y) => x.Site.Slot.CompareTo(y.Site.Slot));
-        }
-        // The agent reads the list after our FUTEX_WAKE (a system call: a full barrier), so plain stores do.
-        Span<BatchSlot> slots = System.Runtime.InteropServices.MemoryMarshal.Cast<byte, BatchSlot>(
-            Shared.Bytes(_batchListOffset, entries.Count * L.BatchEntrySize));
-        if (_touched.Length < entries.Count)
-        {
-            _touched = new SiteRecord[Math.Max(entries.Count, _touched.Length * 2)];
-        }
-        var touched = new ArraySegment<SiteRecord>(_touched, 0, entries.Count);
-        for (int i = 0; i < entries.Count; i++)
-        {
-            BatchEntry e = entries[i];
-            slots[i] = new BatchSlot { SiteIndex = (uint)e.Site.Slot, Expected = e.Site.Current, New = e.New, Emu = e.Emu };
-            _touched[i] = e.Site;
-        }
-        int ranges = WriteRanges(touched, _rangeListOffset, _rangeCapacity);
-        Shared.WriteU64(L.BatchCount, (ulong)entries.Count);
-        Shared.WriteU64(L.RangeCount, (ulong)ranges);
-
-        // A NOP sled is five instructions: a thread may sit between them. In a running process,
-        // pause after the int3s are in and move any such thread past the sled (DESIGN.md §2).
-        // A relocated entry's first instructions likewise: a thread between them moves to the detour's copy.
-        ulong[] sleds = Launched ? [] : entries.Where(e => e.Site.Site.Kind is SiteKind.NopSled or SiteKind.Relocated && !e.Site.Converted && !e.Site.Fresh)
-            .Select(e => e.Site.Address).ToArray();
-        Shared.WriteU64(L.PauseAfterPhase1, sleds.Length > 0 ? 1UL : 0UL);
-        // A thread that blocks SIGTRAP and ran into one of the batch's int3s would be killed by the
-        // kernel: such threads are held (ptrace-stopped) until the batch is done.
-        using HeldThreads held = HoldThreadsBlockingSigtrap();
-        Send(L.CmdBatch);
-        if (sleds.Length > 0)
-        {
-            try
-            {
-                if (Shared.ReadU64(L.Paused) == 1)
-                {
-                    if (TestSwitches.DieInSledPause)
-                    {
-                        Ptrace.kill(Libc.getpid(), Ptrace.SIGKILL); // Hotwire dies before moving any thread
-                    }
-                    MoveThreadsOutOfSleds(sleds);
-                }
-            }
-            finally
-            {
-                Shared.WriteU64(L.PauseAfterPhase1, 0);
-                if (Shared.ReadU64(L.Paused) == 1)
-                {
-                    Send(L.CmdContinue);
-                }
-            }
-        }
-        int result = (int)Shared.ReadU32(L.Result);
-        if (result > 0)
-        {
-            throw VerifyFailure(entries[result - 1].Site);
-        }
-        if (result < 0)
-        {
-            throw new HotwireException($"the agent could not make code writable in pid {Pid}: {Libc.StrError(-result)}; nothing was changed");
-        }
-        foreach (BatchEntry e in entries)
-        {
-            e.Site.Current = e.New;
-        }
-    }
-
-    private HotwireException VerifyFailure(SiteRecord s)
-    {
-        var actual = new byte[s.Length];
-        _memory.TryRead(s.Address, actual);
-        byte[] expected = SiteRecord.Unpack(s.Current, s.Length);
-        string owner = actual[0] switch
-        {
-            0xcc => "a breakpoint is there: a debugger or another tool holds this function",
-            0xe8 when IsUprobeCall(s.Address, actual) => "a kernel uprobe holds it (Linux 6.18+ turns a uprobe on a NOP5 into a call to [uprobes-trampoline])",
-            _ => "someone else changed this code",
-        };
-        return new HotwireException(
-            $"site of {s.Function} at 0x{s.Address:x} holds {Convert.ToHexString(actual).ToLowerInvariant()}, expected {Convert.ToHexString(expected).ToLowerInvariant()}: {owner}; nothing was changed");
-    }
-
-    private bool IsUprobeCall(ulong address, byte[] bytes)
-    {
-        ulong target = (ulong)((long)address + 5 + BitConverter.ToInt32(bytes, 1));
-        return ProcMaps.Read(Pid).Any(m => m.Path == "[uprobes]" || m.Path == "[uprobes-trampoline]" ? target >= m.Start && target < m.End : false);
-    }
-
-    /// <summary>The pages the sites lie in, merged into runs within one mapping; <paramref name="sites"/> sorted by address.</summary>
-    private int WriteRanges(IReadOnlyList<SiteRecord> sites, ulong listOffset, int capacity)
-    {
-        var runs = new List<(ulong Start, ulong End, int Prot)>();
-        MemoryMapping vma = default;
-        foreach (SiteRecord s in sites)
-        {
-            ulong first = s.Address & ~0xfffUL;
-            ulong last = (s.Address + (ulong)s.Length - 1) & ~0xfffUL;
-            for (ulong page = first; page <= last; page += 0x1000)
-            {
-                if (runs.Count > 0 && page < runs[^1].End)
-                {
-                    continue;
-                }
-                if (page < vma.Start || page >= vma.End)
-                {
-                    vma = MappingOf(page);
-                }
-                int prot = Prot(vma.Permissions);
-                if (runs.Count > 0 && runs[^1].End == page && runs[^1].Prot == prot && page > vma.Start)
-                {
-                    runs[^1] = runs[^1] with { End = page + 0x1000 };
-                }
-                else if (runs.Count == 0 || runs[^1].End <= page)
-                {
-                    runs.Add((page, page + 0x1000, prot));
-                }
-            }
-        }
-        if (runs.Count > capacity)
-        {
-            throw new HotwireException($"a batch touches {runs.Count} separate code ranges, more than {capacity}; trace fewer functions at once");
-        }
-        for (int i = 0; i < runs.Count; i++)
-        {
-            ulong e = listOffset + (ulong)(i * L.RangeEntrySize);
-            Shared.WriteU64(e, runs[i].Start);
-            Shared.WriteU32(e + 8, (uint)(runs[i].End - runs[i].Start));
-            Shared.WriteU32(e + 12, (uint)runs[i].Prot);
-        }
-        return runs.Count;
-    }
-
-    private MemoryMapping MappingOf(ulong page)
-    {
-        foreach (MemoryMapping m in _execMappings)
-        {
-            if (page >= m.Start && page < m.End)
-            {
-                return m;
-            }
-        }
-        throw new HotwireException($"code at 0x{page:x} in pid {Pid} is no longer mapped (was its library unloaded?)");
-    }
-
-    private static int Prot(string permissions)
-        => (permissions[0] == 'r' ? Sys.PROT_READ : 0) | (permissions[1] == 'w' ? Sys.PROT_WRITE : 0) | (permissions[2] == 'x' ? Sys.PROT_EXEC : 0);
-
-    // ---------------------------------------------------------------- commands
-
-    /// <summary>Posts a command to the agent thread and waits until it is done.</summary>
-    private void Send(int command)
-    {
-        lock (_gate)
-        {
-            SendLocked(command);
-        }
-    }
-
-    private void SendLocked(int command)
-    {
-        uint seq = Shared.ReadU32(L.CmdSeq) + 1;
-        Shared.WriteU32(L.Cmd, (uint)command);
-        Shared.WriteU32(L.CmdSeq, seq);
-        Sys.FutexWake((uint*)(Shared.Pointer + L.CmdSeq), 1);
-        // Most commands take tens of microseconds: spin briefly on our own core before sleeping.
-        var spin = System.Diagnostics.Stopwatch.StartNew();
-        while (spin.ElapsedTicks < System.Diagnostics.Stopwatch.Frequency / 5000)
-        {
-            if (Shared.ReadU32(L.DoneSeq) == seq)
-            {
-                return;
-            }
-            Thread.SpinWait(20);
-        }
-        var started = Environment.TickCount64;
-        while (true)
-        {
-            uint done = Shared.ReadU32(L.DoneSeq);
-            if (done == seq)
-            {
-                return;
-            }
-            Sys.FutexWait((uint*)(Shared.Pointer + L.DoneSeq), done, 20_000_000);
-            if (Shared.ReadU32(L.DoneSeq) == seq)
-            {
-                return;
-            }
-            if (!IsAlive())
-            {
-                throw new TargetExitedException(Pid, $"pid {Pid} exited while Hotwire was changing its code; nothing is left to restore");
-            }
-            if (Shared.ReadU64(L.AgentState) == 2 || !Directory.Exists($"/proc/{Pid}/task/{AgentTid}"))
-            {
-                throw new HotwireException($"Hotwire's agent thread in pid {Pid} is gone (the process may be exiting)");
-            }
-            if (Environment.TickCount64 - started > 30_000)
-            {
-                throw new HotwireException($"Hotwire's agent in pid {Pid} did not answer within 30 s (is the process stopped?)");
-            }
-        }
-    }
-
-    /// <summary>
-    /// Stores one aligned word in the target from the agent thread, so running threads read the
-    /// old or the new value, never a mix (a GOT slot, say); a read-only page (RELRO) is made
-    /// writable for the moment of the store.
-    /// </summary>
-    internal void StoreWord(ulong address, ulong value)
-    {
-        lock (_gate)
-        {
-            StoreWordLocked(address, value);
-        }
-    }
-
-    private void StoreWordLocked(ulong address, ulong value)
-    {
-        if ((address & 7) != 0)
-        {
-            throw new ArgumentException("the word must be aligned", nameof(address));
-        }
-        MemoryMapping map = ProcMaps.Read(Pid).FirstOrDefault(m => address >= m.Start && address < m.End);
-        if (map.End == 0)
-        {
-            throw new HotwireException($"0x{address:x} is not mapped in pid {Pid}");
-        }
-        ulong page = address & ~4095UL;
-        int prot = (map.Permissions[0] == 'r' ? 1 : 0) | (map.Permissions[1] == 'w' ? 2 : 0) | (map.Permissions[2] == 'x' ? 4 : 0);
-        if ((prot & 2) == 0)
-        {
-            long r = AgentSyscall(SyscallNumbers.mprotect, page, 4096, (ulong)(prot | 2));
-            if (r < 0)
-            {
-                throw new HotwireException($"cannot make 0x{page:x} writable in pid {Pid}: {Libc.StrError((int)-r)}");
-            }
-        }
-        Shared.WriteU64(L.SyscallArgs, address);
-        Shared.WriteU64(L.SyscallArgs + 8, value);
-        Send(L.CmdStore);
-        if ((prot & 2) == 0)
-        {
-            AgentSyscall(SyscallNumbers.mprotect, page, 4096, (ulong)prot);
-        }
     }
 
     private readonly List<Action<ProcessImage>> _whenLoaded = [];
@@ -1103,26 +789,6 @@ public sealed unsafe partial class Session : IDisposable
         {
             _whenLoaded.Add(action);
         }
-    }
-
-    /// <summary>Makes the agent run one system call in the target and returns its raw result.</summary>
-    internal long AgentSyscall(long number, params ulong[] args)
-    {
-        lock (_gate)
-        {
-            return AgentSyscallLocked(number, args);
-        }
-    }
-
-    private long AgentSyscallLocked(long number, params ulong[] args)
-    {
-        Shared.WriteU64(L.SyscallNr, (ulong)number);
-        for (int i = 0; i < 6; i++)
-        {
-            Shared.WriteU64((ulong)(L.SyscallArgs + i * 8), i < args.Length ? args[i] : 0);
-        }
-        Send(L.CmdSyscall);
-        return (long)Shared.ReadU64(L.SyscallResult);
     }
 
     // ---------------------------------------------------------------- detach
@@ -1161,9 +827,9 @@ public sealed unsafe partial class Session : IDisposable
             {
                 Change(transient, []);
             }
-            using (HoldThreadsBlockingSigtrap())
+            using (Threads.HoldThreadsBlockingSigtrap())
             {
-                Send(L.CmdRestoreAll);
+                Channel.Send(L.CmdRestoreAll);
             }
             foreach (SiteRecord s in Sites.Where(s => !s.Gone))
             {
@@ -1180,7 +846,7 @@ public sealed unsafe partial class Session : IDisposable
             // The handler goes only when no trap of ours can still arrive; otherwise it stays (as
             // after the dead-man switch): it re-executes stale traps and passes the rest on.
             Shared.WriteU64(L.ExitRestoresSigaction, NoSigtrapInFlight() ? 1UL : 0UL);
-            Send(L.CmdExit);
+            Channel.Send(L.CmdExit);
             for (int i = 0; i < 200 && Directory.Exists($"/proc/{Pid}/task/{AgentTid}"); i++)
             {
                 Thread.Sleep(5);
@@ -1198,17 +864,10 @@ public sealed unsafe partial class Session : IDisposable
             _detached = true;
             // The tracers' buffers need not stay resident in the target: the mapping stays (a thread
             // may still write there, a late graph exit say) but its pages go back to the system.
-            foreach ((ulong offset, ulong length) in _discardOnDetach)
-            {
-                Sys.madvise((nint)(Shared.Pointer + offset), (nuint)(length & ~4095UL), Sys.MADV_REMOVE);
-            }
+            Heap?.Discard();
             Shared.Dispose();
             _memory.Dispose();
-            foreach (Microsoft.Win32.SafeHandles.SafeFileHandle status in _statusFiles.Values)
-            {
-                status.Dispose();
-            }
-            _statusFiles.Clear();
+            Threads?.Dispose();
         }
     }
 
@@ -1219,19 +878,7 @@ public sealed unsafe partial class Session : IDisposable
     public bool Execed() => (!Launched || _running) && !_detached && AgentTid > 0 && !Directory.Exists($"/proc/{Pid}/task/{AgentTid}") && IsAlive();
 
     /// <summary>False once the process is gone or a zombie.</summary>
-    public bool IsAlive()
-    {
-        try
-        {
-            string stat = File.ReadAllText($"/proc/{Pid}/stat");
-            char state = stat[stat.LastIndexOf(')') + 2];
-            return state is not ('Z' or 'X');
-        }
-        catch (IOException)
-        {
-            return false;
-        }
-    }
+    public bool IsAlive() => ProcStat.IsAlive(Pid);
 
     /// <summary>
     /// True once no thread has a SIGTRAP pending, seen twice 20 ms apart. Once is not enough: a

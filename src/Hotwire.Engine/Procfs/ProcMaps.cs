@@ -9,6 +9,10 @@ public readonly record struct MemoryMapping(ulong Start, ulong End, string Permi
     public bool IsFileBacked => Path.StartsWith('/');
 
     public bool IsDeleted => Path.EndsWith(" (deleted)", StringComparison.Ordinal);
+
+    /// <summary>The permissions as mprotect's PROT_* bits.</summary>
+    public int Protection => (Permissions[0] == 'r' ? Interop.Sys.PROT_READ : 0) | (Permissions[1] == 'w' ? Interop.Sys.PROT_WRITE : 0)
+        | (Permissions[2] == 'x' ? Interop.Sys.PROT_EXEC : 0);
 }
 
 /// <summary>Parser of <c>/proc/PID/maps</c>.</summary>

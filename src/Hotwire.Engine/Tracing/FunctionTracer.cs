@@ -1,3 +1,4 @@
+using Hotwire.Agent;
 using Hotwire.Patching;
 using Hotwire.Procfs;
 using Iced.Intel;
@@ -119,6 +120,9 @@ public abstract class RingTracer : Ops
 
     internal Session Session => _session ?? throw new InvalidOperationException("the tracer is not registered");
 
+    /// <summary>The shared memory its buffers, tables and counters are in.</summary>
+    internal SharedHeap Heap => _session?.Heap ?? throw new InvalidOperationException("the tracer is not registered");
+
     internal override void Prepare(Session session, IReadOnlyList<SiteRecord> sites)
     {
         if (_session is not null)
@@ -127,15 +131,15 @@ public abstract class RingTracer : Ops
         }
         _tidOffset = ThreadIdentity.TidOffset(session);
         _pidMax = TraceBufferOptions.PidMax();
-        _nextOffset = session.AllocateData(64, 64);
-        _freeOffset = session.AllocateData((ulong)FreeWords * 8, 64);
-        _tableOffset = session.AllocateData((ulong)(_pidMax + 1) * 4, 4096);
-        _buffersOffset = session.AllocateData((ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes, 4096);
-        session.DiscardOnDetach(_buffersOffset, (ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes);
+        _nextOffset = session.Heap.Allocate(64, 64);
+        _freeOffset = session.Heap.Allocate((ulong)FreeWords * 8, 64);
+        _tableOffset = session.Heap.Allocate((ulong)(_pidMax + 1) * 4, 4096);
+        _buffersOffset = session.Heap.Allocate((ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes, 4096);
+        session.Heap.DiscardOnDetach(_buffersOffset, (ulong)Buffers.MaxThreads * (ulong)Buffers.BufferBytes);
         _session = session;
         if (Buffers.NoDrop)
         {
-            _waitRoutine = session.PlaceCode(at => EmitWaitRoutine(at, session.DataAddress(0)));
+            _waitRoutine = session.PlaceCode(at => EmitWaitRoutine(at, session.Heap.Address(0)));
         }
         PrepareMore(session);
     }
@@ -150,7 +154,7 @@ public abstract class RingTracer : Ops
     {
         if (_session is not null && Buffers.NoDrop)
         {
-            Volatile.Write(ref _session.Shared.At<ulong>(WaitFlag), on ? 1UL : 0UL);
+            Volatile.Write(ref Heap.Shared.At<ulong>(WaitFlag), on ? 1UL : 0UL);
         }
     }
 
@@ -162,7 +166,7 @@ public abstract class RingTracer : Ops
             ulong n = LostNoBuffer;
             for (int i = 0; _session is not null && i < BuffersInUse; i++)
             {
-                n += _session.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Lost);
+                n += Heap.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Lost);
             }
             return n;
         }
@@ -176,7 +180,7 @@ public abstract class RingTracer : Ops
             ulong n = 0;
             for (int i = 0; _session is not null && i < BuffersInUse; i++)
             {
-                n += _session.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Waited);
+                n += Heap.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Waited);
             }
             return n;
         }
@@ -216,7 +220,7 @@ public abstract class RingTracer : Ops
             a.cmp(__qword_ptr[rax + Agent.AgentLayout.DeadManFired], 0);
             a.jne(giveUp);
         }
-        a.mov(rax, Session.DataAddress(WaitFlag));
+        a.mov(rax, Heap.Address(WaitFlag));
         a.cmp(__qword_ptr[rax], 0);
         a.je(giveUp);
         a.mov(rax, __qword_ptr[r8 + TraceBufferOptions.Tail]);
@@ -346,15 +350,15 @@ public abstract class RingTracer : Ops
     /// </summary>
     internal void Release(int index, int tid)
     {
-        Interlocked.CompareExchange(ref Session.Shared.At<uint>(_tableOffset + (ulong)tid * 4), 0, (uint)index + 1);
+        Interlocked.CompareExchange(ref Heap.Shared.At<uint>(_tableOffset + (ulong)tid * 4), 0, (uint)index + 1);
         ulong b = BufferOffset(index);
         foreach (int field in new[] { TraceBufferOptions.Head, TraceBufferOptions.Tail, TraceBufferOptions.CachedTail, TraceBufferOptions.Lost, TraceBufferOptions.LostReported, TraceBufferOptions.Overflow })
         {
-            Session.Shared.WriteU64(b + (ulong)field, 0);
+            Heap.Shared.WriteU64(b + (ulong)field, 0);
         }
-        Session.Shared.WriteU32(b + TraceBufferOptions.Tid, 0);
-        Session.Shared.At<byte>(b + TraceBufferOptions.Busy) = 0;
-        Interlocked.Or(ref Session.Shared.At<ulong>(_freeOffset + (ulong)(index / 64) * 8), 1UL << (index % 64));
+        Heap.Shared.WriteU32(b + TraceBufferOptions.Tid, 0);
+        Heap.Shared.At<byte>(b + TraceBufferOptions.Busy) = 0;
+        Interlocked.Or(ref Heap.Shared.At<ulong>(_freeOffset + (ulong)(index / 64) * 8), 1UL << (index % 64));
     }
 
     /// <summary>
@@ -365,7 +369,7 @@ public abstract class RingTracer : Ops
     private protected void EmitClaimReleased(Assembler a, Label none)
     {
         Label scan = a.CreateLabel(), nextWord = a.CreateLabel(), got = a.CreateLabel();
-        a.mov(r11, Session.DataAddress(_freeOffset));
+        a.mov(r11, Heap.Address(_freeOffset));
         a.xor(ecx, ecx);
         a.Label(ref scan);
         a.cmp(ecx, FreeWords);
@@ -387,10 +391,10 @@ public abstract class RingTracer : Ops
     }
 
     /// <summary>Buffers claimed by threads so far.</summary>
-    public int BuffersInUse => _session is null ? 0 : (int)Math.Min(_session.Shared.ReadU32(_nextOffset), (uint)Buffers.MaxThreads);
+    public int BuffersInUse => _session is null ? 0 : (int)Math.Min(Heap.Shared.ReadU32(_nextOffset), (uint)Buffers.MaxThreads);
 
     /// <summary>Events dropped because more threads came than there are buffers.</summary>
-    public ulong LostNoBuffer => _session is null ? 0 : _session.Shared.ReadU64(_nextOffset + 8);
+    public ulong LostNoBuffer => _session is null ? 0 : Heap.Shared.ReadU64(_nextOffset + 8);
 
     /// <summary>Where buffer <paramref name="index"/> lives in Hotwire's mapping.</summary>
     internal ulong BufferOffset(int index) => _buffersOffset + (ulong)index * (ulong)Buffers.BufferBytes;
@@ -403,7 +407,7 @@ public abstract class RingTracer : Ops
             ulong n = 0;
             for (int i = 0; i < BuffersInUse; i++)
             {
-                n += Session.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Overflow);
+                n += Heap.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Overflow);
             }
             return n;
         }
@@ -438,9 +442,9 @@ public sealed class FunctionTracer : RingTracer
     {
         Session s = Session;
         int shift = System.Numerics.BitOperations.Log2((uint)Buffers.BufferBytes);
-        ulong table = s.DataAddress(_tableOffset);
-        ulong buffersMinusOne = s.DataAddress(_buffersOffset) - (ulong)Buffers.BufferBytes; // table holds index + 1
-        ulong next = s.DataAddress(_nextOffset);
+        ulong table = s.Heap.Address(_tableOffset);
+        ulong buffersMinusOne = s.Heap.Address(_buffersOffset) - (ulong)Buffers.BufferBytes; // table holds index + 1
+        ulong next = s.Heap.Address(_nextOffset);
         long capacity = Buffers.Capacity;
         int data = TraceBufferOptions.HeaderBytes;
         Label ready = a.CreateLabel(), slow = a.CreateLabel(), full = a.CreateLabel(), nested = a.CreateLabel(), noBuffer = a.CreateLabel(), done = a.CreateLabel(),

@@ -109,12 +109,8 @@ public sealed class GraphTracer : RingTracer
     private protected override void PrepareMore(Session session)
     {
         // The shadow stacks: private, lazily backed (MAP_NORESERVE), never unmapped.
-        const ulong MapPrivate = 0x02, MapAnonymous = 0x20, MapNoReserve = 0x4000;
-        long at = session.AgentSyscall(SyscallNumbers.mmap, 0, PrivateBytes, 3, MapPrivate | MapAnonymous | MapNoReserve, ulong.MaxValue, 0);
-        if (at < 0 && at > -4096)
-        {
-            throw new HotwireException($"cannot map {PrivateBytes >> 20} MiB for shadow stacks in pid {session.Pid}: {Libc.StrError((int)-at)}");
-        }
+        long at = Errors.CheckInTarget(session.Channel.Syscall(SyscallNumbers.mmap, 0, PrivateBytes, Sys.PROT_READ | Sys.PROT_WRITE,
+            Sys.MAP_PRIVATE | Sys.MAP_ANONYMOUS | Sys.MAP_NORESERVE, ulong.MaxValue, 0), $"mapping {PrivateBytes >> 20} MiB for shadow stacks", session.Pid);
         _private = (ulong)at;
         session.DescribeShadowStacks(_private, PrivateBytes, Records);
         session.WhenRestored(() => UnhookIfNoFrames(session));
@@ -124,16 +120,16 @@ public sealed class GraphTracer : RingTracer
         }
         if (Options.Mode == GraphMode.Profile)
         {
-            _rowsOffset = session.AllocateData((ulong)Buffers.MaxThreads * RowStride, 4096);
-            session.DiscardOnDetach(_rowsOffset, (ulong)Buffers.MaxThreads * RowStride);
+            _rowsOffset = session.Heap.Allocate((ulong)Buffers.MaxThreads * RowStride, 4096);
+            session.Heap.DiscardOnDetach(_rowsOffset, (ulong)Buffers.MaxThreads * RowStride);
         }
         ReturnHandler = session.PlaceCode(EmitReturnHandler);
         _entryRoutine = session.PlaceCode(EmitEntryRoutine);
         foreach (string name in s_beforeUnwind.Concat(s_afterCatch))
         {
-            ulong cell = session.AllocateData(8, 8);
+            ulong cell = session.Heap.Allocate(8, 8);
             bool catching = s_afterCatch.Contains(name);
-            _hooks[name] = (session.PlaceCode(at => EmitUnwindHook(at, session.DataAddress(cell), catching)), cell);
+            _hooks[name] = (session.PlaceCode(at => EmitUnwindHook(at, session.Heap.Address(cell), catching)), cell);
         }
         session.WhenLibrariesLoaded(InstallUnwindHooks);
         session.WhenModulesRelocated(InstallUnwindHooks);
@@ -165,7 +161,7 @@ public sealed class GraphTracer : RingTracer
                 {
                     try
                     {
-                        session.StoreWord(slot, real);  // the unwinder is called directly again
+                        session.Channel.StoreWord(slot, real);  // the unwinder is called directly again
                     }
                     catch (HotwireException) when (!session.IsMapped(slot))
                     {
@@ -241,7 +237,7 @@ public sealed class GraphTracer : RingTracer
         }
         foreach ((string name, ulong address) in real)
         {
-            Session.Shared.WriteU64(_hooks[name].Cell, address);
+            Heap.Shared.WriteU64(_hooks[name].Cell, address);
         }
         foreach (Procfs.LoadedModule m in modules)
         {
@@ -250,7 +246,7 @@ public sealed class GraphTracer : RingTracer
                 if (real.ContainsKey(name))
                 {
                     Session.PinBlock();   // until detach puts the slot back
-                    Session.StoreWord(slot + m.Bias, _hooks[name].Wrapper);
+                    Session.Channel.StoreWord(slot + m.Bias, _hooks[name].Wrapper);
                     _hooked.Add((slot + m.Bias, real[name]));
                     UnwindHooks++;
                 }
@@ -352,7 +348,7 @@ public sealed class GraphTracer : RingTracer
         a.Label(ref over);
     }
 
-    private ulong Data(ulong offset) => Session.DataAddress(offset);
+    private ulong Data(ulong offset) => Heap.Address(offset);
 
     private static byte[] Assemble(Assembler a, ulong at)
     {
@@ -969,12 +965,12 @@ public sealed class GraphTracer : RingTracer
         var byLocal = _local.ToDictionary(kv => kv.Value, kv => kv.Key);
         for (int i = 0; i < BuffersInUse; i++)
         {
-            int tid = (int)Session.Shared.ReadU32(BufferOffset(i) + TraceBufferOptions.Tid);
+            int tid = (int)Heap.Shared.ReadU32(BufferOffset(i) + TraceBufferOptions.Tid);
             ulong row = _rowsOffset + (ulong)i * RowStride;
             for (int local = 0; local < _local.Count; local++)
             {
                 ulong cell = row + ((ulong)local << CellShift);
-                ulong calls = Session.Shared.ReadU64(cell + CCalls);
+                ulong calls = Heap.Shared.ReadU64(cell + CCalls);
                 if (calls == 0)
                 {
                     continue;
@@ -984,10 +980,10 @@ public sealed class GraphTracer : RingTracer
                     Site = byLocal[local],
                     Tid = tid,
                     Calls = calls,
-                    TotalNs = clock.TicksToNs(Session.Shared.ReadU64(cell + CTotal)),
-                    SelfNs = clock.TicksToNs(Session.Shared.ReadU64(cell + CSelf)),
-                    MaxNs = clock.TicksToNs(Session.Shared.ReadU64(cell + CMax)),
-                    MinNs = clock.TicksToNs(~Session.Shared.ReadU64(cell + CMinInv)),
+                    TotalNs = clock.TicksToNs(Heap.Shared.ReadU64(cell + CTotal)),
+                    SelfNs = clock.TicksToNs(Heap.Shared.ReadU64(cell + CSelf)),
+                    MaxNs = clock.TicksToNs(Heap.Shared.ReadU64(cell + CMax)),
+                    MinNs = clock.TicksToNs(~Heap.Shared.ReadU64(cell + CMinInv)),
                 });
             }
         }
@@ -1012,10 +1008,10 @@ public sealed class GraphTracer : RingTracer
     }
 
     /// <summary>The thread a profile row belongs to (0 for a moment after the thread claimed it).</summary>
-    public int ProfileTid(int row) => (int)Session.Shared.ReadU32(BufferOffset(row) + TraceBufferOptions.Tid);
+    public int ProfileTid(int row) => (int)Heap.Shared.ReadU32(BufferOffset(row) + TraceBufferOptions.Tid);
 
     /// <summary>Calls so far of one function in one row: a cheap look before reading the whole cell.</summary>
-    public ulong ProfileCalls(int row, int function) => Session.Shared.ReadU64(CellOffset(row, function) + CCalls);
+    public ulong ProfileCalls(int row, int function) => Heap.Shared.ReadU64(CellOffset(row, function) + CCalls);
 
     /// <summary>
     /// Copies one cell while its thread may be writing it: each field is read once, so fields may
@@ -1024,7 +1020,7 @@ public sealed class GraphTracer : RingTracer
     public void ReadProfileCell(int row, int function, ref ProfileCell cell)
     {
         ulong at = CellOffset(row, function);
-        SharedRegion shared = Session.Shared;
+        SharedRegion shared = Heap.Shared;
         cell.Calls = shared.ReadU64(at + CCalls);
         cell.TotalTicks = shared.ReadU64(at + CTotal);
         cell.SelfTicks = shared.ReadU64(at + CSelf);
@@ -1046,7 +1042,7 @@ public sealed class GraphTracer : RingTracer
             ulong n = LostNoBuffer;
             for (int i = 0; i < BuffersInUse; i++)
             {
-                n += Session.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Lost);
+                n += Heap.Shared.ReadU64(BufferOffset(i) + TraceBufferOptions.Lost);
             }
             return n;
         }

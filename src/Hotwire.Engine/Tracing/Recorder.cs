@@ -146,7 +146,7 @@ public sealed class Recorder : IDisposable
             {
                 // its thread is gone: empty the ring before it goes to a new thread
             }
-            ulong lost = _session.Shared.ReadU64(_tracer.BufferOffset(index) + TraceBufferOptions.Lost);
+            ulong lost = _tracer.Heap.Shared.ReadU64(_tracer.BufferOffset(index) + TraceBufferOptions.Lost);
             if (!_threads.ContainsKey(tid))
             {
                 NoteThread(tid);
@@ -180,7 +180,7 @@ public sealed class Recorder : IDisposable
 
     private unsafe int Drain(int index)
     {
-        var shared = _session.Shared;
+        var shared = _tracer.Heap.Shared;
         ulong buffer = _tracer.BufferOffset(index);
         ulong head = shared.ReadU64(buffer + TraceBufferOptions.Head);
         ulong tail = shared.ReadU64(buffer + TraceBufferOptions.Tail);
@@ -248,7 +248,7 @@ public sealed class Recorder : IDisposable
 
     private int DrainFiltered(int tid, ulong buffer, ulong tail, int count)
     {
-        var shared = _session.Shared;
+        var shared = _tracer.Heap.Shared;
         if (_tscPerNs == 0)
         {
             _tscPerNs = new ClockCalibration(_start, TscClock.Sample()).TscPerNs;
@@ -467,7 +467,7 @@ public sealed class Recorder : IDisposable
         for (int i = 0; i < _tracer.BuffersInUse; i++)
         {
             ulong buffer = _tracer.BufferOffset(i);
-            int tid = _bufferTid.TryGetValue(i, out int t) ? t : (int)_session.Shared.ReadU32(buffer + TraceBufferOptions.Tid);
+            int tid = _bufferTid.TryGetValue(i, out int t) ? t : (int)_tracer.Heap.Shared.ReadU32(buffer + TraceBufferOptions.Tid);
             if (tid == 0)
             {
                 continue; // released, not claimed again
@@ -476,7 +476,7 @@ public sealed class Recorder : IDisposable
             {
                 NoteThread(tid);
             }
-            ulong l = _session.Shared.ReadU64(buffer + TraceBufferOptions.Lost);
+            ulong l = _tracer.Heap.Shared.ReadU64(buffer + TraceBufferOptions.Lost);
             _threads[tid].Lost += l;
             // Names set after a thread's first traced call (pthread_setname_np) are current now.
             if (ThreadName(_threads[tid].Pid, tid) is { } name)
