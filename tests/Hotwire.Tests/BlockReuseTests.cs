@@ -76,7 +76,7 @@ public class BlockReuseTests(ITestOutputHelper output)
             MemoryMapping where = ProcMaps.Read(target.Pid).Single(m => pc >= m.Start && pc < m.End);
             output.WriteLine($"{parked}: {where.Path}");
             Assert.StartsWith("/memfd:hotwire", where.Path);
-            StubRegion region = first.SitesOf("f").Single().Region;
+            CodeRegion region = first.SitesOf("f").Single().Region;
             Assert.InRange(pc, region.TargetAddress, region.TargetAddress + region.Size - 1);
             first.Detach();
         }

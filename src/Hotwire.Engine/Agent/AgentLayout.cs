@@ -90,6 +90,11 @@ public static class AgentLayout
     public const int DiscardMax = 32;
     public const int RegionTable = 0x600;    // RegionMax × {module start, target address, size, memfd offset, used}
     public const int RegionEntrySize = 40;
+    public const int RegionModuleStart = 0;
+    public const int RegionAddress = 8;
+    public const int RegionSize = 16;
+    public const int RegionMemfdOffset = 24;
+    public const int RegionUsed = 32;      // the high-water mark: a later Hotwire poisons up to it
     public const int RegionMax = 32;
     public const int HeaderSize = 0x1000;
     public const ulong BlockLayoutVersion = 4;

@@ -126,16 +126,16 @@ public sealed unsafe partial class Session
         // tracer, whatever its buffers, fits in it too.
         EarlierBlock? earlier = stopped is null ? ReusableBlock(dataNeeded, modules, RegionSize, ProcMaps.Read(Pid)) : null;
         ulong dataSize = earlier?.DataSize ?? Math.Max(dataNeeded, 8UL << 30);
-        var regions = new Dictionary<LoadedModule, StubRegion>();
+        var regions = new Dictionary<LoadedModule, CodeRegion>();
         ulong memfdNext = dataSize + MainCodeSize;
         foreach (LoadedModule m in modules)
         {
             if (earlier?.Regions.First(r => r.ModuleStart == m.Start) is { } r)
             {
-                regions[m] = new StubRegion(m.Start, r.Address, r.MemfdOffset, r.Size);
+                regions[m] = new CodeRegion(m.Start, r.Address, r.MemfdOffset, r.Size);
                 continue;
             }
-            regions[m] = new StubRegion(m.Start, 0, memfdNext, RegionSize(m));
+            regions[m] = new CodeRegion(m.Start, 0, memfdNext, RegionSize(m));
             memfdNext += RegionSize(m);
         }
         // An earlier block's other regions (near the dynamic linker, for its rendezvous stub; near
@@ -144,7 +144,7 @@ public sealed unsafe partial class Session
         {
             if (Image.Modules.FirstOrDefault(m => m.Start == r.ModuleStart) is { } m && !regions.ContainsKey(m))
             {
-                regions[m] = new StubRegion(m.Start, r.Address, r.MemfdOffset, r.Size);
+                regions[m] = new CodeRegion(m.Start, r.Address, r.MemfdOffset, r.Size);
             }
         }
         // Then room for the trampolines of libraries loaded later (Session.Modules.cs).
@@ -194,7 +194,7 @@ public sealed unsafe partial class Session
 
     private void BootstrapStopped(Tracee stopped, SessionOptions options) => Bootstrap(-1, options, stopped);
 
-    private sealed record Plan(ulong Total, ulong DataSize, Dictionary<LoadedModule, StubRegion> Regions, List<LoadedModule> Modules,
+    private sealed record Plan(ulong Total, ulong DataSize, Dictionary<LoadedModule, CodeRegion> Regions, List<LoadedModule> Modules,
         ulong SiteTable, ulong BatchList, ulong RestoreList, ulong RangeList, ulong AllRanges, ulong Stack);
 
     private Plan? _plan;
@@ -281,7 +281,7 @@ public sealed unsafe partial class Session
     /// </summary>
     private void InjectAgent(Tracee tracee, bool interrupt, SessionOptions options)
     {
-        (ulong total, ulong dataSize, Dictionary<LoadedModule, StubRegion> regions, List<LoadedModule> modules,
+        (ulong total, ulong dataSize, Dictionary<LoadedModule, CodeRegion> regions, List<LoadedModule> modules,
             ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, ulong stack) = _plan!;
         // Everything is decided and generated before the thread stops: addresses, agent code,
         // header, bootstrap. During the stop only bytes are written.

@@ -147,7 +147,7 @@ public sealed unsafe partial class Session
         }
         lock (_gate)
         {
-            StubRegion region = _plan!.Regions.TryGetValue(ld, out StubRegion? r) ? r : MapLateRegion(ld);
+            CodeRegion region = _plan!.Regions.TryGetValue(ld, out CodeRegion? r) ? r : MapLateRegion(ld);
             _rendezvousRegion = region;
             ulong stub = PlaceIn(region, at => AgentCode.RendezvousStub(at, DataAddress(0), brk));
             if (!SitePlanner.InReach(brk, stub))
@@ -195,24 +195,12 @@ public sealed unsafe partial class Session
         return true;
     }
 
-    private StubRegion? _rendezvousRegion;
+    private CodeRegion? _rendezvousRegion;
     private ulong _restoreHolds;   // the agent's routine that puts every hold's bytes back
 
     // Code placed in one region (the stubs of the rendezvous and the holds, near what jumps to them).
-    private ulong PlaceIn(StubRegion region, Func<ulong, byte[]> assemble)
-    {
-        ulong at = region.TargetAddress + region.Used;
-        byte[] code = assemble(at);
-        ulong size = ((ulong)code.Length + 63) & ~63UL;
-        if (region.Used + size > region.Size)
-        {
-            throw new HotwireException("trampoline space near the dynamic linker is exhausted");
-        }
-        MarkUsed(region, region.Used + size);
-        code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, code.Length));
-        region.Used += size;
-        return at;
-    }
+    private ulong PlaceIn(CodeRegion region, Func<ulong, byte[]> assemble)
+        => region.Place(Shared, assemble(region.TargetAddress + region.Used), 64, "trampoline space near the dynamic linker is exhausted");
 
     private void Listen()
     {
@@ -315,7 +303,7 @@ public sealed unsafe partial class Session
                 Notice?.Invoke($"{m.Name} loaded in pid {Pid} is not traced: the session has numbered {SiteIdCapacity} sites, its most");
                 continue;
             }
-            StubRegion region = MapLateRegion(m);
+            CodeRegion region = MapLateRegion(m);
             foreach (PatchSite p in m.Sites.OrderBy(p => p.Address))
             {
                 var r = new SiteRecord(records.Count, p, region) { Fresh = true };
@@ -408,7 +396,7 @@ public sealed unsafe partial class Session
             {
                 continue;
             }
-            StubRegion region = _plan!.Regions.Values.Append(_rendezvousRegion).OfType<StubRegion>()
+            CodeRegion region = _plan!.Regions.Values.Append(_rendezvousRegion).OfType<CodeRegion>()
                 .FirstOrDefault(r => SitePlanner.InReach(at, r.TargetAddress) && SitePlanner.InReach(at, r.TargetAddress + r.Size))
                 ?? MapLateRegion(m);
             ulong stub = PlaceIn(region, a => AgentCode.HoldStub(a, DataAddress(0), at, _restoreHolds));
@@ -509,7 +497,7 @@ public sealed unsafe partial class Session
                 if (s.Relocation is { } relocation)
                 {
                     // what the original bytes do, for a restore's int3 (the dead-man switch's too)
-                    Shared.WriteU64(e + L.SiteBaseEmu, Record(L.KindJmp, 0, relocation.Relocated));
+                    Shared.WriteU64(e + L.SiteBaseEmu, Records.Jump(relocation.Relocated));
                 }
             }
             else
@@ -542,7 +530,7 @@ public sealed unsafe partial class Session
     private int _listCapacity;
 
     /// <summary>A trampoline region for a library loaded after attach, mapped by the agent within ±2 GiB of it.</summary>
-    private StubRegion MapLateRegion(LoadedModule m, int moreSites = 0)
+    private CodeRegion MapLateRegion(LoadedModule m, int moreSites = 0)
     {
         const long EEXIST = 17;
         ulong size = Align(RegionSize(m) + (ulong)moreSites * 1024, 4096);
@@ -568,7 +556,7 @@ public sealed unsafe partial class Session
             {
                 throw Errors.InTarget($"mapping trampolines near {m.Name}", r, Pid);
             }
-            var region = new StubRegion(m.Start, at, _lateNext, size);
+            var region = new CodeRegion(m.Start, at, _lateNext, size);
             _lateNext += size;
             _plan.Regions[m] = region;
             DescribeLateRegion(region);
@@ -579,7 +567,7 @@ public sealed unsafe partial class Session
 
     // In the header's region table, for a later Hotwire that takes the block over (it poisons and
     // checks every region there); a block whose regions do not all fit is never taken over.
-    private void DescribeLateRegion(StubRegion r)
+    private void DescribeLateRegion(CodeRegion r)
     {
         int count = (int)Shared.ReadU64(L.RegionCount);
         if (count >= L.RegionMax)
@@ -587,12 +575,7 @@ public sealed unsafe partial class Session
             Shared.WriteU64(L.BlockVersion, 0);
             return;
         }
-        r.TableEntry = (ulong)(L.RegionTable + count * L.RegionEntrySize);
-        Shared.WriteU64(r.TableEntry, r.ModuleStart);
-        Shared.WriteU64(r.TableEntry + 8, r.TargetAddress);
-        Shared.WriteU64(r.TableEntry + 16, r.Size);
-        Shared.WriteU64(r.TableEntry + 24, r.MemfdOffset);
-        Shared.WriteU64(r.TableEntry + 32, 0);
+        r.Describe(Shared, count);
         Shared.WriteU64(L.RegionCount, (ulong)count + 1);
     }
 

@@ -152,28 +152,20 @@ public sealed unsafe partial class Session
         }
         // Room near each module for the detours, thunks and trampolines of its chosen functions (about
         // 1 KiB each, as for compiler sites): its region if that has it, else one more region near it.
-        var regions = new Dictionary<LoadedModule, StubRegion>();
+        var regions = new Dictionary<LoadedModule, CodeRegion>();
         foreach (IGrouping<LoadedModule, PatchSite> g in chosen.GroupBy(p => _relocatable![p.Address].Module))
         {
             int count = g.Count();
-            regions[g.Key] = _plan!.Regions.TryGetValue(g.Key, out StubRegion? r) && r.Used + 4096 + (ulong)count * 1024 <= r.Size
+            regions[g.Key] = _plan!.Regions.TryGetValue(g.Key, out CodeRegion? r) && r.Fits(4096 + (ulong)count * 1024)
                 ? r
                 : MapLateRegion(g.Key, count);
         }
         foreach (PatchSite p in chosen)
         {
             (_, EntryPlan plan, byte[] bytes, LoadedModule module) = _relocatable![p.Address];
-            StubRegion region = regions[module];
-            ulong at = region.TargetAddress + region.Used;
-            Detour detour = DetourBuilder.Build(bytes, plan, at);
-            ulong size = ((ulong)detour.Code.Length + 15) & ~15UL;
-            if (region.Used + size > region.Size)
-            {
-                throw new HotwireException($"trampoline space near {module.Name} is exhausted; trace fewer functions");
-            }
-            MarkUsed(region, region.Used + size);
-            detour.Code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, detour.Code.Length));
-            region.Used += size;
+            CodeRegion region = regions[module];
+            Detour detour = DetourBuilder.Build(bytes, plan, region.TargetAddress + region.Used);
+            ulong at = region.Place(Shared, detour.Code, 16, $"trampoline space near {module.Name} is exhausted; trace fewer functions");
             var boundaries = detour.Boundaries.ToDictionary(b => p.Address + (ulong)b.Original, b => at + (ulong)b.Copy);
             var record = new SiteRecord(records.Count, p, region)
             {
@@ -200,39 +192,30 @@ public sealed unsafe partial class Session
         SiteDecision d = SitePlanner.Decide(s.Address, s.Ops, s, static (o, site) => o.RedirectTarget(site));
         if (d.Shape == SiteShape.Nop)
         {
-            return (s.Original, Record(L.KindJmp, 0, relocation.Relocated));
+            return (s.Original, Records.Jump(relocation.Relocated));
         }
         if (d.Shape == SiteShape.Jump)
         {
-            return (SitePlanner.Bytes(d, s.Address, s.Length), Record(L.KindJmp, 0, d.JumpTarget));
+            return (SitePlanner.Bytes(d, s.Address, s.Length), Records.Jump(d.JumpTarget));
         }
-        ulong trampoline = Stub(s, d.Redirect);
+        ulong trampoline = Trampolines.For(s);
         if (!_thunks.TryGetValue((s.Index, trampoline), out ulong thunk))
         {
             thunk = PlaceThunk(s.Region, trampoline, relocation.Relocated);
             _thunks[(s.Index, trampoline)] = thunk;
         }
         ulong bytes = 0xe9UL | (ulong)(uint)checked((int)((long)thunk - (long)(s.Address + 5))) << 8;
-        return (bytes, Record(L.KindJmp, 0, thunk));
+        return (bytes, Records.Jump(thunk));
     }
 
     // call trampoline; jmp relocated
-    private ulong PlaceThunk(StubRegion region, ulong trampoline, ulong relocated)
+    private ulong PlaceThunk(CodeRegion region, ulong trampoline, ulong relocated)
     {
-        const ulong Size = 16;
-        if (region.Used + Size > region.Size)
-        {
-            throw new HotwireException("trampoline space near this module is exhausted; trace fewer functions");
-        }
-        ulong at = region.TargetAddress + region.Used;
-        Span<byte> code = stackalloc byte[10];
+        ulong at = region.Reserve(Shared, 10, 16, "trampoline space near this module is exhausted; trace fewer functions", out Span<byte> code);
         code[0] = 0xe8;
         BitConverter.TryWriteBytes(code[1..], checked((int)((long)trampoline - (long)(at + 5))));
         code[5] = 0xe9;
         BitConverter.TryWriteBytes(code[6..], checked((int)((long)relocated - (long)(at + 10))));
-        MarkUsed(region, region.Used + Size);
-        code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, code.Length));
-        region.Used += Size;
         return at;
     }
 

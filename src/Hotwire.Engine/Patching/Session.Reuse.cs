@@ -42,7 +42,7 @@ internal sealed record EarlierBlock(ulong DataBase, ulong DataSize, ulong CodeBa
             for (int i = 0; i < count; i++)
             {
                 int e = L.RegionTable + i * L.RegionEntrySize;
-                regions.Add(new EarlierRegion(U(e), U(e + 8), U(e + 16), U(e + 24), U(e + 32)));
+                regions.Add(new EarlierRegion(U(e + L.RegionModuleStart), U(e + L.RegionAddress), U(e + L.RegionSize), U(e + L.RegionMemfdOffset), U(e + L.RegionUsed)));
             }
             found.Add(new EarlierBlock(m.Start, U(L.BlockDataSize), U(L.BlockCodeBase), U(L.BlockTotal), U(L.BlockBootArea), U(L.BlockBootSize),
                 (int)U(L.MemfdInTarget), U(L.Pinned) != 0, U(L.ShadowMap), U(L.ShadowMapSize), U(L.ShadowRecords), regions, (byte[])header.Clone()));
@@ -308,25 +308,11 @@ public sealed unsafe partial class Session
         {
             return;   // not described: never reused
         }
-        foreach ((StubRegion r, int i) in regions.Select((r, i) => (r, i)))
+        foreach ((CodeRegion r, int i) in regions.Select((r, i) => (r, i)))
         {
-            r.TableEntry = (ulong)(L.RegionTable + i * L.RegionEntrySize);
-            h.WriteU64(r.TableEntry, r.ModuleStart);
-            h.WriteU64(r.TableEntry + 8, r.TargetAddress);
-            h.WriteU64(r.TableEntry + 16, r.Size);
-            h.WriteU64(r.TableEntry + 24, r.MemfdOffset);
-            h.WriteU64(r.TableEntry + 32, r.Used);
+            r.Describe(h, i);
         }
         h.WriteU64(L.RegionCount, (ulong)regions.Count);
         h.WriteU64(L.BlockVersion, L.BlockLayoutVersion);
-    }
-
-    /// <summary>A region's high-water mark, written before code is placed below it (a later Hotwire poisons up to it).</summary>
-    private void MarkUsed(StubRegion r, ulong used)
-    {
-        if (r.TableEntry != 0)
-        {
-            Shared.WriteU64(r.TableEntry + 32, Math.Max(used, Shared.ReadU64(r.TableEntry + 32)));
-        }
     }
 }

@@ -54,7 +54,6 @@ public sealed unsafe partial class Session : IDisposable
     private const ulong TwoGiB = 1UL << 31;
 
     private readonly Dictionary<ulong, SiteRecord> _byAddress = [];
-    private readonly Dictionary<(byte, byte, ulong), ulong> _records = [];
     private readonly List<Ops> _ops = [];
     private List<PatchSite>? _allSites;
     private readonly Dictionary<Ops, List<SiteRecord>> _chosen = [];
@@ -98,6 +97,12 @@ public sealed unsafe partial class Session : IDisposable
     /// <summary>The target's threads as batches need them: held, or moved out of code being replaced.</summary>
     private ThreadMigration Threads { get; set; } = null!;
 
+    /// <summary>The emulation records of the sites' instructions.</summary>
+    private EmulationRecords Records { get; set; } = null!;
+
+    /// <summary>The sites' trampolines.</summary>
+    private Trampolines Trampolines { get; set; } = null!;
+
     /// <summary>Batches of site changes run by the agent with the int3 protocol.</summary>
     private PokeBatch Poke { get; set; } = null!;
 
@@ -107,6 +112,8 @@ public sealed unsafe partial class Session : IDisposable
         Shared = shared;
         Heap = new SharedHeap(shared, DataBase, _heapStart, _heapEnd, _gate);
         Channel = new AgentChannel(Pid, shared, _gate);
+        Records = new EmulationRecords(Heap);
+        Trampolines = new Trampolines(shared);
         Poke.Heap = Heap;
         Poke.Channel = Channel;
     }
@@ -200,19 +207,13 @@ public sealed unsafe partial class Session : IDisposable
 
     private ulong PlaceCodeLocked(Func<ulong, byte[]> assemble)
     {
-        foreach (StubRegion region in Sites.Where(s => !s.Gone).Select(s => s.Region).Distinct())
+        foreach (CodeRegion region in Sites.Where(s => !s.Gone).Select(s => s.Region).Distinct())
         {
-            ulong at = region.TargetAddress + region.Used;
-            byte[] code = assemble(at);
-            ulong size = ((ulong)code.Length + 63) & ~63UL;
-            if (region.Used + size > region.Size)
+            byte[] code = assemble(region.TargetAddress + region.Used);
+            if (region.Fits(((ulong)code.Length + 63) & ~63UL))
             {
-                continue;
+                return region.Place(Shared, code, 64, "");
             }
-            MarkUsed(region, region.Used + size);
-            code.CopyTo(Shared.Bytes(region.MemfdOffset + region.Used, code.Length));
-            region.Used += size;
-            return at;
         }
         throw new HotwireException("trampoline space in the target is exhausted; trace fewer functions");
     }
@@ -503,10 +504,7 @@ public sealed unsafe partial class Session : IDisposable
             _opsIds.Remove(o);
             o.Id = 0;
         }
-        foreach (ulong mask in _templates.Keys.Where(m => (m & freed) != 0).ToList())
-        {
-            _templates.Remove(mask);
-        }
+        Trampolines.ForgetOps(freed);
         foreach (SiteRecord s in Sites)
         {
             s.ForgetTrampolines(mask => (mask & freed) != 0);
@@ -536,7 +534,7 @@ public sealed unsafe partial class Session : IDisposable
         {
             Ops? patch = s.Ops.LastOrDefault(o => o.Persistent);
             // A relocated entry rests at its original bytes; a trap on them continues in the relocated copy.
-            ulong bytes = s.Original, emu = s.Relocation is { } relocation ? Record(L.KindJmp, 0, relocation.Relocated) : 0;
+            ulong bytes = s.Original, emu = s.Relocation is { } relocation ? Records.Jump(relocation.Relocated) : 0;
             if (patch is not null)
             {
                 ulong target = patch.RedirectTarget(s);
@@ -545,7 +543,7 @@ public sealed unsafe partial class Session : IDisposable
                     throw new HotwireException($"{s.Function}: the replacement at 0x{target:x} is beyond a jmp's reach from 0x{s.Address:x}");
                 }
                 bytes = SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, target, patch), s.Address, s.Length);
-                emu = Record(L.KindJmp, 0, target);
+                emu = Records.Jump(target);
             }
             ulong before = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
             if (before != bytes || Shared.ReadU64(SiteEntry(s) + L.SiteBaseEmu) != emu)
@@ -614,162 +612,15 @@ public sealed unsafe partial class Session : IDisposable
         switch (d.Shape)
         {
             case SiteShape.Nop:
-                return (SitePlanner.Bytes(d, s.Address, s.Length), Record(L.KindNop, (byte)s.Length, 0));
+                return (SitePlanner.Bytes(d, s.Address, s.Length), Records.Nop(s.Length));
             case SiteShape.Jump:
-                return (SitePlanner.Bytes(d, s.Address, s.Length), Record(L.KindJmp, 0, d.JumpTarget));
+                return (SitePlanner.Bytes(d, s.Address, s.Length), Records.Jump(d.JumpTarget));
             default:
-                ulong trampoline = Stub(s, d.Redirect);
-                // Its emulation record ("call trampoline, return to site + 5") is just before it.
-                return (SitePlanner.Bytes(d, s.Address, s.Length, trampoline), trampoline - L.RecordSize);
+                ulong trampoline = Trampolines.For(s);
+                return (SitePlanner.Bytes(d, s.Address, s.Length, trampoline), Trampolines.CallRecord(trampoline));
         }
     }
 
-    /// <summary>
-    /// The site's trampoline: each ops' entry code inlined in order, then return to the function,
-    /// or for a redirect drop our return slot and jump (the caller's return address stays on top).
-    /// One trampoline per (site, ops set), kept forever: a thread may still be inside an old one.
-    /// Ftrace calls a list function that loops over the ops; composing their code per site costs no
-    /// loop and no indirect call.
-    /// </summary>
-    private ulong Stub(SiteRecord s, Ops? redirect)
-    {
-        // Ops sit on a site in registration order, so the set of their ids names the composition.
-        ulong mask = s.OpsMask;
-        ulong existing = s.Trampoline(mask);
-        if (existing != 0)
-        {
-            return existing;
-        }
-        if (!_templates.TryGetValue(mask, out StubTemplate? template))
-        {
-            template = StubTemplate.Build(s.Ops);
-            _templates[mask] = template;
-        }
-        // The site's emulation record first (the int3 handler reads it while the call goes in),
-        // then the code: no allocation in the data heap and no lookup per trampoline.
-        StubRegion region = s.Region;
-        ulong size = ((ulong)(L.RecordSize + template.Code.Length) + 15) & ~15UL;
-        if (region.Used + size > region.Size)
-        {
-            throw new HotwireException("trampoline space near this module is exhausted; trace fewer functions");
-        }
-        MarkUsed(region, region.Used + size);
-        ulong at = region.TargetAddress + region.Used + L.RecordSize;
-        Span<byte> record = Shared.Bytes(region.MemfdOffset + region.Used, L.RecordSize);
-        record.Clear();
-        record[L.RecordKind] = L.KindCall;
-        record[L.RecordAdvance] = 5;
-        BitConverter.TryWriteBytes(record[L.RecordTarget..], at);
-        Span<byte> code = Shared.Bytes(region.MemfdOffset + region.Used + L.RecordSize, template.Code.Length);
-        template.Code.CopyTo(code);
-        foreach ((int offset, Ops ops, int parameter) in template.Fixups)
-        {
-            ulong value = parameter < 0 ? ops.RedirectTarget(s) : ops.Parameter(s, parameter);
-            BitConverter.TryWriteBytes(code[offset..], value);
-        }
-        region.Used += size;
-        s.AddTrampoline(mask, at);
-        return at;
-    }
-
-    private readonly Dictionary<ulong, StubTemplate> _templates = [];
-
-    /// <summary>
-    /// A trampoline assembled once per ops set with sentinel values in place of the site-dependent
-    /// immediates; each site's copy gets its own values written where the sentinels were.
-    /// </summary>
-    private sealed class StubTemplate
-    {
-        private const ulong SentinelBase = 0x5a17_c0de_0000_0000;
-
-        private StubTemplate(byte[] code, List<(int, Ops, int)> fixups)
-        {
-            Code = code;
-            Fixups = fixups;
-        }
-
-        public byte[] Code { get; }
-
-        /// <summary>(offset in Code, ops, parameter index; -1 for the redirect target)</summary>
-        public List<(int Offset, Ops Ops, int Parameter)> Fixups { get; }
-
-        public static StubTemplate Build(IReadOnlyList<Ops> ops)
-        {
-            var a = new Assembler(64);
-            var sentinels = new List<(ulong Value, Ops Ops, int Parameter)>();
-            ulong next = SentinelBase;
-            Ops? redirect = null;
-            foreach (Ops o in ops)
-            {
-                if (o.Redirects)
-                {
-                    redirect = o;
-                    continue;
-                }
-                var parameters = new ulong[o.ParameterCount];
-                for (int i = 0; i < parameters.Length; i++)
-                {
-                    parameters[i] = next;
-                    sentinels.Add((next++, o, i));
-                }
-                o.EmitEntry(a, parameters);
-            }
-            if (redirect is not null)
-            {
-                // Drop our return slot and go, through a literal: no register changed (Preserved).
-                Label target = a.CreateLabel();
-                a.lea(rsp, __[rsp + 8]);
-                a.jmp(__qword_ptr[target]);
-                a.Label(ref target);
-                a.dq(next);
-                sentinels.Add((next, redirect, -1));
-            }
-            else
-            {
-                a.ret();
-            }
-            var stream = new MemoryStream();
-            a.Assemble(new StreamCodeWriter(stream), 0);
-            byte[] code = stream.ToArray();
-            var fixups = new List<(int, Ops, int)>();
-            foreach ((ulong value, Ops o, int parameter) in sentinels)
-            {
-                int at = IndexOf(code, value);
-                if (at < 0 || IndexOf(code.AsSpan(at + 1).ToArray(), value) >= 0)
-                {
-                    throw new InvalidOperationException($"ops '{o.Name}' must use each parameter once, as a 64-bit immediate");
-                }
-                fixups.Add((at, o, parameter));
-            }
-            return new StubTemplate(code, fixups);
-        }
-
-        private static int IndexOf(byte[] code, ulong value)
-        {
-            Span<byte> pattern = stackalloc byte[8];
-            BitConverter.TryWriteBytes(pattern, value);
-            return code.AsSpan().IndexOf(pattern);
-        }
-    }
-
-    private ulong Record(byte kind, byte advance, ulong target)
-    {
-        if (kind == L.KindNop)
-        {
-            return DataAddress((ulong)(L.NopRecords + advance * L.RecordSize));
-        }
-        if (_records.TryGetValue((kind, advance, target), out ulong address))
-        {
-            return address;
-        }
-        ulong offset = Heap.Allocate(L.RecordSize, 16);
-        Shared.At<byte>(offset + L.RecordKind) = kind;
-        Shared.At<byte>(offset + L.RecordAdvance) = advance;
-        Shared.WriteU64(offset + L.RecordTarget, target);
-        address = DataAddress(offset);
-        _records[(kind, advance, target)] = address;
-        return address;
-    }
 
     private readonly List<Action<ProcessImage>> _whenLoaded = [];
     private bool _running;

@@ -3,7 +3,7 @@ namespace Hotwire.Patching;
 /// <summary>Hotwire's record of one site in an attached process (ftrace's dyn_ftrace).</summary>
 public sealed class SiteRecord
 {
-    internal SiteRecord(int index, PatchSite site, StubRegion region)
+    internal SiteRecord(int index, PatchSite site, CodeRegion region)
     {
         Index = index;
         Slot = index;
@@ -46,7 +46,7 @@ public sealed class SiteRecord
     /// <summary>The ops attached to this site, in registration order.</summary>
     internal List<Ops> Ops { get; } = [];
 
-    internal StubRegion Region { get; }
+    internal CodeRegion Region { get; }
 
     // Its trampolines, one per set of ops (mask) it has had, kept while the ops keep their ids: a
     // thread may still be inside an old one. The first inline (most sites only ever have one).
@@ -142,28 +142,3 @@ public sealed class SiteRecord
 /// <param name="Relocated">The relocated instructions, then a jmp back: what the function's original bytes do.</param>
 /// <param name="Boundaries">An instruction boundary inside the rewritten bytes → the same point in the relocated copy.</param>
 internal sealed record RelocatedEntry(ulong Detour, ulong Relocated, IReadOnlyDictionary<ulong, ulong> Boundaries);
-
-internal sealed class StubRegion
-{
-    public StubRegion(ulong moduleStart, ulong targetAddress, ulong memfdOffset, ulong size)
-    {
-        ModuleStart = moduleStart;
-        TargetAddress = targetAddress;
-        MemfdOffset = memfdOffset;
-        Size = size;
-    }
-
-    /// <summary>Start of the module whose sites jump here.</summary>
-    public ulong ModuleStart { get; }
-
-    /// <summary>Offset of this region's entry in the header's region table (0: none).</summary>
-    public ulong TableEntry { get; set; }
-
-    public ulong TargetAddress { get; set; }
-
-    public ulong MemfdOffset { get; }
-
-    public ulong Size { get; }
-
-    public ulong Used { get; set; }
-}
