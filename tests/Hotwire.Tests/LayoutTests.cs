@@ -1,6 +1,7 @@
 using System.Runtime.InteropServices;
 using Hotwire.Agent;
 using Hotwire.Interop;
+using Hotwire.Patching;
 using Hotwire.Tests.Infrastructure;
 using Xunit;
 
@@ -56,6 +57,7 @@ public class LayoutTests
             _Static_assert(SYS_rt_sigaction == {{SyscallNumbers.rt_sigaction}} && SYS_rt_sigreturn == {{SyscallNumbers.rt_sigreturn}}, "rt_sig*");
             _Static_assert(SYS_clone == {{SyscallNumbers.clone}} && SYS_futex == {{SyscallNumbers.futex}} && SYS_poll == {{SyscallNumbers.poll}}, "clone futex poll");
             _Static_assert(SYS_mprotect == {{SyscallNumbers.mprotect}} && SYS_mmap == {{SyscallNumbers.mmap}} && SYS_tgkill == {{SyscallNumbers.tgkill}}, "mm");
+            _Static_assert(SYS_madvise == {{SyscallNumbers.madvise}} && SYS_ftruncate == {{SyscallNumbers.ftruncate}} && SYS_munmap == {{SyscallNumbers.munmap}}, "madvise ftruncate munmap");
             _Static_assert(SYS_prctl == {{SyscallNumbers.prctl}} && SYS_gettid == {{SyscallNumbers.gettid}} && SYS_exit == {{SyscallNumbers.exit}}, "misc");
             int main(void) { return 0; }
             """;
@@ -63,5 +65,70 @@ public class LayoutTests
         Directory.CreateDirectory(dir);
         File.WriteAllText(Path.Combine(dir, "syscalls.c"), c);
         TargetBuilder.Run("gcc", "-fsyntax-only", Path.Combine(dir, "syscalls.c"));
+    }
+
+    /// <summary>
+    /// The structures Hotwire writes and its generated agent reads, written once in C: every C#
+    /// definition of them (AgentLayout's offsets, the batch slot struct) must agree with it.
+    /// </summary>
+    [Fact]
+    public void Structures_shared_with_the_agent_match_one_C_definition()
+    {
+        string c = $$"""
+            #include <stddef.h>
+            #include <stdint.h>
+            struct site_entry { uint64_t address, emu, original, current; uint8_t len; uint64_t base_emu; };
+            struct batch_entry { uint32_t site_index; uint64_t expected, new_bytes, emu; };
+            struct base_entry { uint32_t site_index; uint64_t bytes, emu; };
+            struct emulation_record { uint8_t kind, advance; uint64_t target; };
+            struct region_entry { uint64_t module_start, address, size, memfd_offset, used; };
+            _Static_assert(sizeof(struct site_entry) == {{AgentLayout.SiteEntrySize}}, "site entry size");
+            _Static_assert(offsetof(struct site_entry, address) == {{AgentLayout.SiteAddress}} && offsetof(struct site_entry, emu) == {{AgentLayout.SiteEmu}}, "site address, emu");
+            _Static_assert(offsetof(struct site_entry, original) == {{AgentLayout.SiteOriginal}} && offsetof(struct site_entry, current) == {{AgentLayout.SiteCurrent}}, "site bytes");
+            _Static_assert(offsetof(struct site_entry, len) == {{AgentLayout.SiteLen}} && offsetof(struct site_entry, base_emu) == {{AgentLayout.SiteBaseEmu}}, "site len, base");
+            _Static_assert(sizeof(struct batch_entry) == {{AgentLayout.BatchEntrySize}} && sizeof(struct batch_entry) == {{Marshal.SizeOf<BatchSlot>()}}, "batch entry size");
+            _Static_assert(offsetof(struct batch_entry, site_index) == {{AgentLayout.BatchSiteIndex}} && offsetof(struct batch_entry, site_index) == {{Marshal.OffsetOf<BatchSlot>("SiteIndex")}}, "batch site");
+            _Static_assert(offsetof(struct batch_entry, expected) == {{AgentLayout.BatchExpected}} && offsetof(struct batch_entry, expected) == {{Marshal.OffsetOf<BatchSlot>("Expected")}}, "batch expected");
+            _Static_assert(offsetof(struct batch_entry, new_bytes) == {{AgentLayout.BatchNew}} && offsetof(struct batch_entry, new_bytes) == {{Marshal.OffsetOf<BatchSlot>("New")}}, "batch new");
+            _Static_assert(offsetof(struct batch_entry, emu) == {{AgentLayout.BatchEmu}} && offsetof(struct batch_entry, emu) == {{Marshal.OffsetOf<BatchSlot>("Emu")}}, "batch emu");
+            _Static_assert(sizeof(struct base_entry) == {{AgentLayout.BaseEntrySize}} && offsetof(struct base_entry, site_index) == {{AgentLayout.BaseSiteIndex}}, "base entry");
+            _Static_assert(offsetof(struct base_entry, bytes) == {{AgentLayout.BaseBytes}} && offsetof(struct base_entry, emu) == {{AgentLayout.BaseEmu}}, "base fields");
+            _Static_assert(sizeof(struct emulation_record) == {{AgentLayout.RecordSize}} && offsetof(struct emulation_record, kind) == {{AgentLayout.RecordKind}}, "record");
+            _Static_assert(offsetof(struct emulation_record, advance) == {{AgentLayout.RecordAdvance}} && offsetof(struct emulation_record, target) == {{AgentLayout.RecordTarget}}, "record fields");
+            _Static_assert(sizeof(struct region_entry) == {{AgentLayout.RegionEntrySize}} && offsetof(struct region_entry, module_start) == {{AgentLayout.RegionModuleStart}}, "region entry");
+            _Static_assert(offsetof(struct region_entry, address) == {{AgentLayout.RegionAddress}} && offsetof(struct region_entry, size) == {{AgentLayout.RegionSize}}, "region address, size");
+            _Static_assert(offsetof(struct region_entry, memfd_offset) == {{AgentLayout.RegionMemfdOffset}} && offsetof(struct region_entry, used) == {{AgentLayout.RegionUsed}}, "region memfd offset, used");
+            int main(void) { return 0; }
+            """;
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-layout-{Environment.ProcessId}");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, "agent.c"), c);
+        TargetBuilder.Run("gcc", "-fsyntax-only", Path.Combine(dir, "agent.c"));
+    }
+
+    [Fact]
+    public void Native_constants_match_the_C_headers()
+    {
+        string c = $$"""
+            #define _GNU_SOURCE
+            #include <elf.h>
+            #include <linux/membarrier.h>
+            #include <sched.h>
+            #include <sys/mman.h>
+            _Static_assert(PROT_READ == {{Sys.PROT_READ}} && PROT_WRITE == {{Sys.PROT_WRITE}} && PROT_EXEC == {{Sys.PROT_EXEC}}, "PROT_*");
+            _Static_assert(MAP_SHARED == {{Sys.MAP_SHARED}} && MAP_PRIVATE == {{Sys.MAP_PRIVATE}} && MAP_FIXED == {{Sys.MAP_FIXED}} && MAP_ANONYMOUS == {{Sys.MAP_ANONYMOUS}}, "MAP_*");
+            _Static_assert(MAP_NORESERVE == {{Sys.MAP_NORESERVE}} && MAP_FIXED_NOREPLACE == {{Sys.MAP_FIXED_NOREPLACE}}, "MAP_NORESERVE, MAP_FIXED_NOREPLACE");
+            _Static_assert(MADV_REMOVE == {{Sys.MADV_REMOVE}} && MFD_CLOEXEC == {{Sys.MFD_CLOEXEC}}, "MADV_REMOVE, MFD_CLOEXEC");
+            _Static_assert(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE == {{Sys.MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE}}, "membarrier sync core");
+            _Static_assert(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE == {{Sys.MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE}}, "membarrier register");
+            _Static_assert(CLONE_VM == {{Sys.CLONE_VM}} && CLONE_FS == {{Sys.CLONE_FS}} && CLONE_FILES == {{Sys.CLONE_FILES}}, "CLONE_VM FS FILES");
+            _Static_assert(CLONE_SIGHAND == {{Sys.CLONE_SIGHAND}} && CLONE_THREAD == {{Sys.CLONE_THREAD}} && CLONE_SYSVSEM == {{Sys.CLONE_SYSVSEM}}, "CLONE_SIGHAND THREAD SYSVSEM");
+            _Static_assert(AT_BASE == {{Sys.AT_BASE}} && AT_ENTRY == {{Sys.AT_ENTRY}}, "AT_BASE, AT_ENTRY");
+            int main(void) { return 0; }
+            """;
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-layout-{Environment.ProcessId}");
+        Directory.CreateDirectory(dir);
+        File.WriteAllText(Path.Combine(dir, "constants.c"), c);
+        TargetBuilder.Run("gcc", "-fsyntax-only", Path.Combine(dir, "constants.c"));
     }
 }

@@ -143,13 +143,8 @@ public sealed class CountingOps : Ops
         }
         Label ready = a.CreateLabel(), claim = a.CreateLabel(), shared = a.CreateLabel(), done = a.CreateLabel();
         a.push(rax);
-        a.mov(eax, __dword_ptr.fs[_tidOffset]);
-        a.cmp(eax, _pidMax);
-        a.ja(shared);
-        a.mov(r11, _session!.Heap.Address(_tableOffset));
-        a.mov(eax, __dword_ptr[r11 + rax * 4]);
-        a.test(eax, eax);
-        a.jz(claim);
+        var tids = new Tracing.TidTable(_tidOffset, _pidMax, _session!.Heap.Address(_tableOffset));
+        tids.EmitLookup(a, shared, claim);
         a.Label(ref ready);
         a.imul(rax, rax, checked((int)RowStride));
         a.mov(r11, parameters[1]);
@@ -163,9 +158,7 @@ public sealed class CountingOps : Ops
         a.jae(shared);
         a.inc(eax);
         a.push(rdx);
-        a.mov(edx, __dword_ptr.fs[_tidOffset]);
-        a.mov(r11, _session.Heap.Address(_tableOffset));
-        a.mov(__dword_ptr[r11 + rdx * 4], eax);
+        tids.EmitClaim(a, eax, r11);
         a.pop(rdx);
         a.jmp(ready);
         a.Label(ref shared);

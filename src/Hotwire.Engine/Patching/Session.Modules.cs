@@ -265,7 +265,7 @@ public sealed unsafe partial class Session
         }
         // With --relocate, a library without sites may get relocated entries when it comes, and
         // loses them (like sites) when it goes: its code is unmapped, nothing may be written there.
-        bool relocateLate = _relocateEntries && _ops.Any(o => !o.Redirects && o.TakesLateSites);
+        bool relocateLate = _relocateEntries && Registry.Registered.Any(o => !o.Redirects && o.TakesLateSites);
         List<LoadedModule> gone = Image.Modules.Where(m => !after.Contains(m)
             && (m.Sites.Count > 0 || Sites.Any(s => !s.Gone && s.Address >= m.Start && s.Address < m.End))).ToList();
         List<LoadedModule> came = cameAll.Where(m => m.Sites.Count > 0 || relocateLate).ToList();
@@ -285,11 +285,7 @@ public sealed unsafe partial class Session
             {
                 s.Gone = true;
                 _byAddress.Remove(s.Address);
-                foreach (Ops o in s.Ops)
-                {
-                    _chosen.GetValueOrDefault(o)?.Remove(s);
-                }
-                s.Ops.Clear();
+                Registry.Remove(s);
             }
             _plan!.Regions.Remove(m);
             LibrariesUnloaded++;
@@ -323,10 +319,10 @@ public sealed unsafe partial class Session
         {
             added.AddRange(RelocateLate(came));
         }
-        foreach (Ops o in _ops.Where(o => !o.Redirects && o.TakesLateSites))
+        foreach (Ops o in Registry.Registered.Where(o => !o.Redirects && o.TakesLateSites))
         {
             FunctionFilter filter = o.BuildFilter();
-            List<SiteRecord> chosen = _chosen.TryGetValue(o, out List<SiteRecord>? c) ? c : _chosen[o] = [];
+            List<SiteRecord> chosen = Registry.ChosenBy(o);
             foreach (SiteRecord s in added.Where(s => filter.Matches(s.Site)))
             {
                 s.Ops.Add(o);

@@ -100,7 +100,7 @@ public sealed unsafe partial class Session
     /// </summary>
     private List<SiteRecord> RelocateLate(List<LoadedModule> came)
     {
-        var filters = _ops.Where(o => !o.Redirects && o.TakesLateSites).Select(o => o.BuildFilter()).ToList();
+        var filters = Registry.Registered.Where(o => !o.Redirects && o.TakesLateSites).Select(o => o.BuildFilter()).ToList();
         List<RelocatableFunction> wanted = RelocatableFunctions.Find(came).Relocatable
             .Where(f => !_byAddress.ContainsKey(f.Site.Address) && filters.Any(filter => filter.Matches(f.Site))).ToList();
         if (wanted.Count == 0)

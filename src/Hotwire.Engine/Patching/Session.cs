@@ -49,16 +49,13 @@ public sealed class SessionOptions
 /// Hotwire attached to one process: the agent injected, the site records, the ops, and batches of
 /// rewrites run by the agent with the int3 protocol. All public members are for one caller thread.
 /// </summary>
-public sealed unsafe partial class Session : IDisposable
+public sealed unsafe partial class Session : IDisposable, IOpsExecutor
 {
     private const ulong TwoGiB = 1UL << 31;
 
     private readonly Dictionary<ulong, SiteRecord> _byAddress = [];
-    private readonly List<Ops> _ops = [];
     private List<PatchSite>? _allSites;
-    private readonly Dictionary<Ops, List<SiteRecord>> _chosen = [];
     private HashSet<string>? _functionNames;
-    private readonly Dictionary<Ops, int> _opsIds = [];
     private ulong _siteTableOffset;
     private readonly ProcessMemory _memory;
     private readonly List<MemoryMapping> _execMappings0;
@@ -227,7 +224,7 @@ public sealed unsafe partial class Session : IDisposable
     public void Unregister(Ops ops)
     {
         ThrowIfDetached();
-        if (_ops.Contains(ops))
+        if (Registry.Contains(ops))
         {
             Change([ops], []);
         }
@@ -248,87 +245,7 @@ public sealed unsafe partial class Session : IDisposable
     private Dictionary<Ops, IReadOnlyList<SiteRecord>> ChangeLocked(IReadOnlyList<Ops> remove, IReadOnlyList<Ops> add)
     {
         ThrowIfDetached();
-        foreach (Ops ops in add)
-        {
-            if (_ops.Contains(ops) && !remove.Contains(ops))
-            {
-                throw new InvalidOperationException($"ops '{ops.Name}' is registered already");
-            }
-        }
-        // The sites touched, each once (a set only when more than one ops is involved: one ops'
-        // sites are distinct already), and what to undo: whole site lists, not a pair per site
-        // (50,000 sites were several MB of garbage per toggle).
-        var touched = new List<SiteRecord>();
-        HashSet<SiteRecord>? seen = remove.Count + add.Count > 1 ? [] : null;
-        void Touch(SiteRecord s)
-        {
-            if (seen is null || seen.Add(s))
-            {
-                touched.Add(s);
-            }
-        }
-        var removedFrom = new List<(List<SiteRecord> Sites, Ops Ops)>();
-        foreach (Ops ops in remove.Where(_ops.Contains))
-        {
-            IEnumerable<SiteRecord> from = _chosen.TryGetValue(ops, out List<SiteRecord>? c) ? c : Sites;
-            List<SiteRecord> had = from.Where(s => s.Ops.Contains(ops)).ToList();
-            foreach (SiteRecord s in had)
-            {
-                s.Ops.Remove(ops);
-                Touch(s);
-            }
-            removedFrom.Add((had, ops));
-        }
-        var result = new Dictionary<Ops, IReadOnlyList<SiteRecord>>();
-        var addedTo = new List<(List<SiteRecord> Sites, Ops Ops)>();
-        try
-        {
-            foreach (Ops ops in add)
-            {
-                List<SiteRecord> chosen = Choose(ops);
-                if (ops.Redirects && chosen.FirstOrDefault(s => s.Ops.Any(o => o.Redirects)) is { } taken)
-                {
-                    Ops holder = taken.Ops.First(o => o.Redirects);
-                    throw new HotwireException(
-                        $"{taken.Function} is already redirected by '{holder.Name}': only one ops may change where a function goes; nothing was changed");
-                }
-                AssignId(ops);
-                ops.Prepare(this, chosen);
-                addedTo.Add((chosen, ops));
-                foreach (SiteRecord s in chosen)
-                {
-                    s.Ops.Add(ops);
-                    Touch(s);
-                }
-                result[ops] = chosen;
-            }
-            Apply(touched, remove.Concat(add).Any(o => o.Persistent) ? BaseChanges(touched) : null);
-        }
-        catch
-        {
-            foreach ((List<SiteRecord> sites, Ops o) in addedTo)
-            {
-                foreach (SiteRecord s in sites)
-                {
-                    s.Ops.Remove(o);
-                }
-            }
-            foreach ((List<SiteRecord> sites, Ops o) in removedFrom)
-            {
-                foreach (SiteRecord s in sites)
-                {
-                    s.Ops.Add(o);
-                }
-            }
-            TryApply(touched);
-            throw;
-        }
-        foreach (Ops ops in remove)
-        {
-            _ops.Remove(ops);
-        }
-        _ops.AddRange(add);
-        return result;
+        return Registry.Change(remove, add);
     }
 
     /// <summary>
@@ -339,171 +256,93 @@ public sealed unsafe partial class Session : IDisposable
     {
         lock (_gate)
         {
-            return AdoptLocked(ops, sites);
+            return Registry.Adopt(ops, sites, AdoptSite);
         }
     }
 
-    private IReadOnlyList<SiteRecord> AdoptLocked(Ops ops, IReadOnlyList<SiteRecord> sites)
+    private void AdoptSite(SiteRecord s)
     {
-        List<SiteRecord> chosen = [.. sites];
-        _chosen[ops] = chosen;
-        AssignId(ops);
-        ops.Prepare(this, chosen);
         Span<byte> live = stackalloc byte[8];
-        foreach (SiteRecord s in chosen)
+        (ulong bytes, _) = CachedDesired(s);
+        _memory.TryRead(s.Address, live[..s.Length]);
+        if (SiteRecord.Pack(live[..s.Length]) != bytes)
         {
-            s.Ops.Add(ops);
-            (ulong bytes, _) = CachedDesired(s);
-            live.Clear();
-            _memory.TryRead(s.Address, live[..s.Length]);
-            if (SiteRecord.Pack(live[..s.Length]) != bytes)
-            {
-                s.Ops.Remove(ops);
-                throw new HotwireException($"{s.Function} in pid {Pid} does not hold the live patch recorded for it (someone else changed its code); nothing was changed");
-            }
-            // The base first: until SiteCurrent says the agent installed these bytes, a restore
-            // (the dead-man switch) leaves the site alone; after, it puts back the same jmp.
-            foreach (BaseChange b in BaseChanges([s]))
-            {
-                Shared.WriteU64(SiteEntry(s) + L.SiteOriginal, b.After);
-                Shared.WriteU64(SiteEntry(s) + L.SiteBaseEmu, b.Emu);
-            }
-            s.Current = bytes;
-            Shared.WriteU64(SiteEntry(s) + L.SiteCurrent, bytes);
+            throw new HotwireException($"{s.Function} in pid {Pid} does not hold the live patch recorded for it (someone else changed its code); nothing was changed");
         }
-        _ops.Add(ops);
-        return chosen;
+        // The base first: until SiteCurrent says the agent installed these bytes, a restore
+        // (the dead-man switch) leaves the site alone; after, it puts back the same jmp.
+        foreach (BaseChange b in BaseChanges([s]))
+        {
+            Shared.WriteU64(SiteEntry(s) + L.SiteOriginal, b.After);
+            Shared.WriteU64(SiteEntry(s) + L.SiteBaseEmu, b.Emu);
+        }
+        s.Current = bytes;
+        Shared.WriteU64(SiteEntry(s) + L.SiteCurrent, bytes);
     }
 
     /// <summary>
-    /// Puts a redirecting ops on exactly <paramref name="sites"/> — where it may now send calls
-    /// elsewhere than before — and takes it off the others, in one batch (a live patch stacked,
-    /// reverted or replaced: no call sees a state in between).
+    /// Puts a redirecting ops on exactly <paramref name="sites"/> and takes it off the others, in
+    /// one batch (<see cref="OpsRegistry.SetSites"/>).
     /// </summary>
-    /// <param name="beforeBatch">called with the sites whose base (what detach and the dead-man
-    /// switch restore) changes, before any byte changes: a live patch records its intent there.</param>
     internal void SetSites(Ops ops, IReadOnlyCollection<SiteRecord> sites, Action<IReadOnlyList<BaseChange>>? beforeBatch = null)
     {
         lock (_gate)
         {
-            SetSitesLocked(ops, sites, beforeBatch);
+            ThrowIfDetached();
+            Registry.SetSites(ops, sites, beforeBatch);
         }
     }
 
-    private void SetSitesLocked(Ops ops, IReadOnlyCollection<SiteRecord> sites, Action<IReadOnlyList<BaseChange>>? beforeBatch)
+    private OpsRegistry Registry => _registry ??= new OpsRegistry(this);
+
+    private OpsRegistry? _registry;
+
+    // ---------------------------------------------------------------- the executor (IOpsExecutor)
+
+    List<SiteRecord> IOpsExecutor.Select(Ops ops)
     {
-        ThrowIfDetached();
-        if (sites.FirstOrDefault(s => s.Ops.Any(o => o != ops && o.Redirects)) is { } taken)
-        {
-            throw new HotwireException($"{taken.Function} is already redirected by '{taken.Ops.First(o => o != ops && o.Redirects).Name}'; nothing was changed");
-        }
-        AssignId(ops);
-        var wanted = new HashSet<SiteRecord>(sites);
-        var touched = new HashSet<SiteRecord>(_chosen.GetValueOrDefault(ops) ?? []);
-        touched.UnionWith(sites);
-        var before = touched.ToDictionary(s => s, s => s.Ops.ToList());
-        foreach (SiteRecord s in touched)
-        {
-            s.Ops.Remove(ops);
-            if (wanted.Contains(s))
-            {
-                s.Ops.Add(ops);
-            }
-            Forget(s);
-        }
+        _allSites ??= _relocateEntries ? [.. Image.AllSites, .. RelocatableCandidates()] : Image.AllSites.ToList();
+        _functionNames ??= new HashSet<string>(_allSites.Select(p => p.Function), StringComparer.Ordinal);
+        FunctionFilter filter = ops.BuildFilter();
+        List<PatchSite> selected;
         try
         {
-            List<SiteRecord> list = touched.ToList();
-            List<BaseChange> bases = BaseChanges(list);
-            beforeBatch?.Invoke(bases);
-            Apply(list, bases);
+            selected = filter.Select(_allSites, _functionNames);
         }
-        catch
+        catch (HotwireException e) when (_relocateEntries)
         {
-            foreach ((SiteRecord s, List<Ops> ops0) in before)
-            {
-                s.Ops.Clear();
-                s.Ops.AddRange(ops0);
-                Forget(s);
-            }
-            TryApply(touched.ToList());
-            throw;
+            throw ExplainRefused(filter, e);
         }
-        _chosen[ops] = [.. sites];
-        _ops.Remove(ops);
-        if (wanted.Count > 0)
+        List<PatchSite> unplaced = selected.Where(p => !_byAddress.ContainsKey(p.Address)).ToList();
+        if (unplaced.Count > 0)
         {
-            _ops.Add(ops);
+            PlaceRelocated(unplaced);
         }
+        return selected.Select(p => _byAddress[p.Address]).ToList();
+    }
+
+    void IOpsExecutor.Prepare(Ops ops, IReadOnlyList<SiteRecord> sites) => ops.Prepare(this, sites);
+
+    void IOpsExecutor.Apply(IReadOnlyList<SiteRecord> sites, bool bases, Action<IReadOnlyList<BaseChange>>? beforeBatch)
+    {
+        List<BaseChange>? changes = bases ? BaseChanges(sites) : null;
+        if (changes is not null)
+        {
+            beforeBatch?.Invoke(changes);
+        }
+        Apply(sites, changes);
     }
 
     // A site whose redirect target changed: its cached bytes and trampolines are stale.
-    private void Forget(SiteRecord s)
+    void IOpsExecutor.Forget(SiteRecord s)
     {
         s.DesiredCache0 = (ulong.MaxValue, 0, 0);
         s.DesiredCache1 = (ulong.MaxValue, 0, 0);
         s.ForgetTrampolines(static _ => true);
     }
 
-    private List<SiteRecord> Choose(Ops ops)
+    void IOpsExecutor.ForgetIds(ulong freed)
     {
-        // An ops' filters are fixed: choose its sites once, however often it is toggled.
-        if (!_chosen.TryGetValue(ops, out List<SiteRecord>? chosen))
-        {
-            _allSites ??= _relocateEntries ? [.. Image.AllSites, .. RelocatableCandidates()] : Image.AllSites.ToList();
-            _functionNames ??= new HashSet<string>(_allSites.Select(p => p.Function), StringComparer.Ordinal);
-            FunctionFilter filter = ops.BuildFilter();
-            List<PatchSite> selected;
-            try
-            {
-                selected = filter.Select(_allSites, _functionNames);
-            }
-            catch (HotwireException e) when (_relocateEntries)
-            {
-                throw ExplainRefused(filter, e);
-            }
-            List<PatchSite> unplaced = selected.Where(p => !_byAddress.ContainsKey(p.Address)).ToList();
-            if (unplaced.Count > 0)
-            {
-                PlaceRelocated(unplaced);
-            }
-            chosen = selected.Select(p => _byAddress[p.Address]).ToList();
-            _chosen[ops] = chosen;
-        }
-        return chosen;
-    }
-
-    private void AssignId(Ops ops)
-    {
-        if (_opsIds.ContainsKey(ops))
-        {
-            return;
-        }
-        if (_opsIds.Count >= 63)
-        {
-            ReclaimIds();
-        }
-        int id = Enumerable.Range(1, 63).First(i => !_opsIds.ContainsValue(i));
-        _opsIds[ops] = id;
-        ops.Id = id;
-    }
-
-    // Ids are bits of the masks that key trampolines and cached bytes. Ops that are registered
-    // nowhere give theirs back (only when ids run out: toggling an ops keeps its caches warm).
-    private void ReclaimIds()
-    {
-        var idle = _opsIds.Keys.Where(o => !_ops.Contains(o) && !Sites.Any(s => s.Ops.Contains(o))).ToList();
-        if (idle.Count == 0)
-        {
-            throw new HotwireException("a session holds at most 63 different ops at once");
-        }
-        ulong freed = 0;
-        foreach (Ops o in idle)
-        {
-            freed |= 1UL << _opsIds[o];
-            _opsIds.Remove(o);
-            o.Id = 0;
-        }
         Trampolines.ForgetOps(freed);
         foreach (SiteRecord s in Sites)
         {
@@ -552,17 +391,6 @@ public sealed unsafe partial class Session : IDisposable
             }
         }
         return changes;
-    }
-
-    private void TryApply(List<SiteRecord> sites)
-    {
-        try
-        {
-            Apply(sites);
-        }
-        catch (HotwireException)
-        {
-        }
     }
 
     // Reused from batch to batch (50,000 sites: 1.2 MB each time otherwise).
@@ -673,8 +501,8 @@ public sealed unsafe partial class Session : IDisposable
             }
             // Live patches stay: take every other ops off in one batch; then the agent's restore
             // (which goes back to each site's base: its NOP, or a live patch's jmp) finds nothing to do.
-            List<Ops> transient = _ops.Where(o => !o.Persistent).ToList();
-            if (transient.Count > 0 && transient.Count < _ops.Count)
+            List<Ops> transient = Registry.Registered.Where(o => !o.Persistent).ToList();
+            if (transient.Count > 0 && transient.Count < Registry.Registered.Count)
             {
                 Change(transient, []);
             }

@@ -454,13 +454,8 @@ public sealed class FunctionTracer : RingTracer
         a.push(rax);
         a.push(rdx);
         a.push(rcx);
-        a.mov(eax, __dword_ptr.fs[_tidOffset]);
-        a.cmp(eax, _pidMax);
-        a.ja(noBuffer);
-        a.mov(r11, table);
-        a.mov(eax, __dword_ptr[r11 + rax * 4]);
-        a.test(eax, eax);
-        a.jz(slow);
+        var tids = new TidTable(_tidOffset, _pidMax, table);
+        tids.EmitLookup(a, noBuffer, slow);
         a.Label(ref ready);
         a.shl(rax, (byte)shift);
         a.mov(r11, buffersMinusOne);
@@ -516,9 +511,7 @@ public sealed class FunctionTracer : RingTracer
         EmitClaimReleased(a, noBuffer);                     // all were claimed once: one an exited thread gave back
         a.Label(ref claimed);
         a.inc(eax);
-        a.mov(edx, __dword_ptr.fs[_tidOffset]);
-        a.mov(r11, table);
-        a.mov(__dword_ptr[r11 + rdx * 4], eax);
+        tids.EmitClaim(a, eax, r11);
         a.mov(rcx, rax);
         a.shl(rcx, (byte)shift);
         a.mov(r11, buffersMinusOne);

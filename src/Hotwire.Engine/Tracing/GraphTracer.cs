@@ -101,6 +101,7 @@ public sealed class GraphTracer : RingTracer
 
     private ulong RecordsNext => _private;                            // u32 claim counter
     private ulong Table => _private + 4096;                           // tid → record + 1
+    private TidTable Tids => new(_tidOffset, _pidMax, Table);
     private ulong Records => _private + RecordsStart;
     private ulong RecordsStart => ((4096 + (ulong)(_pidMax + 1) * 4) + (1UL << RecordShift) - 1) & ~((1UL << RecordShift) - 1);
     private ulong PrivateBytes => RecordsStart + ((ulong)Buffers.MaxThreads << RecordShift);
@@ -360,13 +361,7 @@ public sealed class GraphTracer : RingTracer
     /// <summary>r11 = this thread's record, or jump to <paramref name="none"/>. Uses rax.</summary>
     private void EmitFindRecord(Assembler a, Label none)
     {
-        a.mov(eax, __dword_ptr.fs[_tidOffset]);
-        a.cmp(eax, _pidMax);
-        a.ja(none);
-        a.mov(r11, Table);
-        a.mov(eax, __dword_ptr[r11 + rax * 4]);
-        a.test(eax, eax);
-        a.jz(none);
+        Tids.EmitLookup(a, none, none);
         EmitRecordAt(a, r11, rax, rax);
     }
 
@@ -429,13 +424,7 @@ public sealed class GraphTracer : RingTracer
         a.push(rsi);
         a.push(rdi);                                    // [rsp] rdi, +8 rsi, +16 rcx, +24 rdx, +32 rax
         a.mov(rdi, r11);                                // the site
-        a.mov(eax, __dword_ptr.fs[_tidOffset]);
-        a.cmp(eax, _pidMax);
-        a.ja(noRecord);
-        a.mov(r11, Table);
-        a.mov(eax, __dword_ptr[r11 + rax * 4]);
-        a.test(eax, eax);
-        a.jz(claim);
+        Tids.EmitLookup(a, noRecord, claim);
         a.Label(ref ready);                             // eax = record index + 1
         EmitRecordAt(a, r11, rax, rax);
         a.mov(rax, __qword_ptr.fs[0]);
@@ -612,9 +601,7 @@ public sealed class GraphTracer : RingTracer
         a.mov(rdx, __qword_ptr.fs[0]);
         a.mov(__qword_ptr[r11 + HOwner], rdx);
         a.Label(ref haveRecord);                        // eax = index + 1, r11 = the record
-        a.mov(edx, __dword_ptr.fs[_tidOffset]);
-        a.mov(rcx, Table);
-        a.mov(__dword_ptr[rcx + rdx * 4], eax);
+        Tids.EmitClaim(a, eax, rcx);
         a.push(rax);
         a.mov(rcx, Data(_nextOffset));                  // and a ring buffer (or profile row) in shared memory
         a.mov(eax, 1);
