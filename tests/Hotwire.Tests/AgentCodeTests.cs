@@ -1,6 +1,5 @@
 using Hotwire.Agent;
 using Iced.Intel;
-using Xunit;
 
 namespace Hotwire.Tests;
 

@@ -1,7 +1,3 @@
-using System.Diagnostics;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-
 namespace Hotwire.Tests;
 
 /// <summary>Every anticipated bad input gets one clear line on stderr and a non-zero exit, never a stack trace.</summary>

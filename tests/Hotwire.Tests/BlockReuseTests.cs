@@ -1,10 +1,5 @@
-using System.Diagnostics;
-using Hotwire.Patching;
 using Hotwire.Procfs;
-using Hotwire.Tests.Infrastructure;
 using Hotwire.Tracing;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Hotwire.Tests;
 

@@ -1,7 +1,3 @@
-using System.Diagnostics;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-
 namespace Hotwire.Tests;
 
 /// <summary>

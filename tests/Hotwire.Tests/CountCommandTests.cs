@@ -1,7 +1,4 @@
-using System.Diagnostics;
 using Hotwire.Procfs;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
 
 namespace Hotwire.Tests;
 

@@ -1,6 +1,3 @@
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-
 namespace Hotwire.Tests;
 
 public class DemoCommandTests

@@ -1,8 +1,5 @@
 using System.Globalization;
 using Hotwire.Elf;
-using Hotwire.Patching;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
 
 namespace Hotwire.Tests;
 

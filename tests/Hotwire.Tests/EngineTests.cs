@@ -1,10 +1,5 @@
-using System.Diagnostics;
 using System.Net.Sockets;
 using Hotwire.Injection;
-using Hotwire.Patching;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Hotwire.Tests;
 

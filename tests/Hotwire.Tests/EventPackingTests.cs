@@ -1,5 +1,4 @@
 using Hotwire.Tracing;
-using Xunit;
 
 namespace Hotwire.Tests;
 

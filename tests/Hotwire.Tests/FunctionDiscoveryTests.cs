@@ -1,9 +1,6 @@
 using Hotwire.Elf;
-using Hotwire.Patching;
 using Hotwire.Symbols;
-using Hotwire.Tests.Infrastructure;
 using Iced.Intel;
-using Xunit;
 using static Iced.Intel.AssemblerRegisters;
 
 namespace Hotwire.Tests;

@@ -1,6 +1,3 @@
-using Hotwire.Patching;
-using Xunit;
-
 namespace Hotwire.Tests;
 
 public class GlobTests

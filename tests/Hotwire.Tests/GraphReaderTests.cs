@@ -2,9 +2,7 @@ using System.Globalization;
 using System.Text.Json;
 using System.Xml.Linq;
 using Hotwire.Output;
-using Hotwire.Tests.Infrastructure;
 using Hotwire.Tracing;
-using Xunit;
 
 namespace Hotwire.Tests;
 

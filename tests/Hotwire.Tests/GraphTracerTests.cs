@@ -1,7 +1,4 @@
-using System.Diagnostics;
-using Hotwire.Tests.Infrastructure;
 using Hotwire.Tracing;
-using Xunit;
 
 namespace Hotwire.Tests;
 

@@ -1,10 +1,5 @@
-using System.Diagnostics;
 using Hotwire.Agent;
-using Hotwire.Patching;
 using Hotwire.Procfs;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Hotwire.Tests;
 

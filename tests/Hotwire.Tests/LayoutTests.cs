@@ -1,9 +1,6 @@
 using System.Runtime.InteropServices;
 using Hotwire.Agent;
 using Hotwire.Interop;
-using Hotwire.Patching;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
 
 namespace Hotwire.Tests;
 
@@ -40,10 +37,7 @@ public class LayoutTests
             _Static_assert({{AgentLayout.WaitTimeout}} % 8 == 0 && {{AgentLayout.PollFd}} % 8 == 0, "alignment");
             int main(void) { return 0; }
             """;
-        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-layout-{Environment.ProcessId}");
-        Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "layout.c"), c);
-        TargetBuilder.Run("gcc", "-fsyntax-only", Path.Combine(dir, "layout.c")); // throws with gcc's message on a mismatch
+        AssertCompiles("layout", c);
     }
 
     [Fact]
@@ -61,10 +55,7 @@ public class LayoutTests
             _Static_assert(SYS_prctl == {{SyscallNumbers.prctl}} && SYS_gettid == {{SyscallNumbers.gettid}} && SYS_exit == {{SyscallNumbers.exit}}, "misc");
             int main(void) { return 0; }
             """;
-        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-layout-{Environment.ProcessId}");
-        Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "syscalls.c"), c);
-        TargetBuilder.Run("gcc", "-fsyntax-only", Path.Combine(dir, "syscalls.c"));
+        AssertCompiles("syscalls", c);
     }
 
     /// <summary>
@@ -100,10 +91,7 @@ public class LayoutTests
             _Static_assert(offsetof(struct region_entry, memfd_offset) == {{AgentLayout.RegionMemfdOffset}} && offsetof(struct region_entry, used) == {{AgentLayout.RegionUsed}}, "region memfd offset, used");
             int main(void) { return 0; }
             """;
-        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-layout-{Environment.ProcessId}");
-        Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "agent.c"), c);
-        TargetBuilder.Run("gcc", "-fsyntax-only", Path.Combine(dir, "agent.c"));
+        AssertCompiles("agent", c);
     }
 
     [Fact]
@@ -126,9 +114,15 @@ public class LayoutTests
             _Static_assert(AT_BASE == {{Sys.AT_BASE}} && AT_ENTRY == {{Sys.AT_ENTRY}}, "AT_BASE, AT_ENTRY");
             int main(void) { return 0; }
             """;
+        AssertCompiles("constants", c);
+    }
+
+    // gcc -fsyntax-only on the C text: throws with gcc's message when a static assertion fails.
+    private static void AssertCompiles(string name, string c)
+    {
         string dir = Path.Combine(Path.GetTempPath(), $"hotwire-layout-{Environment.ProcessId}");
         Directory.CreateDirectory(dir);
-        File.WriteAllText(Path.Combine(dir, "constants.c"), c);
-        TargetBuilder.Run("gcc", "-fsyntax-only", Path.Combine(dir, "constants.c"));
+        File.WriteAllText(Path.Combine(dir, name + ".c"), c);
+        TargetBuilder.Run("gcc", "-fsyntax-only", Path.Combine(dir, name + ".c"));
     }
 }

@@ -1,9 +1,3 @@
-using System.Diagnostics;
-using Hotwire.Patching;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-using Xunit.Abstractions;
-
 namespace Hotwire.Tests;
 
 /// <summary>Libraries loaded and unloaded after attach (Session.Modules.cs).</summary>

@@ -1,11 +1,6 @@
-using System.Diagnostics;
 using System.Net.Sockets;
 using Hotwire.Livepatch;
-using Hotwire.Patching;
-using Hotwire.Tests.Infrastructure;
 using Hotwire.Tracing;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Hotwire.Tests;
 

@@ -1,6 +1,3 @@
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-
 namespace Hotwire.Tests;
 
 /// <summary>`hotwire ls` on files and live processes, checked against objdump and /proc/PID/maps.</summary>

@@ -1,9 +1,5 @@
-using System.Diagnostics;
 using System.Text.RegularExpressions;
-using Hotwire.Tests.Infrastructure;
 using Hotwire.Tracing;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Hotwire.Tests;
 

@@ -1,10 +1,7 @@
-using System.Diagnostics;
 using System.Globalization;
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
 
 namespace Hotwire.Tests;
 

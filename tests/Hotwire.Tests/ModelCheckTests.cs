@@ -1,7 +1,4 @@
-using System.Diagnostics;
 using System.Text.RegularExpressions;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Hotwire.Tests;
 

@@ -1,9 +1,3 @@
-using System.Diagnostics;
-using Hotwire.Patching;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-using Xunit.Abstractions;
-
 namespace Hotwire.Tests;
 
 /// <summary>record --no-drop: writers wait for room instead of dropping (issue 17).</summary>

@@ -1,9 +1,4 @@
-using System.Diagnostics;
 using System.Net.Sockets;
-using Hotwire.Patching;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-using Xunit.Abstractions;
 
 namespace Hotwire.Tests;
 

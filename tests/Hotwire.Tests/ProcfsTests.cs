@@ -1,6 +1,4 @@
 using Hotwire.Procfs;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
 
 namespace Hotwire.Tests;
 

@@ -1,11 +1,7 @@
-using System.Diagnostics;
 using System.Text.Json;
 using System.Text.RegularExpressions;
-using Hotwire.Patching;
 using Hotwire.Procfs;
-using Hotwire.Tests.Infrastructure;
 using Hotwire.Tracing;
-using Xunit;
 
 namespace Hotwire.Tests;
 

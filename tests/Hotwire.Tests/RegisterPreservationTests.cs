@@ -1,8 +1,3 @@
-using System.Diagnostics;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-using Xunit.Abstractions;
-
 namespace Hotwire.Tests;
 
 /// <summary>

@@ -1,8 +1,3 @@
-using Hotwire.Patching;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-using Xunit.Abstractions;
-
 namespace Hotwire.Tests;
 
 /// <summary>Threads that block SIGTRAP, running a site while a batch has its int3 there.</summary>

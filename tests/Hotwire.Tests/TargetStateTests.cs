@@ -1,7 +1,3 @@
-using System.Diagnostics;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-
 namespace Hotwire.Tests;
 
 /// <summary>A target in a state Hotwire must not work on blindly: held by another Hotwire, stopped, or replaced by exec.</summary>

@@ -1,7 +1,3 @@
-using System.Diagnostics;
-using Hotwire.Tests.Infrastructure;
-using Xunit;
-
 namespace Hotwire.Tests;
 
 /// <summary>`hotwire top` in a real terminal (tmux: start it, read the screen, press keys) and with its output in a pipe.</summary>

@@ -1,6 +1,4 @@
-using Hotwire.Patching;
 using Iced.Intel;
-using Xunit;
 
 namespace Hotwire.Tests;
 

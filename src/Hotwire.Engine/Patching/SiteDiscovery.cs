@@ -65,7 +65,8 @@ public static class SiteDiscovery
 
         recorded.Sort();
 
-        var functions = FunctionNames.Of(elf, out bool fromSymtab);
+        var functions = FunctionSymbols.Of(elf);
+        bool fromSymtab = functions.FromSymtab;
         var sites = new List<PatchSite>(recorded.Count);
         int unsupported = 0;
         Span<byte> bytes = stackalloc byte[8];
@@ -85,7 +86,7 @@ public static class SiteDiscovery
             }
             SiteKind kind = SiteKinds.Classify(bytes[..6]);
             bool afterEndbr = address >= 4 && elf.TryReadVirtual(address - 4, before) && before.SequenceEqual(Endbr64);
-            string? name = functions.At(address) ?? (afterEndbr ? functions.At(address - 4) : null);
+            string? name = NameAt(functions, address) ?? (afterEndbr ? NameAt(functions, address - 4) : null);
             if (kind == SiteKind.Unknown || (name is null && functions.Count > 0 && fromSymtab))
             {
                 // With a full symbol table, a recorded address that starts no function is a prefix
@@ -106,93 +107,5 @@ public static class SiteDiscovery
         return new ModuleSites(elf.Name, sites, fromSymtab, unsupported);
     }
 
-    /// <summary>
-    /// The function symbols by start address, from .symtab, else .dynsym; where several start at one
-    /// address, global names win over local aliases (and among equals, the first in the table).
-    /// </summary>
-    /// <remarks>
-    /// Sorted arrays searched in the sites' ascending order, not a dictionary: the linker writes global
-    /// symbols in its hash table's order, so a dictionary's entries were visited at random, a cache miss
-    /// per site on 50,000 functions. A name is decoded and demangled only when a site takes it, in address
-    /// order, so the strings that `hotwire ls` then prints lie in memory in the order it prints them.
-    /// </remarks>
-    private sealed class FunctionNames
-    {
-        private readonly ElfSymbolTable _table;
-        private readonly ulong[] _starts; // ascending, each address once
-        private readonly int[] _symbols;  // the symbol (index in _table) that names each start
-        private readonly int _count;
-
-        private FunctionNames(ElfSymbolTable table, ulong[] starts, int[] symbols, int count)
-        {
-            _table = table;
-            _starts = starts;
-            _symbols = symbols;
-            _count = count;
-        }
-
-        public int Count => _count;
-
-        public static FunctionNames Of(ElfFile elf, out bool fromSymtab)
-        {
-            ElfSymbolTable table = elf.SymbolTable(dynamic: false);
-            fromSymtab = table.Count > 0;
-            if (!fromSymtab)
-            {
-                table = elf.SymbolTable(dynamic: true);
-            }
-            var starts = new ulong[table.Count];
-            var symbols = new int[table.Count];
-            int n = 0;
-            for (int i = 0; i < table.Count; i++)
-            {
-                byte type = table.Type(i);
-                if ((type == ElfFile.STT_FUNC || type == ElfFile.STT_GNU_IFUNC) && table.SectionIndex(i) != 0 && table.HasName(i))
-                {
-                    (starts[n], symbols[n]) = (table.Value(i), i);
-                    n++;
-                }
-            }
-            Array.Sort(starts, symbols, 0, n);
-
-            // Aliases are now side by side (in no particular order: the sort is not stable): keep the best of each run.
-            int count = 0;
-            for (int i = 0; i < n;)
-            {
-                int best = symbols[i];
-                int next = i + 1;
-                for (; next < n && starts[next] == starts[i]; next++)
-                {
-                    if ((Rank(table, symbols[next]), symbols[next]).CompareTo((Rank(table, best), best)) < 0)
-                    {
-                        best = symbols[next];
-                    }
-                }
-                (starts[count], symbols[count]) = (starts[i], best);
-                count++;
-                i = next;
-            }
-            return new FunctionNames(table, starts, symbols, count);
-        }
-
-        /// <summary>The demangled name of the function that starts at <paramref name="address"/>, or null.</summary>
-        public string? At(ulong address)
-        {
-            int i = Array.BinarySearch(_starts, 0, _count, address);
-            return i >= 0 ? CxxAbi.Demangle(StripVersion(_table.Name(_symbols[i]))) : null;
-        }
-
-        private static int Rank(ElfSymbolTable table, int symbol) => table.Binding(symbol) switch
-        {
-            ElfFile.STB_GLOBAL => 0,
-            ElfFile.STB_WEAK => 1,
-            _ => 2,
-        };
-    }
-
-    private static string StripVersion(string name)
-    {
-        int at = name.IndexOf('@');
-        return at > 0 ? name[..at] : name;
-    }
+    private static string? NameAt(FunctionSymbols functions, ulong address) => functions.At(address) is int i and >= 0 ? functions.Name(i) : null;
 }

@@ -277,8 +277,7 @@ public sealed class FunctionCatalog
 
     private static bool Better(ElfSymbolTable table, int candidate, int best)
     {
-        static int Rank(byte binding) => binding switch { ElfFile.STB_GLOBAL => 0, ElfFile.STB_WEAK => 1, _ => 2 };
-        int a = Rank(table.Binding(candidate)), b = Rank(table.Binding(best));
+        int a = FunctionSymbols.Rank(table.Binding(candidate)), b = FunctionSymbols.Rank(table.Binding(best));
         if (a != b)
         {
             return a < b;

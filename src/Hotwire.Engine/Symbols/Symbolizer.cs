@@ -64,52 +64,26 @@ public sealed class Symbolizer
         return offset == 0 ? where : $"{where}+0x{offset:x}";
     }
 
-    private sealed class ModuleTable
+    private sealed class ModuleTable(LoadedModule module)
     {
-        private readonly ulong[] _starts;
-        private readonly ulong[] _ends;
-        private readonly string[] _names;
+        private readonly FunctionSymbols _functions = FunctionSymbols.Of(module.Elf);
 
-        public ModuleTable(LoadedModule module)
-        {
-            Module = module;
-            var symbols = new List<ElfSymbol>(module.Elf.ReadSymbols(dynamic: false));
-            symbols.AddRange(module.Elf.ReadSymbols(dynamic: true));
-            var funcs = symbols
-                .Where(s => (s.Type == ElfFile.STT_FUNC || s.Type == ElfFile.STT_GNU_IFUNC) && s.SectionIndex != 0 && s.Name.Length > 0)
-                .GroupBy(s => s.Value)
-                .Select(g => g.OrderBy(s => s.Binding == ElfFile.STB_GLOBAL ? 0 : 1).First())
-                .OrderBy(s => s.Value)
-                .ToArray();
-            _starts = funcs.Select(s => s.Value).ToArray();
-            _ends = funcs.Select(s => s.Value + Math.Max(s.Size, 1)).ToArray();
-            _names = funcs.Select(s => s.Name).ToArray();
-        }
-
-        public LoadedModule Module { get; }
+        public LoadedModule Module { get; } = module;
 
         public bool TryRange(ulong linkAddress, out ulong start, out ulong end)
         {
-            int i = Array.BinarySearch(_starts, linkAddress);
-            i = i < 0 ? ~i - 1 : i;
-            start = i >= 0 ? _starts[i] : 0;
-            end = i >= 0 ? _ends[i] : 0;
-            return i >= 0 && linkAddress < _ends[i];
+            int i = _functions.AtOrBefore(linkAddress);
+            start = i >= 0 ? _functions.Start(i) : 0;
+            end = i >= 0 ? start + Math.Max(_functions.Size(i), 1) : 0;
+            return i >= 0 && linkAddress < end;
         }
 
         public bool TryFind(ulong linkAddress, out string? symbol, out ulong offset)
         {
-            int i = Array.BinarySearch(_starts, linkAddress);
-            if (i < 0)
+            if (TryRange(linkAddress, out ulong start, out _))
             {
-                i = ~i - 1;
-            }
-            if (i >= 0 && linkAddress < _ends[i])
-            {
-                string name = _names[i];
-                int at = name.IndexOf('@');
-                symbol = CxxAbi.Demangle(at > 0 ? name[..at] : name);
-                offset = linkAddress - _starts[i];
+                symbol = _functions.Name(_functions.AtOrBefore(linkAddress));
+                offset = linkAddress - start;
                 return true;
             }
             symbol = null;

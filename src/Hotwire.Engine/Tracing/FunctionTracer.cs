@@ -30,10 +30,10 @@ public sealed record TraceBufferOptions(int BufferBytes = 32 << 20, int MaxThrea
     /// </summary>
     public bool NoDrop { get; init; }
 
-    public int EventBytes => (Info ? GraphTracer.GraphFixedBytes : 24) + 8 * Args;
+    public int EventBytes => EventLayout.Bytes(FixedFields, Args);
 
     /// <summary>The u64 fields of an event before its arguments (<see cref="TraceInfo.FixedFields"/>).</summary>
-    public int FixedFields => Info ? GraphTracer.GraphFixedBytes / 8 : 3;
+    public int FixedFields => Info ? EventLayout.GraphFields : EventLayout.FunctionFields;
 
     /// <summary>Events a buffer holds: a power of two, so the ring index is a mask.</summary>
     public long Capacity => 1L << (int)Math.Floor(Math.Log2((BufferBytes - HeaderBytes) / (double)EventBytes));
@@ -470,14 +470,14 @@ public sealed class FunctionTracer : RingTracer
         a.rdtsc();
         a.shl(rdx, 32);
         a.or(rax, rdx);
-        a.mov(__qword_ptr[rcx + data], rax);               // timestamp
+        a.mov(__qword_ptr[rcx + data + EventLayout.Tsc], rax);
         a.mov(rax, __qword_ptr[rsp + 40]);                 // above our 4 pushes and our return: the caller's return address
-        a.mov(__qword_ptr[rcx + data + 8], rax);
+        a.mov(__qword_ptr[rcx + data + EventLayout.Value], rax);
         a.mov(rax, parameters[0]);                         // site index
-        a.mov(__qword_ptr[rcx + data + 16], rax);
+        a.mov(__qword_ptr[rcx + data + EventLayout.Site], rax);
         for (int i = 0; i < Buffers.Args; i++)
         {
-            int at = data + 24 + 8 * i;
+            int at = data + EventLayout.ArgsAt(EventLayout.FunctionFields) + 8 * i;
             switch (i)
             {
                 case 0: a.mov(__qword_ptr[rcx + at], rdi); break;
@@ -494,7 +494,7 @@ public sealed class FunctionTracer : RingTracer
         a.mov(__byte_ptr[r11 + TraceBufferOptions.Busy], (byte)0);
         a.jmp(done);
 
-        EmitLossMark(a, mark, r11, __qword_ptr[rcx + data + 16], rax, rdx, publish); // the site's high half
+        EmitLossMark(a, mark, r11, __qword_ptr[rcx + data + EventLayout.Site], rax, rdx, publish); // the site's high half
 
         a.Label(ref full);
         a.mov(__byte_ptr[r11 + TraceBufferOptions.Busy], (byte)0);

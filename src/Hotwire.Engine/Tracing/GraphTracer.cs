@@ -53,8 +53,8 @@ public sealed class GraphTracer : RingTracer
     /// <summary>Frames a thread's shadow stack holds; deeper calls are counted as overflow and not followed.</summary>
     public const int Capacity = (GraveOffset >> EntryShift) - 1;
 
-    /// <summary>Bytes of a function_graph event before its arguments: tsc, value, site, info, slot.</summary>
-    internal const int GraphFixedBytes = 40;
+    /// <summary>Where a function_graph event's arguments start.</summary>
+    private static int ArgsAt => EventLayout.ArgsAt(EventLayout.GraphFields);
 
     /// <summary>An entry older than this far above a new frame is on another stack (a signal stack), not stale.</summary>
     internal const long SameStackWindow = 1 << 20;
@@ -501,22 +501,22 @@ public sealed class GraphTracer : RingTracer
             a.and(edx, (int)(Buffers.Capacity - 1));
             a.imul(rdx, rdx, Buffers.EventBytes);
             a.add(rdx, rsi);
-            a.mov(__qword_ptr[rdx + data], rax);                 // tsc
+            a.mov(__qword_ptr[rdx + data + EventLayout.Tsc], rax);                 // tsc
             a.mov(rcx, __qword_ptr[rdi + ERet]);
-            a.mov(__qword_ptr[rdx + data + 8], rcx);             // the caller
+            a.mov(__qword_ptr[rdx + data + EventLayout.Value], rcx);             // the caller
             a.mov(rcx, __qword_ptr[rdi + ESite]);
-            a.mov(__qword_ptr[rdx + data + 16], rcx);            // the site
+            a.mov(__qword_ptr[rdx + data + EventLayout.Site], rcx);            // the site
             a.mov(rcx, rdi);
             a.sub(rcx, r11);
             a.shr(rcx, EntryShift);
             a.dec(rcx);
             a.shl(rcx, 2);                                       // depth × 4 + entry (0)
-            a.mov(__qword_ptr[rdx + data + 24], rcx);
+            a.mov(__qword_ptr[rdx + data + EventLayout.Info], rcx);
             a.mov(rcx, __qword_ptr[rdi + ESlot]);
-            a.mov(__qword_ptr[rdx + data + 32], rcx);            // the slot: which stack, which frame
+            a.mov(__qword_ptr[rdx + data + EventLayout.Slot], rcx);            // the slot: which stack, which frame
             for (int i = 0; i < Buffers.Args; i++)
             {
-                int to = data + GraphFixedBytes + 8 * i;
+                int to = data + ArgsAt + 8 * i;
                 switch (i)
                 {
                     case 0: a.mov(rcx, __qword_ptr[rsp]); break;        // saved rdi
@@ -861,25 +861,25 @@ public sealed class GraphTracer : RingTracer
             a.and(edx, (int)(Buffers.Capacity - 1));
             a.imul(rdx, rdx, Buffers.EventBytes);
             a.add(rdx, rsi);
-            a.mov(__qword_ptr[rdx + data], rax);
+            a.mov(__qword_ptr[rdx + data + EventLayout.Tsc], rax);
             if (Options.Retval)
             {
                 a.mov(r8, __qword_ptr[rsp + 8]);        // the saved rax
-                a.mov(__qword_ptr[rdx + data + 8], r8);
+                a.mov(__qword_ptr[rdx + data + EventLayout.Value], r8);
             }
             else
             {
-                a.mov(__qword_ptr[rdx + data + 8], 0);
+                a.mov(__qword_ptr[rdx + data + EventLayout.Value], 0);
             }
             a.mov(rax, __qword_ptr[rdi + ESite]);
-            a.mov(__qword_ptr[rdx + data + 16], rax);
+            a.mov(__qword_ptr[rdx + data + EventLayout.Site], rax);
             a.lea(rax, __[rcx * 4 + RawEvent.Exit]);
-            a.mov(__qword_ptr[rdx + data + 24], rax);
+            a.mov(__qword_ptr[rdx + data + EventLayout.Info], rax);
             a.lea(rax, __[rsp + ExitSavedBytes]);       // the slot
-            a.mov(__qword_ptr[rdx + data + 32], rax);
+            a.mov(__qword_ptr[rdx + data + EventLayout.Slot], rax);
             for (int i = 0; i < Buffers.Args; i++)
             {
-                a.mov(__qword_ptr[rdx + data + GraphFixedBytes + 8 * i], 0);
+                a.mov(__qword_ptr[rdx + data + ArgsAt + 8 * i], 0);
             }
             EmitLossCheck(a, rsi, rax, mark);
             a.Label(ref publish);

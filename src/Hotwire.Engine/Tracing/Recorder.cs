@@ -331,17 +331,7 @@ public sealed class Recorder : IDisposable
             var raw = new byte[kept.Count * size];
             for (int i = 0; i < kept.Count; i++)
             {
-                RawEvent e = kept[i];
-                Span<byte> at = raw.AsSpan(i * size, size);
-                BitConverter.TryWriteBytes(at, e.Tsc);
-                BitConverter.TryWriteBytes(at[8..], e.Caller);
-                BitConverter.TryWriteBytes(at[16..], (ulong)e.Site);
-                BitConverter.TryWriteBytes(at[24..], e.Info);
-                BitConverter.TryWriteBytes(at[32..], e.Slot);
-                for (int a = 0; a < args; a++)
-                {
-                    BitConverter.TryWriteBytes(at[(GraphTracer.GraphFixedBytes + 8 * a)..], e.Args[a]);
-                }
+                kept[i].Encode(raw.AsSpan(i * size, size), _tracer.Buffers.FixedFields);
             }
             int need = EventPacking.MaxPackedBytes(kept.Count, args, _tracer.Buffers.FixedFields) + (kept.Count / ChunkEvents + 2) * 16;
             Span<byte> packed = _writer.Reserve(need);
@@ -564,13 +554,12 @@ public sealed class Recorder : IDisposable
     /// <summary>A module as a recording carries it: where it was, and its function symbols at runtime addresses.</summary>
     public static ModuleInfo Module(LoadedModule m)
     {
-        var symbols = m.Elf.ReadSymbols(dynamic: false).Concat(m.Elf.ReadSymbols(dynamic: true))
-            .Where(s => (s.Type == ElfFile.STT_FUNC || s.Type == ElfFile.STT_GNU_IFUNC) && s.SectionIndex != 0 && s.Name.Length > 0)
-            .GroupBy(s => s.Value)
-            .Select(g => g.OrderBy(s => s.Binding == ElfFile.STB_GLOBAL ? 0 : 1).First())
-            .Select(s => new SymbolInfo(s.Value + m.Bias, s.Size, Interop.CxxAbi.Demangle(s.Name.Split('@')[0])))
-            .OrderBy(s => s.Start)
-            .ToList();
+        FunctionSymbols functions = FunctionSymbols.Of(m.Elf);
+        var symbols = new List<SymbolInfo>(functions.Count);
+        for (int i = 0; i < functions.Count; i++)
+        {
+            symbols.Add(new SymbolInfo(functions.Start(i) + m.Bias, functions.Size(i), functions.Name(i)));
+        }
         return new ModuleInfo { Path = m.Path, Start = m.Start, End = m.End, Symbols = symbols };
     }
 

@@ -50,7 +50,7 @@ public sealed class TraceInfo
 
     /// <summary>The u64 fields of an event before its arguments: 3 (function), 4 (function_graph before format 4), 5.</summary>
     [JsonIgnore]
-    public int FixedFields => HasSlots ? 5 : HasInfo ? 4 : 3;
+    public int FixedFields => HasSlots ? EventLayout.GraphFields : HasInfo ? EventLayout.GraphFieldsWithoutSlot : EventLayout.FunctionFields;
 
     /// <summary>Stack depth limit the graph tracer recorded with (0: none), and the time filter in ns.</summary>
     public int MaxDepth { get; set; }
@@ -414,18 +414,41 @@ public readonly record struct RawEvent(ulong Tsc, ulong Caller, int Site, ulong[
     public ulong Value => Caller;
 
     /// <summary>Decodes one event of <paramref name="fixedFields"/> fields (3: function, 4 or 5: function_graph, see <see cref="TraceInfo.FixedFields"/>) and its arguments.</summary>
-    public static RawEvent Decode(ReadOnlySpan<byte> e, int args, int fixedFields = 3)
+    public static RawEvent Decode(ReadOnlySpan<byte> e, int args, int fixedFields = EventLayout.FunctionFields)
     {
-        bool info = fixedFields > 3;
-        int argsAt = 8 * fixedFields;
+        bool info = fixedFields > EventLayout.FunctionFields;
+        int argsAt = EventLayout.ArgsAt(fixedFields);
         var values = args == 0 ? [] : new ulong[args];
         for (int i = 0; i < args; i++)
         {
             values[i] = BitConverter.ToUInt64(e[(argsAt + 8 * i)..]);
         }
-        ulong site = BitConverter.ToUInt64(e[16..]);
-        return new RawEvent(BitConverter.ToUInt64(e), BitConverter.ToUInt64(e[8..]), (int)site, values, info ? BitConverter.ToUInt64(e[24..]) : LossOfSiteWord(site),
-            fixedFields > 4 ? BitConverter.ToUInt64(e[32..]) : 0);
+        ulong site = BitConverter.ToUInt64(e[EventLayout.Site..]);
+        return new RawEvent(BitConverter.ToUInt64(e[EventLayout.Tsc..]), BitConverter.ToUInt64(e[EventLayout.Value..]), (int)site, values,
+            info ? BitConverter.ToUInt64(e[EventLayout.Info..]) : LossOfSiteWord(site),
+            fixedFields > EventLayout.GraphFieldsWithoutSlot ? BitConverter.ToUInt64(e[EventLayout.Slot..]) : 0);
+    }
+
+    /// <summary>Writes the event back as a tracer would have (<see cref="Decode"/>'s inverse) in <see cref="EventLayout.Bytes"/> bytes.</summary>
+    public void Encode(Span<byte> e, int fixedFields)
+    {
+        bool info = fixedFields > EventLayout.FunctionFields;
+        BitConverter.TryWriteBytes(e[EventLayout.Tsc..], Tsc);
+        BitConverter.TryWriteBytes(e[EventLayout.Value..], Caller);
+        BitConverter.TryWriteBytes(e[EventLayout.Site..], (ulong)(uint)Site | (info ? 0 : Info));
+        if (info)
+        {
+            BitConverter.TryWriteBytes(e[EventLayout.Info..], Info);
+        }
+        if (fixedFields > EventLayout.GraphFieldsWithoutSlot)
+        {
+            BitConverter.TryWriteBytes(e[EventLayout.Slot..], Slot);
+        }
+        int argsAt = EventLayout.ArgsAt(fixedFields);
+        for (int i = 0; i < Args.Length; i++)
+        {
+            BitConverter.TryWriteBytes(e[(argsAt + 8 * i)..], Args[i]);
+        }
     }
 }
 
@@ -474,12 +497,12 @@ public static class EventPacking
     }
 
     /// <summary>The most bytes <see cref="Pack"/> can write for <paramref name="count"/> events.</summary>
-    public static int MaxPackedBytes(int count, int args, int fixedFields = 3) => count * (fixedFields + args) * 10;
+    public static int MaxPackedBytes(int count, int args, int fixedFields = EventLayout.FunctionFields) => count * (fixedFields + args) * 10;
 
     /// <summary>Decodes up to <paramref name="count"/> events; returns the bytes consumed by complete events.</summary>
-    public static int Unpack(ReadOnlySpan<byte> packed, int count, int args, List<RawEvent> into, int fixedFields = 3)
+    public static int Unpack(ReadOnlySpan<byte> packed, int count, int args, List<RawEvent> into, int fixedFields = EventLayout.FunctionFields)
     {
-        bool info = fixedFields > 3;
+        bool info = fixedFields > EventLayout.FunctionFields;
         int fields = fixedFields + args;
         Span<ulong> previous = stackalloc ulong[fields];
         Span<ulong> values = stackalloc ulong[fields];
@@ -510,8 +533,10 @@ public static class EventPacking
                 values[f] = previous[f];
             }
             var argValues = args == 0 ? [] : values[fixedFields..].ToArray();
-            into.Add(new RawEvent(values[0], values[1], (int)values[2], argValues, info ? values[3] : RawEvent.LossOfSiteWord(values[2]),
-                fixedFields > 4 ? values[4] : 0));
+            // The fields in EventLayout's order, one u64 each.
+            into.Add(new RawEvent(values[EventLayout.Tsc / 8], values[EventLayout.Value / 8], (int)values[EventLayout.Site / 8], argValues,
+                info ? values[EventLayout.Info / 8] : RawEvent.LossOfSiteWord(values[EventLayout.Site / 8]),
+                fixedFields > EventLayout.GraphFieldsWithoutSlot ? values[EventLayout.Slot / 8] : 0));
             end = at;
         }
         return end;

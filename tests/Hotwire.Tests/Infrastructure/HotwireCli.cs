@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace Hotwire.Tests.Infrastructure;
 
 public sealed record CliResult(int ExitCode, string Stdout, string Stderr)

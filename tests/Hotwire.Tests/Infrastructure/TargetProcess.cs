@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace Hotwire.Tests.Infrastructure;
 
 /// <summary>
