@@ -143,7 +143,7 @@ public class EngineTests(ITestOutputHelper output)
         ulong fNew = FNew(session);
         session.Register(new RedirectOps("f", fNew, "first"));
         SiteRecord f = session.SitesOf("f").Single();
-        ulong before = f.Current;
+        SiteBytes before = f.Current;
         var e = Assert.Throws<HotwireException>(() => session.Register(new RedirectOps("f", fNew, "second")));
         Assert.Contains("already redirected by 'first'", e.Message);
         Assert.Equal(before, f.Current);

@@ -68,15 +68,18 @@ public class LayoutTests
         string c = $$"""
             #include <stddef.h>
             #include <stdint.h>
-            struct site_entry { uint64_t address, emu, original, current; uint8_t len; uint64_t base_emu; };
-            struct batch_entry { uint32_t site_index; uint64_t expected, new_bytes, emu; };
-            struct base_entry { uint32_t site_index; uint64_t bytes, emu; };
+            /* site bytes: up to 16, zero-padded (SiteBytes), 8-aligned */
+            typedef struct { _Alignas(8) uint8_t b[{{SiteBytes.MaxLength}}]; } site_bytes;
+            struct site_entry { uint64_t address, emu; site_bytes original, current; uint8_t len; uint64_t base_emu; };
+            struct batch_entry { uint32_t site_index; site_bytes expected, new_bytes; uint64_t emu; };
+            struct base_entry { uint32_t site_index; site_bytes bytes; uint64_t emu; };
             struct emulation_record { uint8_t kind, advance; uint64_t target; };
             struct region_entry { uint64_t module_start, address, size, memfd_offset, used; };
             _Static_assert(sizeof(struct site_entry) == {{AgentLayout.SiteEntrySize}}, "site entry size");
             _Static_assert(offsetof(struct site_entry, address) == {{AgentLayout.SiteAddress}} && offsetof(struct site_entry, emu) == {{AgentLayout.SiteEmu}}, "site address, emu");
             _Static_assert(offsetof(struct site_entry, original) == {{AgentLayout.SiteOriginal}} && offsetof(struct site_entry, current) == {{AgentLayout.SiteCurrent}}, "site bytes");
             _Static_assert(offsetof(struct site_entry, len) == {{AgentLayout.SiteLen}} && offsetof(struct site_entry, base_emu) == {{AgentLayout.SiteBaseEmu}}, "site len, base");
+            _Static_assert(sizeof(site_bytes) == {{Marshal.SizeOf<SiteBytes>()}}, "SiteBytes");
             _Static_assert(sizeof(struct batch_entry) == {{AgentLayout.BatchEntrySize}} && sizeof(struct batch_entry) == {{Marshal.SizeOf<BatchSlot>()}}, "batch entry size");
             _Static_assert(offsetof(struct batch_entry, site_index) == {{AgentLayout.BatchSiteIndex}} && offsetof(struct batch_entry, site_index) == {{Marshal.OffsetOf<BatchSlot>("SiteIndex")}}, "batch site");
             _Static_assert(offsetof(struct batch_entry, expected) == {{AgentLayout.BatchExpected}} && offsetof(struct batch_entry, expected) == {{Marshal.OffsetOf<BatchSlot>("Expected")}}, "batch expected");

@@ -56,10 +56,22 @@ public class SitePlannerTests
         Assert.Equal(new SiteDecision(SiteShape.CallTrampoline, 0, redirect), Decide(redirect, tracer));   // stacking order does not matter
     }
 
-    // The instructions the bytes hold, in Iced's formatting.
-    private static List<string> Decoded(ulong bytes, int length)
+    [Fact]
+    public void Site_bytes_hold_up_to_16_bytes_and_give_them_back()
     {
-        byte[] code = BitConverter.GetBytes(bytes)[..length];
+        byte[] prologue = [0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5, 0x41, 0x57, 0x41, 0x56, 0x53, 0x48, 0x83, 0xec];   // endbr64; push rbp; mov rbp,rsp; push r15; push r14; push rbx; sub rsp,...
+        SiteBytes b = SiteBytes.From(prologue);
+        Assert.Equal(prologue, b.ToArray(16));
+        Assert.Equal(prologue[..11], SiteBytes.From(prologue[..11]).ToArray(11));
+        Assert.Equal(0UL, SiteBytes.From(prologue[..8]).Hi);                                 // zero past the length
+        Assert.NotEqual(SiteBytes.From(prologue[..9]), SiteBytes.From(prologue[..8]));       // a byte past 8 counts
+        Assert.Throws<ArgumentException>(() => SiteBytes.From(new byte[17]));
+    }
+
+    // The instructions the bytes hold, in Iced's formatting.
+    private static List<string> Decoded(SiteBytes bytes, int length)
+    {
+        byte[] code = bytes.ToArray(length);
         var decoder = Decoder.Create(64, code, Site);
         var formatter = new IntelFormatter();
         var list = new List<string>();

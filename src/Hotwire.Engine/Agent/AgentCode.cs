@@ -234,6 +234,8 @@ public static class AgentCode
         a.add(rdx, __qword_ptr[rbx + L.SiteTable]);
         a.mov(rax, __qword_ptr[rsi + L.BaseBytes]);
         a.mov(__qword_ptr[rdx + L.SiteOriginal], rax);
+        a.mov(rax, __qword_ptr[rsi + L.BaseBytes + 8]);
+        a.mov(__qword_ptr[rdx + L.SiteOriginal + 8], rax);
         a.mov(rax, __qword_ptr[rsi + L.BaseEmu]);
         a.mov(__qword_ptr[rdx + L.SiteBaseEmu], rax);
         a.add(rsi, L.BaseEntrySize);
@@ -432,6 +434,8 @@ public static class AgentCode
             a.mov(rax, __qword_ptr[rsi + L.BatchNew]);
             a.mov(__byte_ptr[rdi], al);
             a.mov(__qword_ptr[rdx + L.SiteCurrent], rax);
+            a.mov(rax, __qword_ptr[rsi + L.BatchNew + 8]);
+            a.mov(__qword_ptr[rdx + L.SiteCurrent + 8], rax);
         });
         Sync(a);
 
@@ -465,8 +469,7 @@ public static class AgentCode
     // rsi = &batch[index], rdx = &site[batch.index], rdi = site address
     private static void EntryAndSite(Assembler a, AssemblerRegister64 index)
     {
-        a.mov(rsi, index);
-        a.shl(rsi, 5);
+        a.imul(rsi, index, L.BatchEntrySize);
         a.add(rsi, r13);
         a.mov(edx, __dword_ptr[rsi + L.BatchSiteIndex]);
         a.imul(rdx, rdx, L.SiteEntrySize);
@@ -521,9 +524,14 @@ public static class AgentCode
         a.mov(rdi, rdx);
         a.imul(rdi, rdi, L.SiteEntrySize);
         a.add(rdi, __qword_ptr[rbx + L.SiteTable]);
+        Label differs = a.CreateLabel();
         a.mov(rax, __qword_ptr[rdi + L.SiteCurrent]);
         a.cmp(rax, __qword_ptr[rdi + L.SiteOriginal]);
+        a.jne(differs);
+        a.mov(rax, __qword_ptr[rdi + L.SiteCurrent + 8]);
+        a.cmp(rax, __qword_ptr[rdi + L.SiteOriginal + 8]);
         a.je(next);
+        a.Label(ref differs);
         // still ours? the live bytes against what we installed, byte by byte: never reads past the
         // site (it may end its mapping), and any length works (a shifted mask did not at 8)
         a.movzx(ecx, __byte_ptr[rdi + L.SiteLen]);
@@ -538,13 +546,17 @@ public static class AgentCode
         a.inc(r9);
         a.jmp(compare);
         a.Label(ref ours);
-        a.mov(r8, r14);
-        a.shl(r8, 5);
+        a.imul(r8, r14, L.BatchEntrySize);
         a.add(r8, r13);
         a.mov(__dword_ptr[r8 + L.BatchSiteIndex], edx);
+        a.mov(rax, __qword_ptr[rdi + L.SiteCurrent]);
         a.mov(__qword_ptr[r8 + L.BatchExpected], rax);
+        a.mov(rax, __qword_ptr[rdi + L.SiteCurrent + 8]);
+        a.mov(__qword_ptr[r8 + L.BatchExpected + 8], rax);
         a.mov(rax, __qword_ptr[rdi + L.SiteOriginal]);
         a.mov(__qword_ptr[r8 + L.BatchNew], rax);
+        a.mov(rax, __qword_ptr[rdi + L.SiteOriginal + 8]);
+        a.mov(__qword_ptr[r8 + L.BatchNew + 8], rax);
         a.mov(rax, __qword_ptr[rdi + L.SiteBaseEmu]);  // a live patch's jmp stays: emulate it
         a.test(rax, rax);
         a.jnz(haveEmu);

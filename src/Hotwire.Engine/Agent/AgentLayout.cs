@@ -97,7 +97,7 @@ public static class AgentLayout
     public const int RegionUsed = 32;      // the high-water mark: a later Hotwire poisons up to it
     public const int RegionMax = 32;
     public const int HeaderSize = 0x1000;
-    public const ulong BlockLayoutVersion = 4;
+    public const ulong BlockLayoutVersion = 5;
 
     // ---- commands ----
     public const int CmdBatch = 1;
@@ -109,24 +109,25 @@ public static class AgentLayout
     public const int CmdStore = 7;           // one aligned 8-byte store: [SyscallArgs] = SyscallArgs[1]
 
     // ---- site table entry (sorted by address; the SIGTRAP handler binary-searches it) ----
-    public const int SiteEntrySize = 48;
+    // Site bytes are 16 bytes (SiteBytes: zero-padded past len, len ≤ 16) wherever they are stored.
+    public const int SiteEntrySize = 64;
     public const int SiteAddress = 0;
     public const int SiteEmu = 8;            // pointer to the emulation record of the newest instruction
-    public const int SiteOriginal = 16;      // u64: bytes, zero-padded past len
-    public const int SiteCurrent = 24;       // u64: what the agent last installed
-    public const int SiteLen = 32;           // u8
-    public const int SiteBaseEmu = 40;       // emulation record of SiteOriginal when it is not a NOP (a live patch's jmp); 0: NOP
+    public const int SiteOriginal = 16;      // 16 bytes: what restore puts back (the base)
+    public const int SiteCurrent = 32;       // 16 bytes: what the agent last installed
+    public const int SiteLen = 48;           // u8
+    public const int SiteBaseEmu = 56;       // emulation record of SiteOriginal when it is not a NOP (a live patch's jmp); 0: NOP
     // ---- base entry: what restore puts back on a site, changed with the batch that changes the site ----
-    public const int BaseEntrySize = 24;
+    public const int BaseEntrySize = 32;
     public const int BaseSiteIndex = 0;      // u32
-    public const int BaseBytes = 8;          // u64 → SiteOriginal
-    public const int BaseEmu = 16;           // u64 → SiteBaseEmu
+    public const int BaseBytes = 8;          // 16 bytes → SiteOriginal
+    public const int BaseEmu = 24;           // u64 → SiteBaseEmu
     // ---- batch entry ----
-    public const int BatchEntrySize = 32;
+    public const int BatchEntrySize = 48;
     public const int BatchSiteIndex = 0;     // u32
-    public const int BatchExpected = 8;      // u64 bytes
-    public const int BatchNew = 16;          // u64 bytes
-    public const int BatchEmu = 24;          // pointer to emulation record
+    public const int BatchExpected = 8;      // 16 bytes
+    public const int BatchNew = 24;          // 16 bytes
+    public const int BatchEmu = 40;          // pointer to emulation record
 
     // ---- emulation record (immutable once published) ----
     public const int RecordSize = 16;

@@ -201,7 +201,7 @@ public sealed class LivePatcher
             {
                 throw new HotwireException($"pid {pid}'s live-patch record is damaged: it names code at 0x{site.Address:x} that cannot be read");
             }
-            ulong bytes = SiteRecord.Pack(live);
+            ulong bytes = SiteBytes.From(live).Lo;   // a patched site is 5 or 6 bytes: the registry keeps 8
             ulong mask = site.Length >= 8 ? ulong.MaxValue : (1UL << (site.Length * 8)) - 1;
             if (bytes == (site.After & mask))
             {
@@ -245,7 +245,7 @@ public sealed class LivePatcher
                 intent.Pending = new PendingChange
                 {
                     Data = next,
-                    Sites = bases.Select(b => new PendingSite { Address = b.Site.Address, Length = b.Site.Length, Before = b.Before, After = b.After }).ToList(),
+                    Sites = bases.Select(b => new PendingSite { Address = b.Site.Address, Length = b.Site.Length, Before = b.Before.Lo, After = b.After.Lo }).ToList(),
                 };
                 if (!TestSwitches.NoPatchIntent)
                 {

@@ -8,7 +8,7 @@ using L = Hotwire.Agent.AgentLayout;
 namespace Hotwire.Patching;
 
 /// <summary>One site's change in a batch: the bytes it gets, and the emulation record of the instruction they make.</summary>
-internal readonly record struct BatchEntry(SiteRecord Site, ulong New, ulong Emu);
+internal readonly record struct BatchEntry(SiteRecord Site, SiteBytes New, ulong Emu);
 
 /// <summary>A batch entry as the agent reads it (AgentLayout.Batch*; LayoutTests checks the two agree).</summary>
 [StructLayout(LayoutKind.Sequential, Size = L.BatchEntrySize)]
@@ -16,8 +16,8 @@ internal struct BatchSlot
 {
     public uint SiteIndex;
     public uint Padding;
-    public ulong Expected;
-    public ulong New;
+    public SiteBytes Expected;
+    public SiteBytes New;
     public ulong Emu;
 }
 
@@ -87,7 +87,7 @@ internal sealed class PokeBatch(int pid, ProcessMemory memory, ThreadMigration t
         {
             ulong e = _baseListOffset + (ulong)(i * L.BaseEntrySize);
             Shared.WriteU32(e + L.BaseSiteIndex, (uint)bases[i].Site.Slot);
-            Shared.WriteU64(e + L.BaseBytes, bases[i].After);
+            bases[i].After.Write(Shared, e + L.BaseBytes);
             Shared.WriteU64(e + L.BaseEmu, bases[i].Emu);
         }
         Shared.WriteU64(L.BaseList, bases.Count > 0 ? Heap.Address(_baseListOffset) : 0);
@@ -166,7 +166,7 @@ internal sealed class PokeBatch(int pid, ProcessMemory memory, ThreadMigration t
     {
         var actual = new byte[s.Length];
         memory.TryRead(s.Address, actual);
-        byte[] expected = SiteRecord.Unpack(s.Current, s.Length);
+        byte[] expected = s.Current.ToArray(s.Length);
         string owner = actual[0] switch
         {
             0xcc => "a breakpoint is there: a debugger or another tool holds this function",

@@ -603,8 +603,8 @@ public sealed unsafe partial class Session
         {
             ulong e = _plan!.SiteTable + (ulong)s.Slot * L.SiteEntrySize;
             h.WriteU64(e + L.SiteAddress, s.Address);
-            h.WriteU64(e + L.SiteOriginal, s.Original);
-            h.WriteU64(e + L.SiteCurrent, s.Current);
+            s.Original.Write(h, e + L.SiteOriginal);
+            s.Current.Write(h, e + L.SiteCurrent);
             h.At<byte>(e + L.SiteLen) = (byte)s.Length;
         }
         int all = Poke.WriteRanges(Sites, _plan!.AllRanges, Poke.RangeCapacity);

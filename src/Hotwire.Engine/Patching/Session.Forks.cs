@@ -40,12 +40,12 @@ public sealed unsafe partial class Session
 
     private bool RestoreForked(int pid)
     {
-        var sites = Sites.Where(s => !s.Gone).Select(s => new RestingSite(s.Address, s.Length, Shared.ReadU64(SiteEntry(s) + L.SiteOriginal))).ToList();
+        var sites = Sites.Where(s => !s.Gone).Select(s => new RestingSite(s.Address, s.Length, SiteBytes.Read(Shared, SiteEntry(s) + L.SiteOriginal))).ToList();
         return RestoreForked(pid, sites, new RendezvousHook(Shared.ReadU64(L.RBrkAddr), Shared.ReadU64(L.RBrkHooked), Shared.ReadU64(L.RBrkOriginal)));
     }
 
     /// <summary>A site and the bytes it rests at (its original, or a live patch's jmp), as the block's table holds them.</summary>
-    internal readonly record struct RestingSite(ulong Address, int Length, ulong Resting);
+    internal readonly record struct RestingSite(ulong Address, int Length, SiteBytes Resting);
 
     /// <summary>The rendezvous' word: where, with our jmp, and as it was.</summary>
     internal readonly record struct RendezvousHook(ulong Address, ulong Hooked, ulong Original);
@@ -84,10 +84,9 @@ public sealed unsafe partial class Session
                 }
                 using ProcessMemory memory = ProcessMemory.Open(pid, writable: true);
                 Span<byte> now = stackalloc byte[16];
-                Span<byte> rest = stackalloc byte[16];
                 foreach (RestingSite s in sites)
                 {
-                    BitConverter.TryWriteBytes(rest, s.Resting);
+                    byte[] rest = s.Resting.ToArray(s.Length);
                     if (memory.TryRead(s.Address, now[..s.Length]) && !now[..s.Length].SequenceEqual(rest[..s.Length]))
                     {
                         memory.Write(s.Address, rest[..s.Length]);
@@ -182,7 +181,8 @@ public sealed unsafe partial class Session
             for (int i = 0; i < (int)count; i++)
             {
                 int e = i * L.SiteEntrySize;
-                sites.Add(new RestingSite(BitConverter.ToUInt64(entries, e + L.SiteAddress), entries[e + L.SiteLen], BitConverter.ToUInt64(entries, e + L.SiteOriginal)));
+                sites.Add(new RestingSite(BitConverter.ToUInt64(entries, e + L.SiteAddress), entries[e + L.SiteLen],
+                    new SiteBytes(BitConverter.ToUInt64(entries, e + L.SiteOriginal), BitConverter.ToUInt64(entries, e + L.SiteOriginal + 8))));
             }
             return (sites, new RendezvousHook(BitConverter.ToUInt64(header, L.RBrkAddr), BitConverter.ToUInt64(header, L.RBrkHooked), BitConverter.ToUInt64(header, L.RBrkOriginal)));
         }

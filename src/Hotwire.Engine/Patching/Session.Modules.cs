@@ -155,7 +155,7 @@ public sealed unsafe partial class Session
                 return false;
             }
             ulong original = BitConverter.ToUInt64(code);
-            ulong hooked = (original & ~0xff_ffff_ffffUL) | SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, stub, null), brk, 5);
+            ulong hooked = (original & ~0xff_ffff_ffffUL) | SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, stub, null), brk, 5).Lo;
             _rStateAddress = rDebug + RStateOffset;
             Shared.WriteU64(L.RBrkOriginal, original);
             Shared.WriteU64(L.RBrkHooked, hooked);
@@ -396,7 +396,7 @@ public sealed unsafe partial class Session
                 .FirstOrDefault(r => SitePlanner.InReach(at, r.TargetAddress) && SitePlanner.InReach(at, r.TargetAddress + r.Size))
                 ?? MapLateRegion(m);
             ulong stub = PlaceIn(region, a => AgentCode.HoldStub(a, DataAddress(0), at, _restoreHolds));
-            byte[] jump = SiteRecord.Unpack(SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, stub, null), at, 5), 5);
+            byte[] jump = SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, stub, null), at, 5).ToArray(5);
             holds.Add((at, original, map.Protection, jump));
         }
         if (holds.Count == 0)
@@ -487,8 +487,8 @@ public sealed unsafe partial class Session
             if (s.Fresh || s.Slot < 0)
             {
                 Shared.WriteU64(e + L.SiteAddress, s.Address);
-                Shared.WriteU64(e + L.SiteOriginal, s.Original);
-                Shared.WriteU64(e + L.SiteCurrent, s.Current);
+                s.Original.Write(Shared, e + L.SiteOriginal);
+                s.Current.Write(Shared, e + L.SiteCurrent);
                 Shared.At<byte>(e + L.SiteLen) = (byte)s.Length;
                 if (s.Relocation is { } relocation)
                 {

@@ -187,7 +187,7 @@ public sealed unsafe partial class Session
     /// it; anything else, a jmp to a thunk that calls the site's trampoline (which returns, or for a
     /// live patch drops its return slot and goes to it) and then continues in the relocated copy.
     /// </summary>
-    private (ulong Bytes, ulong Emu) DesiredRelocated(SiteRecord s, RelocatedEntry relocation)
+    private (SiteBytes Bytes, ulong Emu) DesiredRelocated(SiteRecord s, RelocatedEntry relocation)
     {
         SiteDecision d = SitePlanner.Decide(s.Address, s.Ops, s, static (o, site) => o.RedirectTarget(site));
         if (d.Shape == SiteShape.Nop)
@@ -204,8 +204,7 @@ public sealed unsafe partial class Session
             thunk = PlaceThunk(s.Region, trampoline, relocation.Relocated);
             _thunks[(s.Index, trampoline)] = thunk;
         }
-        ulong bytes = 0xe9UL | (ulong)(uint)checked((int)((long)thunk - (long)(s.Address + 5))) << 8;
-        return (bytes, Records.Jump(thunk));
+        return (SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, thunk, null), s.Address, 5), Records.Jump(thunk));
     }
 
     // call trampoline; jmp relocated

@@ -262,10 +262,10 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
 
     private void AdoptSite(SiteRecord s)
     {
-        Span<byte> live = stackalloc byte[8];
-        (ulong bytes, _) = CachedDesired(s);
-        _memory.TryRead(s.Address, live[..s.Length]);
-        if (SiteRecord.Pack(live[..s.Length]) != bytes)
+        Span<byte> live = stackalloc byte[s.Length];
+        (SiteBytes bytes, _) = CachedDesired(s);
+        _memory.TryRead(s.Address, live);
+        if (SiteBytes.From(live) != bytes)
         {
             throw new HotwireException($"{s.Function} in pid {Pid} does not hold the live patch recorded for it (someone else changed its code); nothing was changed");
         }
@@ -273,11 +273,11 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
         // (the dead-man switch) leaves the site alone; after, it puts back the same jmp.
         foreach (BaseChange b in BaseChanges([s]))
         {
-            Shared.WriteU64(SiteEntry(s) + L.SiteOriginal, b.After);
+            b.After.Write(Shared, SiteEntry(s) + L.SiteOriginal);
             Shared.WriteU64(SiteEntry(s) + L.SiteBaseEmu, b.Emu);
         }
         s.Current = bytes;
-        Shared.WriteU64(SiteEntry(s) + L.SiteCurrent, bytes);
+        bytes.Write(Shared, SiteEntry(s) + L.SiteCurrent);
     }
 
     /// <summary>
@@ -336,8 +336,8 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
     // A site whose redirect target changed: its cached bytes and trampolines are stale.
     void IOpsExecutor.Forget(SiteRecord s)
     {
-        s.DesiredCache0 = (ulong.MaxValue, 0, 0);
-        s.DesiredCache1 = (ulong.MaxValue, 0, 0);
+        s.DesiredCache0 = SiteRecord.NoCache;
+        s.DesiredCache1 = SiteRecord.NoCache;
         s.ForgetTrampolines(static _ => true);
     }
 
@@ -349,11 +349,11 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
             s.ForgetTrampolines(mask => (mask & freed) != 0);
             if ((s.DesiredCache0.Mask & freed) != 0 && s.DesiredCache0.Mask != ulong.MaxValue)
             {
-                s.DesiredCache0 = (ulong.MaxValue, 0, 0);
+                s.DesiredCache0 = SiteRecord.NoCache;
             }
             if ((s.DesiredCache1.Mask & freed) != 0 && s.DesiredCache1.Mask != ulong.MaxValue)
             {
-                s.DesiredCache1 = (ulong.MaxValue, 0, 0);
+                s.DesiredCache1 = SiteRecord.NoCache;
             }
         }
     }
@@ -373,7 +373,8 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
         {
             Ops? patch = s.Ops.LastOrDefault(o => o.Persistent);
             // A relocated entry rests at its original bytes; a trap on them continues in the relocated copy.
-            ulong bytes = s.Original, emu = s.Relocation is { } relocation ? Records.Jump(relocation.Relocated) : 0;
+            SiteBytes bytes = s.Original;
+            ulong emu = s.Relocation is { } relocation ? Records.Jump(relocation.Relocated) : 0;
             if (patch is not null)
             {
                 ulong target = patch.RedirectTarget(s);
@@ -384,7 +385,7 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
                 bytes = SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, target, patch), s.Address, s.Length);
                 emu = Records.Jump(target);
             }
-            ulong before = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
+            SiteBytes before = SiteBytes.Read(Shared, SiteEntry(s) + L.SiteOriginal);
             if (before != bytes || Shared.ReadU64(SiteEntry(s) + L.SiteBaseEmu) != emu)
             {
                 changes.Add(new BaseChange(s, before, bytes, emu));
@@ -403,7 +404,7 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
         entries.EnsureCapacity(sites.Count);
         foreach (SiteRecord s in sites)
         {
-            (ulong bytes, ulong emu) = CachedDesired(s);
+            (SiteBytes bytes, ulong emu) = CachedDesired(s);
             if (bytes != s.Current)
             {
                 entries.Add(new BatchEntry(s, bytes, emu));
@@ -412,7 +413,7 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
         Poke.Run(entries, bases ?? [], Sites.Count, threadsRun: !Launched);
     }
 
-    private (ulong Bytes, ulong Emu) CachedDesired(SiteRecord s)
+    private (SiteBytes Bytes, ulong Emu) CachedDesired(SiteRecord s)
     {
         ulong mask = s.OpsMask;
         if (s.DesiredCache0.Mask == mask)
@@ -423,14 +424,14 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
         {
             return (s.DesiredCache1.Bytes, s.DesiredCache1.Emu);
         }
-        (ulong bytes, ulong emu) = Desired(s);
+        (SiteBytes bytes, ulong emu) = Desired(s);
         s.DesiredCache1 = s.DesiredCache0;
         s.DesiredCache0 = (mask, bytes, emu);
         return (bytes, emu);
     }
 
     /// <summary>The bytes the site should hold for its ops (<see cref="SitePlanner"/>), and how to emulate them.</summary>
-    private (ulong Bytes, ulong Emu) Desired(SiteRecord s)
+    private (SiteBytes Bytes, ulong Emu) Desired(SiteRecord s)
     {
         if (s.Relocation is { } relocation)
         {
@@ -512,7 +513,7 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
             }
             foreach (SiteRecord s in Sites.Where(s => !s.Gone))
             {
-                s.Current = Shared.ReadU64(SiteEntry(s) + L.SiteOriginal);
+                s.Current = SiteBytes.Read(Shared, SiteEntry(s) + L.SiteOriginal);
                 s.Ops.Clear();
             }
             // A block stays pinned (not reusable by a later Hotwire) while any tracer that pinned it
@@ -614,4 +615,4 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
 }
 
 /// <summary>A site's base (what restore puts back) before and after a change, and how to emulate the new one.</summary>
-internal readonly record struct BaseChange(SiteRecord Site, ulong Before, ulong After, ulong Emu);
+internal readonly record struct BaseChange(SiteRecord Site, SiteBytes Before, SiteBytes After, ulong Emu);

@@ -70,18 +70,18 @@ public static class SitePlanner
         => (long)target - (long)(siteAddress + 5) is >= int.MinValue and <= int.MaxValue;
 
     /// <summary>
-    /// The site's bytes (little-endian in a u64, <paramref name="length"/> of them) for a decision;
+    /// The site's bytes (<paramref name="length"/> of them: 5, or 6 with a trailing NOP) for a decision;
     /// <paramref name="trampoline"/> is where a call goes (unused otherwise).
     /// </summary>
-    public static ulong Bytes(SiteDecision decision, ulong siteAddress, int length, ulong trampoline = 0)
+    public static SiteBytes Bytes(SiteDecision decision, ulong siteAddress, int length, ulong trampoline = 0)
     {
         ulong tail = length == 6 ? TrailingNop : 0;
-        return decision.Shape switch
+        return SiteBytes.Of(decision.Shape switch
         {
             SiteShape.Nop => Nop5 | tail,
             SiteShape.Jump => 0xe9UL | (ulong)(uint)Rel32(siteAddress, decision.JumpTarget) << 8 | tail,
             _ => 0xe8UL | (ulong)(uint)Rel32(siteAddress, trampoline) << 8 | tail,
-        };
+        });
     }
 
     private static int Rel32(ulong siteAddress, ulong target) => checked((int)((long)target - (long)(siteAddress + 5)));

@@ -10,7 +10,7 @@ public sealed class SiteRecord
         Site = site;
         Region = region;
         Length = site.Kind == SiteKind.FentryCallIndirect ? 6 : 5;
-        Original = Pack(site.OriginalBytes);
+        Original = SiteBytes.From(site.OriginalBytes.AsSpan(0, Length));
         Current = Original;
     }
 
@@ -38,10 +38,10 @@ public sealed class SiteRecord
     /// <summary>Bytes Hotwire rewrites: 5, or 6 for a PIE <c>call *__fentry__</c>.</summary>
     public int Length { get; }
 
-    public ulong Original { get; }
+    public SiteBytes Original { get; }
 
     /// <summary>The bytes installed now (Hotwire's mirror of the agent's table).</summary>
-    public ulong Current { get; internal set; }
+    public SiteBytes Current { get; internal set; }
 
     /// <summary>The ops attached to this site, in registration order.</summary>
     internal List<Ops> Ops { get; } = [];
@@ -97,8 +97,11 @@ public sealed class SiteRecord
     }
 
     // The last two (ops mask → bytes, emulation) results: toggling an ops flips between two states.
-    internal (ulong Mask, ulong Bytes, ulong Emu) DesiredCache0 = (ulong.MaxValue, 0, 0);
-    internal (ulong Mask, ulong Bytes, ulong Emu) DesiredCache1 = (ulong.MaxValue, 0, 0);
+    internal (ulong Mask, SiteBytes Bytes, ulong Emu) DesiredCache0 = NoCache;
+    internal (ulong Mask, SiteBytes Bytes, ulong Emu) DesiredCache1 = NoCache;
+
+    /// <summary>A cache slot that holds nothing (no ops set has every id).</summary>
+    internal static readonly (ulong Mask, SiteBytes Bytes, ulong Emu) NoCache = (ulong.MaxValue, default, 0);
 
     internal ulong OpsMask
     {
@@ -115,26 +118,6 @@ public sealed class SiteRecord
 
     /// <summary>True once the site holds a single instruction Hotwire can rewrite (NOP5 form or ours).</summary>
     internal bool Converted => Site.Kind == SiteKind.Nop5 || Current != Original;
-
-    internal static ulong Pack(ReadOnlySpan<byte> bytes)
-    {
-        ulong v = 0;
-        for (int i = 0; i < bytes.Length && i < 8; i++)
-        {
-            v |= (ulong)bytes[i] << (8 * i);
-        }
-        return v;
-    }
-
-    internal static byte[] Unpack(ulong v, int length)
-    {
-        var b = new byte[length];
-        for (int i = 0; i < length; i++)
-        {
-            b[i] = (byte)(v >> (8 * i));
-        }
-        return b;
-    }
 }
 
 /// <summary>An R-X code region within ±2 GiB of a module's sites, where its trampolines live.</summary>
