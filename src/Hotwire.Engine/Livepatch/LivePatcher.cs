@@ -527,21 +527,15 @@ public sealed class LivePatcher
         return (name, site.Address, site.Address + 16);
     }
 
-    /// <summary>Address space within a jmp's reach (±2 GiB) of <paramref name="near"/>, mapped read-write.</summary>
+    /// <summary>
+    /// Address space within a jmp's reach (±2 GiB) of the whole module <paramref name="near"/> is in
+    /// (the patch's code calls into it), mapped read-write (<see cref="NearAddresses"/>).
+    /// </summary>
     private ulong MapNear(ulong near, ulong size)
     {
-        const ulong Reach = (1UL << 31) - (1UL << 24);
-        var maps = ProcMaps.Read(_session.Pid).OrderBy(m => m.Start).ToList();
-        var candidates = new List<ulong>();
-        for (int i = 0; i + 1 < maps.Count; i++)
-        {
-            ulong gapStart = (maps[i].End + 0xffff) & ~0xffffUL, gapEnd = maps[i + 1].Start;
-            if (gapEnd > gapStart && gapEnd - gapStart >= size + 0x10000)
-            {
-                candidates.Add(near > gapStart ? Math.Min(gapEnd - size - 0x10000, near) & ~0xfffUL : gapStart);
-            }
-        }
-        foreach (ulong at in candidates.Where(a => (a > near ? a + size - near : near - a) < Reach).OrderBy(a => a > near ? a - near : near - a))
+        LoadedModule? module = _session.Image.Modules.FirstOrDefault(m => near >= m.Start && near < m.End);
+        var occupied = ProcMaps.Read(_session.Pid).Select(m => (m.Start, m.End));
+        foreach (ulong at in NearAddresses.Candidates(module?.Start ?? near, module?.End ?? near + 1, size, occupied))
         {
             long r = _session.Channel.Syscall(SyscallNumbers.mmap, at, size, Sys.PROT_READ | Sys.PROT_WRITE, Sys.MAP_PRIVATE | Sys.MAP_ANONYMOUS | Sys.MAP_FIXED_NOREPLACE, ulong.MaxValue, 0);
             if (r == (long)at)

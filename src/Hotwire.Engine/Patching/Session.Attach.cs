@@ -632,43 +632,9 @@ public sealed unsafe partial class Session
         }
     }
 
-    /// <summary>Addresses for a trampoline region within ±2 GiB of every site of <paramref name="m"/>, nearest first, below it if possible.</summary>
+    /// <summary>Addresses for a trampoline region within ±2 GiB of every site of <paramref name="m"/> (<see cref="NearAddresses"/>).</summary>
     private static List<ulong> TrampolineCandidates(LoadedModule m, ulong size, List<(ulong Start, ulong End)> occupied)
-    {
-        ulong lo = m.End > TwoGiB - (1UL << 20) ? m.End - (TwoGiB - (1UL << 20)) : 0x100000;
-        ulong hi = m.Start + (TwoGiB - (1UL << 20));
-        var sorted = occupied.OrderBy(o => o.Start).ToList();
-        var candidates = new List<ulong>();
-        // Gaps below the module, nearest first; then above it, leaving room for a brk heap after a program.
-        ulong prevEnd = 0x100000;
-        var gaps = new List<(ulong Start, ulong End)>();
-        foreach ((ulong s, ulong e) in sorted)
-        {
-            if (s > prevEnd)
-            {
-                gaps.Add((prevEnd, s));
-            }
-            prevEnd = Math.Max(prevEnd, e);
-        }
-        gaps.Add((prevEnd, 0x7fff_0000_0000));
-        foreach ((ulong gs, ulong ge) in gaps.Where(g => g.End <= m.Start).OrderByDescending(g => g.End))
-        {
-            ulong at = (ge - size) & ~0xfffUL;
-            if (ge >= size && at >= gs && at >= lo)
-            {
-                candidates.Add(at);
-            }
-        }
-        foreach ((ulong gs, ulong ge) in gaps.Where(g => g.Start >= m.End).OrderBy(g => g.Start))
-        {
-            ulong at = Align(gs + (gs == m.End ? 256UL << 20 : 0), 4096);
-            if (at + size <= ge && at + size <= hi)
-            {
-                candidates.Add(at);
-            }
-        }
-        return candidates.Take(16).ToList();
-    }
+        => NearAddresses.Candidates(m.Start, m.End, size, occupied);
 
     private void WriteTarget(ulong address, ReadOnlySpan<byte> bytes)
     {

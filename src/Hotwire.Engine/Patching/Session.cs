@@ -51,7 +51,6 @@ public sealed class SessionOptions
 /// </summary>
 public sealed unsafe partial class Session : IDisposable, IOpsExecutor
 {
-    private const ulong TwoGiB = 1UL << 31;
 
     private readonly Dictionary<ulong, SiteRecord> _byAddress = [];
     private List<PatchSite>? _allSites;
