@@ -54,7 +54,7 @@ public class LibraryTests(ITestOutputHelper output)
             Assert.Contains(session.Sites, s => s.Function == "lib_poly" && s.Gone);
             Assert.Equal(0UL, session.RendezvousTimeouts);
 
-            ulong brk = Session.FindRendezvous(target.Pid)!.Value.Brk;
+            ulong brk = Hotwire.Injection.LinkerRendezvous.Find(target.Pid)!.Value.Brk;
             Assert.Equal(0xe9, ReadByte(target.Pid, brk));   // hooked: a jmp over its `ret`
             session.Detach();
             EngineTests.AssertOriginalBytes(target.Pid, session);

@@ -32,7 +32,7 @@ internal static class ForkGuard
             : [self, .. guard];
         try
         {
-            Session.StartGuard(self, argv);
+            ForkRestore.StartGuard(self, argv);
         }
         catch (HotwireException e)
         {
@@ -55,7 +55,7 @@ internal static class ForkGuard
         }
         try
         {
-            Session.GuardForks(owner, target, dataBase, inode);
+            ForkRestore.GuardForks(owner, target, dataBase, inode);
         }
         catch (Exception)
         {

@@ -28,8 +28,6 @@ public sealed unsafe partial class Session
     /// <summary>Site numbers kept for libraries loaded after attach (per-site counters are sized for them).</summary>
     internal const int LateSiteIds = 65536;
 
-    private const int RT_CONSISTENT = 0;
-    private const int RStateOffset = 24; // struct r_debug { int r_version; link_map *r_map; ElfW(Addr) r_brk; r_state; ... }
 
     private readonly object _gate = new();
     private ulong _lateNext;
@@ -92,40 +90,9 @@ public sealed unsafe partial class Session
         }
     }
 
-    /// <summary>The rendezvous' address and r_debug's, from the dynamic linker's symbols; null for a static program.</summary>
-    internal static (ulong Brk, ulong RDebug)? FindRendezvous(int pid)
-    {
-        ulong? at;
-        try
-        {
-            at = Aux(pid, Sys.AT_BASE);
-        }
-        catch (IOException)
-        {
-            return null;        // the process is exiting
-        }
-        if (at is not ulong interpreterBase || interpreterBase == 0)
-        {
-            return null;
-        }
-        MemoryMapping ld = ProcMaps.Read(pid).FirstOrDefault(m => m.Start == interpreterBase && m.Offset == 0);
-        if (ld.Path is null || !ld.IsFileBacked)
-        {
-            return null;
-        }
-        IReadOnlyList<Elf.ElfSymbol> symbols = Elf.ElfFile.Load($"/proc/{pid}/root{ld.Path}").ReadSymbols(dynamic: true);
-        Elf.ElfSymbol state = symbols.FirstOrDefault(s => s.Name == "_dl_debug_state" && s.Value != 0);
-        Elf.ElfSymbol rDebug = symbols.FirstOrDefault(s => s.Name == "_r_debug" && s.Value != 0);
-        if (state.Name is null || rDebug.Name is null)
-        {
-            return null;
-        }
-        return (interpreterBase + state.Value, interpreterBase + rDebug.Value);
-    }
-
     private bool HookRendezvous(Injection.Tracee? stopped)
     {
-        if (FindRendezvous(Pid) is not (ulong brk, ulong rDebug))
+        if (LinkerRendezvous.Find(Pid) is not (ulong brk, ulong rDebug))
         {
             return false;
         }
@@ -156,7 +123,7 @@ public sealed unsafe partial class Session
             }
             ulong original = BitConverter.ToUInt64(code);
             ulong hooked = (original & ~0xff_ffff_ffffUL) | SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, stub, null), brk, 5).Lo;
-            _rStateAddress = rDebug + RStateOffset;
+            _rStateAddress = rDebug + LinkerRendezvous.RStateOffset;
             Shared.WriteU64(L.RBrkOriginal, original);
             Shared.WriteU64(L.RBrkHooked, hooked);
             Shared.WriteU64(L.RBrkProt, (ulong)text.Protection);
@@ -245,7 +212,7 @@ public sealed unsafe partial class Session
     private void FollowLibraries(long started)
     {
         Span<byte> state = stackalloc byte[4];
-        if (!_memory.TryRead(_rStateAddress, state) || BitConverter.ToInt32(state) != RT_CONSISTENT)
+        if (!_memory.TryRead(_rStateAddress, state) || BitConverter.ToInt32(state) != LinkerRendezvous.RT_CONSISTENT)
         {
             return;   // RT_ADD / RT_DELETE: the link map is about to change; act once it has
         }

@@ -39,7 +39,7 @@ public sealed unsafe partial class Session
         }
         // Launched, the dynamic linker has not set up thread-local storage yet (it does after mapping
         // the libraries), and the tracers read the thread pointer: its functions are left alone.
-        ulong linker = Launched ? Aux(Pid, Sys.AT_BASE) ?? 0 : 0;
+        ulong linker = Launched ? Injection.ProgramLauncher.Aux(Pid, Sys.AT_BASE) ?? 0 : 0;
         (List<RelocatableFunction> found, _refused) = RelocatableFunctions.Find(Image.Modules);
         foreach (RelocatableFunction f in found.Where(f => linker != 0 && f.Module.Start == linker).ToList())
         {

@@ -6,57 +6,6 @@ using L = Hotwire.Agent.AgentLayout;
 
 namespace Hotwire.Patching;
 
-/// <summary>A trampoline region of an earlier block, as its header describes it.</summary>
-internal readonly record struct EarlierRegion(ulong ModuleStart, ulong Address, ulong Size, ulong MemfdOffset, ulong Used);
-
-/// <summary>
-/// The block (memfd data and code, trampoline regions, bootstrap area) an earlier Hotwire left in
-/// the process. Its code stays mapped after detach because a thread may still run through it; a
-/// later attach takes it over instead of adding another, once it has seen that nothing can.
-/// </summary>
-internal sealed record EarlierBlock(ulong DataBase, ulong DataSize, ulong CodeBase, ulong Total, ulong BootArea, ulong BootSize,
-    int Fd, bool Pinned, ulong ShadowMap, ulong ShadowMapSize, ulong ShadowRecords, List<EarlierRegion> Regions, byte[] Header)
-{
-    /// <summary>The complete, finished blocks in <paramref name="maps"/> (their agents have exited).</summary>
-    public static List<EarlierBlock> Find(int pid, IReadOnlyList<MemoryMapping> maps, Memory.ProcessMemory memory)
-    {
-        var found = new List<EarlierBlock>();
-        var header = new byte[L.HeaderSize];
-        foreach (MemoryMapping m in maps)
-        {
-            if (m.Offset != 0 || !m.Path.StartsWith("/memfd:hotwire (deleted)", StringComparison.Ordinal) || !memory.TryRead(m.Start, header))
-            {
-                continue;
-            }
-            ulong U(int at) => BitConverter.ToUInt64(header, at);
-            if (U(0) != L.Magic || U(L.BlockVersion) != L.BlockLayoutVersion || U(L.AgentState) != 2 || U(L.BlockDataSize) != m.End - m.Start)
-            {
-                continue;   // another version's, still being set up, or its agent still runs
-            }
-            int count = (int)U(L.RegionCount);
-            if (count > L.RegionMax)
-            {
-                continue;
-            }
-            var regions = new List<EarlierRegion>(count);
-            for (int i = 0; i < count; i++)
-            {
-                int e = L.RegionTable + i * L.RegionEntrySize;
-                regions.Add(new EarlierRegion(U(e + L.RegionModuleStart), U(e + L.RegionAddress), U(e + L.RegionSize), U(e + L.RegionMemfdOffset), U(e + L.RegionUsed)));
-            }
-            found.Add(new EarlierBlock(m.Start, U(L.BlockDataSize), U(L.BlockCodeBase), U(L.BlockTotal), U(L.BlockBootArea), U(L.BlockBootSize),
-                (int)U(L.MemfdInTarget), U(L.Pinned) != 0, U(L.ShadowMap), U(L.ShadowMapSize), U(L.ShadowRecords), regions, (byte[])header.Clone()));
-        }
-        return found;
-    }
-
-    /// <summary>The ranges of code in the block: a thread whose PC lies there is running through it.</summary>
-    public IEnumerable<(ulong Start, ulong End)> CodeRanges =>
-        Regions.Select(r => (r.Address, r.Address + r.Size)).Append((CodeBase, CodeBase + Session.MainCodeBytes)).Append((BootArea, BootArea + BootSize));
-
-    public ReadOnlySpan<byte> OldSigaction => Header.AsSpan(L.OldSigaction, 32);
-}
-
 public sealed unsafe partial class Session
 {
     internal const ulong MainCodeBytes = MainCodeSize;
@@ -175,10 +124,10 @@ public sealed unsafe partial class Session
             // A thread blocked in a system call is looked at without stopping it (a stop is what
             // makes some calls fail with EINTR if Hotwire dies meanwhile): its registers as
             // /proc shows them, valid if it is still blocked in the same call afterwards.
-            if (!TestSwitches.StopEveryThread && BlockedAt(task) is { } blocked)
+            if (!TestSwitches.StopEveryThread && ProcSyscall.BlockedAt(task) is { } blocked)
             {
                 bool inside = Runs(blocked.Pc, blocked.Sp);
-                if (BlockedAt(task) == blocked)
+                if (ProcSyscall.BlockedAt(task) == blocked)
                 {
                     if (inside)
                     {
@@ -216,52 +165,7 @@ public sealed unsafe partial class Session
     private int? OtherProcessMapping(ulong inode) => ProcessesMapping(inode).Cast<int?>().FirstOrDefault();
 
     // The processes other than the target whose maps hold Hotwire's memfd with this inode.
-    private IEnumerable<int> ProcessesMapping(ulong inode) => ProcessesMapping(inode, Pid);
-
-    internal static IEnumerable<int> ProcessesMapping(ulong inode, int except)
-    {
-        foreach (string dir in Directory.EnumerateDirectories("/proc"))
-        {
-            if (!int.TryParse(Path.GetFileName(dir), out int pid) || pid == except || pid == Environment.ProcessId)   // Hotwire maps it too
-            {
-                continue;
-            }
-            bool maps;
-            try
-            {
-                string text = File.ReadAllText(Path.Combine(dir, "maps"));
-                maps = text.Contains("/memfd:hotwire (deleted)", StringComparison.Ordinal)
-                    && ProcMaps.Parse(text).Any(m => m.Inode == inode && m.Path.StartsWith("/memfd:hotwire (deleted)", StringComparison.Ordinal));
-            }
-            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-            {
-                maps = false;
-            }
-            if (maps)
-            {
-                yield return pid;
-            }
-        }
-    }
-
-    // (sp, pc, and the context switches so far) of a thread blocked in a system call; null if it runs.
-    internal static (ulong Sp, ulong Pc, string Switches)? BlockedAt(string task)
-    {
-        try
-        {
-            string[] f = File.ReadAllText(Path.Combine(task, "syscall")).Split(' ', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-            if (f.Length != 9 || f[0] == "-1")
-            {
-                return null;   // "running", or blocked outside a system call
-            }
-            string switches = ProcStatus.Field(Path.Combine(task, "status"), "voluntary_ctxt_switches") ?? "";
-            return (Convert.ToUInt64(f[7], 16), Convert.ToUInt64(f[8], 16), switches);
-        }
-        catch (Exception e) when (e is IOException or FormatException or UnauthorizedAccessException)
-        {
-            return null;
-        }
-    }
+    private IEnumerable<int> ProcessesMapping(ulong inode) => EarlierBlock.ProcessesMapping(inode, Pid);
 
     private bool SigtrapPendingAnywhere() => Directory.Exists($"/proc/{Pid}/task")
         && Directory.EnumerateDirectories($"/proc/{Pid}/task").Any(task => ProcStatus.SignalPending(Path.Combine(task, "status"), Ptrace.SIGTRAP));

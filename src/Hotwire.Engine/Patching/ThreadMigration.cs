@@ -276,13 +276,13 @@ public sealed class ThreadMigration(int pid, ProcessMemory memory, Func<int> age
     // needs no stop: stops are what let a Hotwire killed meanwhile make its call fail with EINTR.
     private bool LeftAlone(string task)
     {
-        if (TestSwitches.StopEveryThread || Session.BlockedAt(task) is not { } blocked || InsideSled(_sledsNow!, blocked.Pc) is not null)
+        if (TestSwitches.StopEveryThread || ProcSyscall.BlockedAt(task) is not { } blocked || InsideSled(_sledsNow!, blocked.Pc) is not null)
         {
             return false;
         }
         bool framesInSleds = !skipSignalFrameSleds
             && SignalFrames.Find(memory, blocked.Sp, _mapsNow!).Any(f => InsideSled(_sledsNow!, f.Rip) is not null);
-        return !framesInSleds && Session.BlockedAt(task) == blocked;
+        return !framesInSleds && ProcSyscall.BlockedAt(task) == blocked;
     }
 
     private ulong[]? _sledsNow;
