@@ -46,7 +46,7 @@ public class PreflightTests
     {
         string status = Path.Combine(Path.GetTempPath(), $"hotwire-status-{Environment.ProcessId}");
         File.WriteAllText(status, "Name:\tprog\nTracerPid:\t0\nx86_Thread_features:\tshstk wrss\nx86_Thread_features_locked:\tshstk\n");
-        var e = Assert.Throws<HotwireException>(() => Hotwire.Patching.Session.CheckStatus(42, status));
+        var e = Assert.Throws<HotwireException>(() => Hotwire.Injection.TargetChecks.CheckStatus(42, status));
         Assert.Contains("pid 42 runs with CET user shadow stacks", e.Message);
         Assert.Contains("glibc.cpu.x86_shstk=off", e.Message);
     }
@@ -56,6 +56,6 @@ public class PreflightTests
     {
         string status = Path.Combine(Path.GetTempPath(), $"hotwire-status-ok-{Environment.ProcessId}");
         File.WriteAllText(status, "Name:\tprog\nTracerPid:\t0\nx86_Thread_features:\t\n");
-        Hotwire.Patching.Session.CheckStatus(42, status);
+        Hotwire.Injection.TargetChecks.CheckStatus(42, status);
     }
 }

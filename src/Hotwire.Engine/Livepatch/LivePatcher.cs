@@ -529,13 +529,13 @@ public sealed class LivePatcher
 
     /// <summary>
     /// Address space within a jmp's reach (±2 GiB) of the whole module <paramref name="near"/> is in
-    /// (the patch's code calls into it), mapped read-write (<see cref="NearAddresses"/>).
+    /// (the patch's code calls into it), mapped read-write (<see cref="TargetAddresses"/>).
     /// </summary>
     private ulong MapNear(ulong near, ulong size)
     {
         LoadedModule? module = _session.Image.Modules.FirstOrDefault(m => near >= m.Start && near < m.End);
         var occupied = ProcMaps.Read(_session.Pid).Select(m => (m.Start, m.End));
-        foreach (ulong at in NearAddresses.Candidates(module?.Start ?? near, module?.End ?? near + 1, size, occupied))
+        foreach (ulong at in TargetAddresses.Candidates(module?.Start ?? near, module?.End ?? near + 1, size, occupied))
         {
             long r = _session.Channel.Syscall(SyscallNumbers.mmap, at, size, Sys.PROT_READ | Sys.PROT_WRITE, Sys.MAP_PRIVATE | Sys.MAP_ANONYMOUS | Sys.MAP_FIXED_NOREPLACE, ulong.MaxValue, 0);
             if (r == (long)at)

@@ -27,12 +27,12 @@ public sealed unsafe partial class Session
         {
             throw new ArgumentException($"the image is of pid {image.Pid}, not {pid}", nameof(image));
         }
-        Preflight(pid, image, options?.RelocateEntries ?? false);
+        TargetChecks.Preflight(pid, image, options?.RelocateEntries ?? false);
         var execMappings = ProcMaps.Read(pid).Where(m => m.IsExecutable).ToList();
         var session = new Session(pid, image, launched: false, ProcessMemory.Open(pid, writable: true), execMappings) { Notice = options?.Notice };
         try
         {
-            session.Bootstrap(ChooseThread(pid), options ?? new SessionOptions());
+            session.Bootstrap(TargetChecks.ChooseThread(pid), options ?? new SessionOptions());
         }
         catch
         {
@@ -52,53 +52,6 @@ public sealed unsafe partial class Session
             throw;
         }
         return session;
-    }
-
-    private static void Preflight(int pid, ProcessImage image, bool relocateEntries)
-    {
-        string status = $"/proc/{pid}/status";
-        if (!File.Exists(status))
-        {
-            throw new HotwireException($"no process with pid {pid} (it does not exist or has exited)");
-        }
-        CheckStatus(pid, status);
-        if (!image.AllSites.Any() && !relocateEntries)
-        {
-            throw new HotwireException($"pid {pid} has no patch sites in its {image.Modules.Count} modules: {SiteDiscovery.HowToAddSites}");
-        }
-        if (ProcStatus.Field(status, "State") is { } state && state.StartsWith('T'))
-        {
-            throw new HotwireException($"pid {pid} is stopped (SIGSTOP or job control), so Hotwire's agent could not run in it; resume it first (kill -CONT {pid})");
-        }
-        EarlierAgents.WaitUntilGone(pid);
-    }
-
-    /// <summary>Refuses a process under a tracer, or with CET user shadow stacks (a call cannot be emulated there).</summary>
-    internal static void CheckStatus(int pid, string statusPath)
-    {
-        if (ProcStatus.Field(statusPath, "x86_Thread_features") is { } features && features.Contains("shstk", StringComparison.Ordinal))
-        {
-            throw new HotwireException(
-                $"pid {pid} runs with CET user shadow stacks (shstk): Hotwire cannot emulate calls from its breakpoint handler there; run the program without shadow stacks (GLIBC_TUNABLES=glibc.cpu.x86_shstk=off)");
-        }
-        if (ProcStatus.IntField(statusPath, "TracerPid") is int tracer && tracer != 0)
-        {
-            throw new HotwireException($"pid {pid} is already traced by {Tracee.DescribeTracer(tracer)}; detach the debugger or tracer first");
-        }
-    }
-
-    // The main thread when it is alive (it is the one most often blocked in a syscall: the harder case,
-    // and the one tests exercise), else any live thread.
-    private static int ChooseThread(int pid)
-    {
-        foreach (string task in Directory.EnumerateDirectories($"/proc/{pid}/task").OrderBy(t => Path.GetFileName(t) == pid.ToString() ? 0 : 1))
-        {
-            if (ProcStat.IsAliveAt(Path.Combine(task, "stat")))
-            {
-                return int.Parse(Path.GetFileName(task));
-            }
-        }
-        throw new HotwireException($"pid {pid} has no live thread to attach to");
     }
 
     private void Bootstrap(int tid, SessionOptions options, Tracee? stopped = null)
@@ -291,7 +244,7 @@ public sealed unsafe partial class Session
         const ulong BlockReserve = 256 * 1024;
         // Below the lowest library or anonymous mapping of the mmap area; never against [stack]
         // (it grows down into what is below it) or the kernel's [vdso]/[vvar].
-        ulong blockBase = FreeRange(occupied, maps.Where(m => !m.Path.StartsWith('[')).Select(m => m.Start), BlockReserve + dataSize + MainCodeSize);
+        ulong blockBase = TargetAddresses.FreeRange(occupied, maps.Where(m => !m.Path.StartsWith('[')).Select(m => m.Start), BlockReserve + dataSize + MainCodeSize);
         DataBase = blockBase + BlockReserve;
         ulong codeBase = DataBase + dataSize;
         occupied.Add((blockBase, codeBase + MainCodeSize));
@@ -521,43 +474,6 @@ public sealed unsafe partial class Session
         }
     }
 
-    /// <summary>
-    /// Where to put <paramref name="size"/> bytes: just below the lowest mapping of the mmap area
-    /// (where the kernel's top-down allocator would put them), else the largest gap.
-    /// </summary>
-    private static ulong FreeRange(List<(ulong Start, ulong End)> occupied, IEnumerable<ulong> anchors, ulong size)
-    {
-        const ulong MmapArea = 0x7000_0000_0000, Slack = 1UL << 30, Huge = 2UL << 20; // 1 GiB clear of where the kernel puts the target's own next mmaps
-        var sorted = occupied.OrderBy(o => o.Start).ToList();
-        bool Free(ulong start, ulong end) => start >= 0x10000 && !sorted.Any(o => o.Start < end && start < o.End);
-        foreach (ulong s in anchors.Where(a => a >= MmapArea).Order())
-        {
-            if (s > size + Slack)
-            {
-                ulong at = (s - size - Slack) & ~(Huge - 1);
-                if (Free(at, at + size))
-                {
-                    return at;
-                }
-            }
-        }
-        ulong prevEnd = 0x100000;
-        (ulong Start, ulong End) best = default;
-        foreach ((ulong s, ulong e) in sorted)
-        {
-            if (s > prevEnd && s - prevEnd > best.End - best.Start)
-            {
-                best = (prevEnd, s);
-            }
-            prevEnd = Math.Max(prevEnd, e);
-        }
-        if (best.End - best.Start >= size + 2 * Huge)
-        {
-            return Align(best.Start + Huge, Huge);
-        }
-        throw new HotwireException($"no free address space for Hotwire's {size >> 20} MiB in the target");
-    }
-
     private void WriteHeader(SharedRegion h, SessionOptions options, ulong siteTable, ulong batchList, ulong restoreList, ulong rangeList, ulong allRanges, AgentEntryPoints code)
     {
         h.WriteU64(0, L.Magic);
@@ -632,9 +548,9 @@ public sealed unsafe partial class Session
         }
     }
 
-    /// <summary>Addresses for a trampoline region within ±2 GiB of every site of <paramref name="m"/> (<see cref="NearAddresses"/>).</summary>
+    /// <summary>Addresses for a trampoline region within ±2 GiB of every site of <paramref name="m"/> (<see cref="TargetAddresses"/>).</summary>
     private static List<ulong> TrampolineCandidates(LoadedModule m, ulong size, List<(ulong Start, ulong End)> occupied)
-        => NearAddresses.Candidates(m.Start, m.End, size, occupied);
+        => TargetAddresses.Candidates(m.Start, m.End, size, occupied);
 
     private void WriteTarget(ulong address, ReadOnlySpan<byte> bytes)
     {
