@@ -186,33 +186,7 @@ internal sealed class PokeBatch(int pid, ProcessMemory memory, ThreadMigration t
     /// <summary>The pages the sites lie in, merged into runs within one mapping; <paramref name="sites"/> sorted by address.</summary>
     public int WriteRanges(IReadOnlyList<SiteRecord> sites, ulong listOffset, int capacity)
     {
-        var runs = new List<(ulong Start, ulong End, int Prot)>();
-        MemoryMapping vma = default;
-        foreach (SiteRecord s in sites)
-        {
-            ulong first = s.Address & ~0xfffUL;
-            ulong last = (s.Address + (ulong)s.Length - 1) & ~0xfffUL;
-            for (ulong page = first; page <= last; page += 0x1000)
-            {
-                if (runs.Count > 0 && page < runs[^1].End)
-                {
-                    continue;
-                }
-                if (page < vma.Start || page >= vma.End)
-                {
-                    vma = MappingOf(page);
-                }
-                int prot = vma.Protection;
-                if (runs.Count > 0 && runs[^1].End == page && runs[^1].Prot == prot && page > vma.Start)
-                {
-                    runs[^1] = runs[^1] with { End = page + 0x1000 };
-                }
-                else if (runs.Count == 0 || runs[^1].End <= page)
-                {
-                    runs.Add((page, page + 0x1000, prot));
-                }
-            }
-        }
+        List<CodeRange> runs = CodeRanges(sites.Select(s => (s.Address, s.Length)), MappingOf);
         if (runs.Count > capacity)
         {
             throw new HotwireException($"a batch touches {runs.Count} separate code ranges, more than {capacity}; trace fewer functions at once");
@@ -225,6 +199,46 @@ internal sealed class PokeBatch(int pid, ProcessMemory memory, ThreadMigration t
             Shared.WriteU32(e + 12, (uint)runs[i].Prot);
         }
         return runs.Count;
+    }
+
+    /// <summary>A run of pages the agent makes writable for a batch and then gives back <see cref="Prot"/>.</summary>
+    public readonly record struct CodeRange(ulong Start, ulong End, int Prot);
+
+    /// <summary>
+    /// The pages <paramref name="sites"/> (sorted by address) lie in, as few runs as can be: adjacent
+    /// pages merge when they are in the same mapping (<paramref name="mappingOf"/> a page) with the
+    /// same protection, so one mprotect covers them and the old protection is put back exactly.
+    /// </summary>
+    public static List<CodeRange> CodeRanges(IEnumerable<(ulong Address, int Length)> sites, Func<ulong, MemoryMapping> mappingOf)
+    {
+        var runs = new List<CodeRange>();
+        MemoryMapping vma = default;
+        foreach ((ulong address, int length) in sites)
+        {
+            ulong first = address & ~0xfffUL;
+            ulong last = (address + (ulong)length - 1) & ~0xfffUL;
+            for (ulong page = first; page <= last; page += 0x1000)
+            {
+                if (runs.Count > 0 && page < runs[^1].End)
+                {
+                    continue;
+                }
+                if (page < vma.Start || page >= vma.End)
+                {
+                    vma = mappingOf(page);
+                }
+                int prot = vma.Protection;
+                if (runs.Count > 0 && runs[^1].End == page && runs[^1].Prot == prot && page > vma.Start)
+                {
+                    runs[^1] = runs[^1] with { End = page + 0x1000 };
+                }
+                else if (runs.Count == 0 || runs[^1].End <= page)
+                {
+                    runs.Add(new CodeRange(page, page + 0x1000, prot));
+                }
+            }
+        }
+        return runs;
     }
 
     private MemoryMapping MappingOf(ulong page)

@@ -240,92 +240,23 @@ public sealed class Recorder : IDisposable
         return (int)(head - tail);
     }
 
-    // ---- the time filter (uftrace's -t): an entry is held back until its call proves long enough,
-    // or until a callee does (then its callers are written first, in order, with their own times).
-    private readonly Dictionary<int, List<(RawEvent Event, bool Written)>> _pending = [];
-    private readonly Dictionary<int, ulong> _carriedLoss = [];
-    private double _tscPerNs;
+    // ---- the time filter (uftrace's -t), over the events of each pass (TimeFilter)
+    private TimeFilter? _timeFilter;
 
     private int DrainFiltered(int tid, ulong buffer, ulong tail, int count)
     {
         var shared = _tracer.Heap.Shared;
-        if (_tscPerNs == 0)
-        {
-            _tscPerNs = new ClockCalibration(_start, TscClock.Sample()).TscPerNs;
-        }
-        ulong threshold = (ulong)(TimeFilterNs * _tscPerNs);
-        if (!_pending.TryGetValue(tid, out var stack))
-        {
-            _pending[tid] = stack = [];
-        }
+        _timeFilter ??= new TimeFilter((ulong)(TimeFilterNs * new ClockCalibration(_start, TscClock.Sample()).TscPerNs));
         long capacity = _tracer.Buffers.Capacity;
         int size = _tracer.Buffers.EventBytes;
         int args = _tracer.Buffers.Args;
-        var kept = new List<RawEvent>();
-        // Loss marks move to the first event kept after them; the held-back entries before a loss
-        // straddle it and are never written (written late, they would seem to follow the loss).
-        var marks = new List<(int At, ulong Lost)>();
-        if (_carriedLoss.Remove(tid, out ulong carried))
-        {
-            marks.Add((0, carried));
-        }
+        var events = new List<RawEvent>(count);
         for (long k = 0; k < count; k++)
         {
             long slot = (long)((tail + (ulong)k) & (ulong)(capacity - 1));
-            RawEvent e = RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), args, _tracer.Buffers.FixedFields);
-            if (e.LostBefore > 0)
-            {
-                marks.Add((kept.Count, e.LostBefore));
-                stack.Clear();
-                e = e with { Info = (uint)e.Info };
-            }
-            // Frames at this depth or deeper are gone (their exits will not come): forget them.
-            while (stack.Count > 0 && stack[^1].Event.Depth >= e.Depth && !(e.IsExit && stack[^1].Event.Depth == e.Depth))
-            {
-                stack.RemoveAt(stack.Count - 1);
-            }
-            if (!e.IsExit)
-            {
-                stack.Add((e, false));
-                continue;
-            }
-            if (stack.Count == 0 || stack[^1].Event.Site != e.Site)
-            {
-                kept.Add(e); // its entry was written earlier or lost: keep what we know
-                continue;
-            }
-            (RawEvent entry, bool written) = stack[^1];
-            stack.RemoveAt(stack.Count - 1);
-            if (written || e.Tsc - entry.Tsc >= threshold)
-            {
-                for (int i = 0; i < stack.Count; i++)
-                {
-                    if (!stack[i].Written)
-                    {
-                        kept.Add(stack[i].Event);
-                        stack[i] = (stack[i].Event, true);
-                    }
-                }
-                if (!written)
-                {
-                    kept.Add(entry);
-                }
-                kept.Add(e);
-            }
+            events.Add(RawEvent.Decode(shared.Bytes(buffer + TraceBufferOptions.HeaderBytes + (ulong)(slot * size), size), args, _tracer.Buffers.FixedFields));
         }
-        foreach (var group in marks.GroupBy(m => m.At))
-        {
-            ulong lost = group.Aggregate(0UL, (n, m) => n + m.Lost);
-            if (group.Key < kept.Count)
-            {
-                RawEvent e = kept[group.Key];
-                kept[group.Key] = e with { Info = (uint)e.Info | (Math.Min(lost + e.LostBefore, uint.MaxValue) << 32) };
-            }
-            else
-            {
-                _carriedLoss[tid] = lost;
-            }
-        }
+        List<RawEvent> kept = _timeFilter.Filter(tid, events);
         if (kept.Count > 0)
         {
             var raw = new byte[kept.Count * size];
