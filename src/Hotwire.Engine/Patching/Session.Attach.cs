@@ -108,18 +108,13 @@ public sealed unsafe partial class Session
         _heapStart = heap;
         _heapEnd = dataSize;
         Poke.ListOffset = batchList;
-        _siteTableOffset = siteTable;
         Poke.RangeListOffset = rangeList;
 
-        var records = new List<SiteRecord>(n);
         foreach (PatchSite p in sites)
         {
             LoadedModule owner = modules.First(m => p.Address >= m.Start && p.Address < m.End);
-            var r = new SiteRecord(records.Count, p, regions[owner]);
-            records.Add(r);
-            _byAddress[p.Address] = r;
+            Table.Add(new SiteRecord(Table.NextIndex, p, regions[owner]));
         }
-        Sites = records;
 
         _plan = new Plan(total, dataSize, regions, modules, siteTable, batchList, restoreList, rangeList, allRanges, stack);
         PtraceThread.Shared.Invoke(() =>
@@ -515,14 +510,7 @@ public sealed unsafe partial class Session
     private void WriteSiteTable()
     {
         SharedRegion h = Shared;
-        foreach (SiteRecord s in Sites)
-        {
-            ulong e = _plan!.SiteTable + (ulong)s.Slot * L.SiteEntrySize;
-            h.WriteU64(e + L.SiteAddress, s.Address);
-            s.Original.Write(h, e + L.SiteOriginal);
-            s.Current.Write(h, e + L.SiteCurrent);
-            h.At<byte>(e + L.SiteLen) = (byte)s.Length;
-        }
+        Table.WriteFirst(h, _plan!.SiteTable);
         int all = Poke.WriteRanges(Sites, _plan!.AllRanges, Poke.RangeCapacity);
         h.WriteU64(_plan.AllRanges - 8, (ulong)all);
         h.WriteU64(L.AllRangeList, DataAddress(_plan.AllRanges));

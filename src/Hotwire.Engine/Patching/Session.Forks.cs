@@ -40,7 +40,7 @@ public sealed unsafe partial class Session
 
     private bool RestoreForked(int pid)
     {
-        var sites = Sites.Where(s => !s.Gone).Select(s => new ForkRestore.RestingSite(s.Address, s.Length, SiteBytes.Read(Shared, SiteEntry(s) + L.SiteOriginal))).ToList();
+        var sites = Sites.Where(s => !s.Gone).Select(s => new ForkRestore.RestingSite(s.Address, s.Length, Table.Base(Shared, s))).ToList();
         return ForkRestore.RestoreForked(pid, sites, new ForkRestore.RendezvousHook(Shared.ReadU64(L.RBrkAddr), Shared.ReadU64(L.RBrkHooked), Shared.ReadU64(L.RBrkOriginal)));
     }
 

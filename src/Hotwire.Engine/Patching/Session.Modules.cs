@@ -250,18 +250,16 @@ public sealed unsafe partial class Session
         {
             foreach (SiteRecord s in Sites.Where(s => !s.Gone && s.Address >= m.Start && s.Address < m.End))
             {
-                s.Gone = true;
-                _byAddress.Remove(s.Address);
+                Table.Forget(s);
                 Registry.Remove(s);
             }
             _plan!.Regions.Remove(m);
             LibrariesUnloaded++;
         }
         var added = new List<SiteRecord>();
-        var records = Sites.ToList();
         foreach (LoadedModule m in came)
         {
-            if (records.Count + m.Sites.Count > SiteIdCapacity)
+            if (Table.NextIndex + m.Sites.Count > SiteIdCapacity)
             {
                 Notice?.Invoke($"{m.Name} loaded in pid {Pid} is not traced: the session has numbered {SiteIdCapacity} sites, its most");
                 continue;
@@ -269,17 +267,14 @@ public sealed unsafe partial class Session
             CodeRegion region = MapLateRegion(m);
             foreach (PatchSite p in m.Sites.OrderBy(p => p.Address))
             {
-                var r = new SiteRecord(records.Count, p, region) { Fresh = true };
-                records.Add(r);
+                var r = new SiteRecord(Table.NextIndex, p, region) { Fresh = true };
+                Table.Add(r);
                 added.Add(r);
-                _byAddress[p.Address] = r;
             }
             LibrariesLoaded++;
         }
-        Sites = records;
         _allSites = null;
         _functionNames = null;
-        _byFunction = null;
         ForgetRelocatableCandidates();
         RebuildSiteTable();
         if (relocateLate)
@@ -444,33 +439,11 @@ public sealed unsafe partial class Session
     /// </summary>
     private void RebuildSiteTable()
     {
-        List<SiteRecord> live = Sites.Where(s => !s.Gone).OrderBy(s => s.Address).ToList();
-        ulong oldTable = _siteTableOffset;
-        ulong table = Heap.Allocate(64 + (ulong)live.Count * L.SiteEntrySize, 64) + 64;
-        for (int i = 0; i < live.Count; i++)
-        {
-            SiteRecord s = live[i];
-            ulong e = table + (ulong)i * L.SiteEntrySize;
-            if (s.Fresh || s.Slot < 0)
-            {
-                Shared.WriteU64(e + L.SiteAddress, s.Address);
-                s.Original.Write(Shared, e + L.SiteOriginal);
-                s.Current.Write(Shared, e + L.SiteCurrent);
-                Shared.At<byte>(e + L.SiteLen) = (byte)s.Length;
-                if (s.Relocation is { } relocation)
-                {
-                    // what the original bytes do, for a restore's int3 (the dead-man switch's too)
-                    Shared.WriteU64(e + L.SiteBaseEmu, Records.Jump(relocation.Relocated));
-                }
-            }
-            else
-            {
-                // bases (a live patch's jmp) and published emulations as the agent has them
-                Shared.Bytes(oldTable + (ulong)s.Slot * L.SiteEntrySize, L.SiteEntrySize).CopyTo(Shared.Bytes(e, L.SiteEntrySize));
-            }
-            s.Slot = i;
-        }
-        Shared.WriteU64(table - 8, (ulong)live.Count);
+        int liveCount = Sites.Count(s => !s.Gone);
+        ulong table = Heap.Allocate(64 + (ulong)liveCount * L.SiteEntrySize, 64) + 64;
+        // A relocated entry's base is its original bytes, which a restore's int3 (the dead-man
+        // switch's too) emulates as a jump to the relocated copy.
+        List<SiteRecord> live = Table.Rebuild(Shared, table, s => s.Relocation is { } relocation ? Records.Jump(relocation.Relocated) : 0);
         // Lists the agent fills or reads up to the table's count: bigger ones first.
         if (live.Count > _listCapacity)
         {
@@ -487,7 +460,6 @@ public sealed unsafe partial class Session
         Interlocked.Exchange(ref Shared.At<ulong>(L.SiteTable), DataAddress(table));
         Shared.WriteU64(L.AllRangeCount, (ulong)count);
         Shared.WriteU64(L.SiteCount, (ulong)live.Count);
-        _siteTableOffset = table;
     }
 
     private int _listCapacity;

@@ -50,7 +50,7 @@ public sealed unsafe partial class Session
         _candidates = [];
         foreach (RelocatableFunction f in found)
         {
-            if (!_byAddress.TryGetValue(f.Site.Address, out SiteRecord? placed))
+            if (Table.At(f.Site.Address) is not { } placed)
             {
                 _relocatable[f.Site.Address] = f;
                 _candidates.Add(f.Site);
@@ -80,7 +80,7 @@ public sealed unsafe partial class Session
             var unplaced = new List<PatchSite>();
             foreach (RelocatableFunction f in functions)
             {
-                if (!_byAddress.ContainsKey(f.Site.Address))
+                if (!Table.Contains(f.Site.Address))
                 {
                     _relocatable[f.Site.Address] = f;
                     unplaced.Add(f.Site);
@@ -102,7 +102,7 @@ public sealed unsafe partial class Session
     {
         var filters = Registry.Registered.Where(o => !o.Redirects && o.TakesLateSites).Select(o => o.BuildFilter()).ToList();
         List<RelocatableFunction> wanted = RelocatableFunctions.Find(came).Relocatable
-            .Where(f => !_byAddress.ContainsKey(f.Site.Address) && filters.Any(filter => filter.Matches(f.Site))).ToList();
+            .Where(f => !Table.Contains(f.Site.Address) && filters.Any(filter => filter.Matches(f.Site))).ToList();
         if (wanted.Count == 0)
         {
             return [];
@@ -116,7 +116,7 @@ public sealed unsafe partial class Session
             Notice?.Invoke($"the functions without sites of {string.Join(", ", came.Select(m => m.Name))} loaded in pid {Pid} are not traced: {e.Message}");
             return [];
         }
-        var records = wanted.Select(f => _byAddress[f.Site.Address]).ToList();
+        var records = wanted.Select(f => Table.At(f.Site.Address)!).ToList();
         foreach (SiteRecord r in records)
         {
             r.Fresh = true;
@@ -145,8 +145,7 @@ public sealed unsafe partial class Session
     /// <summary>Places detours for relocatable functions an ops chose and gives them site records (in the agent's table).</summary>
     private void PlaceRelocated(List<PatchSite> chosen)
     {
-        var records = Sites.ToList();
-        if (records.Count + chosen.Count > SiteIdCapacity)
+        if (Table.NextIndex + chosen.Count > SiteIdCapacity)
         {
             throw new HotwireException($"{chosen.Count} functions without a compiler site would make more sites than the session can number ({SiteIdCapacity}); choose fewer");
         }
@@ -167,17 +166,14 @@ public sealed unsafe partial class Session
             Detour detour = DetourBuilder.Build(bytes, plan, region.TargetAddress + region.Used);
             ulong at = region.Place(Shared, detour.Code, 16, $"trampoline space near {module.Name} is exhausted; trace fewer functions");
             var boundaries = detour.Boundaries.ToDictionary(b => p.Address + (ulong)b.Original, b => at + (ulong)b.Copy);
-            var record = new SiteRecord(records.Count, p, region)
+            var record = new SiteRecord(Table.NextIndex, p, region)
             {
                 Relocation = new RelocatedEntry(at + (ulong)detour.Entry, at + (ulong)detour.Relocated, boundaries),
             };
             record.Slot = -1; // not in the agent's table yet
-            records.Add(record);
-            _byAddress[p.Address] = record;
+            Table.Add(record);
             _relocatable.Remove(p.Address);
         }
-        Sites = records;
-        _byFunction = null;
         RebuildSiteTable();
     }
 
@@ -225,7 +221,7 @@ public sealed unsafe partial class Session
     /// </summary>
     private ulong? MovedPc(ulong site, ulong pc)
     {
-        if (_byAddress.TryGetValue(site, out SiteRecord? s) && s.Relocation is { } relocation)
+        if (Table.At(site) is { Relocation: { } relocation })
         {
             return relocation.Boundaries.TryGetValue(pc, out ulong moved) ? moved : null;
         }

@@ -52,10 +52,8 @@ public sealed class SessionOptions
 public sealed unsafe partial class Session : IDisposable, IOpsExecutor
 {
 
-    private readonly Dictionary<ulong, SiteRecord> _byAddress = [];
     private List<PatchSite>? _allSites;
     private HashSet<string>? _functionNames;
-    private ulong _siteTableOffset;
     private readonly ProcessMemory _memory;
     private readonly List<MemoryMapping> _execMappings0;
     private ulong _heapStart;
@@ -69,7 +67,6 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
         Launched = launched;
         _memory = memory;
         _execMappings0 = execMappings;
-        Sites = [];
         Shared = null!;
     }
 
@@ -80,7 +77,10 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
     /// <summary>True when Hotwire started the process stopped at exec (no thread has run its code).</summary>
     public bool Launched { get; }
 
-    public IReadOnlyList<SiteRecord> Sites { get; private set; }
+    public IReadOnlyList<SiteRecord> Sites => Table.Records;
+
+    /// <summary>The sites by number, address and function, and the agent's copy.</summary>
+    private SiteTable Table { get; } = new();
 
     private SharedRegion Shared { get; set; }
 
@@ -145,9 +145,7 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
 
     public IEnumerable<SiteRecord> SitesOf(string function) => SitesByFunction[function];
 
-    internal ILookup<string, SiteRecord> SitesByFunction => _byFunction ??= Sites.ToLookup(s => s.Function, StringComparer.Ordinal);
-
-    private ILookup<string, SiteRecord>? _byFunction;
+    internal ILookup<string, SiteRecord> SitesByFunction => Table.ByFunction;
 
     /// <summary>
     /// Marks the block as one whose code stays in use after detach (GOT slots pointing into it):
@@ -186,7 +184,7 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
     /// <summary>The live patches of the process, adopted at attach (see LivePatcher.Open).</summary>
     internal Livepatch.LivePatcher? Patcher { get; set; }
 
-    public SiteRecord? SiteAt(ulong address) => _byAddress.GetValueOrDefault(address);
+    public SiteRecord? SiteAt(ulong address) => Table.At(address);
 
     /// <summary>
     /// Places code shared by many sites (a tracer's common entry routine, its return handler) in
@@ -272,11 +270,9 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
         // (the dead-man switch) leaves the site alone; after, it puts back the same jmp.
         foreach (BaseChange b in BaseChanges([s]))
         {
-            b.After.Write(Shared, SiteEntry(s) + L.SiteOriginal);
-            Shared.WriteU64(SiteEntry(s) + L.SiteBaseEmu, b.Emu);
+            Table.SetBase(Shared, s, b.After, b.Emu);
         }
-        s.Current = bytes;
-        bytes.Write(Shared, SiteEntry(s) + L.SiteCurrent);
+        Table.SetCurrent(Shared, s, bytes);
     }
 
     /// <summary>
@@ -312,12 +308,12 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
         {
             throw ExplainRefused(filter, e);
         }
-        List<PatchSite> unplaced = selected.Where(p => !_byAddress.ContainsKey(p.Address)).ToList();
+        List<PatchSite> unplaced = selected.Where(p => !Table.Contains(p.Address)).ToList();
         if (unplaced.Count > 0)
         {
             PlaceRelocated(unplaced);
         }
-        return selected.Select(p => _byAddress[p.Address]).ToList();
+        return selected.Select(p => Table.At(p.Address)!).ToList();
     }
 
     void IOpsExecutor.Prepare(Ops ops, IReadOnlyList<SiteRecord> sites) => ops.Prepare(this, sites);
@@ -357,8 +353,6 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
         }
     }
 
-    private ulong SiteEntry(SiteRecord s) => _siteTableOffset + (ulong)s.Slot * L.SiteEntrySize;
-
     /// <summary>
     /// What a site goes back to on detach or when Hotwire dies: its original NOP, or the newest
     /// live patch's jmp. The agent's restore reads it from the site table; a change of it travels
@@ -384,8 +378,8 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
                 bytes = SitePlanner.Bytes(new SiteDecision(SiteShape.Jump, target, patch), s.Address, s.Length);
                 emu = Records.Jump(target);
             }
-            SiteBytes before = SiteBytes.Read(Shared, SiteEntry(s) + L.SiteOriginal);
-            if (before != bytes || Shared.ReadU64(SiteEntry(s) + L.SiteBaseEmu) != emu)
+            SiteBytes before = Table.Base(Shared, s);
+            if (before != bytes || Table.BaseEmu(Shared, s) != emu)
             {
                 changes.Add(new BaseChange(s, before, bytes, emu));
             }
@@ -512,7 +506,7 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
             }
             foreach (SiteRecord s in Sites.Where(s => !s.Gone))
             {
-                s.Current = SiteBytes.Read(Shared, SiteEntry(s) + L.SiteOriginal);
+                s.Current = Table.Base(Shared, s);
                 s.Ops.Clear();
             }
             // A block stays pinned (not reusable by a later Hotwire) while any tracer that pinned it
