@@ -1,5 +1,3 @@
-using Hotwire.Interop;
-
 namespace Hotwire;
 
 /// <summary>errno becomes an exception here and nowhere else: Hotwire's own calls' and those run in the target.</summary>

@@ -1,6 +1,3 @@
-using Hotwire.Injection;
-using Hotwire.Interop;
-using Hotwire.Procfs;
 using L = Hotwire.Agent.AgentLayout;
 
 namespace Hotwire.Agent;

@@ -1,4 +1,3 @@
-using Hotwire.Interop;
 using L = Hotwire.Agent.AgentLayout;
 
 namespace Hotwire.Agent;

@@ -1,6 +1,3 @@
-using System.Runtime.InteropServices;
-using Hotwire.Interop;
-
 namespace Hotwire.Agent;
 
 /// <summary>Hotwire's own RW mapping of the memfd it shares with the target.</summary>

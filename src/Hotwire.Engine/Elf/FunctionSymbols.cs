@@ -1,5 +1,3 @@
-using Hotwire.Interop;
-
 namespace Hotwire.Elf;
 
 /// <summary>

@@ -1,4 +1,3 @@
-using Hotwire.Interop;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 using L = Hotwire.Agent.AgentLayout;

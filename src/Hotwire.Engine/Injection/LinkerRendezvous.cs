@@ -1,6 +1,3 @@
-using Hotwire.Interop;
-using Hotwire.Procfs;
-
 namespace Hotwire.Injection;
 
 /// <summary>

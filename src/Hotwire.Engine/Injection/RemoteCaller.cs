@@ -1,7 +1,3 @@
-using Hotwire.Interop;
-using Hotwire.Memory;
-using Hotwire.Procfs;
-
 namespace Hotwire.Injection;
 
 /// <summary>

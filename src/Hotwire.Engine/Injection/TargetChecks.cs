@@ -1,5 +1,4 @@
 using Hotwire.Patching;
-using Hotwire.Procfs;
 
 namespace Hotwire.Injection;
 

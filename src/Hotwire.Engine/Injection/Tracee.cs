@@ -1,6 +1,3 @@
-using System.Runtime.InteropServices;
-using Hotwire.Interop;
-
 namespace Hotwire.Injection;
 
 /// <summary>

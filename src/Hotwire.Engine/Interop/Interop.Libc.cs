@@ -1,5 +1,3 @@
-using System.Runtime.InteropServices;
-
 namespace Hotwire.Interop;
 
 /// <summary>libc entry points used across Hotwire. One place, as in dotnet/runtime's Interop classes.</summary>

@@ -1,5 +1,3 @@
-using System.Runtime.InteropServices;
-
 namespace Hotwire.Interop;
 
 /// <summary>The kernel's <c>struct user_regs_struct</c> (x86-64), as PTRACE_GETREGS fills it.</summary>

@@ -1,5 +1,3 @@
-using System.Runtime.InteropServices;
-
 namespace Hotwire.Interop;
 
 internal static unsafe partial class Spawn

@@ -1,5 +1,3 @@
-using System.Runtime.InteropServices;
-
 namespace Hotwire.Interop;
 
 /// <summary>Linux x86-64 syscall numbers and constants used by Hotwire and its agent.</summary>

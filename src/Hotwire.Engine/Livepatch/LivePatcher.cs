@@ -1,9 +1,6 @@
 using System.Text;
 using System.Text.Json;
-using Hotwire.Interop;
-using Hotwire.Memory;
 using Hotwire.Patching;
-using Hotwire.Procfs;
 
 namespace Hotwire.Livepatch;
 

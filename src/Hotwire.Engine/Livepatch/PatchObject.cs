@@ -1,5 +1,4 @@
 using Hotwire.Elf;
-using Hotwire.Procfs;
 
 namespace Hotwire.Livepatch;
 

@@ -1,6 +1,3 @@
-using System.Runtime.InteropServices;
-using Hotwire.Interop;
-
 namespace Hotwire.Memory;
 
 /// <summary>A live process's address space through <c>/proc/PID/mem</c> (pread/pwrite, no stop needed).</summary>

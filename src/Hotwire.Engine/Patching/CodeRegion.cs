@@ -1,5 +1,3 @@
-using Hotwire.Agent;
-
 namespace Hotwire.Patching;
 
 /// <summary>

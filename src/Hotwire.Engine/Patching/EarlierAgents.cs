@@ -1,5 +1,3 @@
-using Hotwire.Memory;
-using Hotwire.Procfs;
 using L = Hotwire.Agent.AgentLayout;
 
 namespace Hotwire.Patching;

@@ -1,4 +1,3 @@
-using Hotwire.Procfs;
 using L = Hotwire.Agent.AgentLayout;
 
 namespace Hotwire.Patching;

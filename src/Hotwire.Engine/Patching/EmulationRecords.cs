@@ -1,4 +1,3 @@
-using Hotwire.Agent;
 using L = Hotwire.Agent.AgentLayout;
 
 namespace Hotwire.Patching;

@@ -1,6 +1,3 @@
-using Hotwire.Injection;
-using Hotwire.Interop;
-using Hotwire.Memory;
 using L = Hotwire.Agent.AgentLayout;
 using N = Hotwire.Interop.SyscallNumbers;
 

@@ -1,8 +1,3 @@
-using System.Runtime.InteropServices;
-using Hotwire.Agent;
-using Hotwire.Interop;
-using Hotwire.Memory;
-using Hotwire.Procfs;
 using L = Hotwire.Agent.AgentLayout;
 
 namespace Hotwire.Patching;

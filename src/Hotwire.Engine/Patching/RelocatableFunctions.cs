@@ -1,4 +1,3 @@
-using Hotwire.Procfs;
 using Hotwire.Symbols;
 
 namespace Hotwire.Patching;

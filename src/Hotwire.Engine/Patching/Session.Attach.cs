@@ -1,9 +1,4 @@
 using System.Diagnostics;
-using Hotwire.Agent;
-using Hotwire.Injection;
-using Hotwire.Interop;
-using Hotwire.Memory;
-using Hotwire.Procfs;
 using L = Hotwire.Agent.AgentLayout;
 using N = Hotwire.Interop.SyscallNumbers;
 

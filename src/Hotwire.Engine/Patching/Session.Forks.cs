@@ -1,6 +1,3 @@
-using Hotwire.Injection;
-using Hotwire.Memory;
-using Hotwire.Interop;
 using L = Hotwire.Agent.AgentLayout;
 using N = Hotwire.Interop.SyscallNumbers;
 

@@ -1,9 +1,3 @@
-using System.Runtime.InteropServices;
-using Hotwire.Injection;
-using Hotwire.Interop;
-using Hotwire.Memory;
-using Hotwire.Procfs;
-
 namespace Hotwire.Patching;
 
 public sealed class LaunchOptions

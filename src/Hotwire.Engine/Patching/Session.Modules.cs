@@ -1,7 +1,3 @@
-using Hotwire.Agent;
-using Hotwire.Injection;
-using Hotwire.Interop;
-using Hotwire.Procfs;
 using Iced.Intel;
 using L = Hotwire.Agent.AgentLayout;
 using N = Hotwire.Interop.SyscallNumbers;

@@ -1,5 +1,3 @@
-using Hotwire.Interop;
-using Hotwire.Procfs;
 using Hotwire.Symbols;
 using L = Hotwire.Agent.AgentLayout;
 

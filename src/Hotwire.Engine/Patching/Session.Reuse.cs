@@ -1,7 +1,3 @@
-using Hotwire.Agent;
-using Hotwire.Injection;
-using Hotwire.Interop;
-using Hotwire.Procfs;
 using L = Hotwire.Agent.AgentLayout;
 
 namespace Hotwire.Patching;

@@ -1,9 +1,3 @@
-using System.Runtime.InteropServices;
-using Hotwire.Agent;
-using Hotwire.Injection;
-using Hotwire.Interop;
-using Hotwire.Memory;
-using Hotwire.Procfs;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 using L = Hotwire.Agent.AgentLayout;

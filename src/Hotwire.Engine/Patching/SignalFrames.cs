@@ -1,6 +1,3 @@
-using Hotwire.Memory;
-using Hotwire.Procfs;
-
 namespace Hotwire.Patching;
 
 /// <summary>

@@ -1,6 +1,3 @@
-using System.Runtime.InteropServices;
-using Hotwire.Agent;
-
 namespace Hotwire.Patching;
 
 /// <summary>

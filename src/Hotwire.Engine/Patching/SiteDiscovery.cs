@@ -1,5 +1,4 @@
 using Hotwire.Elf;
-using Hotwire.Interop;
 
 namespace Hotwire.Patching;
 

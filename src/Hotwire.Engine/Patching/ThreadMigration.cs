@@ -1,8 +1,3 @@
-using Hotwire.Injection;
-using Hotwire.Interop;
-using Hotwire.Memory;
-using Hotwire.Procfs;
-
 namespace Hotwire.Patching;
 
 /// <summary>

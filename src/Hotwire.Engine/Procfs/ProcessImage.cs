@@ -1,5 +1,4 @@
 using Hotwire.Elf;
-using Hotwire.Memory;
 using Hotwire.Patching;
 using Hotwire.Symbols;
 

@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using Hotwire.Elf;
-using Hotwire.Interop;
 
 namespace Hotwire.Symbols;
 

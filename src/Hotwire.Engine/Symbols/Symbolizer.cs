@@ -1,6 +1,4 @@
 using Hotwire.Elf;
-using Hotwire.Interop;
-using Hotwire.Procfs;
 
 namespace Hotwire.Symbols;
 

@@ -1,6 +1,4 @@
-using Hotwire.Agent;
 using Hotwire.Patching;
-using Hotwire.Procfs;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 

@@ -1,5 +1,3 @@
-using Hotwire.Agent;
-using Hotwire.Interop;
 using Hotwire.Patching;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;

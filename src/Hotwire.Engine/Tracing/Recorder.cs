@@ -1,7 +1,6 @@
 using System.Diagnostics;
 using Hotwire.Elf;
 using Hotwire.Patching;
-using Hotwire.Procfs;
 
 namespace Hotwire.Tracing;
 

@@ -1,5 +1,3 @@
-using System.Runtime.InteropServices;
-using Hotwire.Interop;
 using Iced.Intel;
 using static Iced.Intel.AssemblerRegisters;
 
