@@ -13,7 +13,7 @@ public sealed class CountingOps : Ops
 {
     private const int Rows = 64;
 
-    private Session? _session;
+    private IOpsHost? _session;
     private ulong _rowsOffset;      // Rows × sites × 8
     private ulong _sharedOffset;    // sites × 8, locked increments
     private ulong _tableOffset;     // tid → row + 1
@@ -26,7 +26,7 @@ public sealed class CountingOps : Ops
     {
     }
 
-    internal override void Prepare(Session session, IReadOnlyList<SiteRecord> sites)
+    internal override void Prepare(IOpsHost session, IReadOnlyList<SiteRecord> sites)
     {
         if (_session is not null)
         {

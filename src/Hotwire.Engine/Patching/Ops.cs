@@ -53,7 +53,7 @@ public abstract class Ops
     internal HashSet<int> LateSites { get; } = [];
 
     /// <summary>Called once when the ops is registered, before any site calls it.</summary>
-    internal virtual void Prepare(Session session, IReadOnlyList<SiteRecord> sites) { }
+    internal virtual void Prepare(IOpsHost session, IReadOnlyList<SiteRecord> sites) { }
 
     /// <summary>How many site-dependent 64-bit values <see cref="EmitEntry"/> uses.</summary>
     internal virtual int ParameterCount => 0;

@@ -43,7 +43,7 @@ public sealed class SessionOptions
 /// Hotwire attached to one process: the agent injected, the site records, the ops, and batches of
 /// rewrites run by the agent with the int3 protocol. All public members are for one caller thread.
 /// </summary>
-public sealed unsafe partial class Session : IDisposable, IOpsExecutor
+public sealed unsafe partial class Session : IDisposable, IOpsExecutor, IOpsHost
 {
 
     private List<PatchSite>? _allSites;
@@ -285,6 +285,28 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor
     private OpsRegistry Registry => _registry ??= new OpsRegistry(this);
 
     private OpsRegistry? _registry;
+
+    // ---------------------------------------------------------------- what ops get (IOpsHost)
+
+    int IOpsHost.SiteIdCapacity => SiteIdCapacity;
+
+    bool IOpsHost.IsDetached => IsDetached;
+
+    ulong IOpsHost.PlaceCode(Func<ulong, byte[]> assemble) => PlaceCode(assemble);
+
+    bool IOpsHost.ReadTarget(ulong address, Span<byte> into) => ReadTarget(address, into);
+
+    bool IOpsHost.IsMapped(ulong address) => IsMapped(address);
+
+    void IOpsHost.WhenLibrariesLoaded(Action<ProcessImage> action) => WhenLibrariesLoaded(action);
+
+    void IOpsHost.WhenModulesRelocated(Action<IReadOnlyList<LoadedModule>> action) => WhenModulesRelocated(action);
+
+    void IOpsHost.WhenRestored(Func<bool> unpin) => WhenRestored(unpin);
+
+    void IOpsHost.DescribeShadowStacks(ulong map, ulong size, ulong records) => DescribeShadowStacks(map, size, records);
+
+    void IOpsHost.PinBlock() => PinBlock();
 
     // ---------------------------------------------------------------- the executor (IOpsExecutor)
 

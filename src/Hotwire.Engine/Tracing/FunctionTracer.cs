@@ -96,7 +96,7 @@ public sealed record TraceBufferOptions(int BufferBytes = 32 << 20, int MaxThrea
 /// </summary>
 public abstract class RingTracer : Ops
 {
-    private Session? _session;
+    private IOpsHost? _session;
     private protected ulong _tableOffset;
     private protected ulong _buffersOffset;
     private protected ulong _nextOffset;
@@ -116,12 +116,12 @@ public abstract class RingTracer : Ops
     /// <summary>The tracer's name in recordings (<see cref="Tracers"/>).</summary>
     public abstract string TracerName { get; }
 
-    internal Session Session => _session ?? throw new InvalidOperationException("the tracer is not registered");
+    internal IOpsHost Session => _session ?? throw new InvalidOperationException("the tracer is not registered");
 
     /// <summary>The shared memory its buffers, tables and counters are in.</summary>
     internal SharedHeap Heap => _session?.Heap ?? throw new InvalidOperationException("the tracer is not registered");
 
-    internal override void Prepare(Session session, IReadOnlyList<SiteRecord> sites)
+    internal override void Prepare(IOpsHost session, IReadOnlyList<SiteRecord> sites)
     {
         if (_session is not null)
         {
@@ -334,7 +334,7 @@ public abstract class RingTracer : Ops
     }
 
     /// <summary>Whatever else the tracer needs, once, after the buffers exist.</summary>
-    private protected virtual void PrepareMore(Session session) { }
+    private protected virtual void PrepareMore(IOpsHost session) { }
 
     private protected int FreeWords => (Buffers.MaxThreads + 63) / 64;
 
@@ -438,7 +438,7 @@ public sealed class FunctionTracer : RingTracer
 
     internal override void EmitEntry(Assembler a, ReadOnlySpan<ulong> parameters)
     {
-        Session s = Session;
+        IOpsHost s = Session;
         int shift = System.Numerics.BitOperations.Log2((uint)Buffers.BufferBytes);
         ulong table = s.Heap.Address(_tableOffset);
         ulong buffersMinusOne = s.Heap.Address(_buffersOffset) - (ulong)Buffers.BufferBytes; // table holds index + 1

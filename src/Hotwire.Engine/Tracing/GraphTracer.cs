@@ -105,7 +105,7 @@ public sealed class GraphTracer : RingTracer
     private ulong PrivateBytes => RecordsStart + ((ulong)Buffers.MaxThreads << RecordShift);
     private ulong RowStride => (ulong)Math.Max(_local.Count, 1) << CellShift;
 
-    private protected override void PrepareMore(Session session)
+    private protected override void PrepareMore(IOpsHost session)
     {
         // The shadow stacks: private, lazily backed (MAP_NORESERVE), never unmapped.
         long at = Errors.CheckInTarget(session.Channel.Syscall(SyscallNumbers.mmap, 0, PrivateBytes, Sys.PROT_READ | Sys.PROT_WRITE,
@@ -142,7 +142,7 @@ public sealed class GraphTracer : RingTracer
     /// routine; a later Hotwire checks them again, after it has seen no thread in the block's
     /// code, and unmaps them when it takes the block over.
     /// </summary>
-    private bool UnhookIfNoFrames(Session session)
+    private bool UnhookIfNoFrames(IOpsHost session)
     {
         if (_hooked.Count == 0)
         {

@@ -13,7 +13,7 @@ public static class ThreadIdentity
     /// <c>_thread_db_pthread_tid</c> = { size in bits, count, offset }. Read it from the libc the
     /// process uses (or will use, at launch: the one the dynamic linker would load).
     /// </summary>
-    public static int TidOffset(Session session)
+    internal static int TidOffset(IOpsHost session)
     {
         string? libc = session.Image.Modules.Select(m => m.Path).FirstOrDefault(p => Path.GetFileName(p).StartsWith("libc.so", StringComparison.Ordinal))
             ?? new[] { "/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6", "/usr/lib64/libc.so.6" }.FirstOrDefault(File.Exists);
