@@ -20,6 +20,12 @@ public static class TestSwitches
     public static TimeSpan? PauseAfterPatchBatch { get; } =
         int.TryParse(Environment.GetEnvironmentVariable("HOTWIRE_TEST_PAUSE_AFTER_PATCH_BATCH"), out int ms) ? TimeSpan.FromMilliseconds(ms) : null;
 
+    /// <summary>
+    /// HOTWIRE_TEST_REGION_BYTES=N: every trampoline region is N bytes (a multiple of 4096) instead of
+    /// being sized for its module's sites, so that regions fill up and more are mapped.
+    /// </summary>
+    public static ulong? RegionBytes { get; } = ulong.TryParse(Environment.GetEnvironmentVariable("HOTWIRE_TEST_REGION_BYTES"), out ulong n) ? n : null;
+
     /// <summary>HOTWIRE_TEST_NO_SYSCALL_REWIND=1: system calls our ptrace stops interrupt keep their EINTR.</summary>
     public static bool NoSyscallRewind { get; set; } = Environment.GetEnvironmentVariable("HOTWIRE_TEST_NO_SYSCALL_REWIND") == "1";
 

@@ -40,6 +40,23 @@ public class CountCommandTests
         Assert.False(target.Process.HasExited);
     }
 
+    [Fact]
+    public void A_trampoline_region_that_fills_up_is_followed_by_another_near_its_module()
+    {
+        // Regions of 64 KiB hold about 200 six-argument trampolines: 10,000 sites need about 50 of
+        // them, mapped one after another as each fills (without that: "trampoline space near this
+        // module is exhausted").
+        using TargetProcess target = TargetProcess.Start(TargetBuilder.Get(Flavour.Many10kPie), "idle");
+        string dir = Path.Combine(Path.GetTempPath(), $"hotwire-regions-{Guid.NewGuid():N}");
+        CliResult result = HotwireCli.Run(new Dictionary<string, string> { ["HOTWIRE_TEST_REGION_BYTES"] = "65536" },
+            "record", "--pid", target.Pid.ToString(), "-F", "*", "--args", "6", "--duration", "0.5", "-o", dir);
+        Assert.True(result.ExitCode == 0, result.Stderr);
+        Assert.Matches(@"recording 1000\d functions", result.Stderr);
+        AssertAllSitesOriginal(target.Pid);
+        Assert.False(target.Process.HasExited);
+        Directory.Delete(dir, recursive: true);
+    }
+
     [Theory]
     [InlineData(Flavour.Many, @"recording 5000\d functions")]          // f0..f49999, main, spin (NOP5)
     [InlineData(Flavour.Many10kPie, @"recording 1000\d functions")]    // the same, 10,000 of them, PIE with NOP sleds

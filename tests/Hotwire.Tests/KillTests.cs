@@ -108,8 +108,8 @@ public class KillTests(ITestOutputHelper output)
                 hotwire.WaitForExit();
             }
             EarlierAgents.WaitUntilGone(target.Pid, refuseLive: false);
-            Assert.True(Directory.Exists($"/proc/{target.Pid}"), $"trial {trial} ({string.Join(' ', command)}, killed after {delay} ms): the target died");
-            Dictionary<string, long> counts = Counts(target);
+            Assert.True(!target.Process.HasExited, $"trial {trial} ({string.Join(' ', command)}, killed after {delay} ms): the target died ({target.Fate()})");
+            Dictionary<string, long> counts = Counts(target, $"trial {trial} ({string.Join(' ', command)}, killed after {delay} ms): ");
             Assert.True(counts["f"] > lastCalls, $"trial {trial}: f is no longer called");
             lastCalls = counts["f"];
             Assert.True(counts["eintr"] == 0, $"trial {trial}: {counts["eintr"]} EINTR");
@@ -192,14 +192,14 @@ public class KillTests(ITestOutputHelper output)
         }
     }
 
-    internal static Dictionary<string, long> Counts(TargetProcess target)
+    internal static Dictionary<string, long> Counts(TargetProcess target, string when = "")
     {
         target.WriteLine("counts");
         var counts = new Dictionary<string, long>();
         while (true)
         {
             string? line = target.ReadLine(TimeSpan.FromSeconds(10));
-            Assert.True(line is not null, $"pid {target.Pid} did not answer (alive: {Directory.Exists($"/proc/{target.Pid}")})");
+            Assert.True(line is not null, $"{when}pid {target.Pid} did not answer ({target.Fate()})");
             if (line == "end")
             {
                 return counts;

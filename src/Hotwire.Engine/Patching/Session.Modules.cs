@@ -513,5 +513,26 @@ public sealed unsafe partial class Session
     // Room for about three trampolines per site (a function-tracer trampoline with --args 6 is
     // about 350 bytes): `record -F '*'` and a live patch or tracer change on every function.
     // Sparse memfd: untouched pages cost nothing.
-    private static ulong RegionSize(LoadedModule m) => Align(64 * 1024 + (ulong)m.Sites.Count * 1024, 4096);
+    private static ulong RegionSize(LoadedModule m) => TestSwitches.RegionBytes ?? Align(64 * 1024 + (ulong)m.Sites.Count * 1024, 4096);
+
+    /// <summary>
+    /// The region near <paramref name="s"/>'s module is full: another is mapped near it (as for a
+    /// library loaded later) and becomes the region of every site that had the full one. Code
+    /// placed in the full one stays where it is.
+    /// </summary>
+    private CodeRegion GrowRegion(SiteRecord s)
+    {
+        LoadedModule m = Image.Modules.FirstOrDefault(m => s.Address >= m.Start && s.Address < m.End)
+            ?? throw new HotwireException("trampoline space near this module is exhausted; trace fewer functions");
+        CodeRegion full = s.Region;
+        CodeRegion region = MapLateRegion(m);
+        foreach (SiteRecord other in Sites)
+        {
+            if (other.Region == full)
+            {
+                other.Region = region;
+            }
+        }
+        return region;
+    }
 }

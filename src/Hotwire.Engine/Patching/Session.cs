@@ -103,7 +103,7 @@ public sealed unsafe partial class Session : IDisposable, IOpsExecutor, IOpsHost
         Heap = new SharedHeap(shared, DataBase, _heapStart, _heapEnd, _gate);
         Channel = new AgentChannel(Pid, shared, _gate);
         Records = new EmulationRecords(Heap);
-        Trampolines = new Trampolines(shared);
+        Trampolines = new Trampolines(shared, GrowRegion);
         Poke.Heap = Heap;
         Poke.Channel = Channel;
     }

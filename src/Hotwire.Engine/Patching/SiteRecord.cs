@@ -46,7 +46,8 @@ public sealed class SiteRecord
     /// <summary>The ops attached to this site, in registration order.</summary>
     internal List<Ops> Ops { get; } = [];
 
-    internal CodeRegion Region { get; }
+    /// <summary>Where its trampolines go: the newest region near its module (a full one is followed by another).</summary>
+    internal CodeRegion Region { get; set; }
 
     // Its trampolines, one per set of ops (mask) it has had, kept while the ops keep their ids: a
     // thread may still be inside an old one. The first inline (most sites only ever have one).

@@ -9,7 +9,8 @@ namespace Hotwire.Patching;
 /// a list function that loops over the ops; composing their code per site costs no loop and no
 /// indirect call. A trampoline is kept for good: a thread may still be inside an old one.
 /// </summary>
-internal sealed class Trampolines(SharedRegion shared)
+/// <param name="grow">maps another region near the site's module when its region is full, and makes it the region of every site that had the full one</param>
+internal sealed class Trampolines(SharedRegion shared, Func<SiteRecord, CodeRegion> grow)
 {
     private readonly Dictionary<ulong, TrampolineTemplate> _templates = [];
 
@@ -30,7 +31,12 @@ internal sealed class Trampolines(SharedRegion shared)
         }
         // The site's emulation record first (the int3 handler reads it while the call goes in),
         // then the code: no allocation in the data heap and no lookup per trampoline.
-        ulong at = s.Region.Reserve(shared, (ulong)(L.RecordSize + template.Code.Length), 16,
+        ulong bytes = (ulong)(L.RecordSize + template.Code.Length);
+        if (!s.Region.Fits((bytes + 15) & ~15UL))
+        {
+            grow(s);
+        }
+        ulong at = s.Region.Reserve(shared, bytes, 16,
             "trampoline space near this module is exhausted; trace fewer functions", out Span<byte> space) + L.RecordSize;
         EmulationRecords.Write(space[..L.RecordSize], L.KindCall, 5, at);
         Span<byte> code = space[L.RecordSize..];

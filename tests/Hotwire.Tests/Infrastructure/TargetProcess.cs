@@ -25,6 +25,17 @@ public sealed class TargetProcess : IDisposable
         return line.Wait(timeout) ? line.Result : null;
     }
 
+    /// <summary>"running", or how the process ended (its exit status, or the signal that killed it): for failure messages.</summary>
+    public string Fate()
+    {
+        if (!_process.WaitForExit(500))
+        {
+            return Directory.Exists($"/proc/{Pid}") ? "running" : "gone";
+        }
+        int code = _process.ExitCode;
+        return code > 128 ? $"killed by signal {code - 128}" : $"exited with status {code}";
+    }
+
     public void WriteLine(string line)
     {
         _process.StandardInput.WriteLine(line);
