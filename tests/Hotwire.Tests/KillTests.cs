@@ -108,7 +108,10 @@ public class KillTests(ITestOutputHelper output)
                 hotwire.WaitForExit();
             }
             EarlierAgents.WaitUntilGone(target.Pid, refuseLive: false);
-            Assert.True(!target.Process.HasExited, $"trial {trial} ({string.Join(' ', command)}, killed after {delay} ms): the target died ({target.Fate()})");
+            if (target.Process.HasExited)
+            {
+                Assert.Fail($"trial {trial} ({string.Join(' ', command)}, killed after {delay} ms): the target died ({target.Fate()})");
+            }
             Dictionary<string, long> counts = Counts(target, $"trial {trial} ({string.Join(' ', command)}, killed after {delay} ms): ");
             Assert.True(counts["f"] > lastCalls, $"trial {trial}: f is no longer called");
             lastCalls = counts["f"];
@@ -199,7 +202,10 @@ public class KillTests(ITestOutputHelper output)
         while (true)
         {
             string? line = target.ReadLine(TimeSpan.FromSeconds(10));
-            Assert.True(line is not null, $"{when}pid {target.Pid} did not answer ({target.Fate()})");
+            if (line is null)
+            {
+                Assert.Fail($"{when}pid {target.Pid} did not answer ({target.Fate()})");
+            }
             if (line == "end")
             {
                 return counts;

@@ -28,7 +28,7 @@ public sealed class TargetProcess : IDisposable
     /// <summary>"running", or how the process ended (its exit status, or the signal that killed it): for failure messages.</summary>
     public string Fate()
     {
-        if (!_process.WaitForExit(500))
+        if (!_process.HasExited && !_process.WaitForExit(500))
         {
             return Directory.Exists($"/proc/{Pid}") ? "running" : "gone";
         }
